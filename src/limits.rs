@@ -1,0 +1,158 @@
+//! Every bound the router enforces, with the reason for it and what it costs.
+//!
+//! A limit that an operator may want to change is a flag (see `config`); its
+//! default and its ceiling live here. A limit that follows from the design is
+//! a plain constant. Relations between limits are checked at compile time at
+//! the bottom of this file.
+
+/// Slots in the user-to-shard map. Part of the protocol (nodes compute the
+/// slot of a user themselves), so it never changes: 2^14 slots spread users
+/// evenly over up to `SHARDS_MAX` shards with at most 1/256 imbalance from
+/// rounding.
+pub const SLOT_COUNT: u16 = 16384;
+
+/// Most shards one router runs. A node's connections are tracked as a bitmask
+/// of shards in one `AtomicU64`, which is what keeps the per-message
+/// "where is node N" lookup a single load.
+pub const SHARDS_MAX: usize = 64;
+
+/// Default for `--max-frame-bytes`: the largest frame body (length prefix
+/// excluded) a node may send. 64 KiB holds any chat message; larger media go
+/// through object storage, not the router. The length prefix is checked
+/// against it before the body is buffered, to limit the memory a hostile
+/// peer can make us hold.
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 64 * 1024;
+
+/// Ceiling for `--max-frame-bytes`. Every connection's read buffer holds two
+/// frames of this size, so the ceiling bounds per-connection memory.
+pub const FRAME_BYTES_MAX_CEILING: u32 = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix in front of every frame.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// Smallest read buffer per connection. Reads are as large as the free space
+/// in this buffer, so under load one `recv` brings in hundreds of frames.
+/// The buffer is `max(READ_BUFFER_BYTES_MIN, 2 * (max frame + prefix))`.
+pub const READ_BUFFER_BYTES_MIN: usize = 256 * 1024;
+
+/// Longest user id in bytes. Ids up to `table::USER_INLINE_BYTES` are stored
+/// inline in the location table; longer ones cost an extra heap block.
+pub const USER_ID_BYTES_MAX: usize = 255;
+
+/// Longest device id in bytes (XMPP resources, OpenIM platform ids, UUIDs).
+pub const DEVICE_ID_BYTES_MAX: usize = 128;
+
+/// Longest node name in bytes.
+pub const NODE_NAME_BYTES_MAX: usize = 64;
+
+/// Longest auth token in bytes.
+pub const AUTH_TOKEN_BYTES_MAX: usize = 1024;
+
+/// Default for `--max-sessions-per-user`: devices one user may have online at
+/// once. A Route fans out to all of them, so this bounds the work one message
+/// can cause. Opening one more gets the new session a Kick (`SessionLimit`).
+pub const SESSIONS_PER_USER_MAX_DEFAULT: u32 = 16;
+
+/// Ceiling for `--max-sessions-per-user`; routing groups a user's sessions in
+/// a fixed array of this many entries on the stack.
+pub const SESSIONS_PER_USER_MAX_CEILING: u32 = 64;
+
+/// Default for `--max-sessions`: sessions in the whole router, split evenly
+/// over the shards (users are spread evenly by the slot hash). About 90 bytes
+/// each, so the default bounds the table at roughly 1 GiB. A SessionOpen
+/// beyond it gets a Kick (`RouterFull`).
+pub const SESSIONS_MAX_DEFAULT: u64 = 10_000_000;
+
+/// Default for `--max-nodes`: distinct IM node names the router tracks. Each
+/// costs one 64-byte directory entry plus a few bytes per shard.
+pub const NODES_MAX_DEFAULT: u32 = 1024;
+
+/// Ceiling for `--max-nodes`; node indexes are stored in 32 bits but a bound
+/// keeps the directory (allocated up front) small.
+pub const NODES_MAX_CEILING: u32 = 65_536;
+
+/// Default for `--out-buffer-bytes`: the soft limit of a connection's output
+/// buffer. Above it the connection is *congested*: new Delivers for it get a
+/// `Busy` verdict instead of being queued. It is cleared below half.
+pub const OUT_BUFFER_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+
+/// Smallest `--out-buffer-bytes`: a congested buffer must still take one
+/// maximum frame.
+pub const OUT_BUFFER_BYTES_MIN: usize = 64 * 1024;
+
+/// The hard limit of an output buffer is this many times the soft limit.
+/// Frames already in flight to a congested connection (and Status frames,
+/// which are never refused) may use the room between the two; a node whose
+/// buffer passes the hard limit is disconnected with `SlowConsumer`, because
+/// it is not reading and we cannot tell it anything else.
+pub const OUT_BUFFER_HARD_FACTOR: usize = 2;
+
+/// Target size of one cross-core batch. A batch is sent when a processing
+/// round ends or when it grows past this; large enough that hand-off costs
+/// are amortised over hundreds of messages, small enough to stay in L2.
+pub const BATCH_BYTES_TARGET: usize = 32 * 1024;
+
+/// Batches one cross-core channel holds. With `BATCH_BYTES_TARGET` this bounds
+/// the memory in flight towards one shard, per class, to about 2 MiB (one
+/// batch may exceed the target by one frame).
+pub const LINK_BATCHES_MAX: usize = 64;
+
+/// When the batches a shard has built for one target shard and not yet
+/// handed off pass this, connection readers on the shard stop reading until
+/// they are handed off: the backpressure that keeps a fast sender from
+/// filling our memory when a target shard falls behind.
+pub const OUTBOX_BYTES_HIGH: usize = 4 * BATCH_BYTES_TARGET;
+
+/// Control messages (connection hand-offs, shutdown, metric requests) one
+/// shard's control queue holds. These are rare; a full queue refuses the
+/// hand-off with `RouterFull` rather than block an accepting shard.
+pub const CONTROL_QUEUE_MAX: usize = 1024;
+
+/// Free batch buffers a shard keeps for reuse, so that a steady flow of
+/// hand-offs allocates nothing.
+pub const BATCH_POOL_MAX: usize = 3 * LINK_BATCHES_MAX;
+
+/// Connections one shard serves at once. Node connections are few (one per
+/// IM node, or one per node and shard); the bound keeps a connection flood
+/// from exhausting memory (each costs its read buffer).
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
+
+/// How long a new connection may take to send its Hello. A socket that
+/// says nothing holds a connection slot and a read buffer; this frees them.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// After the router sends an Error frame (or shuts down a connection) it
+/// keeps reading and discarding for at most this long, until the node
+/// closes its side: closing a socket with unread input resets it, and the
+/// reset can destroy the Error frame before the node reads it.
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a stopping shard waits for its connections to flush and close.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Protocol versions this router speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// glommio's locked io_uring memory per executor. Locked memory is often
+/// limited (8 MiB is common), and we do no O_DIRECT file I/O, which is what
+/// this memory is for.
+pub const IO_MEMORY_BYTES: usize = 1024 * 1024;
+
+// Relations between the limits.
+const _: () = assert!(SHARDS_MAX <= 64, "shard masks are u64");
+const _: () = assert!(SHARDS_MAX <= SLOT_COUNT as usize);
+const _: () = assert!(FRAME_BYTES_MAX_DEFAULT <= FRAME_BYTES_MAX_CEILING);
+const _: () = assert!(OUT_BUFFER_BYTES_MIN >= FRAME_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(OUT_BUFFER_BYTES_DEFAULT >= OUT_BUFFER_BYTES_MIN);
+const _: () = assert!(SESSIONS_PER_USER_MAX_DEFAULT <= SESSIONS_PER_USER_MAX_CEILING);
+const _: () = assert!(OUTBOX_BYTES_HIGH >= BATCH_BYTES_TARGET);
+const _: () =
+    assert!(READ_BUFFER_BYTES_MIN >= 2 * (FRAME_BYTES_MAX_DEFAULT as usize + FRAME_PREFIX_BYTES));
+const _: () = assert!(
+    USER_ID_BYTES_MAX <= u8::MAX as usize,
+    "id lengths are stored in a u8"
+);
+const _: () = assert!(
+    DEVICE_ID_BYTES_MAX <= u8::MAX as usize,
+    "id lengths are stored in a u8"
+);

@@ -1,0 +1,352 @@
+//! Egress: building frames with one reusable flatbuffers builder.
+
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+use super::fb;
+
+/// Fields of a `Hello` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloFrame<'a> {
+    pub protocol_version: u16,
+    pub node_name: &'a str,
+    pub incarnation: u64,
+    pub auth_token: Option<&'a str>,
+    /// Shard-direct: the shard that must serve this connection.
+    pub shard: Option<u16>,
+}
+
+/// Fields of a `Welcome` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct WelcomeFrame {
+    pub protocol_version: u16,
+    pub router_id: u64,
+    pub shard_count: u16,
+    pub slot_count: u16,
+    pub shard: u16,
+    pub heartbeat_ms: u32,
+    pub max_frame_bytes: u32,
+}
+
+/// Fields of a `Route` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteFrame<'a> {
+    pub message_id: u64,
+    pub from_user: &'a str,
+    pub from_device: &'a str,
+    pub to_user: &'a str,
+    pub to_device: Option<&'a str>,
+    pub flags: u32,
+    pub payload: &'a [u8],
+}
+
+/// Fields of a `Deliver` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverFrame<'a> {
+    pub message_id: u64,
+    pub from_user: &'a str,
+    pub from_device: &'a str,
+    pub to_user: &'a str,
+    /// Device ids as bytes: they come from the location table, which got
+    /// them from verified (UTF-8) strings.
+    pub devices: &'a [&'a [u8]],
+    pub flags: u32,
+    pub payload: &'a [u8],
+}
+
+/// Builds frames. Each method returns the finished frame, length prefix
+/// included, borrowed from the builder until the next call.
+///
+/// One encoder is reused for every frame a shard writes: after the builder
+/// has grown to the largest frame, encoding allocates nothing.
+pub struct Encoder {
+    builder: FlatBufferBuilder<'static>,
+    /// Offsets of the strings of a vector under construction; kept to reuse
+    /// its allocation.
+    string_offsets: Vec<WIPOffset<&'static str>>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    /// Initial builder capacity: a chat message with its envelope.
+    const CAPACITY_INITIAL: usize = 1024;
+
+    pub fn new() -> Self {
+        Encoder {
+            builder: FlatBufferBuilder::with_capacity(Self::CAPACITY_INITIAL),
+            string_offsets: Vec::new(),
+        }
+    }
+
+    pub fn hello(&mut self, frame: &HelloFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let node_name = Some(b.create_string(frame.node_name));
+        let auth_token = frame.auth_token.map(|token| b.create_string(token));
+        let body = fb::Hello::create(
+            b,
+            &fb::HelloArgs {
+                protocol_version: frame.protocol_version,
+                node_name,
+                incarnation: frame.incarnation,
+                auth_token,
+                shard: frame.shard.map_or(-1, |shard| shard as i16),
+            },
+        );
+        self.finish(fb::Body::Hello, body.as_union_value())
+    }
+
+    pub fn welcome(&mut self, frame: &WelcomeFrame) -> &[u8] {
+        self.builder.reset();
+        let body = fb::Welcome::create(
+            &mut self.builder,
+            &fb::WelcomeArgs {
+                protocol_version: frame.protocol_version,
+                router_id: frame.router_id,
+                shard_count: frame.shard_count,
+                slot_count: frame.slot_count,
+                shard: frame.shard,
+                heartbeat_ms: frame.heartbeat_ms,
+                max_frame_bytes: frame.max_frame_bytes,
+            },
+        );
+        self.finish(fb::Body::Welcome, body.as_union_value())
+    }
+
+    pub fn session_open(&mut self, user: &str, device: &str, platform: fb::Platform) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let user = Some(b.create_string(user));
+        let device = Some(b.create_string(device));
+        let body = fb::SessionOpen::create(
+            b,
+            &fb::SessionOpenArgs {
+                user,
+                device,
+                platform,
+            },
+        );
+        self.finish(fb::Body::SessionOpen, body.as_union_value())
+    }
+
+    pub fn session_close(&mut self, user: &str, device: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let user = Some(b.create_string(user));
+        let device = Some(b.create_string(device));
+        let body = fb::SessionClose::create(b, &fb::SessionCloseArgs { user, device });
+        self.finish(fb::Body::SessionClose, body.as_union_value())
+    }
+
+    pub fn route(&mut self, frame: &RouteFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let payload = Some(b.create_vector(frame.payload));
+        let from_user = Some(b.create_string(frame.from_user));
+        let from_device = Some(b.create_string(frame.from_device));
+        let to_user = Some(b.create_string(frame.to_user));
+        let to_device = frame.to_device.map(|device| b.create_string(device));
+        let body = fb::Route::create(
+            b,
+            &fb::RouteArgs {
+                message_id: frame.message_id,
+                from_user,
+                from_device,
+                to_user,
+                to_device,
+                flags: frame.flags,
+                payload,
+            },
+        );
+        self.finish(fb::Body::Route, body.as_union_value())
+    }
+
+    pub fn deliver(&mut self, frame: &DeliverFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let payload = Some(b.create_vector(frame.payload));
+        let from_user = Some(b.create_string(frame.from_user));
+        let from_device = Some(b.create_string(frame.from_device));
+        let to_user = Some(b.create_string(frame.to_user));
+        self.string_offsets.clear();
+        for device in frame.devices {
+            // A flatbuffers string is its bytes plus a terminator, which is
+            // what `create_byte_string` writes.
+            let offset = b.create_byte_string(device);
+            self.string_offsets.push(WIPOffset::new(offset.value()));
+        }
+        let devices = Some(b.create_vector(&self.string_offsets));
+        let body = fb::Deliver::create(
+            b,
+            &fb::DeliverArgs {
+                message_id: frame.message_id,
+                from_user,
+                from_device,
+                to_user,
+                devices,
+                flags: frame.flags,
+                payload,
+            },
+        );
+        self.finish(fb::Body::Deliver, body.as_union_value())
+    }
+
+    pub fn status(&mut self, message_id: u64, verdict: fb::Verdict, reason: fb::Reason) -> &[u8] {
+        self.builder.reset();
+        let body = fb::Status::create(
+            &mut self.builder,
+            &fb::StatusArgs {
+                message_id,
+                verdict,
+                reason,
+            },
+        );
+        self.finish(fb::Body::Status, body.as_union_value())
+    }
+
+    pub fn kick(&mut self, user: &str, device: &str, reason: fb::KickReason) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let user = Some(b.create_string(user));
+        let device = Some(b.create_string(device));
+        let body = fb::Kick::create(
+            b,
+            &fb::KickArgs {
+                user,
+                device,
+                reason,
+            },
+        );
+        self.finish(fb::Body::Kick, body.as_union_value())
+    }
+
+    pub fn ping(&mut self, nonce: u64) -> &[u8] {
+        self.builder.reset();
+        let body = fb::Ping::create(&mut self.builder, &fb::PingArgs { nonce });
+        self.finish(fb::Body::Ping, body.as_union_value())
+    }
+
+    pub fn pong(&mut self, nonce: u64) -> &[u8] {
+        self.builder.reset();
+        let body = fb::Pong::create(&mut self.builder, &fb::PongArgs { nonce });
+        self.finish(fb::Body::Pong, body.as_union_value())
+    }
+
+    pub fn error(&mut self, code: fb::ErrorCode, text: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let text = Some(b.create_string(text));
+        let body = fb::Error::create(b, &fb::ErrorArgs { code, text });
+        self.finish(fb::Body::Error, body.as_union_value())
+    }
+
+    /// Wraps a finished body in an Envelope and size-prefixes it.
+    fn finish(&mut self, body_type: fb::Body, body: WIPOffset<UnionWIPOffset>) -> &[u8] {
+        let envelope = fb::Envelope::create(
+            &mut self.builder,
+            &fb::EnvelopeArgs {
+                body_type,
+                body: Some(body),
+            },
+        );
+        fb::finish_size_prefixed_envelope_buffer(&mut self.builder, envelope);
+        self.builder.finished_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{check, Check, Verifier};
+
+    fn roundtrip(frame: &[u8]) -> fb::Envelope<'_> {
+        assert_eq!(check(frame, 1 << 16), Check::Complete(frame.len()));
+        Verifier::new(1 << 16)
+            .verify(frame)
+            .expect("encoder output verifies")
+    }
+
+    #[test]
+    fn route_roundtrips_in_place() {
+        let mut encoder = Encoder::new();
+        let frame = encoder
+            .route(&RouteFrame {
+                message_id: 7,
+                from_user: "alice",
+                from_device: "phone",
+                to_user: "bob",
+                to_device: Some("desk"),
+                flags: 1,
+                payload: b"hi bob",
+            })
+            .to_vec();
+        let route = roundtrip(&frame).body_as_route().expect("a Route");
+        assert_eq!(route.message_id(), 7);
+        assert_eq!(route.from_user(), Some("alice"));
+        assert_eq!(route.from_device(), Some("phone"));
+        assert_eq!(route.to_user(), "bob");
+        assert_eq!(route.to_device(), Some("desk"));
+        assert_eq!(route.flags(), 1);
+        assert_eq!(route.payload().map(|p| p.bytes()), Some(&b"hi bob"[..]));
+    }
+
+    #[test]
+    fn deliver_lists_devices() {
+        let mut encoder = Encoder::new();
+        let frame = encoder
+            .deliver(&DeliverFrame {
+                message_id: 9,
+                from_user: "alice",
+                from_device: "phone",
+                to_user: "bob",
+                devices: &[b"desk", b"tablet"],
+                flags: 0,
+                payload: &[0xAB; 4096],
+            })
+            .to_vec();
+        let deliver = roundtrip(&frame).body_as_deliver().expect("a Deliver");
+        let devices: Vec<&str> = deliver.devices().unwrap().iter().collect();
+        assert_eq!(devices, ["desk", "tablet"]);
+        assert_eq!(deliver.payload().unwrap().bytes(), &[0xAB; 4096][..]);
+    }
+
+    #[test]
+    fn every_frame_carries_the_length_prefix_and_identifier() {
+        let mut encoder = Encoder::new();
+        let frames: Vec<Vec<u8>> = vec![
+            encoder
+                .hello(&HelloFrame {
+                    protocol_version: 1,
+                    node_name: "n1",
+                    incarnation: 1,
+                    auth_token: None,
+                    shard: Some(3),
+                })
+                .to_vec(),
+            encoder.session_open("u", "d", fb::Platform::Web).to_vec(),
+            encoder.session_close("u", "d").to_vec(),
+            encoder
+                .status(1, fb::Verdict::Offline, fb::Reason::NoSession)
+                .to_vec(),
+            encoder
+                .kick("u", "d", fb::KickReason::ReplacedElsewhere)
+                .to_vec(),
+            encoder.ping(5).to_vec(),
+            encoder.pong(5).to_vec(),
+            encoder.error(fb::ErrorCode::Malformed, "bad").to_vec(),
+        ];
+        for frame in &frames {
+            let declared = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(declared + 4, frame.len());
+            assert_eq!(&frame[8..12], b"IMR1");
+            roundtrip(frame);
+        }
+        let hello = roundtrip(&frames[0]).body_as_hello().unwrap();
+        assert_eq!(hello.shard(), 3);
+        assert_eq!(hello.node_name(), "n1");
+    }
+}

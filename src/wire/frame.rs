@@ -1,0 +1,182 @@
+//! Ingress framing: check the length prefix, then verify the flatbuffer once.
+
+use std::fmt;
+
+use flatbuffers::VerifierOptions;
+
+use super::fb;
+use crate::limits::FRAME_PREFIX_BYTES;
+
+/// Length prefix, root offset and file identifier: the least a frame holds.
+const IDENTIFIED_FRAME_BYTES_MIN: usize = FRAME_PREFIX_BYTES + 4 + 4;
+
+/// What the bytes at the front of a read buffer hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// A whole frame of this many bytes, length prefix included.
+    Complete(usize),
+    /// Not a whole frame yet; read more. A length prefix that was readable
+    /// is already known to be within the limit.
+    Incomplete,
+    /// The length prefix declares more than the limit allows.
+    TooLarge(u32),
+}
+
+/// Looks at the length prefix at the front of `buf`, and nothing else.
+///
+/// This is the cheap check that runs before a frame's body is buffered: a
+/// peer announcing a frame larger than `frame_bytes_max` is refused as soon
+/// as its 4 length bytes arrive.
+#[inline]
+pub fn check(buf: &[u8], frame_bytes_max: u32) -> Check {
+    let Some(prefix) = buf.get(..FRAME_PREFIX_BYTES) else {
+        return Check::Incomplete;
+    };
+    let declared = u32::from_le_bytes(prefix.try_into().expect("4 bytes"));
+    if declared > frame_bytes_max {
+        return Check::TooLarge(declared);
+    }
+    let total = FRAME_PREFIX_BYTES + declared as usize;
+    if buf.len() < total {
+        Check::Incomplete
+    } else {
+        Check::Complete(total)
+    }
+}
+
+/// Why a frame was refused at ingress. Each maps to one `ErrorCode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix is over the limit.
+    TooLarge { declared: u32, max: u32 },
+    /// The buffer lacks the `IMR1` file identifier: not an imrouter envelope.
+    NotAnEnvelope,
+    /// The flatbuffers verifier refused the buffer.
+    Malformed(String),
+}
+
+impl FrameError {
+    /// The `ErrorCode` a node is told before its connection is closed.
+    pub fn code(&self) -> fb::ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => fb::ErrorCode::FrameTooLarge,
+            FrameError::NotAnEnvelope | FrameError::Malformed(_) => fb::ErrorCode::Malformed,
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { declared, max } => {
+                write!(
+                    f,
+                    "frame of {declared} bytes is over the limit of {max} bytes"
+                )
+            }
+            FrameError::NotAnEnvelope => {
+                f.write_str("not an imrouter envelope (file identifier IMR1 missing)")
+            }
+            FrameError::Malformed(why) => write!(f, "frame failed verification: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Verifies whole frames with explicit limits.
+///
+/// The limits are far above anything a well-formed frame needs (an Envelope
+/// nests at most three tables deep and holds a handful of tables), and far
+/// below what would let a crafted frame make the verifier do much work.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    options: VerifierOptions,
+}
+
+impl Verifier {
+    /// Deepest table nesting accepted: Envelope, body table, plus room for
+    /// fields added by later protocol versions.
+    const DEPTH_MAX: usize = 8;
+    /// Most tables in one frame.
+    const TABLES_MAX: usize = 64;
+
+    pub fn new(frame_bytes_max: u32) -> Self {
+        Verifier {
+            options: VerifierOptions {
+                max_depth: Self::DEPTH_MAX,
+                max_tables: Self::TABLES_MAX,
+                // Shared strings may make the apparent (tree) size larger
+                // than the buffer; four times the frame is plenty.
+                max_apparent_size: (frame_bytes_max as usize + FRAME_PREFIX_BYTES) * 4,
+                ignore_missing_null_terminator: false,
+            },
+        }
+    }
+
+    /// Verifies one complete frame (length prefix included, as returned by
+    /// [`check`]) and returns its envelope, read in place.
+    pub fn verify<'a>(&self, frame: &'a [u8]) -> Result<fb::Envelope<'a>, FrameError> {
+        // `buffer_has_identifier` asserts on short input; a hostile peer must
+        // not be able to reach that assert.
+        if frame.len() < IDENTIFIED_FRAME_BYTES_MIN
+            || !fb::envelope_size_prefixed_buffer_has_identifier(frame)
+        {
+            return Err(FrameError::NotAnEnvelope);
+        }
+        fb::size_prefixed_root_as_envelope_with_opts(&self.options, frame)
+            .map_err(|error| FrameError::Malformed(error.to_string()))
+    }
+}
+
+/// Reads a frame that was verified before, without verifying it again.
+///
+/// # Safety
+///
+/// `frame` must be a byte-for-byte copy of a frame that passed
+/// [`Verifier::verify`] or that an [`super::Encoder`] produced. Frames handed
+/// between shards satisfy this: they are copied from a verified read buffer
+/// or built by the router.
+#[inline]
+pub unsafe fn envelope_unchecked(frame: &[u8]) -> fb::Envelope<'_> {
+    flatbuffers::size_prefixed_root_unchecked::<fb::Envelope>(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_reads_only_the_prefix() {
+        assert_eq!(check(&[], 100), Check::Incomplete);
+        assert_eq!(check(&[5, 0, 0], 100), Check::Incomplete);
+        assert_eq!(check(&[5, 0, 0, 0, 1, 2], 100), Check::Incomplete);
+        assert_eq!(check(&[2, 0, 0, 0, 1, 2, 9], 100), Check::Complete(6));
+        assert_eq!(check(&[101, 0, 0, 0], 100), Check::TooLarge(101));
+        assert_eq!(
+            check(&[0xff, 0xff, 0xff, 0xff], 100),
+            Check::TooLarge(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn verify_refuses_garbage_without_panicking() {
+        let verifier = Verifier::new(1024);
+        let mut frame = vec![12, 0, 0, 0];
+        frame.extend_from_slice(b"IMR1IMR1IMR1");
+        assert!(verifier.verify(&frame).is_err());
+        let frame = [4u8, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(
+            verifier.verify(&frame).unwrap_err(),
+            FrameError::NotAnEnvelope
+        );
+        // Shorter than an identifier: refused, not an assert in flatbuffers.
+        for len in 0..12 {
+            let frame = vec![0u8; len];
+            assert_eq!(
+                verifier.verify(&frame).unwrap_err(),
+                FrameError::NotAnEnvelope
+            );
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The wire protocol: frames, their flatbuffer schema, and the codec.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes: a
+//! size-prefixed flatbuffer whose root is an [`fb::Envelope`] and whose file
+//! identifier is `IMR1`. (The flatbuffers "size prefix" *is* our length
+//! prefix, so a frame is exactly what `FlatBufferBuilder::finish_size_prefixed`
+//! produces.)
+//!
+//! Ingress is two steps, cheapest first: [`check`] looks only at the length
+//! prefix, so an over-long frame is refused before its body is buffered;
+//! [`Verifier::verify`] then runs the flatbuffers verifier once, with explicit
+//! limits. After that the envelope's fields and payload are read in place,
+//! without copying, and a frame handed to another shard is re-read with
+//! [`envelope_unchecked`] rather than verified again.
+//!
+//! Egress goes through [`Encoder`], one reusable builder per shard (and per
+//! simulated node in the load generator), so building a frame allocates
+//! nothing once the builder has grown to the largest frame.
+//!
+//! docs/PROTOCOL.md is the normative description for node implementers.
+
+mod encode;
+mod frame;
+
+#[allow(
+    unused_imports,
+    dead_code,
+    deprecated,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    unsafe_op_in_unsafe_fn,
+    clippy::all,
+    clippy::pedantic
+)]
+#[rustfmt::skip]
+mod imrouter_generated;
+
+/// The generated flatbuffers types (`schema/imrouter.fbs`).
+pub use imrouter_generated::imrouter::wire::fb;
+
+pub use encode::{DeliverFrame, Encoder, HelloFrame, RouteFrame, WelcomeFrame};
+pub use frame::{check, envelope_unchecked, Check, FrameError, Verifier};
+
+/// Route flag bit 0: also send a `Status` with verdict `Routed` on success.
+/// Verdicts other than `Routed` are always sent.
+pub const ROUTE_FLAG_ACK: u32 = 1;
+
+/// Route flags the router understands; other bits are reserved and must be 0.
+pub const ROUTE_FLAGS_KNOWN: u32 = ROUTE_FLAG_ACK;
