@@ -1,0 +1,361 @@
+//! Command-line flags, and the validated configuration they produce.
+//!
+//! [`ServeArgs`] is what clap parses; [`Config`] is what the router runs
+//! with. Every field of `Config` has been checked against `limits`, so the
+//! rest of the code never re-validates.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::limits::{
+    AUTH_TOKEN_BYTES_MAX, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES,
+    NODES_MAX_CEILING, NODES_MAX_DEFAULT, OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN,
+    READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT, SESSIONS_PER_USER_MAX_CEILING,
+    SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX,
+};
+
+/// imrouter: a thread-per-core message router for clusters of IM servers.
+///
+/// IM nodes (gateway servers holding client connections) keep one TCP
+/// connection to the router, register the sessions of their users, and hand
+/// it messages for users on other nodes. See docs/PROTOCOL.md.
+#[derive(Debug, Parser)]
+#[command(name = "imrouter", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the router.
+    Serve(ServeArgs),
+}
+
+/// Flags of `imrouter serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to accept node connections on. Every shard accepts on it
+    /// (SO_REUSEPORT); port 0 picks a free port, printed when ready.
+    #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
+    pub listen: String,
+
+    /// Number of shards (executor threads, each owning a share of the
+    /// users). Default: one per CPU this process may run on. More shards
+    /// than CPUs is allowed; they then share CPUs.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// CPUs to pin shards to, as a list and/or ranges ("0,2,4" or "0-3").
+    /// Shard i runs on the (i mod len)-th CPU. Default: every CPU this
+    /// process may run on.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+
+    /// Largest frame a node may send, in bytes, length prefix excluded.
+    /// A node announcing a larger frame is disconnected with FrameTooLarge.
+    #[arg(long, default_value_t = FRAME_BYTES_MAX_DEFAULT, value_name = "N")]
+    pub max_frame_bytes: u32,
+
+    /// Soft limit of each connection's output buffer, in bytes. Above it,
+    /// new messages for that node get a Busy verdict; above twice it, the
+    /// node is disconnected as a slow consumer.
+    #[arg(long, default_value_t = OUT_BUFFER_BYTES_DEFAULT, value_name = "N")]
+    pub out_buffer_bytes: usize,
+
+    /// Most distinct IM nodes the router tracks at once.
+    #[arg(long, default_value_t = NODES_MAX_DEFAULT, value_name = "N")]
+    pub max_nodes: u32,
+
+    /// Most sessions in the whole router (split evenly over shards). A
+    /// SessionOpen beyond it is answered with a Kick (RouterFull).
+    #[arg(long, default_value_t = SESSIONS_MAX_DEFAULT, value_name = "N")]
+    pub max_sessions: u64,
+
+    /// Most sessions (devices) one user may have at once. One more is
+    /// answered with a Kick (SessionLimit).
+    #[arg(long, default_value_t = SESSIONS_PER_USER_MAX_DEFAULT, value_name = "N")]
+    pub max_sessions_per_user: u32,
+
+    /// File holding the token nodes must present in Hello (surrounding
+    /// whitespace ignored). Without it any node may connect, so keep the
+    /// router on a private network.
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// The validated configuration of one router.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where every shard accepts connections.
+    pub listen: SocketAddr,
+    /// The CPU of each shard; `cpus.len()` is the shard count, 1 to
+    /// `SHARDS_MAX`.
+    pub cpus: Vec<usize>,
+    /// Largest frame body accepted, `<= FRAME_BYTES_MAX_CEILING`.
+    pub frame_bytes_max: u32,
+    /// Soft limit of an output buffer, `>= OUT_BUFFER_BYTES_MIN`.
+    pub out_buffer_bytes: usize,
+    /// Distinct nodes, 1 to `NODES_MAX_CEILING`.
+    pub nodes_max: u32,
+    /// Sessions in the router, at least one per shard.
+    pub sessions_max: u64,
+    /// Sessions per user, 1 to `SESSIONS_PER_USER_MAX_CEILING`.
+    pub sessions_per_user_max: u32,
+    /// The token nodes must present, if any.
+    pub auth_token: Option<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("cpus", &self.cpus)
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("out_buffer_bytes", &self.out_buffer_bytes)
+            .field("nodes_max", &self.nodes_max)
+            .field("sessions_max", &self.sessions_max)
+            .field("sessions_per_user_max", &self.sessions_per_user_max)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Config {
+    /// A configuration for `listen` with every other setting at its
+    /// default and `shards` shards on the CPUs this process may use.
+    pub fn new(listen: SocketAddr, shards: usize) -> Result<Config, ConfigError> {
+        let mut args = ServeArgs::defaults();
+        args.listen = listen.to_string();
+        args.shards = Some(shards);
+        Config::from_args(&args)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Bytes of each connection's read buffer: room for two maximum frames.
+    pub fn read_buffer_bytes(&self) -> usize {
+        READ_BUFFER_BYTES_MIN.max(2 * (self.frame_bytes_max as usize + FRAME_PREFIX_BYTES))
+    }
+
+    /// Sessions one shard may hold.
+    pub fn sessions_per_shard_max(&self) -> usize {
+        let per_shard = self.sessions_max.div_ceil(self.shard_count() as u64);
+        usize::try_from(per_shard).unwrap_or(usize::MAX)
+    }
+
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let listen = args
+            .listen
+            .to_socket_addrs()
+            .map_err(|error| ConfigError::new(format!("--listen {}: {error}", args.listen)))?
+            .next()
+            .ok_or_else(|| ConfigError::new(format!("--listen {}: no address", args.listen)))?;
+
+        let available = available_cpus();
+        let cpu_list = match &args.cpus {
+            Some(list) => parse_cpu_list(list)?,
+            None => available.clone(),
+        };
+        if cpu_list.is_empty() {
+            return Err(ConfigError::new("no CPU to run on".into()));
+        }
+        if let Some(cpu) = cpu_list.iter().find(|cpu| !available.contains(cpu)) {
+            return Err(ConfigError::new(format!(
+                "--cpus: CPU {cpu} is not available to this process (available: {})",
+                format_cpus(&available)
+            )));
+        }
+        let shards = args.shards.unwrap_or(cpu_list.len().min(SHARDS_MAX));
+        if !(1..=SHARDS_MAX).contains(&shards) {
+            return Err(ConfigError::new(format!(
+                "--shards must be 1 to {SHARDS_MAX}, not {shards}"
+            )));
+        }
+        let cpus = (0..shards)
+            .map(|shard| cpu_list[shard % cpu_list.len()])
+            .collect();
+
+        if args.max_frame_bytes == 0 || args.max_frame_bytes > FRAME_BYTES_MAX_CEILING {
+            return Err(ConfigError::new(format!(
+                "--max-frame-bytes must be 1 to {FRAME_BYTES_MAX_CEILING}"
+            )));
+        }
+        let out_buffer_min = OUT_BUFFER_BYTES_MIN.max(2 * args.max_frame_bytes as usize);
+        if args.out_buffer_bytes < out_buffer_min {
+            return Err(ConfigError::new(format!(
+                "--out-buffer-bytes must be at least {out_buffer_min} (two maximum frames)"
+            )));
+        }
+        if !(1..=NODES_MAX_CEILING).contains(&args.max_nodes) {
+            return Err(ConfigError::new(format!(
+                "--max-nodes must be 1 to {NODES_MAX_CEILING}"
+            )));
+        }
+        if args.max_sessions < shards as u64 {
+            return Err(ConfigError::new(
+                "--max-sessions must be at least one per shard".into(),
+            ));
+        }
+        if !(1..=SESSIONS_PER_USER_MAX_CEILING).contains(&args.max_sessions_per_user) {
+            return Err(ConfigError::new(format!(
+                "--max-sessions-per-user must be 1 to {SESSIONS_PER_USER_MAX_CEILING}"
+            )));
+        }
+        let auth_token = match &args.auth_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        Ok(Config {
+            listen,
+            cpus,
+            frame_bytes_max: args.max_frame_bytes,
+            out_buffer_bytes: args.out_buffer_bytes,
+            nodes_max: args.max_nodes,
+            sessions_max: args.max_sessions,
+            sessions_per_user_max: args.max_sessions_per_user,
+            auth_token,
+        })
+    }
+}
+
+impl ServeArgs {
+    /// The flags as they are when none is given.
+    pub fn defaults() -> ServeArgs {
+        match Cli::parse_from(["imrouter", "serve"]).command {
+            Command::Serve(args) => args,
+        }
+    }
+}
+
+/// A flag value that cannot be used, with a message saying why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn new(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// CPUs this process may run on (its affinity mask), in ascending order.
+pub fn available_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .collect();
+    cpus.sort_unstable();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+/// Parses "0,2,4-7" into [0, 2, 4, 5, 6, 7], keeping the given order.
+pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = |part: &str| ConfigError::new(format!("--cpus: cannot read {part:?} in {list:?}"));
+    let mut cpus = Vec::new();
+    for part in list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let first: usize = first.trim().parse().map_err(|_| bad(part))?;
+                let last: usize = last.trim().parse().map_err(|_| bad(part))?;
+                if first > last || last - first >= 4096 {
+                    return Err(bad(part));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad(part))?),
+        }
+    }
+    Ok(cpus)
+}
+
+fn format_cpus(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn read_token(path: &PathBuf) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(format!("--auth-token-file {}: {error}", path.display()))
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() || token.len() > AUTH_TOKEN_BYTES_MAX {
+        return Err(ConfigError::new(format!(
+            "--auth-token-file {}: the token must be 1 to {AUTH_TOKEN_BYTES_MAX} bytes",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_and_ranges() {
+        assert_eq!(parse_cpu_list("0,2,4").unwrap(), [0, 2, 4]);
+        assert_eq!(parse_cpu_list("0-3, 8").unwrap(), [0, 1, 2, 3, 8]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+
+    #[test]
+    fn more_shards_than_cpus_share_them() {
+        let mut args = ServeArgs::defaults();
+        args.shards = Some(5);
+        args.cpus = Some(available_cpus()[0].to_string());
+        let config = Config::from_args(&args).unwrap();
+        assert_eq!(config.shard_count(), 5);
+        assert!(config.cpus.iter().all(|&cpu| cpu == available_cpus()[0]));
+    }
+
+    #[test]
+    fn out_of_range_flags_are_refused_with_a_reason() {
+        let mut args = ServeArgs::defaults();
+        args.shards = Some(0);
+        assert!(Config::from_args(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("--shards"));
+        let mut args = ServeArgs::defaults();
+        args.max_frame_bytes = FRAME_BYTES_MAX_CEILING + 1;
+        assert!(Config::from_args(&args).is_err());
+        let mut args = ServeArgs::defaults();
+        args.out_buffer_bytes = 10;
+        assert!(Config::from_args(&args).is_err());
+        let mut args = ServeArgs::defaults();
+        args.cpus = Some("100000".into());
+        assert!(Config::from_args(&args).is_err());
+    }
+
+    #[test]
+    fn defaults_run_on_a_laptop() {
+        let config = Config::from_args(&ServeArgs::defaults()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7800".parse().unwrap());
+        assert_eq!(config.shard_count(), available_cpus().len().min(SHARDS_MAX));
+        assert_eq!(config.frame_bytes_max, FRAME_BYTES_MAX_DEFAULT);
+    }
+}

@@ -1,0 +1,102 @@
+//! Counters, kept per shard and gathered on demand.
+//!
+//! Each shard counts in plain `Cell`s that only its own thread touches; there
+//! is no shared atomic on the hot path. A metrics request is a control
+//! message to every shard, each of which answers with a [`ShardMetrics`]
+//! snapshot; [`ShardMetrics::add`] sums them.
+
+use std::cell::Cell;
+use std::fmt;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// A snapshot of one shard's counters (or their sum over shards).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct ShardMetrics {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters of one shard.
+        #[derive(Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: Cell<u64>,)*
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> ShardMetrics {
+                ShardMetrics { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl ShardMetrics {
+            /// Adds another shard's figures to these.
+            pub fn add(&mut self, other: &ShardMetrics) {
+                $(self.$name += other.$name;)*
+            }
+        }
+
+        impl fmt::Display for ShardMetrics {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut first = true;
+                $(
+                    if !first { f.write_str(" ")?; }
+                    first = false;
+                    write!(f, "{}={}", stringify!($name), self.$name)?;
+                )*
+                let _ = first;
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Node connections that completed the Hello/Welcome handshake here.
+    connections_opened,
+    /// Node connections closed here, for any reason.
+    connections_closed,
+    /// Connections closed with an Error frame because of what the node sent.
+    connections_refused,
+    /// Connections handed to another shard after their Hello.
+    connections_handed_off,
+    /// Frames read from nodes.
+    frames_in,
+    /// Bytes read from nodes.
+    bytes_in,
+    /// Bytes written to nodes.
+    bytes_out,
+    /// Routes read from nodes on this shard.
+    routes_in,
+    /// Routes this shard, as owner, queued to at least one node.
+    routes_routed,
+    /// Routes this shard, as owner, answered `Offline`.
+    routes_offline,
+    /// Routes this shard, as owner, answered `Busy`.
+    routes_busy,
+    /// Routes refused at ingress (`Rejected`).
+    routes_rejected,
+    /// Deliver frames queued to connections on this shard.
+    delivers_out,
+    /// Delivers that found their connection gone (answered `NodeGone`).
+    delivers_node_gone,
+    /// Status and Kick frames whose node had disconnected.
+    frames_undeliverable,
+    /// Session opens applied by this shard as owner.
+    session_opens,
+    /// Session closes applied by this shard as owner.
+    session_closes,
+    /// Kicks sent.
+    kicks,
+    /// Sessions dropped because their node disconnected or restarted.
+    sessions_purged,
+    /// Cross-core batches sent.
+    batches_sent,
+    /// Cross-core batches received.
+    batches_received,
+    /// Hand-offs that found the target channel full and were retried.
+    batches_deferred,
+    /// Sessions held by this shard (a gauge, filled in by the snapshot).
+    sessions,
+    /// Users with a session in this shard (a gauge).
+    users,
+}

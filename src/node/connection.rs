@@ -1,0 +1,263 @@
+//! One node connection's state: its socket, its bounded output buffer, and
+//! the writer task that flushes it.
+//!
+//! # Output path
+//!
+//! Frames for the node are appended to `output` (no write per frame). The
+//! writer task swaps `output` with its spare buffer and writes the whole
+//! batch with one `write`; frames appended meanwhile wait for the next
+//! round. The bytes queued (appended plus being written) are bounded:
+//!
+//! - above the *soft* limit (`--out-buffer-bytes`) the connection is
+//!   congested: its bit in the directory is set, and owner shards answer new
+//!   messages for the node with `Busy` instead of queueing them. The bit is
+//!   cleared when the queue drains below half the soft limit.
+//! - frames already on their way (and Status/Kick frames, which are never
+//!   refused) may use the room up to the *hard* limit; a frame that would
+//!   pass it closes the connection with `SlowConsumer`, because a node that
+//!   does not read cannot be told anything else.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use crate::limits::OUT_BUFFER_HARD_FACTOR;
+use crate::shard::signal::Signal;
+use crate::table::NodeId;
+
+use super::Directory;
+
+/// An output buffer whose capacity grew past this is given back to the
+/// allocator after its batch is written, so a burst does not pin memory.
+const SPARE_CAPACITY_KEPT: usize = 1024 * 1024;
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing.
+    Closed,
+    /// The frame would pass the hard limit; the connection is now closing
+    /// with `SlowConsumer`.
+    OverHardLimit,
+}
+
+/// A node's connection to this shard, after its Hello/Welcome.
+pub struct Connection {
+    pub node: NodeId,
+    /// The epoch of the node's sessions this connection belongs to.
+    pub epoch: u32,
+    /// Its registration in the directory.
+    pub ticket: u64,
+    pub node_name: Box<str>,
+    pub peer: Option<SocketAddr>,
+    shard: usize,
+    directory: Arc<Directory>,
+    stream: RefCell<TcpStream>,
+    /// Frames queued and not yet taken by the writer.
+    output: RefCell<Vec<u8>>,
+    /// Bytes the writer is writing right now.
+    in_flight: Cell<usize>,
+    soft_limit: usize,
+    hard_limit: usize,
+    congested: Cell<bool>,
+    closing: Cell<bool>,
+    /// The Error frame queued when the hard limit is passed.
+    slow_consumer_error: Rc<[u8]>,
+    writer_wake: Signal,
+    reader_waker: Cell<Option<Waker>>,
+    pub(crate) writer_done: Signal,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        node: NodeId,
+        epoch: u32,
+        ticket: u64,
+        node_name: Box<str>,
+        shard: usize,
+        directory: Arc<Directory>,
+        stream: TcpStream,
+        soft_limit: usize,
+        slow_consumer_error: Rc<[u8]>,
+    ) -> Self {
+        Connection {
+            node,
+            epoch,
+            ticket,
+            node_name,
+            peer: stream.peer_addr().ok(),
+            shard,
+            directory,
+            stream: RefCell::new(stream),
+            output: RefCell::new(Vec::new()),
+            in_flight: Cell::new(0),
+            soft_limit,
+            hard_limit: soft_limit * OUT_BUFFER_HARD_FACTOR,
+            congested: Cell::new(false),
+            closing: Cell::new(false),
+            slow_consumer_error,
+            writer_wake: Signal::default(),
+            reader_waker: Cell::new(None),
+            writer_done: Signal::default(),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Bytes queued for the node: appended plus being written.
+    pub fn queued_bytes(&self) -> usize {
+        self.output.borrow().len() + self.in_flight.get()
+    }
+
+    /// Queues one frame for the node.
+    pub fn push(&self, frame: &[u8]) -> Result<(), PushError> {
+        if self.closing.get() {
+            return Err(PushError::Closed);
+        }
+        let queued = self.queued_bytes() + frame.len();
+        if queued > self.hard_limit {
+            let error = self.slow_consumer_error.clone();
+            self.close(Some(&error));
+            return Err(PushError::OverHardLimit);
+        }
+        self.output.borrow_mut().extend_from_slice(frame);
+        if queued > self.soft_limit && !self.congested.get() {
+            self.congested.set(true);
+            self.directory.set_congested(self.node, self.shard, true);
+        }
+        self.writer_wake.notify();
+        Ok(())
+    }
+
+    /// Starts closing: queues `error` (bypassing the limits) as the last
+    /// frame, and stops the reader. The writer flushes what is queued and
+    /// shuts the socket's write side down. Closing twice does nothing.
+    pub fn close(&self, error: Option<&[u8]>) {
+        if self.closing.replace(true) {
+            return;
+        }
+        if let Some(error) = error {
+            self.output.borrow_mut().extend_from_slice(error);
+        }
+        if self.congested.replace(false) {
+            self.directory.set_congested(self.node, self.shard, false);
+        }
+        self.writer_wake.notify();
+        if let Some(waker) = self.reader_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Reads into `buf`. `Ok(None)` means the router is closing the
+    /// connection and the reader should stop.
+    pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        poll_fn(|cx| {
+            if self.closing.get() {
+                return Poll::Ready(Ok(None));
+            }
+            let mut stream = self.stream.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, buf) {
+                Poll::Ready(result) => Poll::Ready(result.map(Some)),
+                Poll::Pending => {
+                    self.reader_waker.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Completes when the connection starts closing.
+    pub(crate) async fn closed(&self) {
+        poll_fn(|cx| {
+            if self.closing.get() {
+                Poll::Ready(())
+            } else {
+                self.reader_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Reads and discards until the node closes its side (or fails).
+    pub(crate) async fn discard_until_closed(&self) {
+        let mut sink = [0u8; 4096];
+        loop {
+            let read =
+                poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut sink))
+                    .await;
+            if !matches!(read, Ok(1..)) {
+                return;
+            }
+        }
+    }
+
+    async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let written =
+                poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, bytes))
+                    .await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[written..];
+        }
+        Ok(())
+    }
+
+    fn shutdown_write(&self) {
+        let fd = self.stream.borrow().as_raw_fd();
+        // SAFETY: `fd` is the open socket `stream` owns. A failure (the peer
+        // already reset the connection) leaves nothing to do.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_WR);
+        }
+    }
+
+    /// Flushes `output` until the connection closes; counts bytes written
+    /// into `bytes_out`.
+    pub(crate) async fn run_writer(self: Rc<Self>, bytes_out: impl Fn(usize)) {
+        let mut spare = Vec::new();
+        loop {
+            while self.output.borrow().is_empty() {
+                if self.closing.get() {
+                    self.shutdown_write();
+                    self.writer_done.notify();
+                    return;
+                }
+                self.writer_wake.wait().await;
+            }
+            std::mem::swap(&mut *self.output.borrow_mut(), &mut spare);
+            self.in_flight.set(spare.len());
+            let written = self.write_all(&spare).await;
+            bytes_out(spare.len());
+            self.in_flight.set(0);
+            spare.clear();
+            if spare.capacity() > SPARE_CAPACITY_KEPT {
+                spare = Vec::new();
+            }
+            if written.is_err() {
+                self.close(None);
+                self.writer_done.notify();
+                return;
+            }
+            if self.congested.get() && self.queued_bytes() < self.soft_limit / 2 {
+                self.congested.set(false);
+                self.directory.set_congested(self.node, self.shard, false);
+            }
+        }
+    }
+}

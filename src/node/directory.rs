@@ -1,0 +1,431 @@
+//! The node directory: which IM nodes exist, and on which shards they have
+//! connections.
+//!
+//! It has two halves, kept apart on purpose:
+//!
+//! - the *control plane*, a mutex-guarded registry touched only when a
+//!   connection is attached or detached (node names, incarnations, which
+//!   connection holds each shard's place), and
+//! - the *data plane*, one cache-line-sized [`NodeEntry`] of atomics per node,
+//!   written only under the registry lock and read lock-free on every routed
+//!   message: one load tells the node's session epoch, one which shards have
+//!   a connection of it, one which of those are congested.
+//!
+//! # Epochs
+//!
+//! A node's sessions are valid only for the *epoch* they were opened in. The
+//! epoch advances when the node's sessions die: when its last connection
+//! closes, or when a new process (a different incarnation) of it attaches.
+//! Shards do not have to hear about it in any particular order: every
+//! session operation carries the epoch of the connection that sent it, and
+//! a shard compares the epoch of the sessions it holds with the directory's
+//! before routing to them. A shard that finds its sessions of a node stale
+//! drops them; the purge broadcast on departure only frees memory sooner.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::table::NodeId;
+
+/// The lock-free half of one node's state.
+#[repr(align(64))]
+#[derive(Default)]
+struct NodeEntry {
+    /// Epoch of the node's live sessions.
+    epoch: AtomicU32,
+    /// Bit `s`: the node has a connection on shard `s`.
+    connections: AtomicU64,
+    /// Bit `s`: that connection's output buffer is over its soft limit.
+    congested: AtomicU64,
+}
+
+/// What routing needs to know about a node, read in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeState {
+    pub epoch: u32,
+    pub connections: u64,
+    pub congested: u64,
+}
+
+impl NodeState {
+    /// The shard whose connection should receive a Deliver made on
+    /// `from_shard`: that shard itself when the node has a connection there
+    /// (shard-direct nodes), else the lowest-numbered one, so that every
+    /// message from one shard to one node takes the same path and stays in
+    /// order.
+    #[inline]
+    pub fn delivery_shard(&self, from_shard: usize) -> Option<usize> {
+        if self.connections & (1 << from_shard) != 0 {
+            Some(from_shard)
+        } else if self.connections != 0 {
+            Some(self.connections.trailing_zeros() as usize)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub fn is_congested_on(&self, shard: usize) -> bool {
+        self.congested & (1 << shard) != 0
+    }
+}
+
+/// The registry record of one node.
+struct NodeRecord {
+    name: Box<str>,
+    incarnation: u64,
+    /// The attach ticket of the connection holding each shard's place, or 0.
+    tickets: Box<[u64]>,
+}
+
+impl NodeRecord {
+    fn connection_mask(&self) -> u64 {
+        self.tickets
+            .iter()
+            .enumerate()
+            .filter(|(_, &ticket)| ticket != 0)
+            .fold(0, |mask, (shard, _)| mask | 1 << shard)
+    }
+}
+
+struct Registry {
+    by_name: HashMap<Box<str>, NodeId>,
+    records: Vec<NodeRecord>,
+    next_ticket: u64,
+}
+
+/// What a shard must do about the connections a new one superseded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Superseded {
+    Nothing,
+    /// The same process already had a connection on this shard (a reconnect
+    /// that overtook the old connection's close); close that one.
+    SameShard {
+        ticket: u64,
+    },
+    /// A previous process of the node still had connections; its sessions
+    /// are dead (the epoch advanced) and these connections must be closed.
+    PreviousIncarnation {
+        connections: Vec<(usize, u64)>,
+    },
+}
+
+/// A connection's place in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub node: NodeId,
+    pub epoch: u32,
+    /// Identifies this connection's registration; detaching with an older
+    /// ticket does nothing.
+    pub ticket: u64,
+    pub superseded: Superseded,
+}
+
+/// What detaching a connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// The node still has connections on other shards.
+    StillConnected,
+    /// That was the node's last connection: its sessions are dead from
+    /// `epoch` on (the new epoch); shards should purge.
+    Gone { epoch: u32 },
+    /// The connection had already been replaced; nothing changed.
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachError {
+    /// `--max-nodes` distinct nodes are connected.
+    Full,
+}
+
+/// The directory of one router, shared by all its shards.
+pub struct Directory {
+    entries: Box<[NodeEntry]>,
+    registry: Mutex<Registry>,
+    /// Connections served by each shard, for placing plain connections.
+    shard_connections: Box<[AtomicU32]>,
+    shard_count: usize,
+}
+
+impl Directory {
+    pub fn new(nodes_max: usize, shard_count: usize) -> Self {
+        assert!(shard_count <= 64);
+        Directory {
+            entries: (0..nodes_max).map(|_| NodeEntry::default()).collect(),
+            registry: Mutex::new(Registry {
+                by_name: HashMap::new(),
+                records: Vec::new(),
+                next_ticket: 1,
+            }),
+            shard_connections: (0..shard_count).map(|_| AtomicU32::new(0)).collect(),
+            shard_count,
+        }
+    }
+
+    /// Reads a node's state; lock-free, for the data plane.
+    #[inline]
+    pub fn state(&self, node: NodeId) -> NodeState {
+        let entry = &self.entries[node.0 as usize];
+        NodeState {
+            epoch: entry.epoch.load(Ordering::Acquire),
+            connections: entry.connections.load(Ordering::Acquire),
+            congested: entry.congested.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Marks the node's connection on `shard` congested or not.
+    pub fn set_congested(&self, node: NodeId, shard: usize, congested: bool) {
+        let entry = &self.entries[node.0 as usize];
+        if congested {
+            entry.congested.fetch_or(1 << shard, Ordering::Relaxed);
+        } else {
+            entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
+        }
+    }
+
+    /// The shard a plain (not shard-direct) connection accepted on
+    /// `accepting_shard` should be served by: the one with the fewest
+    /// connections, preferring the accepting shard on a tie.
+    pub fn placement(&self, accepting_shard: usize) -> usize {
+        let load = |shard: usize| self.shard_connections[shard].load(Ordering::Relaxed);
+        (0..self.shard_count).fold(accepting_shard, |best, shard| {
+            if load(shard) < load(best) {
+                shard
+            } else {
+                best
+            }
+        })
+    }
+
+    /// Registers a connection of node `name` (process `incarnation`) served
+    /// by `shard`.
+    pub fn attach(
+        &self,
+        name: &str,
+        incarnation: u64,
+        shard: usize,
+    ) -> Result<Attached, AttachError> {
+        let mut registry = self.registry.lock().expect("directory lock");
+        let ticket = registry.next_ticket;
+        registry.next_ticket += 1;
+
+        let node = match registry.by_name.get(name) {
+            Some(&node) => node,
+            None => self.allocate(&mut registry, name)?,
+        };
+        let entry = &self.entries[node.0 as usize];
+        let record = &mut registry.records[node.0 as usize];
+
+        let superseded = if record.connection_mask() == 0 {
+            // A fresh node, or one whose sessions already died with its last
+            // connection (the epoch advanced then).
+            Superseded::Nothing
+        } else if record.incarnation != incarnation {
+            let connections: Vec<(usize, u64)> = record
+                .tickets
+                .iter()
+                .enumerate()
+                .filter(|(_, &ticket)| ticket != 0)
+                .map(|(shard, &ticket)| (shard, ticket))
+                .collect();
+            for (shard, _) in &connections {
+                self.shard_connections[*shard].fetch_sub(1, Ordering::Relaxed);
+            }
+            record.tickets.fill(0);
+            entry.congested.store(0, Ordering::Relaxed);
+            entry.epoch.fetch_add(1, Ordering::AcqRel);
+            Superseded::PreviousIncarnation { connections }
+        } else if record.tickets[shard] != 0 {
+            self.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
+            Superseded::SameShard {
+                ticket: record.tickets[shard],
+            }
+        } else {
+            Superseded::Nothing
+        };
+
+        record.incarnation = incarnation;
+        record.tickets[shard] = ticket;
+        self.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
+        entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
+        entry
+            .connections
+            .store(record.connection_mask(), Ordering::Release);
+        Ok(Attached {
+            node,
+            epoch: entry.epoch.load(Ordering::Acquire),
+            ticket,
+            superseded,
+        })
+    }
+
+    /// Removes the connection registered under `ticket` from `shard`.
+    pub fn detach(&self, node: NodeId, shard: usize, ticket: u64) -> Detached {
+        let mut registry = self.registry.lock().expect("directory lock");
+        let record = &mut registry.records[node.0 as usize];
+        if record.tickets[shard] != ticket {
+            return Detached::Stale;
+        }
+        record.tickets[shard] = 0;
+        self.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
+        let entry = &self.entries[node.0 as usize];
+        entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
+        let mask = record.connection_mask();
+        if mask != 0 {
+            entry.connections.store(mask, Ordering::Release);
+            return Detached::StillConnected;
+        }
+        // Advance the epoch before the mask goes to zero, so a reader that
+        // sees no connection also sees the sessions are dead.
+        let epoch = entry.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        entry.connections.store(0, Ordering::Release);
+        Detached::Gone { epoch }
+    }
+
+    /// The name of a node, for logs.
+    pub fn name(&self, node: NodeId) -> String {
+        let registry = self.registry.lock().expect("directory lock");
+        registry.records[node.0 as usize].name.to_string()
+    }
+
+    /// Nodes with at least one connection.
+    pub fn connected_nodes(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|entry| entry.connections.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
+    /// Gives `name` a node id: a new one while there is room, else the id
+    /// of a node with no connection (its sessions are already dead, and its
+    /// epoch keeps counting up, so nothing of the old node is mistaken for
+    /// the new one).
+    fn allocate(&self, registry: &mut Registry, name: &str) -> Result<NodeId, AttachError> {
+        let name: Box<str> = name.into();
+        if registry.records.len() < self.entries.len() {
+            let node = NodeId(registry.records.len() as u32);
+            registry.records.push(NodeRecord {
+                name: name.clone(),
+                incarnation: 0,
+                tickets: vec![0; self.shard_count].into_boxed_slice(),
+            });
+            // Epoch 0 is never used by a live node, so a shard that has
+            // never heard of a node (its epoch 0) never holds live sessions.
+            self.entries[node.0 as usize]
+                .epoch
+                .store(1, Ordering::Release);
+            registry.by_name.insert(name, node);
+            return Ok(node);
+        }
+        let node = registry
+            .records
+            .iter()
+            .position(|record| record.connection_mask() == 0)
+            .map(|index| NodeId(index as u32))
+            .ok_or(AttachError::Full)?;
+        let old_name = std::mem::replace(&mut registry.records[node.0 as usize].name, name.clone());
+        registry.by_name.remove(&old_name);
+        registry.by_name.insert(name, node);
+        self.entries[node.0 as usize]
+            .epoch
+            .fetch_add(1, Ordering::AcqRel);
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_connection_gone_advances_the_epoch() {
+        let directory = Directory::new(4, 2);
+        let a = directory.attach("n1", 1, 0).unwrap();
+        assert_eq!(a.superseded, Superseded::Nothing);
+        let b = directory.attach("n1", 1, 1).unwrap();
+        assert_eq!((b.node, b.epoch), (a.node, a.epoch));
+        assert_eq!(directory.state(a.node).connections, 0b11);
+        assert_eq!(
+            directory.detach(a.node, 0, a.ticket),
+            Detached::StillConnected
+        );
+        assert_eq!(
+            directory.detach(a.node, 1, b.ticket),
+            Detached::Gone { epoch: a.epoch + 1 }
+        );
+        assert_eq!(directory.state(a.node).connections, 0);
+        let again = directory.attach("n1", 1, 0).unwrap();
+        assert_eq!(again.epoch, a.epoch + 1);
+    }
+
+    #[test]
+    fn a_new_incarnation_fences_the_old_one() {
+        let directory = Directory::new(4, 2);
+        let old = directory.attach("n1", 1, 0).unwrap();
+        let new = directory.attach("n1", 2, 1).unwrap();
+        assert_eq!(new.epoch, old.epoch + 1);
+        assert_eq!(
+            new.superseded,
+            Superseded::PreviousIncarnation {
+                connections: vec![(0, old.ticket)]
+            }
+        );
+        assert_eq!(directory.detach(old.node, 0, old.ticket), Detached::Stale);
+        assert_eq!(directory.state(new.node).connections, 0b10);
+    }
+
+    #[test]
+    fn reconnect_on_the_same_shard_replaces_the_connection() {
+        let directory = Directory::new(4, 1);
+        let old = directory.attach("n1", 1, 0).unwrap();
+        let new = directory.attach("n1", 1, 0).unwrap();
+        assert_eq!(new.superseded, Superseded::SameShard { ticket: old.ticket });
+        assert_eq!(new.epoch, old.epoch);
+        assert_eq!(directory.detach(old.node, 0, old.ticket), Detached::Stale);
+        assert_eq!(directory.state(new.node).connections, 1);
+    }
+
+    #[test]
+    fn full_directory_reuses_only_disconnected_ids() {
+        let directory = Directory::new(2, 1);
+        let a = directory.attach("a", 1, 0).unwrap();
+        let b = directory.attach("b", 1, 0).unwrap();
+        assert_eq!(directory.attach("c", 1, 0), Err(AttachError::Full));
+        directory.detach(a.node, 0, a.ticket);
+        let c = directory.attach("c", 1, 0).unwrap();
+        assert_eq!(c.node, a.node);
+        assert!(c.epoch > a.epoch, "sessions of the old node stay dead");
+        assert_ne!(c.node, b.node);
+    }
+
+    #[test]
+    fn delivery_prefers_the_local_shard_then_the_lowest() {
+        let state = NodeState {
+            epoch: 1,
+            connections: 0b1010,
+            congested: 0,
+        };
+        assert_eq!(state.delivery_shard(3), Some(3));
+        assert_eq!(state.delivery_shard(0), Some(1));
+        assert_eq!(
+            NodeState {
+                connections: 0,
+                ..state
+            }
+            .delivery_shard(0),
+            None
+        );
+    }
+
+    #[test]
+    fn placement_picks_the_least_loaded_shard() {
+        let directory = Directory::new(8, 3);
+        assert_eq!(directory.placement(2), 2);
+        directory.attach("a", 1, 0).unwrap();
+        directory.attach("b", 1, 2).unwrap();
+        assert_eq!(directory.placement(2), 1);
+        assert_eq!(directory.placement(0), 1);
+    }
+}

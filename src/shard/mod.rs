@@ -1,0 +1,809 @@
+//! Shards: one glommio executor per core, each owning a share of the users.
+//!
+//! A [`Shard`] is the per-core service (Seastar's `sharded<T>`): it accepts
+//! node connections, owns the location-table entries of the users whose
+//! slot maps to it ([`placement`]), and talks to the other shards only by
+//! explicit messages over [`link`]s. Everything in it is `!Send` and touched
+//! by its own thread alone, so there are no locks on the data plane.
+//!
+//! A message takes one of these paths (A: the sender's connection, B: the
+//! recipient's owner, C: the recipient node's connection):
+//!
+//! ```text
+//! A == B == C   read, route and write on one core (shard-direct nodes)
+//! A -> B        Forward batch: B routes it
+//! B -> C        Response batch: C writes the Deliver (and the Status to A
+//!               goes back B -> A the same way)
+//! C -> A        Bounce batch: C found the destination connection gone
+//! ```
+//!
+//! Ownership-side logic (applying session operations, routing) lives here;
+//! the decisions themselves are in `route` and `table`, and connection I/O
+//! is in `node`.
+
+pub mod link;
+mod outbox;
+pub mod placement;
+mod router;
+pub mod signal;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::limits::{SHARDS_MAX, SLOT_COUNT};
+use crate::metrics::Counters;
+use crate::node::{self, Connection, Directory};
+use crate::route::{self, Destination, Message, Sender};
+use crate::table::{NodeId, OpenOutcome, Table, TableLimits};
+use crate::wire::{envelope_unchecked, fb, Encoder, Verifier};
+
+use link::{Class, Control, Entries, EntryHeader, EntryKind, Inbox, ShardLink};
+use outbox::Outboxes;
+use signal::{Broadcast, Signal};
+
+pub use router::{Router, RunningRouter, StartError};
+
+/// Batches of one class taken per drain round before the other classes and
+/// the connection readers get a turn.
+const BATCHES_PER_ROUND: usize = 8;
+
+/// First and longest pause before retrying a hand-off to a full channel.
+/// Only a congested router waits here; an idle one never arms a timer.
+const FLUSH_RETRY_FIRST: Duration = Duration::from_micros(20);
+const FLUSH_RETRY_MAX: Duration = Duration::from_millis(1);
+
+/// The state of one shard. See the module docs.
+pub struct Shard {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub directory: Arc<Directory>,
+    /// Random per router process, sent in Welcome.
+    pub router_id: u64,
+    /// `links[t]` sends to shard `t`.
+    pub(crate) links: Vec<ShardLink>,
+    inbox: Inbox,
+    table: RefCell<Table>,
+    /// The epoch of the sessions this shard holds for each node; see
+    /// `node::directory` for what epochs are.
+    node_epochs: RefCell<Vec<u32>>,
+    /// Each node's connection on this shard, if it has one.
+    node_connections: RefCell<Vec<Option<Rc<Connection>>>>,
+    /// Every open connection of this shard, including ones being replaced.
+    open_connections: RefCell<Vec<Rc<Connection>>>,
+    /// Sockets accepted or adopted and not yet closed (handshaking or open).
+    pub(crate) sockets: Cell<usize>,
+    outboxes: RefCell<Outboxes>,
+    /// Builds Deliver frames only. Kept apart from `encoder` because a
+    /// Deliver that cannot be written is answered with a Status while the
+    /// Deliver frame is still borrowed from its encoder.
+    deliver_encoder: RefCell<Encoder>,
+    /// Builds every other frame the shard writes.
+    pub(crate) encoder: RefCell<Encoder>,
+    pub(crate) verifier: Verifier,
+    next_session_seq: Cell<u64>,
+    pub counters: Counters,
+    /// Asks the flusher to hand off the outboxes.
+    flush_wanted: Signal,
+    /// Outbox room changed (readers waiting for room re-check).
+    pub(crate) room: Broadcast,
+    /// Something arrived in the inbox, or outbox room appeared.
+    inbox_ready: Signal,
+    /// A connection closed.
+    pub(crate) connections_changed: Broadcast,
+    pub(crate) shutting_down: Cell<bool>,
+    stopped: Signal,
+    /// The Error frame a connection queues when it passes its hard limit,
+    /// built once because that happens while an encoder is in use.
+    pub(crate) slow_consumer_error: Rc<[u8]>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: usize,
+        config: Arc<Config>,
+        directory: Arc<Directory>,
+        links: Vec<ShardLink>,
+        inbox: Inbox,
+        router_id: u64,
+    ) -> Self {
+        let shard_count = config.shard_count();
+        assert!(shard_count <= SHARDS_MAX && index < shard_count);
+        let nodes_max = config.nodes_max as usize;
+        let table = Table::new(TableLimits {
+            sessions_max: config.sessions_per_shard_max(),
+            sessions_per_user_max: config.sessions_per_user_max as usize,
+            nodes_max,
+        });
+        Shard {
+            index,
+            verifier: Verifier::new(config.frame_bytes_max),
+            directory,
+            router_id,
+            links,
+            inbox,
+            table: RefCell::new(table),
+            node_epochs: RefCell::new(vec![0; nodes_max]),
+            node_connections: RefCell::new(vec![None; nodes_max]),
+            open_connections: RefCell::new(Vec::new()),
+            sockets: Cell::new(0),
+            outboxes: RefCell::new(Outboxes::new(shard_count)),
+            deliver_encoder: RefCell::new(Encoder::new()),
+            encoder: RefCell::new(Encoder::new()),
+            next_session_seq: Cell::new(1),
+            counters: Counters::default(),
+            flush_wanted: Signal::default(),
+            room: Broadcast::default(),
+            inbox_ready: Signal::default(),
+            connections_changed: Broadcast::default(),
+            shutting_down: Cell::new(false),
+            stopped: Signal::default(),
+            slow_consumer_error: Encoder::new()
+                .error(
+                    fb::ErrorCode::SlowConsumer,
+                    "the node stopped reading and its output buffer passed the hard limit",
+                )
+                .into(),
+            config,
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.config.shard_count()
+    }
+
+    fn owner_of(&self, user: &str) -> usize {
+        placement::shard_for_user(user.as_bytes(), self.shard_count())
+    }
+
+    // ----- Ingress: frames read from a connection on this shard ------------
+
+    /// A verified Route from `sender`'s connection on this shard.
+    pub(crate) fn on_route(&self, sender: Sender, route: fb::Route<'_>, frame: &[u8]) {
+        self.counters
+            .routes_in
+            .set(self.counters.routes_in.get() + 1);
+        match Message::from_route(route) {
+            Err(reason) => {
+                self.counters
+                    .routes_rejected
+                    .set(self.counters.routes_rejected.get() + 1);
+                let message_id = route.message_id();
+                self.send_status(
+                    sender,
+                    message_id,
+                    fb::Verdict::Rejected,
+                    reason,
+                    Class::Response,
+                );
+            }
+            Ok(message) => {
+                let owner = self.owner_of(message.to_user);
+                if owner == self.index {
+                    self.route_here(sender, &message);
+                } else {
+                    self.forward(owner, EntryKind::Route, sender, frame);
+                }
+            }
+        }
+    }
+
+    /// A verified SessionOpen or SessionClose whose ids were checked.
+    pub(crate) fn on_session_op(&self, sender: Sender, kind: EntryKind, user: &str, frame: &[u8]) {
+        let owner = self.owner_of(user);
+        if owner != self.index {
+            self.forward(owner, kind, sender, frame);
+            return;
+        }
+        // SAFETY: the caller verified `frame`.
+        let envelope = unsafe { envelope_unchecked(frame) };
+        self.apply_session_op(sender, kind, envelope);
+    }
+
+    fn forward(&self, owner: usize, kind: EntryKind, sender: Sender, frame: &[u8]) {
+        let header = EntryHeader {
+            origin_shard: sender.shard as u8,
+            ..EntryHeader::new(kind, sender.node, sender.epoch)
+        };
+        self.outboxes
+            .borrow_mut()
+            .push(owner, Class::Forward, &header, frame);
+    }
+
+    // ----- Owner side ------------------------------------------------------
+
+    fn apply_session_op(&self, sender: Sender, kind: EntryKind, envelope: fb::Envelope<'_>) {
+        if !self.observe_epoch(sender.node, sender.epoch) {
+            return; // From a connection whose sessions are already dead.
+        }
+        match kind {
+            EntryKind::SessionOpen => {
+                let open = envelope
+                    .body_as_session_open()
+                    .expect("a SessionOpen entry");
+                self.open_here(sender, open.user(), open.device(), open.platform().0);
+            }
+            EntryKind::SessionClose => {
+                let close = envelope
+                    .body_as_session_close()
+                    .expect("a SessionClose entry");
+                let mut table = self.table.borrow_mut();
+                table.close(
+                    close.user().as_bytes(),
+                    close.device().as_bytes(),
+                    sender.node,
+                );
+                self.counters
+                    .session_closes
+                    .set(self.counters.session_closes.get() + 1);
+            }
+            other => unreachable!("{other:?} is not a session operation"),
+        }
+    }
+
+    fn open_here(&self, sender: Sender, user: &str, device: &str, platform: u8) {
+        let seq = self.next_session_seq.get();
+        self.next_session_seq.set(seq + 1);
+        let outcome = self.table.borrow_mut().open(
+            user.as_bytes(),
+            device.as_bytes(),
+            platform,
+            sender.node,
+            seq,
+        );
+        self.counters
+            .session_opens
+            .set(self.counters.session_opens.get() + 1);
+        match outcome {
+            OpenOutcome::Added | OpenOutcome::Refreshed => {}
+            OpenOutcome::Replaced { previous_node } => {
+                self.kick_node(
+                    previous_node,
+                    user,
+                    device,
+                    fb::KickReason::ReplacedElsewhere,
+                );
+            }
+            OpenOutcome::UserFull => {
+                self.kick_sender(sender, user, device, fb::KickReason::SessionLimit);
+            }
+            OpenOutcome::TableFull => {
+                self.kick_sender(sender, user, device, fb::KickReason::RouterFull);
+            }
+        }
+    }
+
+    /// Records that `node`'s sessions from `epoch` on are the live ones,
+    /// dropping older sessions it holds. Returns false when `epoch` itself
+    /// is older than what this shard has seen (the operation is stale).
+    fn observe_epoch(&self, node: NodeId, epoch: u32) -> bool {
+        let mut epochs = self.node_epochs.borrow_mut();
+        let seen = epochs[node.0 as usize];
+        if epoch > seen {
+            let purged = self.table.borrow_mut().purge_node(node);
+            let counter = &self.counters.sessions_purged;
+            counter.set(counter.get() + purged as u64);
+            epochs[node.0 as usize] = epoch;
+        }
+        epoch >= seen
+    }
+
+    fn route_here(&self, sender: Sender, message: &Message<'_>) {
+        let mut nodes = ShardNodes {
+            shard: self,
+            stale: [NodeId(0); 4],
+            stale_count: 0,
+        };
+        let outcome = {
+            let table = self.table.borrow();
+            route::route(
+                &table,
+                &mut nodes,
+                &mut ShardEffects { shard: self },
+                sender,
+                message,
+            )
+        };
+        for &node in &nodes.stale[..nodes.stale_count] {
+            self.observe_epoch(node, self.directory.state(node).epoch);
+        }
+        let counter = match outcome.verdict {
+            fb::Verdict::Routed => &self.counters.routes_routed,
+            fb::Verdict::Busy => &self.counters.routes_busy,
+            _ => &self.counters.routes_offline,
+        };
+        counter.set(counter.get() + 1);
+    }
+
+    /// Tells every shard that `node`'s sessions before `epoch` are dead.
+    pub(crate) fn broadcast_purge(&self, node: NodeId, epoch: u32) {
+        let header = EntryHeader::new(EntryKind::PurgeNode, node, epoch);
+        let mut outboxes = self.outboxes.borrow_mut();
+        for target in (0..self.shard_count()).filter(|&t| t != self.index) {
+            outboxes.push(target, Class::Forward, &header, &[]);
+        }
+        drop(outboxes);
+        self.observe_epoch(node, epoch);
+        self.request_flush();
+    }
+
+    fn kick_node(&self, node: NodeId, user: &str, device: &str, reason: fb::KickReason) {
+        let state = self.directory.state(node);
+        if state.epoch != self.node_epochs.borrow()[node.0 as usize] {
+            return; // The node's sessions are dead anyway; nobody to tell.
+        }
+        if let Some(shard) = state.delivery_shard(self.index) {
+            self.counters.kicks.set(self.counters.kicks.get() + 1);
+            let mut encoder = self.encoder.borrow_mut();
+            let frame = encoder.kick(user, device, reason);
+            self.send_frame(shard, node, state.epoch, Class::Response, frame);
+        }
+    }
+
+    fn kick_sender(&self, sender: Sender, user: &str, device: &str, reason: fb::KickReason) {
+        self.counters.kicks.set(self.counters.kicks.get() + 1);
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.kick(user, device, reason);
+        self.send_frame(
+            sender.shard,
+            sender.node,
+            sender.epoch,
+            Class::Response,
+            frame,
+        );
+    }
+
+    // ----- Delivery side ---------------------------------------------------
+
+    /// Sends a Status to the connection a message came in on.
+    pub(crate) fn send_status(
+        &self,
+        sender: Sender,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+        class: Class,
+    ) {
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.status(message_id, verdict, reason);
+        self.send_frame(sender.shard, sender.node, sender.epoch, class, frame);
+    }
+
+    /// Writes `frame` to `node`'s connection on `shard`, here or by batch.
+    fn send_frame(&self, shard: usize, node: NodeId, epoch: u32, class: Class, frame: &[u8]) {
+        if shard == self.index {
+            self.write_here(node, epoch, frame);
+        } else {
+            let header = EntryHeader::new(EntryKind::Frame, node, epoch);
+            self.outboxes
+                .borrow_mut()
+                .push(shard, class, &header, frame);
+        }
+    }
+
+    /// Writes a Status or Kick to `node`'s connection on this shard, if it
+    /// is still the one at `epoch`.
+    fn write_here(&self, node: NodeId, epoch: u32, frame: &[u8]) {
+        match self.connection_for(node, epoch) {
+            Some(connection) => {
+                // Over the hard limit the connection closes itself as a slow
+                // consumer; the frame is lost with it.
+                let _ = connection.push(frame);
+            }
+            None => {
+                let counter = &self.counters.frames_undeliverable;
+                counter.set(counter.get() + 1);
+            }
+        }
+    }
+
+    /// Writes a Deliver to `node`'s connection on this shard, or, when that
+    /// connection is gone or refuses it, tells the sender `Offline/NodeGone`.
+    fn deliver_here(
+        &self,
+        node: NodeId,
+        epoch: u32,
+        sender: Sender,
+        message_id: u64,
+        frame: &[u8],
+        bounce: Class,
+    ) {
+        let written = match self.connection_for(node, epoch) {
+            Some(connection) => connection.push(frame).is_ok(),
+            None => false,
+        };
+        if written {
+            self.counters
+                .delivers_out
+                .set(self.counters.delivers_out.get() + 1);
+        } else {
+            let counter = &self.counters.delivers_node_gone;
+            counter.set(counter.get() + 1);
+            self.send_status(
+                sender,
+                message_id,
+                fb::Verdict::Offline,
+                fb::Reason::NodeGone,
+                bounce,
+            );
+        }
+    }
+
+    fn connection_for(&self, node: NodeId, epoch: u32) -> Option<Rc<Connection>> {
+        self.node_connections.borrow()[node.0 as usize]
+            .as_ref()
+            .filter(|connection| connection.epoch == epoch && !connection.is_closing())
+            .cloned()
+    }
+
+    // ----- Connections -----------------------------------------------------
+
+    pub(crate) fn register_connection(&self, connection: &Rc<Connection>) {
+        self.node_connections.borrow_mut()[connection.node.0 as usize] = Some(connection.clone());
+        self.open_connections.borrow_mut().push(connection.clone());
+        self.counters
+            .connections_opened
+            .set(self.counters.connections_opened.get() + 1);
+    }
+
+    /// Forgets a closed connection and detaches it from the directory.
+    pub(crate) fn unregister_connection(&self, connection: &Rc<Connection>) {
+        {
+            let mut slots = self.node_connections.borrow_mut();
+            let slot = &mut slots[connection.node.0 as usize];
+            if slot
+                .as_ref()
+                .is_some_and(|held| Rc::ptr_eq(held, connection))
+            {
+                *slot = None;
+            }
+        }
+        self.open_connections
+            .borrow_mut()
+            .retain(|open| !Rc::ptr_eq(open, connection));
+        let detached = self
+            .directory
+            .detach(connection.node, self.index, connection.ticket);
+        if let node::Detached::Gone { epoch } = detached {
+            self.broadcast_purge(connection.node, epoch);
+        }
+        self.counters
+            .connections_closed
+            .set(self.counters.connections_closed.get() + 1);
+        self.connections_changed.notify_all();
+    }
+
+    /// The open connection of `node` registered under `ticket`, if any.
+    pub(crate) fn connection_with_ticket(
+        &self,
+        node: NodeId,
+        ticket: u64,
+    ) -> Option<Rc<Connection>> {
+        self.open_connections
+            .borrow()
+            .iter()
+            .find(|connection| connection.node == node && connection.ticket == ticket)
+            .cloned()
+    }
+
+    /// Closes a connection, telling the node why when `error` is given.
+    pub(crate) fn close_connection(
+        &self,
+        connection: &Connection,
+        error: Option<(fb::ErrorCode, &str)>,
+    ) {
+        match error {
+            Some((code, text)) => {
+                let mut encoder = self.encoder.borrow_mut();
+                connection.close(Some(encoder.error(code, text)));
+            }
+            None => connection.close(None),
+        }
+    }
+
+    pub(crate) fn open_connection_count(&self) -> usize {
+        self.open_connections.borrow().len()
+    }
+
+    // ----- Cross-core ------------------------------------------------------
+
+    /// Asks for the outboxes to be handed off once the running tasks yield.
+    pub(crate) fn request_flush(&self) {
+        self.flush_wanted.notify();
+    }
+
+    /// Whether connection readers may read more: the outboxes their frames
+    /// feed (forward, and response for routes owned here) have room.
+    pub(crate) fn has_room_for_reading(&self) -> bool {
+        let outboxes = self.outboxes.borrow();
+        outboxes.has_room(Class::Forward) && outboxes.has_room(Class::Response)
+    }
+
+    /// Whether the drain task may take a batch of `class` now (see
+    /// `link`: a class only waits on the class after it).
+    fn may_take(&self, class: Class) -> bool {
+        match class {
+            Class::Bounce => true,
+            Class::Response => self.outboxes.borrow().has_room(Class::Bounce),
+            Class::Forward => self.outboxes.borrow().has_room(Class::Response),
+        }
+    }
+
+    /// Hands the outboxes off, retrying while a target channel is full.
+    async fn run_flusher(self: Rc<Self>) {
+        loop {
+            self.flush_wanted.wait().await;
+            let mut retry = FLUSH_RETRY_FIRST;
+            loop {
+                let flushed = self.outboxes.borrow_mut().try_flush(&self.links);
+                let counters = &self.counters;
+                counters
+                    .batches_sent
+                    .set(counters.batches_sent.get() + flushed.sent);
+                counters
+                    .batches_deferred
+                    .set(counters.batches_deferred.get() + flushed.deferred);
+                if flushed.sent > 0 {
+                    self.room.notify_all();
+                    self.inbox_ready.notify();
+                }
+                if flushed.deferred == 0 {
+                    break;
+                }
+                glommio::timer::sleep(retry).await;
+                retry = (retry * 2).min(FLUSH_RETRY_MAX);
+            }
+        }
+    }
+
+    /// Takes batches and control messages from the inbox until it is empty,
+    /// then sleeps until the doorbell rings.
+    async fn run_drain(self: Rc<Self>) {
+        loop {
+            if self.drain_round() {
+                self.request_flush();
+                glommio::executor().yield_now().await;
+                continue;
+            }
+            self.inbox.doorbell.park();
+            if self.inbox.has_work(|class| self.may_take(class)) {
+                self.inbox.doorbell.unpark();
+                continue;
+            }
+            self.inbox_ready.wait().await;
+            self.inbox.doorbell.unpark();
+        }
+    }
+
+    /// Turns doorbell bytes into a wake-up of the drain task.
+    async fn run_doorbell(self: Rc<Self>, mut bell: glommio::net::UnixStream) {
+        use futures_lite::AsyncReadExt;
+        let mut bytes = [0u8; 64];
+        while let Ok(1..) = bell.read(&mut bytes).await {
+            self.inbox_ready.notify();
+        }
+    }
+
+    /// One round over the inbox; returns whether anything was taken.
+    fn drain_round(self: &Rc<Self>) -> bool {
+        let mut worked = false;
+        while let Ok(message) = self.inbox.control.try_recv() {
+            self.on_control(message);
+            worked = true;
+        }
+        for class in [Class::Bounce, Class::Response, Class::Forward] {
+            for _ in 0..BATCHES_PER_ROUND {
+                if !self.may_take(class) {
+                    break;
+                }
+                let Ok(batch) = self.inbox.batches[class as usize].try_recv() else {
+                    break;
+                };
+                self.process_batch(&batch);
+                self.outboxes.borrow_mut().recycle(batch);
+                worked = true;
+            }
+        }
+        worked
+    }
+
+    fn process_batch(&self, batch: &[u8]) {
+        let counter = &self.counters.batches_received;
+        counter.set(counter.get() + 1);
+        for (header, frame) in Entries::new(batch) {
+            let sender = Sender {
+                shard: header.origin_shard as usize,
+                node: header.node,
+                epoch: header.epoch,
+            };
+            match header.kind {
+                EntryKind::Route => {
+                    // SAFETY: forwarded frames were verified at ingress.
+                    let envelope = unsafe { envelope_unchecked(frame) };
+                    let route = envelope.body_as_route().expect("a Route entry");
+                    let message = Message::from_route(route).expect("checked at ingress");
+                    self.route_here(sender, &message);
+                }
+                EntryKind::SessionOpen | EntryKind::SessionClose => {
+                    // SAFETY: as above.
+                    let envelope = unsafe { envelope_unchecked(frame) };
+                    self.apply_session_op(sender, header.kind, envelope);
+                }
+                EntryKind::PurgeNode => {
+                    self.observe_epoch(header.node, header.epoch);
+                }
+                EntryKind::Deliver => {
+                    let origin = Sender {
+                        shard: header.origin_shard as usize,
+                        node: header.origin_node,
+                        epoch: header.origin_epoch,
+                    };
+                    self.deliver_here(
+                        header.node,
+                        header.epoch,
+                        origin,
+                        header.message_id,
+                        frame,
+                        Class::Bounce,
+                    );
+                }
+                EntryKind::Frame => self.write_here(header.node, header.epoch, frame),
+            }
+        }
+    }
+
+    fn on_control(self: &Rc<Self>, message: Control) {
+        match message {
+            Control::Adopt(handoff) => {
+                glommio::spawn_local(node::adopt(self.clone(), handoff)).detach();
+            }
+            Control::CloseConnection {
+                node,
+                ticket,
+                code,
+                reason,
+            } => {
+                if let Some(connection) = self.connection_with_ticket(node, ticket) {
+                    self.close_connection(&connection, Some((code, reason)));
+                }
+            }
+            Control::Metrics(reply) => {
+                let mut metrics = self.counters.snapshot();
+                let table = self.table.borrow();
+                metrics.sessions = table.session_count() as u64;
+                metrics.users = table.user_count() as u64;
+                let _ = reply.try_send(metrics);
+            }
+            Control::Shutdown => {
+                self.shutting_down.set(true);
+                self.stopped.notify();
+            }
+        }
+    }
+
+    /// Runs the shard until a `Shutdown` control message arrives.
+    async fn run(
+        self: Rc<Self>,
+        listener: glommio::net::TcpListener,
+        bell: glommio::net::UnixStream,
+    ) {
+        glommio::spawn_local(self.clone().run_drain()).detach();
+        glommio::spawn_local(self.clone().run_flusher()).detach();
+        glommio::spawn_local(self.clone().run_doorbell(bell)).detach();
+        let acceptor = glommio::spawn_local(node::accept_loop(self.clone(), listener));
+        self.stopped.wait().await;
+        drop(acceptor);
+        let open: Vec<_> = self.open_connections.borrow().clone();
+        for connection in &open {
+            self.close_connection(
+                connection,
+                Some((fb::ErrorCode::ShuttingDown, "router shutting down")),
+            );
+        }
+        let all_closed = async {
+            self.connections_changed
+                .wait_until(|| self.open_connection_count() == 0)
+                .await
+        };
+        let deadline = glommio::timer::sleep(crate::limits::SHUTDOWN_GRACE);
+        futures_lite::future::or(all_closed, deadline).await;
+    }
+}
+
+/// The owner shard's view of the nodes, for `route`.
+struct ShardNodes<'a> {
+    shard: &'a Shard,
+    /// Nodes whose sessions here turned out stale, purged after routing.
+    stale: [NodeId; 4],
+    stale_count: usize,
+}
+
+impl route::Nodes for ShardNodes<'_> {
+    fn destination(&mut self, node: NodeId) -> Destination {
+        let state = self.shard.directory.state(node);
+        if state.epoch != self.shard.node_epochs.borrow()[node.0 as usize] {
+            if self.stale_count < self.stale.len() {
+                self.stale[self.stale_count] = node;
+                self.stale_count += 1;
+            }
+            return Destination::Gone;
+        }
+        match state.delivery_shard(self.shard.index) {
+            None => Destination::Gone,
+            Some(shard) if state.is_congested_on(shard) => Destination::Busy,
+            Some(shard) => Destination::Deliver {
+                shard,
+                epoch: state.epoch,
+            },
+        }
+    }
+}
+
+/// Carries out routing decisions: encodes frames and queues them locally
+/// or in a Response batch.
+struct ShardEffects<'a> {
+    shard: &'a Shard,
+}
+
+impl route::Effects for ShardEffects<'_> {
+    fn deliver(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        epoch: u32,
+        sender: Sender,
+        message: &Message<'_>,
+        devices: &[&[u8]],
+    ) {
+        let this = self.shard;
+        let mut encoder = this.deliver_encoder.borrow_mut();
+        let frame = encoder.deliver(&crate::wire::DeliverFrame {
+            message_id: message.message_id,
+            from_user: message.from_user,
+            from_device: message.from_device,
+            to_user: message.to_user,
+            devices,
+            flags: message.flags,
+            payload: message.payload,
+        });
+        if shard == this.index {
+            this.deliver_here(
+                node,
+                epoch,
+                sender,
+                message.message_id,
+                frame,
+                Class::Response,
+            );
+        } else {
+            let header = EntryHeader {
+                kind: EntryKind::Deliver,
+                origin_shard: sender.shard as u8,
+                node,
+                epoch,
+                origin_node: sender.node,
+                origin_epoch: sender.epoch,
+                message_id: message.message_id,
+            };
+            this.outboxes
+                .borrow_mut()
+                .push(shard, Class::Response, &header, frame);
+        }
+    }
+
+    fn status(
+        &mut self,
+        sender: Sender,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+    ) {
+        self.shard
+            .send_status(sender, message_id, verdict, reason, Class::Response);
+    }
+}
+
+const _: () = assert!(SHARDS_MAX <= u8::MAX as usize, "origin_shard is a u8");
+const _: () = assert!(SLOT_COUNT.is_power_of_two());

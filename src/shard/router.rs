@@ -1,0 +1,203 @@
+//! Starting and stopping a router: one pinned glommio executor per shard.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::limits::IO_MEMORY_BYTES;
+use crate::metrics::ShardMetrics;
+use crate::node::Directory;
+
+use super::link::{self, Control, ShardLink};
+use super::Shard;
+
+/// How long `metrics` waits for each shard's answer.
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts routers.
+pub struct Router;
+
+/// A router that failed to start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Router {
+    /// Starts every shard and returns once all of them accept connections.
+    pub fn start(config: Config) -> Result<RunningRouter, StartError> {
+        let config = Arc::new(config);
+        let shard_count = config.shard_count();
+        let (links, inboxes) = link::links(shard_count)
+            .map_err(|error| StartError(format!("cross-core links: {error}")))?;
+        let directory = Arc::new(Directory::new(config.nodes_max as usize, shard_count));
+        let router_id = random_u64();
+        let mut running = RunningRouter {
+            local_addr: config.listen,
+            cpus: config.cpus.clone(),
+            router_id,
+            links: links.clone(),
+            executors: Vec::new(),
+        };
+
+        // Shard 0 binds first so that, when the configured port is 0, the
+        // others bind the port it got (all with SO_REUSEPORT).
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let listen = running.local_addr;
+            let (config, directory, links) = (config.clone(), directory.clone(), links.clone());
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[index]))
+                .name(&format!("imrouter-shard-{index}"))
+                .io_memory(IO_MEMORY_BYTES)
+                .spawn(move || async move {
+                    let listener = match glommio::net::TcpListener::bind(listen) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = ready_tx
+                                .send(Err(format!("shard {index}: bind {listen}: {error}")));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(listener.local_addr().map_err(|error| error.to_string()));
+                    let mut inbox = inbox;
+                    let bell_fd = std::mem::replace(
+                        &mut inbox.bell,
+                        std::os::unix::net::UnixStream::pair()
+                            .expect("socket pair")
+                            .0,
+                    );
+                    // SAFETY: ownership of the doorbell's read end moves into
+                    // the glommio stream.
+                    let bell =
+                        unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd.into_raw_fd()) };
+                    let shard = Rc::new(Shard::new(
+                        index, config, directory, links, inbox, router_id,
+                    ));
+                    shard.run(listener, bell).await;
+                })
+                .map_err(|error| StartError(format!("shard {index}: {error}")))?;
+            running.executors.push(executor);
+            match ready_rx.recv() {
+                Ok(Ok(addr)) => running.local_addr = addr,
+                Ok(Err(error)) => return Err(StartError(error)),
+                Err(_) => return Err(StartError(format!("shard {index} stopped while starting"))),
+            }
+        }
+        Ok(running)
+    }
+}
+
+/// A started router. Dropping it shuts it down.
+pub struct RunningRouter {
+    local_addr: SocketAddr,
+    cpus: Vec<usize>,
+    router_id: u64,
+    links: Vec<ShardLink>,
+    executors: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl RunningRouter {
+    /// Where the router accepts connections (the real port when the
+    /// configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The CPU each shard is pinned to.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    pub fn router_id(&self) -> u64 {
+        self.router_id
+    }
+
+    /// Every shard's counters, by shard.
+    pub fn shard_metrics(&self) -> Vec<ShardMetrics> {
+        let mut replies = Vec::with_capacity(self.links.len());
+        for link in &self.links {
+            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+            if send_control(link, Control::Metrics(reply_tx)) {
+                replies.push(reply_rx);
+            }
+        }
+        replies
+            .into_iter()
+            .map(|reply| reply.recv_timeout(METRICS_TIMEOUT).unwrap_or_default())
+            .collect()
+    }
+
+    /// The sum of every shard's counters.
+    pub fn metrics(&self) -> ShardMetrics {
+        self.shard_metrics()
+            .iter()
+            .fold(ShardMetrics::default(), |mut total, shard| {
+                total.add(shard);
+                total
+            })
+    }
+
+    /// Closes every connection (nodes get an Error frame, ShuttingDown) and
+    /// stops the shards.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for link in &self.links {
+            send_control(link, Control::Shutdown);
+        }
+        for executor in self.executors.drain(..) {
+            let _ = executor.join();
+        }
+    }
+}
+
+impl Drop for RunningRouter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a control message from outside the shards, waiting while the
+/// queue is full. Returns false when the shard has stopped.
+fn send_control(link: &ShardLink, mut message: Control) -> bool {
+    for _ in 0..1000 {
+        match link.try_control(message) {
+            Ok(()) => return true,
+            Err(returned) => message = returned,
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// A random id from the standard library's randomly seeded hasher (the
+/// router id only has to differ between router processes).
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}

@@ -1,0 +1,356 @@
+//! Test harness: a router on 127.0.0.1:0 and blocking test nodes that speak
+//! the protocol over real TCP, with the same `wire` codec the router uses.
+//!
+//! Nothing here sleeps to synchronise: tests wait for frames. Reads carry a
+//! generous timeout only so that a broken router fails a test instead of
+//! hanging it.
+
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use imrouter::config::{Config, ServeArgs};
+use imrouter::wire::{self, fb, Check, Encoder, HelloFrame, RouteFrame, Verifier};
+use imrouter::{Router, RunningRouter};
+
+/// How long a test waits for a frame before failing.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn start_router(shards: usize) -> RunningRouter {
+    start_router_with(shards, |_| {})
+}
+
+pub fn start_router_with(shards: usize, adjust: impl FnOnce(&mut ServeArgs)) -> RunningRouter {
+    let mut args = ServeArgs::defaults();
+    args.listen = "127.0.0.1:0".into();
+    args.shards = Some(shards);
+    adjust(&mut args);
+    Router::start(Config::from_args(&args).expect("valid test config")).expect("router starts")
+}
+
+/// A frame as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Welcome {
+        shard: u16,
+        shard_count: u16,
+        slot_count: u16,
+    },
+    Deliver {
+        message_id: u64,
+        from_user: String,
+        to_user: String,
+        devices: Vec<String>,
+        payload: Vec<u8>,
+    },
+    Status {
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+    },
+    Kick {
+        user: String,
+        device: String,
+        reason: fb::KickReason,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Error {
+        code: fb::ErrorCode,
+        text: String,
+    },
+    Other(fb::Body),
+}
+
+impl Frame {
+    fn decode(frame: &[u8]) -> Frame {
+        let envelope = Verifier::new(16 << 20)
+            .verify(frame)
+            .expect("router frames verify");
+        match envelope.body_type() {
+            fb::Body::Welcome => {
+                let w = envelope.body_as_welcome().unwrap();
+                Frame::Welcome {
+                    shard: w.shard(),
+                    shard_count: w.shard_count(),
+                    slot_count: w.slot_count(),
+                }
+            }
+            fb::Body::Deliver => {
+                let d = envelope.body_as_deliver().unwrap();
+                Frame::Deliver {
+                    message_id: d.message_id(),
+                    from_user: d.from_user().unwrap_or("").to_string(),
+                    to_user: d.to_user().unwrap_or("").to_string(),
+                    devices: d
+                        .devices()
+                        .map(|v| v.iter().map(str::to_string).collect())
+                        .unwrap_or_default(),
+                    payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
+                }
+            }
+            fb::Body::Status => {
+                let s = envelope.body_as_status().unwrap();
+                Frame::Status {
+                    message_id: s.message_id(),
+                    verdict: s.verdict(),
+                    reason: s.reason(),
+                }
+            }
+            fb::Body::Kick => {
+                let k = envelope.body_as_kick().unwrap();
+                Frame::Kick {
+                    user: k.user().unwrap_or("").to_string(),
+                    device: k.device().unwrap_or("").to_string(),
+                    reason: k.reason(),
+                }
+            }
+            fb::Body::Pong => Frame::Pong {
+                nonce: envelope.body_as_pong().unwrap().nonce(),
+            },
+            fb::Body::Ping => Frame::Ping {
+                nonce: envelope.body_as_ping().unwrap().nonce(),
+            },
+            fb::Body::Error => {
+                let e = envelope.body_as_error().unwrap();
+                Frame::Error {
+                    code: e.code(),
+                    text: e.text().unwrap_or("").to_string(),
+                }
+            }
+            other => Frame::Other(other),
+        }
+    }
+}
+
+/// A raw connection that reads whole frames.
+pub struct Wire {
+    pub stream: TcpStream,
+    input: Vec<u8>,
+}
+
+impl Wire {
+    pub fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Wire {
+            stream,
+            input: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next frame, or `None` when the router closed the connection.
+    pub fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Check::Complete(len) = wire::check(&self.input, u32::MAX) {
+                let frame = Frame::decode(&self.input[..len]);
+                self.input.drain(..len);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(self.input.is_empty(), "connection ended inside a frame");
+                    return None;
+                }
+                Ok(read) => self.input.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == ErrorKind::ConnectionReset => return None,
+                Err(error) => {
+                    panic!("read failed (timeout means the router never answered): {error}")
+                }
+            }
+        }
+    }
+
+    /// Reads until the router closes the connection; returns the Error frame
+    /// it sent last, if any.
+    pub fn error_then_close(&mut self) -> Option<(fb::ErrorCode, String)> {
+        let mut last_error = None;
+        while let Some(frame) = self.recv() {
+            if let Frame::Error { code, text } = frame {
+                last_error = Some((code, text));
+            }
+        }
+        last_error
+    }
+
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+/// A test IM node.
+pub struct Node {
+    pub name: String,
+    pub wire: Wire,
+    pub encoder: Encoder,
+    pub shard: u16,
+    pub shard_count: u16,
+    next_message_id: u64,
+}
+
+pub fn hello_frame(name: &str, incarnation: u64, shard: Option<u16>) -> Vec<u8> {
+    Encoder::new()
+        .hello(&HelloFrame {
+            protocol_version: 1,
+            node_name: name,
+            incarnation,
+            auth_token: None,
+            shard,
+        })
+        .to_vec()
+}
+
+impl Node {
+    pub fn connect(addr: SocketAddr, name: &str) -> Node {
+        Node::connect_with(addr, name, 1, None)
+    }
+
+    /// Connects asking to be served by `shard` (shard-direct).
+    pub fn connect_to_shard(addr: SocketAddr, name: &str, shard: u16) -> Node {
+        Node::connect_with(addr, name, 1, Some(shard))
+    }
+
+    pub fn connect_with(
+        addr: SocketAddr,
+        name: &str,
+        incarnation: u64,
+        shard: Option<u16>,
+    ) -> Node {
+        let mut wire = Wire::connect(addr);
+        wire.send(&hello_frame(name, incarnation, shard));
+        match wire.recv() {
+            Some(Frame::Welcome {
+                shard,
+                shard_count,
+                slot_count,
+            }) => {
+                assert_eq!(slot_count, 16384);
+                Node {
+                    name: name.to_string(),
+                    wire,
+                    encoder: Encoder::new(),
+                    shard,
+                    shard_count,
+                    next_message_id: 1,
+                }
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub fn open(&mut self, user: &str, device: &str) {
+        let frame = self
+            .encoder
+            .session_open(user, device, fb::Platform::Mobile)
+            .to_vec();
+        self.wire.send(&frame);
+    }
+
+    pub fn close_session(&mut self, user: &str, device: &str) {
+        let frame = self.encoder.session_close(user, device).to_vec();
+        self.wire.send(&frame);
+    }
+
+    /// Opens a session and waits until its owner shard applied it: frames
+    /// from one connection about one user are applied in order, so a Route
+    /// to the new device that comes back as a Deliver proves the open.
+    pub fn open_confirmed(&mut self, user: &str, device: &str) {
+        self.open(user, device);
+        let id = self.route_to(user, Some(device), b"sync", wire::ROUTE_FLAG_ACK);
+        let mut delivered = false;
+        let mut routed = false;
+        while !(delivered && routed) {
+            match self.recv() {
+                Frame::Deliver { message_id, .. } if message_id == id => delivered = true,
+                Frame::Status {
+                    message_id,
+                    verdict: fb::Verdict::Routed,
+                    ..
+                } if message_id == id => routed = true,
+                other => panic!("while confirming {user}/{device}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a Route; returns its message id.
+    pub fn route_to(
+        &mut self,
+        to_user: &str,
+        to_device: Option<&str>,
+        payload: &[u8],
+        flags: u32,
+    ) -> u64 {
+        let message_id = self.next_message_id;
+        self.next_message_id += 1;
+        let frame = self
+            .encoder
+            .route(&RouteFrame {
+                message_id,
+                from_user: &self.name,
+                from_device: "test",
+                to_user,
+                to_device,
+                flags,
+                payload,
+            })
+            .to_vec();
+        self.wire.send(&frame);
+        message_id
+    }
+
+    pub fn recv(&mut self) -> Frame {
+        self.wire.recv().expect("connection open")
+    }
+
+    /// Sends a Ping and returns every frame that arrived before its Pong.
+    pub fn ping(&mut self, nonce: u64) -> Vec<Frame> {
+        let frame = self.encoder.ping(nonce).to_vec();
+        self.wire.send(&frame);
+        let mut before = Vec::new();
+        loop {
+            match self.recv() {
+                Frame::Pong { nonce: got } if got == nonce => return before,
+                other => before.push(other),
+            }
+        }
+    }
+
+    pub fn expect_status(&mut self, message_id: u64) -> (fb::Verdict, fb::Reason) {
+        match self.recv() {
+            Frame::Status {
+                message_id: got,
+                verdict,
+                reason,
+            } if got == message_id => (verdict, reason),
+            other => panic!("expected Status for {message_id}, got {other:?}"),
+        }
+    }
+
+    pub fn expect_deliver(&mut self) -> (u64, String, Vec<String>, Vec<u8>) {
+        match self.recv() {
+            Frame::Deliver {
+                message_id,
+                to_user,
+                mut devices,
+                payload,
+                ..
+            } => {
+                devices.sort();
+                (message_id, to_user, devices, payload)
+            }
+            other => panic!("expected Deliver, got {other:?}"),
+        }
+    }
+}
