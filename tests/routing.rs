@@ -1,4 +1,5 @@
-//! One-to-one routing over real TCP.
+//! One-to-one routing over real TCP: sessions, verdicts, kicks, node
+//! departure, and the cross-shard and shard-direct paths.
 
 mod common;
 
@@ -24,4 +25,287 @@ fn route_across_two_nodes() {
         (id, "bob", &b"hi bob"[..])
     );
     assert_eq!(devices, ["phone"]);
+}
+
+#[test]
+fn offline_verdict_comes_back_even_without_ack() {
+    let router = start_router(2);
+    let mut node = Node::connect(router.local_addr(), "node-a");
+    let id = node.route_to("nobody", None, b"are you there", 0);
+    assert_eq!(
+        node.expect_status(id),
+        (fb::Verdict::Offline, fb::Reason::NoSession)
+    );
+    // A session on another device does not make a device-addressed message
+    // deliverable.
+    node.open_confirmed("carol", "phone");
+    let id = node.route_to("carol", Some("watch"), b"x", 0);
+    assert_eq!(
+        node.expect_status(id),
+        (fb::Verdict::Offline, fb::Reason::NoSuchDevice)
+    );
+}
+
+#[test]
+fn all_devices_get_one_deliver_per_node_and_to_device_gets_one() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut sender = Node::connect(addr, "sender");
+    let mut node_1 = Node::connect(addr, "node-1");
+    let mut node_2 = Node::connect(addr, "node-2");
+    node_1.open_confirmed("dave", "phone");
+    node_2.open_confirmed("dave", "desktop");
+    node_2.open_confirmed("dave", "web");
+
+    let id = sender.route_to("dave", None, b"to all", ROUTE_FLAG_ACK);
+    assert_eq!(sender.expect_status(id).0, fb::Verdict::Routed);
+    assert_eq!(
+        node_1.expect_deliver(),
+        (id, "dave".into(), vec!["phone".into()], b"to all".to_vec())
+    );
+    assert_eq!(
+        node_2.expect_deliver(),
+        (
+            id,
+            "dave".into(),
+            vec!["desktop".into(), "web".into()],
+            b"to all".to_vec()
+        )
+    );
+
+    let id = sender.route_to("dave", Some("web"), b"just web", ROUTE_FLAG_ACK);
+    assert_eq!(sender.expect_status(id).0, fb::Verdict::Routed);
+    assert_eq!(
+        node_2.expect_deliver(),
+        (id, "dave".into(), vec!["web".into()], b"just web".to_vec())
+    );
+    // node-1 got nothing more: its next frame is the Pong.
+    assert!(node_1.ping(1).is_empty());
+}
+
+#[test]
+fn same_device_on_another_node_kicks_the_first() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut first = Node::connect(addr, "node-1");
+    let mut second = Node::connect(addr, "node-2");
+    first.open_confirmed("erin", "phone");
+    second.open_confirmed("erin", "phone");
+    match first.recv() {
+        Frame::Kick {
+            user,
+            device,
+            reason,
+        } => {
+            assert_eq!((user.as_str(), device.as_str()), ("erin", "phone"));
+            assert_eq!(reason, fb::KickReason::ReplacedElsewhere);
+        }
+        other => panic!("expected a Kick, got {other:?}"),
+    }
+    // Messages now reach the second node only, and the first node's late
+    // close does not remove the second node's session.
+    first.close_session("erin", "phone");
+    let mut sender = Node::connect(addr, "sender");
+    let id = sender.route_to("erin", None, b"where are you", ROUTE_FLAG_ACK);
+    assert_eq!(sender.expect_status(id).0, fb::Verdict::Routed);
+    assert_eq!(second.expect_deliver().0, id);
+    assert!(first.ping(2).is_empty());
+}
+
+#[test]
+fn session_close_makes_the_user_offline() {
+    let router = start_router(1);
+    let mut node = Node::connect(router.local_addr(), "node-1");
+    node.open_confirmed("frank", "phone");
+    node.close_session("frank", "phone");
+    let id = node.route_to("frank", None, b"x", 0);
+    assert_eq!(
+        node.expect_status(id),
+        (fb::Verdict::Offline, fb::Reason::NoSession)
+    );
+}
+
+#[test]
+fn too_many_devices_gets_the_new_session_kicked() {
+    let router = start_router_with(1, |args| args.max_sessions_per_user = 2);
+    let mut node = Node::connect(router.local_addr(), "node-1");
+    node.open_confirmed("gina", "a");
+    node.open_confirmed("gina", "b");
+    node.open("gina", "c");
+    match node.recv() {
+        Frame::Kick { device, reason, .. } => {
+            assert_eq!(
+                (device.as_str(), reason),
+                ("c", fb::KickReason::SessionLimit)
+            );
+        }
+        other => panic!("expected a Kick, got {other:?}"),
+    }
+}
+
+/// Routes to `user` until the verdict is Offline. Node departure is noticed
+/// by the router when the socket closes, which the test cannot observe, so
+/// it polls with round trips (never sleeps); a Routed message sent in the
+/// window before is answered Offline/NodeGone.
+fn route_until_offline(sender: &mut Node, user: &str) {
+    for _ in 0..100_000 {
+        let id = sender.route_to(user, None, b"still there?", ROUTE_FLAG_ACK);
+        match sender.expect_status(id) {
+            (fb::Verdict::Offline, fb::Reason::NoSession) => return,
+            (fb::Verdict::Routed, _) => {
+                // The Deliver raced the disconnect; it is answered too.
+                assert_eq!(
+                    sender.expect_status(id),
+                    (fb::Verdict::Offline, fb::Reason::NodeGone)
+                );
+            }
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    panic!("{user} never went offline");
+}
+
+#[test]
+fn node_disconnect_purges_its_sessions_in_every_shard() {
+    let router = start_router(4);
+    let addr = router.local_addr();
+    let mut sender = Node::connect(addr, "sender");
+    let mut leaving = Node::connect(addr, "leaving");
+    let users: Vec<String> = (0..4)
+        .map(|shard| user_on_shard("hank", shard, 4))
+        .collect();
+    for user in &users {
+        leaving.open_confirmed(user, "phone");
+    }
+    assert_eq!(router.metrics().sessions, 4);
+    drop(leaving);
+    for user in &users {
+        route_until_offline(&mut sender, user);
+    }
+    assert_eq!(router.metrics().sessions, 0, "no ghost sessions left");
+}
+
+/// Places the sender's connection, the recipient's owner shard and the
+/// recipient's connection on three different shards, so each message takes
+/// both cross-core hops, and checks order and exactly-once delivery.
+fn cross_shard_routing(shard_count: usize) {
+    let router = start_router(shard_count);
+    let addr = router.local_addr();
+    let last = (shard_count - 1) as u16;
+    let mut sender = Node::connect_to_shard(addr, "sender", 0);
+    let mut receiver = Node::connect_to_shard(addr, "receiver", last);
+    assert_eq!((sender.shard, receiver.shard), (0, last));
+    let owner = shard_count / 2; // 1 of 2, 2 of 4: never the sender's shard
+    let user = user_on_shard("ivy", owner, shard_count);
+    receiver.open_confirmed(&user, "phone");
+    let before = router.metrics().batches_sent;
+
+    let count = 2000;
+    let ids: Vec<u64> = (0..count)
+        .map(|i| sender.route_to(&user, None, format!("message {i}").as_bytes(), 0))
+        .collect();
+    for (i, &id) in ids.iter().enumerate() {
+        let (message_id, _, devices, payload) = receiver.expect_deliver();
+        assert_eq!(
+            message_id, id,
+            "messages arrive in the order they were sent"
+        );
+        assert_eq!(devices, ["phone"]);
+        assert_eq!(payload, format!("message {i}").as_bytes());
+    }
+    assert!(
+        sender.ping(7).is_empty(),
+        "no verdict for routed messages without ACK"
+    );
+    assert!(
+        receiver.ping(8).is_empty(),
+        "each message delivered exactly once"
+    );
+    let metrics = router.metrics();
+    assert!(metrics.batches_sent > before, "messages crossed cores");
+    assert_eq!(metrics.delivers_out, count as u64 + 1);
+}
+
+#[test]
+fn cross_shard_routing_with_two_shards() {
+    cross_shard_routing(2);
+}
+
+#[test]
+fn cross_shard_routing_with_four_shards() {
+    cross_shard_routing(4);
+}
+
+#[test]
+fn shard_direct_nodes_route_without_a_cross_core_hop() {
+    let shard_count = 4;
+    let router = start_router(shard_count);
+    let addr = router.local_addr();
+    // Each node opens one connection per shard, as shard-direct nodes do.
+    let mut sender: Vec<Node> = (0..shard_count as u16)
+        .map(|shard| Node::connect_to_shard(addr, "direct-a", shard))
+        .collect();
+    let mut receiver: Vec<Node> = (0..shard_count as u16)
+        .map(|shard| Node::connect_to_shard(addr, "direct-b", shard))
+        .collect();
+    for (shard, node) in receiver.iter().enumerate() {
+        assert_eq!(node.shard as usize, shard);
+    }
+    let users: Vec<String> = (0..shard_count)
+        .map(|shard| user_on_shard("jill", shard, shard_count))
+        .collect();
+    for (shard, user) in users.iter().enumerate() {
+        receiver[shard].open_confirmed(user, "phone");
+    }
+    let before = router.metrics();
+
+    for (shard, user) in users.iter().enumerate() {
+        let id = sender[shard].route_to(user, None, b"direct", ROUTE_FLAG_ACK);
+        assert_eq!(sender[shard].expect_status(id).0, fb::Verdict::Routed);
+        // Delivered on the receiver's connection of the same shard.
+        assert_eq!(receiver[shard].expect_deliver().0, id);
+    }
+    let after = router.metrics();
+    assert_eq!(
+        after.batches_sent, before.batches_sent,
+        "no cross-core hand-off at all"
+    );
+    assert_eq!(
+        after.routes_routed - before.routes_routed,
+        shard_count as u64
+    );
+}
+
+#[test]
+fn a_plain_node_with_one_connection_reaches_users_of_every_shard() {
+    let shard_count = 4;
+    let router = start_router(shard_count);
+    let addr = router.local_addr();
+    let mut plain = Node::connect(addr, "plain");
+    let mut other = Node::connect(addr, "other");
+    for shard in 0..shard_count {
+        let user = user_on_shard("kim", shard, shard_count);
+        other.open_confirmed(&user, "phone");
+        let id = plain.route_to(&user, None, b"hello", ROUTE_FLAG_ACK);
+        assert_eq!(plain.expect_status(id).0, fb::Verdict::Routed);
+        assert_eq!(other.expect_deliver().0, id);
+    }
+}
+
+#[test]
+fn rejected_route_gets_a_verdict_and_keeps_the_connection() {
+    let router = start_router(1);
+    let mut node = Node::connect(router.local_addr(), "node-1");
+    let too_long = "u".repeat(300);
+    let id = node.route_to(&too_long, None, b"x", 0);
+    assert_eq!(
+        node.expect_status(id),
+        (fb::Verdict::Rejected, fb::Reason::InvalidRecipient)
+    );
+    let id = node.route_to("", None, b"x", 0);
+    assert_eq!(
+        node.expect_status(id),
+        (fb::Verdict::Rejected, fb::Reason::InvalidRecipient)
+    );
+    assert!(node.ping(3).is_empty());
 }

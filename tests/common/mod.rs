@@ -354,3 +354,13 @@ impl Node {
         }
     }
 }
+
+/// A user id owned by `shard` when the router runs `shard_count` shards.
+pub fn user_on_shard(prefix: &str, shard: usize, shard_count: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|user| {
+            imrouter::shard::placement::shard_for_user(user.as_bytes(), shard_count) == shard
+        })
+        .unwrap()
+}

@@ -1,0 +1,91 @@
+//! The `imrouter` binary: help text, the ready line, and a clean stop.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+use imrouter::wire::fb;
+
+fn imrouter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imrouter"))
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let top = imrouter().arg("--help").output().unwrap();
+    assert!(top.status.success());
+    let top = String::from_utf8(top.stdout).unwrap();
+    assert!(top.contains("serve"), "{top}");
+
+    let serve = imrouter().args(["serve", "--help"]).output().unwrap();
+    assert!(serve.status.success());
+    let serve = String::from_utf8(serve.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--shards",
+        "--cpus",
+        "--max-frame-bytes",
+        "--out-buffer-bytes",
+        "--max-nodes",
+        "--max-sessions",
+        "--max-sessions-per-user",
+        "--auth-token-file",
+    ] {
+        assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_with_a_message() {
+    let output = imrouter()
+        .args(["serve", "--shards", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--shards"), "{stderr}");
+}
+
+#[test]
+fn serves_nodes_after_the_ready_line_and_stops_on_sigterm() {
+    let mut child = imrouter()
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    // "imrouter: ready: listening on 127.0.0.1:PORT, 2 shards on cpus [..]"
+    assert!(line.starts_with("imrouter: ready: listening on "), "{line}");
+    assert!(line.contains(", 2 shards on cpus ["), "{line}");
+    let addr = line["imrouter: ready: listening on ".len()..]
+        .split(',')
+        .next()
+        .unwrap();
+    let addr = addr.parse().unwrap();
+
+    let mut node = Node::connect(addr, "cli-node");
+    node.open_confirmed("u", "d");
+
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let (code, _) = node
+        .wire
+        .error_then_close()
+        .expect("an Error frame before the close");
+    assert_eq!(code, fb::ErrorCode::ShuttingDown);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = stderr.lines().map(Result::unwrap).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.starts_with("imrouter: stopped: ")),
+        "{rest:?}"
+    );
+}
