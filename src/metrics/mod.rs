@@ -57,6 +57,8 @@ counters! {
     connections_closed,
     /// Connections closed with an Error frame because of what the node sent.
     connections_refused,
+    /// Connections closed because the node stopped reading (SlowConsumer).
+    connections_slow,
     /// Connections handed to another shard after their Hello.
     connections_handed_off,
     /// Frames read from nodes.

@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::limits::{SHARDS_MAX, SLOT_COUNT};
 use crate::metrics::Counters;
-use crate::node::{self, Connection, Directory};
+use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Sender};
 use crate::table::{NodeId, OpenOutcome, Table, TableLimits};
 use crate::wire::{envelope_unchecked, fb, Encoder, Verifier};
@@ -390,7 +390,9 @@ impl Shard {
             Some(connection) => {
                 // Over the hard limit the connection closes itself as a slow
                 // consumer; the frame is lost with it.
-                let _ = connection.push(frame);
+                if connection.push(frame) == Err(PushError::OverHardLimit) {
+                    self.count_slow_consumer();
+                }
             }
             None => {
                 let counter = &self.counters.frames_undeliverable;
@@ -411,7 +413,14 @@ impl Shard {
         bounce: Class,
     ) {
         let written = match self.connection_for(node, epoch) {
-            Some(connection) => connection.push(frame).is_ok(),
+            Some(connection) => match connection.push(frame) {
+                Ok(()) => true,
+                Err(PushError::OverHardLimit) => {
+                    self.count_slow_consumer();
+                    false
+                }
+                Err(PushError::Closed) => false,
+            },
             None => false,
         };
         if written {
@@ -429,6 +438,15 @@ impl Shard {
                 bounce,
             );
         }
+    }
+
+    fn count_slow_consumer(&self) {
+        let counter = &self.counters.connections_slow;
+        counter.set(counter.get() + 1);
+        crate::log!(
+            "shard {}: disconnecting a node that stopped reading",
+            self.index
+        );
     }
 
     fn connection_for(&self, node: NodeId, epoch: u32) -> Option<Rc<Connection>> {
