@@ -81,10 +81,13 @@ pub const OUT_BUFFER_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
 pub const OUT_BUFFER_BYTES_MIN: usize = 64 * 1024;
 
 /// The hard limit of an output buffer is this many times the soft limit.
-/// Frames already in flight to a congested connection (and Status frames,
-/// which are never refused) may use the room between the two; a node whose
-/// buffer passes the hard limit is disconnected with `SlowConsumer`, because
-/// it is not reading and we cannot tell it anything else.
+/// A Status, Kick or Pong that would pass it disconnects the node with
+/// `SlowConsumer`: the node keeps sending but does not read, and we cannot
+/// tell it anything else. Delivers never pass through this check: one that
+/// an owner shard decided before the node became congested is always
+/// queued, so the buffer can pass the soft limit by what was in flight
+/// towards the node, which the cross-core channels bound
+/// (`LINK_BATCHES_MAX` batches per source shard).
 pub const OUT_BUFFER_HARD_FACTOR: usize = 2;
 
 /// Target size of one cross-core batch. A batch is sent when a processing
@@ -129,6 +132,14 @@ pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a stopping shard waits for its connections to flush and close.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Messages to recipients on several nodes that one connection may have
+/// waiting for their destinations' reports (about 40 bytes each). Reports
+/// arrive as soon as the destination shards process their batches, so the
+/// number waiting is bounded by what the cross-core channels hold; a
+/// connection that passes this anyway is closed with `RouterFull` rather
+/// than let its verdicts go untracked.
+pub const PENDING_REPORTS_MAX: usize = 1 << 20;
 
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -58,7 +58,12 @@ fn all_devices_get_one_deliver_per_node_and_to_device_gets_one() {
     node_2.open_confirmed("dave", "web");
 
     let id = sender.route_to("dave", None, b"to all", ROUTE_FLAG_ACK);
-    assert_eq!(sender.expect_status(id).0, fb::Verdict::Routed);
+    // Two destination nodes, one verdict.
+    assert_eq!(
+        sender.expect_status(id),
+        (fb::Verdict::Routed, fb::Reason::None)
+    );
+    assert!(sender.ping(9).is_empty(), "exactly one verdict");
     assert_eq!(
         node_1.expect_deliver(),
         (id, "dave".into(), vec!["phone".into()], b"to all".to_vec())
@@ -145,20 +150,19 @@ fn too_many_devices_gets_the_new_session_kicked() {
 
 /// Routes to `user` until the verdict is Offline. Node departure is noticed
 /// by the router when the socket closes, which the test cannot observe, so
-/// it polls with round trips (never sleeps); a Routed message sent in the
-/// window before is answered Offline/NodeGone.
+/// it polls with round trips (never sleeps). Each Route gets exactly one
+/// verdict: Routed, or Offline/NodeGone when its Deliver raced the
+/// disconnect, or Offline/NoSession once the sessions are gone.
 fn route_until_offline(sender: &mut Node, user: &str) {
     for _ in 0..100_000 {
         let id = sender.route_to(user, None, b"still there?", ROUTE_FLAG_ACK);
         match sender.expect_status(id) {
-            (fb::Verdict::Offline, fb::Reason::NoSession) => return,
-            (fb::Verdict::Routed, _) => {
-                // The Deliver raced the disconnect; it is answered too.
-                assert_eq!(
-                    sender.expect_status(id),
-                    (fb::Verdict::Offline, fb::Reason::NodeGone)
-                );
+            (fb::Verdict::Offline, fb::Reason::NoSession) => {
+                assert!(sender.ping(id).is_empty(), "one verdict per Route");
+                return;
             }
+            (fb::Verdict::Routed, fb::Reason::None)
+            | (fb::Verdict::Offline, fb::Reason::NodeGone) => {}
             other => panic!("unexpected verdict {other:?}"),
         }
     }

@@ -10,14 +10,23 @@
 //!
 //! - above the *soft* limit (`--out-buffer-bytes`) the connection is
 //!   congested: its bit in the directory is set, and owner shards answer new
-//!   messages for the node with `Busy` instead of queueing them. The bit is
-//!   cleared when the queue drains below half the soft limit.
-//! - frames already on their way (and Status/Kick frames, which are never
-//!   refused) may use the room up to the *hard* limit; a frame that would
-//!   pass it closes the connection with `SlowConsumer`, because a node that
-//!   does not read cannot be told anything else.
+//!   messages for the node with `Busy` instead of sending them here. The bit
+//!   is cleared when the queue drains below half the soft limit.
+//! - a Deliver that an owner shard already decided to send ([`push_deliver`])
+//!   is always queued while the connection is open: its sender may already
+//!   have its `Routed` verdict. The soft limit is passed only by what was in
+//!   flight when the bit was set, which the bounded cross-core channels
+//!   bound.
+//! - a Status, Kick or Pong ([`push_control`]) that would take the queue past
+//!   the *hard* limit (twice the soft one) closes the connection with
+//!   `SlowConsumer`: only a node that keeps sending but never reads gets
+//!   there, and it cannot be told anything else.
+//!
+//! [`push_deliver`]: Connection::push_deliver
+//! [`push_control`]: Connection::push_control
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +39,7 @@ use std::task::{Poll, Waker};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-use crate::limits::OUT_BUFFER_HARD_FACTOR;
+use crate::limits::{OUT_BUFFER_HARD_FACTOR, PENDING_REPORTS_MAX};
 use crate::shard::signal::Signal;
 use crate::table::NodeId;
 
@@ -45,8 +54,8 @@ const SPARE_CAPACITY_KEPT: usize = 1024 * 1024;
 pub enum PushError {
     /// The connection is closing.
     Closed,
-    /// The frame would pass the hard limit; the connection is now closing
-    /// with `SlowConsumer`.
+    /// A control frame would pass the hard limit; the connection is now
+    /// closing with `SlowConsumer`.
     OverHardLimit,
 }
 
@@ -75,6 +84,9 @@ pub struct Connection {
     writer_wake: Signal,
     reader_waker: Cell<Option<Waker>>,
     pub(crate) writer_done: Signal,
+    /// Messages this connection sent to several nodes whose destinations
+    /// have not all reported yet: token -> (reports missing, copies queued).
+    pending_reports: RefCell<HashMap<u64, (u8, u8), ahash::RandomState>>,
 }
 
 impl Connection {
@@ -109,6 +121,7 @@ impl Connection {
             writer_wake: Signal::default(),
             reader_waker: Cell::new(None),
             writer_done: Signal::default(),
+            pending_reports: RefCell::new(HashMap::default()),
         }
     }
 
@@ -121,24 +134,63 @@ impl Connection {
         self.output.borrow().len() + self.in_flight.get()
     }
 
-    /// Queues one frame for the node.
-    pub fn push(&self, frame: &[u8]) -> Result<(), PushError> {
+    /// Queues a Deliver decided by an owner shard. Never refused for size
+    /// (see the module docs); refused only when the connection is closing.
+    pub fn push_deliver(&self, frame: &[u8]) -> Result<(), PushError> {
         if self.closing.get() {
             return Err(PushError::Closed);
         }
-        let queued = self.queued_bytes() + frame.len();
-        if queued > self.hard_limit {
+        self.append(frame);
+        Ok(())
+    }
+
+    /// Queues a Status, Kick, Pong or Welcome. Past the hard limit the
+    /// connection is closed as a slow consumer instead.
+    pub fn push_control(&self, frame: &[u8]) -> Result<(), PushError> {
+        if self.closing.get() {
+            return Err(PushError::Closed);
+        }
+        if self.queued_bytes() + frame.len() > self.hard_limit {
             let error = self.slow_consumer_error.clone();
             self.close(Some(&error));
             return Err(PushError::OverHardLimit);
         }
+        self.append(frame);
+        Ok(())
+    }
+
+    fn append(&self, frame: &[u8]) {
+        let queued = self.queued_bytes() + frame.len();
         self.output.borrow_mut().extend_from_slice(frame);
         if queued > self.soft_limit && !self.congested.get() {
             self.congested.set(true);
             self.directory.set_congested(self.node, self.shard, true);
         }
         self.writer_wake.notify();
-        Ok(())
+    }
+
+    /// Counts one destination's report on a message sent to `fanout` nodes.
+    /// Returns how many copies were queued once all have reported, `None`
+    /// before, and `Err` when `PENDING_REPORTS_MAX` messages are pending.
+    pub(crate) fn collect_report(
+        &self,
+        token: u64,
+        fanout: u8,
+        queued: bool,
+    ) -> Result<Option<u8>, ()> {
+        let mut pending = self.pending_reports.borrow_mut();
+        if !pending.contains_key(&token) && pending.len() >= PENDING_REPORTS_MAX {
+            return Err(());
+        }
+        let (missing, copies) = pending.entry(token).or_insert((fanout, 0));
+        *missing -= 1;
+        *copies += u8::from(queued);
+        if *missing > 0 {
+            return Ok(None);
+        }
+        let copies = *copies;
+        pending.remove(&token);
+        Ok(Some(copies))
     }
 
     /// Starts closing: queues `error` (bypassing the limits) as the last

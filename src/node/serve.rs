@@ -388,7 +388,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             max_frame_bytes: shard.config.frame_bytes_max,
         });
         connection
-            .push(welcome)
+            .push_control(welcome)
             .expect("a new connection takes its Welcome");
     }
     shard.register_connection(&connection);
@@ -548,7 +548,10 @@ fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<
         fb::Body::Ping => {
             let nonce = envelope.body_as_ping().expect("body type checked").nonce();
             let mut encoder = shard.encoder.borrow_mut();
-            let _ = connection.push(encoder.pong(nonce));
+            let pushed = connection.push_control(encoder.pong(nonce));
+            if pushed == Err(super::PushError::OverHardLimit) {
+                shard.count_slow_consumer();
+            }
         }
         fb::Body::Pong => {}
         fb::Body::Error => {

@@ -2,23 +2,26 @@
 //!
 //! [`route`] takes a message, the owner shard's location table, a view of
 //! where each node can be reached ([`Nodes`]), and a sink for what must
-//! happen ([`Effects`]): Deliver frames to destination nodes and the Status
-//! verdict for the sender. The shard supplies real implementations; the
-//! tests below supply fakes and check the decisions alone.
+//! happen ([`Effects`]). The shard supplies real implementations; the tests
+//! supply fakes and check the decisions alone.
 //!
-//! The verdict rules (docs/PROTOCOL.md, "Verdicts"):
+//! # Verdicts
 //!
-//! - a recipient with no session (or no session on `to_device`) is
-//!   `Offline`, always reported;
-//! - a message queued to at least one destination node is `Routed`,
-//!   reported only when the sender set the ACK flag (`PartiallyBusy` when
-//!   some destination nodes were congested);
-//! - a message whose every destination node is congested is `Busy`,
-//!   always reported.
+//! Every Route gets exactly one verdict when its sender sets ACK, and a
+//! message that reaches nobody always gets one. It is decided where the
+//! outcome is known:
 //!
-//! So every Route gets exactly one verdict when the sender asks for one, and
-//! a message that is not delivered is never dropped without telling the
-//! sender.
+//! - When no destination node can take the message, the owner shard answers
+//!   at once: `Offline` (no session, no such device) or `Busy` (every
+//!   destination node is congested).
+//! - Otherwise the owner sends one Deliver to each of the `fanout`
+//!   destination nodes, each carrying a [`Plan`]. The shard of each
+//!   destination connection reports whether it could queue its Deliver, and
+//!   the sender's shard turns the `fanout` reports into one verdict
+//!   ([`verdict`]): `Routed` if any copy was queued (reported only with
+//!   ACK), else `Busy` or `Offline/NodeGone`. A single destination that took
+//!   a message without ACK reports nothing, so the common path costs
+//!   nothing extra.
 
 use crate::limits::{DEVICE_ID_BYTES_MAX, SESSIONS_PER_USER_MAX_CEILING, USER_ID_BYTES_MAX};
 use crate::table::{NodeId, Table};
@@ -92,9 +95,53 @@ pub trait Nodes {
     fn destination(&mut self, node: NodeId) -> Destination;
 }
 
+/// What the destinations of one message need to report its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Deliver frames sent for the message (destination nodes), at least 1.
+    pub fanout: u8,
+    /// The sender set ACK: report `Routed` too.
+    pub wants_ack: bool,
+    /// Some destination nodes were congested and got no Deliver.
+    pub busy_seen: bool,
+}
+
+impl Plan {
+    /// Whether a destination must report its outcome: always when the
+    /// verdict depends on other destinations or on failure, and for a lone
+    /// successful Deliver only when the sender wants `Routed`.
+    pub fn must_report(&self, queued: bool) -> bool {
+        self.fanout > 1 || !queued || self.wants_ack
+    }
+}
+
+/// The verdict once every destination has reported: `queued` of the
+/// `plan.fanout` Deliver frames were queued to their connections. `None`
+/// when nothing is to be sent (delivered, and no ACK asked).
+pub fn verdict(plan: Plan, queued: u8) -> Option<(fb::Verdict, fb::Reason)> {
+    debug_assert!(queued <= plan.fanout);
+    if queued == 0 {
+        return Some(if plan.busy_seen {
+            (fb::Verdict::Busy, fb::Reason::DestinationBusy)
+        } else {
+            (fb::Verdict::Offline, fb::Reason::NodeGone)
+        });
+    }
+    if !plan.wants_ack {
+        return None;
+    }
+    if plan.busy_seen || queued < plan.fanout {
+        Some((fb::Verdict::Routed, fb::Reason::Partial))
+    } else {
+        Some((fb::Verdict::Routed, fb::Reason::None))
+    }
+}
+
 /// What routing asks the shard to do.
 pub trait Effects {
-    /// Queue one Deliver of `message` to `node`, for `devices`.
+    /// Queue one Deliver of `message` to `node` (through its connection on
+    /// `shard`, if still at `epoch`) for `devices`.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         node: NodeId,
@@ -103,23 +150,25 @@ pub trait Effects {
         sender: Sender,
         message: &Message<'_>,
         devices: &[&[u8]],
+        plan: Plan,
     );
 
-    /// Tell the sender's node the verdict on `message_id`.
+    /// Tell the sender's node the verdict on `message_id` now.
     fn status(&mut self, sender: Sender, message_id: u64, verdict: fb::Verdict, reason: fb::Reason);
 }
 
 /// The decision on one message, for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
-    pub verdict: fb::Verdict,
-    pub reason: fb::Reason,
-    /// Deliver frames queued.
+    /// Deliver frames sent; 0 means the verdict was given at once.
     pub delivers: usize,
+    /// The verdict given at once, when `delivers` is 0.
+    pub immediate: Option<(fb::Verdict, fb::Reason)>,
 }
 
 /// Routes one message: one Deliver per destination node listing that
-/// node's devices of the recipient (or only `to_device`), and the verdict.
+/// node's devices of the recipient (or only `to_device`), or the verdict
+/// when there is nobody to deliver to.
 pub fn route(
     table: &Table,
     nodes: &mut impl Nodes,
@@ -128,7 +177,8 @@ pub fn route(
     message: &Message<'_>,
 ) -> Outcome {
     const EMPTY: (NodeId, &[u8]) = (NodeId(0), &[]);
-    let mut picked = [EMPTY; SESSIONS_PER_USER_MAX_CEILING as usize];
+    const CEILING: usize = SESSIONS_PER_USER_MAX_CEILING as usize;
+    let mut picked = [EMPTY; CEILING];
     let mut picked_count = 0;
     let mut user_has_sessions = false;
     for session in table.sessions(message.to_user.as_bytes()) {
@@ -147,40 +197,66 @@ pub fn route(
     // Group by node; a stable sort keeps devices in table order.
     picked.sort_by_key(|&(node, _)| node);
 
-    let mut delivers = 0;
-    let mut busy = 0;
-    let mut devices = [&[][..]; SESSIONS_PER_USER_MAX_CEILING as usize];
+    // First pass: where each node's group goes, so that every Deliver can
+    // carry the fan-out.
+    let mut destinations = [(0usize, 0usize, Destination::Gone); CEILING];
+    let mut group_count = 0;
+    let mut fanout = 0u8;
+    let mut busy_seen = false;
+    let mut start = 0;
     for group in picked.chunk_by(|a, b| a.0 == b.0) {
-        let node = group[0].0;
-        match nodes.destination(node) {
-            Destination::Deliver { shard, epoch } => {
-                for (slot, &(_, device)) in devices.iter_mut().zip(group) {
-                    *slot = device;
-                }
-                effects.deliver(node, shard, epoch, sender, message, &devices[..group.len()]);
-                delivers += 1;
-            }
-            Destination::Busy => busy += 1,
+        let destination = nodes.destination(group[0].0);
+        match destination {
+            Destination::Deliver { .. } => fanout += 1,
+            Destination::Busy => busy_seen = true,
             Destination::Gone => {}
         }
+        destinations[group_count] = (start, group.len(), destination);
+        group_count += 1;
+        start += group.len();
     }
 
-    let (verdict, reason) = match (delivers, busy) {
-        (0, 0) if picked_count == 0 && user_has_sessions => {
+    if fanout == 0 {
+        let immediate = if busy_seen {
+            (fb::Verdict::Busy, fb::Reason::DestinationBusy)
+        } else if picked_count == 0 && user_has_sessions {
             (fb::Verdict::Offline, fb::Reason::NoSuchDevice)
-        }
-        (0, 0) => (fb::Verdict::Offline, fb::Reason::NoSession),
-        (0, _) => (fb::Verdict::Busy, fb::Reason::DestinationBusy),
-        (_, 0) => (fb::Verdict::Routed, fb::Reason::None),
-        (_, _) => (fb::Verdict::Routed, fb::Reason::PartiallyBusy),
+        } else {
+            (fb::Verdict::Offline, fb::Reason::NoSession)
+        };
+        effects.status(sender, message.message_id, immediate.0, immediate.1);
+        return Outcome {
+            delivers: 0,
+            immediate: Some(immediate),
+        };
+    }
+
+    let plan = Plan {
+        fanout,
+        wants_ack: message.wants_ack(),
+        busy_seen,
     };
-    if verdict != fb::Verdict::Routed || message.wants_ack() {
-        effects.status(sender, message.message_id, verdict, reason);
+    let mut devices = [&[][..]; CEILING];
+    for &(start, len, destination) in &destinations[..group_count] {
+        if let Destination::Deliver { shard, epoch } = destination {
+            let group = &picked[start..start + len];
+            for (slot, &(_, device)) in devices.iter_mut().zip(group) {
+                *slot = device;
+            }
+            effects.deliver(
+                group[0].0,
+                shard,
+                epoch,
+                sender,
+                message,
+                &devices[..len],
+                plan,
+            );
+        }
     }
     Outcome {
-        verdict,
-        reason,
-        delivers,
+        delivers: fanout as usize,
+        immediate: None,
     }
 }
 

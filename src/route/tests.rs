@@ -14,7 +14,7 @@ impl Nodes for FakeNodes {
 
 #[derive(Default, Debug)]
 struct Recorded {
-    delivers: Vec<(NodeId, usize, Vec<Vec<u8>>)>,
+    delivers: Vec<(NodeId, usize, Vec<Vec<u8>>, Plan)>,
     statuses: Vec<(u64, fb::Verdict, fb::Reason)>,
 }
 
@@ -27,10 +27,11 @@ impl Effects for Recorded {
         _sender: Sender,
         _message: &Message<'_>,
         devices: &[&[u8]],
+        plan: Plan,
     ) {
         let mut devices: Vec<Vec<u8>> = devices.iter().map(|d| d.to_vec()).collect();
         devices.sort();
-        self.delivers.push((node, shard, devices));
+        self.delivers.push((node, shard, devices, plan));
     }
 
     fn status(
@@ -81,6 +82,12 @@ fn setup() -> (Table, FakeNodes) {
     (table, nodes)
 }
 
+const PLAN_2: Plan = Plan {
+    fanout: 2,
+    wants_ack: false,
+    busy_seen: false,
+};
+
 #[test]
 fn one_deliver_per_node_listing_its_devices() {
     let (table, mut nodes) = setup();
@@ -92,21 +99,34 @@ fn one_deliver_per_node_listing_its_devices() {
         SENDER,
         &message("bob", None, 0),
     );
-    assert_eq!(outcome.verdict, fb::Verdict::Routed);
-    assert_eq!(outcome.delivers, 2);
-    effects.delivers.sort();
+    assert_eq!(
+        outcome,
+        Outcome {
+            delivers: 2,
+            immediate: None
+        }
+    );
+    effects.delivers.sort_by_key(|d| d.0);
     assert_eq!(
         effects.delivers,
         [
-            (NodeId(1), 1, vec![b"phone".to_vec()]),
-            (NodeId(2), 0, vec![b"desk".to_vec(), b"web".to_vec()]),
+            (NodeId(1), 1, vec![b"phone".to_vec()], PLAN_2),
+            (
+                NodeId(2),
+                0,
+                vec![b"desk".to_vec(), b"web".to_vec()],
+                PLAN_2
+            ),
         ]
     );
-    assert!(effects.statuses.is_empty(), "no ACK flag: no Routed status");
+    assert!(
+        effects.statuses.is_empty(),
+        "the destinations report, not the owner"
+    );
 }
 
 #[test]
-fn ack_flag_asks_for_the_routed_verdict() {
+fn the_plan_carries_the_ack_flag() {
     let (table, mut nodes) = setup();
     let mut effects = Recorded::default();
     route(
@@ -116,10 +136,7 @@ fn ack_flag_asks_for_the_routed_verdict() {
         SENDER,
         &message("bob", None, ROUTE_FLAG_ACK),
     );
-    assert_eq!(
-        effects.statuses,
-        [(42, fb::Verdict::Routed, fb::Reason::None)]
-    );
+    assert!(effects.delivers.iter().all(|d| d.3.wants_ack));
 }
 
 #[test]
@@ -133,11 +150,18 @@ fn to_device_reaches_only_that_device() {
         SENDER,
         &message("bob", Some("web"), 0),
     );
-    assert_eq!(effects.delivers, [(NodeId(2), 0, vec![b"web".to_vec()])]);
+    let plan = Plan {
+        fanout: 1,
+        ..PLAN_2
+    };
+    assert_eq!(
+        effects.delivers,
+        [(NodeId(2), 0, vec![b"web".to_vec()], plan)]
+    );
 }
 
 #[test]
-fn offline_is_always_reported() {
+fn offline_is_answered_at_once() {
     let (table, mut nodes) = setup();
     let mut effects = Recorded::default();
     route(
@@ -167,23 +191,22 @@ fn offline_is_always_reported() {
 #[test]
 fn sessions_of_gone_nodes_count_as_offline() {
     let (table, _) = setup();
-    let mut nodes = FakeNodes::default();
     let mut effects = Recorded::default();
     let outcome = route(
         &table,
-        &mut nodes,
+        &mut FakeNodes::default(),
         &mut effects,
         SENDER,
         &message("bob", None, 0),
     );
     assert_eq!(
-        (outcome.verdict, outcome.reason),
-        (fb::Verdict::Offline, fb::Reason::NoSession)
+        outcome.immediate,
+        Some((fb::Verdict::Offline, fb::Reason::NoSession))
     );
 }
 
 #[test]
-fn congested_destinations_give_busy_or_partially_busy() {
+fn congested_destinations_are_skipped_or_make_the_message_busy() {
     let (table, mut nodes) = setup();
     nodes.0.insert(NodeId(1), Destination::Busy);
     let mut effects = Recorded::default();
@@ -194,9 +217,14 @@ fn congested_destinations_give_busy_or_partially_busy() {
         SENDER,
         &message("bob", None, ROUTE_FLAG_ACK),
     );
+    let plan = Plan {
+        fanout: 1,
+        wants_ack: true,
+        busy_seen: true,
+    };
     assert_eq!(
-        effects.statuses,
-        [(42, fb::Verdict::Routed, fb::Reason::PartiallyBusy)]
+        effects.delivers,
+        [(NodeId(2), 0, vec![b"desk".to_vec(), b"web".to_vec()], plan)]
     );
 
     nodes.0.insert(NodeId(2), Destination::Busy);
@@ -213,4 +241,60 @@ fn congested_destinations_give_busy_or_partially_busy() {
         effects.statuses,
         [(42, fb::Verdict::Busy, fb::Reason::DestinationBusy)]
     );
+}
+
+#[test]
+fn the_verdict_from_the_reports() {
+    let plan = |fanout, wants_ack, busy_seen| Plan {
+        fanout,
+        wants_ack,
+        busy_seen,
+    };
+    use fb::{Reason, Verdict};
+    // Delivered without ACK: nothing to say.
+    assert_eq!(verdict(plan(1, false, false), 1), None);
+    assert_eq!(verdict(plan(3, false, true), 1), None);
+    // Delivered with ACK.
+    assert_eq!(
+        verdict(plan(1, true, false), 1),
+        Some((Verdict::Routed, Reason::None))
+    );
+    assert_eq!(
+        verdict(plan(2, true, false), 2),
+        Some((Verdict::Routed, Reason::None))
+    );
+    assert_eq!(
+        verdict(plan(2, true, false), 1),
+        Some((Verdict::Routed, Reason::Partial))
+    );
+    assert_eq!(
+        verdict(plan(1, true, true), 1),
+        Some((Verdict::Routed, Reason::Partial))
+    );
+    // Nobody took it: always said.
+    assert_eq!(
+        verdict(plan(2, false, false), 0),
+        Some((Verdict::Offline, Reason::NodeGone))
+    );
+    assert_eq!(
+        verdict(plan(1, false, true), 0),
+        Some((Verdict::Busy, Reason::DestinationBusy))
+    );
+}
+
+#[test]
+fn only_the_reports_that_matter_are_sent() {
+    let lone = Plan {
+        fanout: 1,
+        wants_ack: false,
+        busy_seen: false,
+    };
+    assert!(!lone.must_report(true), "the common path reports nothing");
+    assert!(lone.must_report(false));
+    assert!(Plan {
+        wants_ack: true,
+        ..lone
+    }
+    .must_report(true));
+    assert!(Plan { fanout: 2, ..lone }.must_report(true));
 }

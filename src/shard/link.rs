@@ -21,8 +21,8 @@
 //!    (Routes, session opens and closes, node purges).
 //! 2. `Response`: from the owner to the shard holding the destination node's
 //!    connection (Delivers, Status, Kick).
-//! 3. `Bounce`: from there back to the sender's shard (a Status for a
-//!    Deliver whose connection closed in the meantime).
+//! 3. `Bounce`: from there back to the sender's shard (the outcome of a
+//!    Deliver, when the sender's verdict depends on it; see `route`).
 //!
 //! A shard takes a batch of class *k* only when its outboxes of class *k+1*
 //! have room, and a `Bounce` batch produces no cross-core work at all. So the
@@ -76,13 +76,24 @@ pub enum EntryKind {
     /// Forward: `node`'s sessions older than `epoch` are dead; drop them.
     PurgeNode = 4,
     /// Response: write this Deliver to `node`'s connection if it is still at
-    /// `epoch`; otherwise tell the sender (`origin_*`, `message_id`) the
-    /// message is `Offline`/`NodeGone`.
+    /// `epoch`, and report the outcome to the sender (`origin_*`) when its
+    /// plan (`fanout`, `flags`) asks for a report.
     Deliver = 5,
     /// Response or Bounce: write this frame to `node`'s connection if it is
     /// still at `epoch`; otherwise drop it (nobody is left to tell).
     Frame = 6,
+    /// Response or Bounce: one destination's outcome for the message
+    /// `token` sent by `node`'s connection at `epoch` (`flags` has
+    /// `FLAG_QUEUED` when the Deliver was queued).
+    Report = 7,
 }
+
+/// `EntryHeader::flags`: the sender asked for an ACK.
+pub const FLAG_ACK: u8 = 1;
+/// `EntryHeader::flags`: some destination nodes were congested.
+pub const FLAG_BUSY_SEEN: u8 = 2;
+/// `EntryHeader::flags` of a Report: the Deliver was queued.
+pub const FLAG_QUEUED: u8 = 4;
 
 impl EntryKind {
     fn from_u8(value: u8) -> EntryKind {
@@ -93,6 +104,7 @@ impl EntryKind {
             4 => EntryKind::PurgeNode,
             5 => EntryKind::Deliver,
             6 => EntryKind::Frame,
+            7 => EntryKind::Report,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }
@@ -105,29 +117,40 @@ pub struct EntryHeader {
     pub kind: EntryKind,
     /// The shard whose connection the work came from (the sender's shard).
     pub origin_shard: u8,
-    /// The node the entry is about: the sender for Forward entries, the
-    /// destination for Response and Bounce entries.
+    /// Deliver and Report: the number of Deliver frames sent for the message.
+    pub fanout: u8,
+    /// Deliver and Report: `FLAG_*` bits.
+    pub flags: u8,
+    /// The node the entry is about: the sender for Forward entries and
+    /// Reports, the destination for Deliver and Frame entries.
     pub node: NodeId,
     pub epoch: u32,
-    /// The sender of a Deliver, to tell it when the Deliver cannot be written.
+    /// The sender of a Deliver, where its outcome is reported.
     pub origin_node: NodeId,
     pub origin_epoch: u32,
     pub message_id: u64,
+    /// Deliver and Report: identifies one routed message router-wide (the
+    /// owner shard in the top byte, its routing sequence below), so the
+    /// reports of one message meet even if a node reuses message ids.
+    pub token: u64,
 }
 
 impl EntryHeader {
-    pub const BYTES: usize = 32;
+    pub const BYTES: usize = 40;
 
     /// A header with only the fields every entry has.
     pub fn new(kind: EntryKind, node: NodeId, epoch: u32) -> Self {
         EntryHeader {
             kind,
             origin_shard: 0,
+            fanout: 0,
+            flags: 0,
             node,
             epoch,
             origin_node: NodeId(0),
             origin_epoch: 0,
             message_id: 0,
+            token: 0,
         }
     }
 }
@@ -139,12 +162,15 @@ pub fn push_entry(batch: &mut Batch, header: &EntryHeader, frame: &[u8]) {
     let mut bytes = [0u8; EntryHeader::BYTES];
     bytes[0] = header.kind as u8;
     bytes[1] = header.origin_shard;
+    bytes[2] = header.fanout;
+    bytes[3] = header.flags;
     bytes[4..8].copy_from_slice(&frame_len.to_le_bytes());
     bytes[8..12].copy_from_slice(&header.node.0.to_le_bytes());
     bytes[12..16].copy_from_slice(&header.epoch.to_le_bytes());
     bytes[16..20].copy_from_slice(&header.origin_node.0.to_le_bytes());
     bytes[20..24].copy_from_slice(&header.origin_epoch.to_le_bytes());
     bytes[24..32].copy_from_slice(&header.message_id.to_le_bytes());
+    bytes[32..40].copy_from_slice(&header.token.to_le_bytes());
     batch.extend_from_slice(&bytes);
     batch.extend_from_slice(frame);
 }
@@ -170,14 +196,18 @@ impl<'a> Iterator for Entries<'a> {
         let (bytes, rest) = self.rest.split_at(EntryHeader::BYTES);
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         let frame_len = u32_at(4) as usize;
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
         let header = EntryHeader {
             kind: EntryKind::from_u8(bytes[0]),
             origin_shard: bytes[1],
+            fanout: bytes[2],
+            flags: bytes[3],
             node: NodeId(u32_at(8)),
             epoch: u32_at(12),
             origin_node: NodeId(u32_at(16)),
             origin_epoch: u32_at(20),
-            message_id: u64::from_le_bytes(bytes[24..32].try_into().expect("8")),
+            message_id: u64_at(24),
+            token: u64_at(32),
         };
         let (frame, rest) = rest.split_at(frame_len);
         self.rest = rest;
@@ -332,11 +362,14 @@ mod tests {
         let first = EntryHeader {
             kind: EntryKind::Deliver,
             origin_shard: 3,
+            fanout: 2,
+            flags: FLAG_ACK | FLAG_BUSY_SEEN,
             node: NodeId(7),
             epoch: 2,
             origin_node: NodeId(9),
             origin_epoch: 4,
             message_id: u64::MAX - 1,
+            token: 0x0300_0000_0000_0042,
         };
         let second = EntryHeader::new(EntryKind::PurgeNode, NodeId(1), 5);
         push_entry(&mut batch, &first, b"frame one");

@@ -11,10 +11,11 @@
 //!
 //! ```text
 //! A == B == C   read, route and write on one core (shard-direct nodes)
-//! A -> B        Forward batch: B routes it
-//! B -> C        Response batch: C writes the Deliver (and the Status to A
-//!               goes back B -> A the same way)
-//! C -> A        Bounce batch: C found the destination connection gone
+//! A -> B        Forward batch: B routes it (an immediate Offline or Busy
+//!               verdict goes back B -> A in a Response batch)
+//! B -> C        Response batch: C queues the Deliver
+//! C -> A        Bounce batch: C reports the outcome when the verdict
+//!               depends on it; A writes the one Status
 //! ```
 //!
 //! Ownership-side logic (applying session operations, routing) lives here;
@@ -36,11 +37,14 @@ use crate::config::Config;
 use crate::limits::{SHARDS_MAX, SLOT_COUNT};
 use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
-use crate::route::{self, Destination, Message, Sender};
+use crate::route::{self, Destination, Message, Plan, Sender};
 use crate::table::{NodeId, OpenOutcome, Table, TableLimits};
 use crate::wire::{envelope_unchecked, fb, Encoder, Verifier};
 
-use link::{Class, Control, Entries, EntryHeader, EntryKind, Inbox, ShardLink};
+use link::{
+    Class, Control, Entries, EntryHeader, EntryKind, Inbox, ShardLink, FLAG_ACK, FLAG_BUSY_SEEN,
+    FLAG_QUEUED,
+};
 use outbox::Outboxes;
 use signal::{Broadcast, Signal};
 
@@ -84,6 +88,8 @@ pub struct Shard {
     pub(crate) encoder: RefCell<Encoder>,
     pub(crate) verifier: Verifier,
     next_session_seq: Cell<u64>,
+    /// Numbers the messages this shard routes, for report tokens.
+    next_route_seq: Cell<u64>,
     pub counters: Counters,
     /// Asks the flusher to hand off the outboxes.
     flush_wanted: Signal,
@@ -133,6 +139,7 @@ impl Shard {
             deliver_encoder: RefCell::new(Encoder::new()),
             encoder: RefCell::new(Encoder::new()),
             next_session_seq: Cell::new(1),
+            next_route_seq: Cell::new(0),
             counters: Counters::default(),
             flush_wanted: Signal::default(),
             room: Broadcast::default(),
@@ -291,6 +298,9 @@ impl Shard {
     }
 
     fn route_here(&self, sender: Sender, message: &Message<'_>) {
+        let seq = self.next_route_seq.get();
+        self.next_route_seq.set(seq.wrapping_add(1));
+        let token = (self.index as u64) << 56 | (seq & ((1 << 56) - 1));
         let mut nodes = ShardNodes {
             shard: self,
             stale: [NodeId(0); 4],
@@ -298,21 +308,16 @@ impl Shard {
         };
         let outcome = {
             let table = self.table.borrow();
-            route::route(
-                &table,
-                &mut nodes,
-                &mut ShardEffects { shard: self },
-                sender,
-                message,
-            )
+            let mut effects = ShardEffects { shard: self, token };
+            route::route(&table, &mut nodes, &mut effects, sender, message)
         };
         for &node in &nodes.stale[..nodes.stale_count] {
             self.observe_epoch(node, self.directory.state(node).epoch);
         }
-        let counter = match outcome.verdict {
-            fb::Verdict::Routed => &self.counters.routes_routed,
-            fb::Verdict::Busy => &self.counters.routes_busy,
-            _ => &self.counters.routes_offline,
+        let counter = match outcome.immediate {
+            None => &self.counters.routes_routed,
+            Some((fb::Verdict::Busy, _)) => &self.counters.routes_busy,
+            Some(_) => &self.counters.routes_offline,
         };
         counter.set(counter.get() + 1);
     }
@@ -390,7 +395,7 @@ impl Shard {
             Some(connection) => {
                 // Over the hard limit the connection closes itself as a slow
                 // consumer; the frame is lost with it.
-                if connection.push(frame) == Err(PushError::OverHardLimit) {
+                if connection.push_control(frame) == Err(PushError::OverHardLimit) {
                     self.count_slow_consumer();
                 }
             }
@@ -401,46 +406,76 @@ impl Shard {
         }
     }
 
-    /// Writes a Deliver to `node`'s connection on this shard, or, when that
-    /// connection is gone or refuses it, tells the sender `Offline/NodeGone`.
-    fn deliver_here(
-        &self,
-        node: NodeId,
-        epoch: u32,
-        sender: Sender,
-        message_id: u64,
-        frame: &[u8],
-        bounce: Class,
-    ) {
-        let written = match self.connection_for(node, epoch) {
-            Some(connection) => match connection.push(frame) {
-                Ok(()) => true,
-                Err(PushError::OverHardLimit) => {
-                    self.count_slow_consumer();
-                    false
-                }
-                Err(PushError::Closed) => false,
-            },
+    /// Queues a Deliver to `node`'s connection on this shard if it is still
+    /// the one at `epoch`, and reports the outcome to the sender when the
+    /// message's plan asks for it (in `class`, if the sender's connection
+    /// is on another shard).
+    fn deliver_here(&self, node: NodeId, epoch: u32, report: ReportTo, frame: &[u8], class: Class) {
+        let queued = match self.connection_for(node, epoch) {
+            Some(connection) => connection.push_deliver(frame).is_ok(),
             None => false,
         };
-        if written {
-            self.counters
-                .delivers_out
-                .set(self.counters.delivers_out.get() + 1);
+        let counter = if queued {
+            &self.counters.delivers_out
         } else {
-            let counter = &self.counters.delivers_node_gone;
-            counter.set(counter.get() + 1);
-            self.send_status(
-                sender,
-                message_id,
-                fb::Verdict::Offline,
-                fb::Reason::NodeGone,
-                bounce,
-            );
+            &self.counters.delivers_node_gone
+        };
+        counter.set(counter.get() + 1);
+        if !report.plan.must_report(queued) {
+            return;
+        }
+        if report.sender.shard == self.index {
+            self.apply_report(&report, queued);
+        } else {
+            let header = EntryHeader {
+                origin_shard: report.sender.shard as u8,
+                fanout: report.plan.fanout,
+                flags: plan_flags(report.plan) | if queued { FLAG_QUEUED } else { 0 },
+                message_id: report.message_id,
+                token: report.token,
+                ..EntryHeader::new(EntryKind::Report, report.sender.node, report.sender.epoch)
+            };
+            self.outboxes
+                .borrow_mut()
+                .push(report.sender.shard, class, &header, &[]);
         }
     }
 
-    fn count_slow_consumer(&self) {
+    /// One destination's outcome, on the sender's shard: once every
+    /// destination of the message has reported, write its verdict.
+    fn apply_report(&self, report: &ReportTo, queued: bool) {
+        let sender = report.sender;
+        let Some(connection) = self.connection_for(sender.node, sender.epoch) else {
+            // The sender's own connection closed; it sees that failure.
+            let counter = &self.counters.frames_undeliverable;
+            counter.set(counter.get() + 1);
+            return;
+        };
+        let queued_total = if report.plan.fanout == 1 {
+            Some(u8::from(queued))
+        } else {
+            match connection.collect_report(report.token, report.plan.fanout, queued) {
+                Ok(total) => total,
+                Err(()) => {
+                    let text = "too many messages to several nodes await their verdicts";
+                    self.close_connection(&connection, Some((fb::ErrorCode::RouterFull, text)));
+                    return;
+                }
+            }
+        };
+        let Some(queued_total) = queued_total else {
+            return; // More destinations to hear from.
+        };
+        if let Some((verdict, reason)) = route::verdict(report.plan, queued_total) {
+            let mut encoder = self.encoder.borrow_mut();
+            let frame = encoder.status(report.message_id, verdict, reason);
+            if connection.push_control(frame) == Err(PushError::OverHardLimit) {
+                self.count_slow_consumer();
+            }
+        }
+    }
+
+    pub(crate) fn count_slow_consumer(&self) {
         let counter = &self.counters.connections_slow;
         counter.set(counter.get() + 1);
         crate::log!(
@@ -653,19 +688,17 @@ impl Shard {
                     self.observe_epoch(header.node, header.epoch);
                 }
                 EntryKind::Deliver => {
-                    let origin = Sender {
-                        shard: header.origin_shard as usize,
-                        node: header.origin_node,
-                        epoch: header.origin_epoch,
+                    let report = ReportTo::from_header(&header);
+                    self.deliver_here(header.node, header.epoch, report, frame, Class::Bounce);
+                }
+                EntryKind::Report => {
+                    let report = ReportTo {
+                        sender,
+                        message_id: header.message_id,
+                        token: header.token,
+                        plan: plan_from_flags(header.fanout, header.flags),
                     };
-                    self.deliver_here(
-                        header.node,
-                        header.epoch,
-                        origin,
-                        header.message_id,
-                        frame,
-                        Class::Bounce,
-                    );
+                    self.apply_report(&report, header.flags & FLAG_QUEUED != 0);
                 }
                 EntryKind::Frame => self.write_here(header.node, header.epoch, frame),
             }
@@ -759,10 +792,48 @@ impl route::Nodes for ShardNodes<'_> {
     }
 }
 
+/// Where a Deliver's outcome goes, and what the sender's verdict needs.
+#[derive(Debug, Clone, Copy)]
+struct ReportTo {
+    sender: Sender,
+    message_id: u64,
+    token: u64,
+    plan: Plan,
+}
+
+impl ReportTo {
+    fn from_header(header: &EntryHeader) -> Self {
+        ReportTo {
+            sender: Sender {
+                shard: header.origin_shard as usize,
+                node: header.origin_node,
+                epoch: header.origin_epoch,
+            },
+            message_id: header.message_id,
+            token: header.token,
+            plan: plan_from_flags(header.fanout, header.flags),
+        }
+    }
+}
+
+fn plan_flags(plan: Plan) -> u8 {
+    (if plan.wants_ack { FLAG_ACK } else { 0 }) | if plan.busy_seen { FLAG_BUSY_SEEN } else { 0 }
+}
+
+fn plan_from_flags(fanout: u8, flags: u8) -> Plan {
+    Plan {
+        fanout,
+        wants_ack: flags & FLAG_ACK != 0,
+        busy_seen: flags & FLAG_BUSY_SEEN != 0,
+    }
+}
+
 /// Carries out routing decisions: encodes frames and queues them locally
 /// or in a Response batch.
 struct ShardEffects<'a> {
     shard: &'a Shard,
+    /// The token of the message being routed.
+    token: u64,
 }
 
 impl route::Effects for ShardEffects<'_> {
@@ -774,6 +845,7 @@ impl route::Effects for ShardEffects<'_> {
         sender: Sender,
         message: &Message<'_>,
         devices: &[&[u8]],
+        plan: Plan,
     ) {
         let this = self.shard;
         let mut encoder = this.deliver_encoder.borrow_mut();
@@ -787,23 +859,25 @@ impl route::Effects for ShardEffects<'_> {
             payload: message.payload,
         });
         if shard == this.index {
-            this.deliver_here(
-                node,
-                epoch,
+            let report = ReportTo {
                 sender,
-                message.message_id,
-                frame,
-                Class::Response,
-            );
+                message_id: message.message_id,
+                token: self.token,
+                plan,
+            };
+            this.deliver_here(node, epoch, report, frame, Class::Response);
         } else {
             let header = EntryHeader {
                 kind: EntryKind::Deliver,
                 origin_shard: sender.shard as u8,
+                fanout: plan.fanout,
+                flags: plan_flags(plan),
                 node,
                 epoch,
                 origin_node: sender.node,
                 origin_epoch: sender.epoch,
                 message_id: message.message_id,
+                token: self.token,
             };
             this.outboxes
                 .borrow_mut()

@@ -129,7 +129,7 @@ pub const ENUM_VALUES_VERDICT: [Verdict; 4] = [
 pub struct Verdict(pub u8);
 #[allow(non_upper_case_globals)]
 impl Verdict {
-  /// Deliver frames were queued to every live destination node.
+  /// Deliver frames were queued to at least one destination node.
   pub const Routed: Self = Self(0);
   /// Nobody to deliver to: the sender's node should keep it as an offline message.
   pub const Offline: Self = Self(1);
@@ -219,7 +219,7 @@ pub const ENUM_VALUES_REASON: [Reason; 8] = [
   Reason::NoSuchDevice,
   Reason::NodeGone,
   Reason::DestinationBusy,
-  Reason::PartiallyBusy,
+  Reason::Partial,
   Reason::InvalidRecipient,
   Reason::InvalidSender,
 ];
@@ -235,13 +235,14 @@ impl Reason {
   pub const NoSession: Self = Self(1);
   /// Offline: `to_device` is set and that device has no session.
   pub const NoSuchDevice: Self = Self(2);
-  /// Offline: the destination node's connection closed before the Deliver
-  /// was written to it (may follow a Routed verdict for the same message).
+  /// Offline: every destination node's connection closed before the
+  /// Deliver could be queued to it.
   pub const NodeGone: Self = Self(3);
   /// Busy: every destination node's output buffer is over its limit.
   pub const DestinationBusy: Self = Self(4);
-  /// Routed: delivered to some destination nodes; the others were busy.
-  pub const PartiallyBusy: Self = Self(5);
+  /// Routed: queued to some destination nodes; the others were busy or
+  /// had just disconnected.
+  pub const Partial: Self = Self(5);
   /// Rejected: `to_user` or `to_device` is empty or longer than allowed.
   pub const InvalidRecipient: Self = Self(6);
   /// Rejected: `from_user` or `from_device` is longer than allowed.
@@ -255,7 +256,7 @@ impl Reason {
     Self::NoSuchDevice,
     Self::NodeGone,
     Self::DestinationBusy,
-    Self::PartiallyBusy,
+    Self::Partial,
     Self::InvalidRecipient,
     Self::InvalidSender,
   ];
@@ -267,7 +268,7 @@ impl Reason {
       Self::NoSuchDevice => Some("NoSuchDevice"),
       Self::NodeGone => Some("NodeGone"),
       Self::DestinationBusy => Some("DestinationBusy"),
-      Self::PartiallyBusy => Some("PartiallyBusy"),
+      Self::Partial => Some("Partial"),
       Self::InvalidRecipient => Some("InvalidRecipient"),
       Self::InvalidSender => Some("InvalidSender"),
       _ => None,

@@ -338,6 +338,29 @@ impl Node {
         }
     }
 
+    /// Reads one Status for each of `ids`, in whatever order they come
+    /// (verdicts of different Routes are not ordered); returns them in the
+    /// order of `ids`. A second Status for an id fails the test.
+    pub fn expect_statuses(&mut self, ids: &[u64]) -> Vec<(fb::Verdict, fb::Reason)> {
+        let mut got = std::collections::HashMap::new();
+        while got.len() < ids.len() {
+            match self.recv() {
+                Frame::Status {
+                    message_id,
+                    verdict,
+                    reason,
+                } if ids.contains(&message_id) => {
+                    assert!(
+                        got.insert(message_id, (verdict, reason)).is_none(),
+                        "two verdicts for {message_id}"
+                    );
+                }
+                other => panic!("expected a Status for one of {ids:?}, got {other:?}"),
+            }
+        }
+        ids.iter().map(|id| got[id]).collect()
+    }
+
     pub fn expect_deliver(&mut self) -> (u64, String, Vec<String>, Vec<u8>) {
         match self.recv() {
             Frame::Deliver {
