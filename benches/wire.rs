@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imrouter::route::Message;
+use imrouter::route;
 use imrouter::wire::{check, Check, DeliverFrame, Encoder, RouteFrame, Verifier};
 
 const PAYLOADS: [usize; 2] = [64, 4096];
@@ -35,7 +35,7 @@ fn verify_and_decode(c: &mut Criterion) {
                     unreachable!()
                 };
                 let envelope = verifier.verify(&frame[..len]).unwrap();
-                let message = Message::from_route(envelope.body_as_route().unwrap()).unwrap();
+                let message = route::message_from(envelope.body_as_route().unwrap()).unwrap();
                 black_box((message.to_user.len(), message.payload.len()))
             })
         });

@@ -25,50 +25,35 @@
 
 use crate::limits::{DEVICE_ID_BYTES_MAX, SESSIONS_PER_USER_MAX_CEILING, USER_ID_BYTES_MAX};
 use crate::table::{NodeId, Table};
-use crate::wire::{fb, ROUTE_FLAG_ACK};
+use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK};
 
 /// A Route's fields, read in place from the frame.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    pub message_id: u64,
-    pub from_user: &'a str,
-    pub from_device: &'a str,
-    pub to_user: &'a str,
-    pub to_device: Option<&'a str>,
-    pub flags: u32,
-    pub payload: &'a [u8],
-}
+pub type Message<'a> = RouteFrame<'a>;
 
-impl<'a> Message<'a> {
-    /// Reads and checks a Route at ingress. An id out of range is refused
-    /// with the reason for a `Rejected` verdict.
-    pub fn from_route(route: fb::Route<'a>) -> Result<Self, fb::Reason> {
-        let message = Message {
-            message_id: route.message_id(),
-            from_user: route.from_user().unwrap_or(""),
-            from_device: route.from_device().unwrap_or(""),
-            to_user: route.to_user(),
-            to_device: route.to_device(),
-            flags: route.flags(),
-            payload: route.payload().map_or(&[][..], |payload| payload.bytes()),
-        };
-        let to_device_ok = message
-            .to_device
-            .is_none_or(|device| (1..=DEVICE_ID_BYTES_MAX).contains(&device.len()));
-        if !(1..=USER_ID_BYTES_MAX).contains(&message.to_user.len()) || !to_device_ok {
-            return Err(fb::Reason::InvalidRecipient);
-        }
-        if message.from_user.len() > USER_ID_BYTES_MAX
-            || message.from_device.len() > DEVICE_ID_BYTES_MAX
-        {
-            return Err(fb::Reason::InvalidSender);
-        }
-        Ok(message)
+/// Reads and checks a Route at ingress. An id out of range is refused with
+/// the reason for a `Rejected` verdict.
+pub fn message_from(route: fb::Route<'_>) -> Result<Message<'_>, fb::Reason> {
+    let message = Message {
+        message_id: route.message_id(),
+        from_user: route.from_user().unwrap_or(""),
+        from_device: route.from_device().unwrap_or(""),
+        to_user: route.to_user(),
+        to_device: route.to_device(),
+        flags: route.flags(),
+        payload: route.payload().map_or(&[][..], |payload| payload.bytes()),
+    };
+    let to_device_ok = message
+        .to_device
+        .is_none_or(|device| (1..=DEVICE_ID_BYTES_MAX).contains(&device.len()));
+    if !(1..=USER_ID_BYTES_MAX).contains(&message.to_user.len()) || !to_device_ok {
+        return Err(fb::Reason::InvalidRecipient);
     }
-
-    pub fn wants_ack(&self) -> bool {
-        self.flags & ROUTE_FLAG_ACK != 0
+    if message.from_user.len() > USER_ID_BYTES_MAX
+        || message.from_device.len() > DEVICE_ID_BYTES_MAX
+    {
+        return Err(fb::Reason::InvalidSender);
     }
+    Ok(message)
 }
 
 /// The node connection a message came in on, where its verdict goes.
@@ -233,7 +218,7 @@ pub fn route(
 
     let plan = Plan {
         fanout,
-        wants_ack: message.wants_ack(),
+        wants_ack: message.flags & ROUTE_FLAG_ACK != 0,
         busy_seen,
     };
     let mut devices = [&[][..]; CEILING];

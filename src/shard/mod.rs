@@ -172,7 +172,7 @@ impl Shard {
         self.counters
             .routes_in
             .set(self.counters.routes_in.get() + 1);
-        match Message::from_route(route) {
+        match route::message_from(route) {
             Err(reason) => {
                 self.counters
                     .routes_rejected
@@ -676,7 +676,7 @@ impl Shard {
                     // SAFETY: forwarded frames were verified at ingress.
                     let envelope = unsafe { envelope_unchecked(frame) };
                     let route = envelope.body_as_route().expect("a Route entry");
-                    let message = Message::from_route(route).expect("checked at ingress");
+                    let message = route::message_from(route).expect("checked at ingress");
                     self.route_here(sender, &message);
                 }
                 EntryKind::SessionOpen | EntryKind::SessionClose => {
