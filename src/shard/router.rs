@@ -11,7 +11,7 @@ use std::time::Duration;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::limits::IO_MEMORY_BYTES;
+use crate::limits::{IO_MEMORY_BYTES, PREEMPT_TIMER};
 use crate::metrics::ShardMetrics;
 use crate::node::Directory;
 
@@ -62,6 +62,7 @@ impl Router {
             let executor = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[index]))
                 .name(&format!("imrouter-shard-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
+                .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
                     let listener = match glommio::net::TcpListener::bind(listen) {
                         Ok(listener) => listener,
