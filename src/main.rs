@@ -33,7 +33,16 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
                 router.shard_count(),
                 router.cpus()
             );
-            let signal = signals.wait()?;
+            let signal = loop {
+                match signals.wait()? {
+                    "SIGUSR1" => {
+                        for (shard, metrics) in router.shard_metrics().iter().enumerate() {
+                            log!("shard {shard}: {metrics}");
+                        }
+                    }
+                    stop => break stop,
+                }
+            };
             log!("{signal} received, shutting down");
             let totals = router.metrics();
             router.shutdown();
@@ -43,7 +52,8 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// SIGINT and SIGTERM, blocked and then waited for synchronously.
+/// SIGINT and SIGTERM (stop) and SIGUSR1 (print each shard's counters),
+/// blocked and then waited for synchronously.
 struct StopSignals {
     set: libc::sigset_t,
 }
@@ -56,6 +66,7 @@ impl StopSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
             let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if result != 0 {
                 return Err(std::io::Error::from_raw_os_error(result));
@@ -71,10 +82,10 @@ impl StopSignals {
         if result != 0 {
             return Err(std::io::Error::from_raw_os_error(result));
         }
-        Ok(if signal == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
+        Ok(match signal {
+            libc::SIGINT => "SIGINT",
+            libc::SIGUSR1 => "SIGUSR1",
+            _ => "SIGTERM",
         })
     }
 }

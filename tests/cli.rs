@@ -70,6 +70,23 @@ fn serves_nodes_after_the_ready_line_and_stops_on_sigterm() {
     let mut node = Node::connect(addr, "cli-node");
     node.open_confirmed("u", "d");
 
+    // SIGUSR1 prints every shard's counters and the router keeps serving.
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    let mut dumped = Vec::new();
+    while dumped.len() < 2 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        if line.starts_with("imrouter: shard ") && line.contains("sessions=") {
+            dumped.push(line);
+        }
+    }
+    assert!(
+        dumped.iter().any(|l| l.contains(" sessions=1 ")),
+        "{dumped:?}"
+    );
+    node.open_confirmed("u", "d2");
+
     // SAFETY: sending a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let (code, _) = node
@@ -88,4 +105,23 @@ fn serves_nodes_after_the_ready_line_and_stops_on_sigterm() {
         rest.iter().any(|l| l.starts_with("imrouter: stopped: ")),
         "{rest:?}"
     );
+}
+
+#[test]
+fn a_second_router_on_the_same_address_refuses_to_start() {
+    let first = start_router(1);
+    let addr = first.local_addr().to_string();
+    let output = imrouter()
+        .args(["serve", "--listen", &addr, "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("bind {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    // The first router still has every connection.
+    let mut node = Node::connect(first.local_addr(), "still-here");
+    node.open_confirmed("u", "d");
 }

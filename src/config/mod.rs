@@ -38,8 +38,9 @@ pub enum Command {
 /// Flags of `imrouter serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to accept node connections on. Every shard accepts on it
-    /// (SO_REUSEPORT); port 0 picks a free port, printed when ready.
+    /// Address to accept node connections on (every shard accepts there);
+    /// port 0 picks a free port, printed when ready. Starting fails if the
+    /// address is in use.
     #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
     pub listen: String,
 

@@ -3,7 +3,8 @@
 //! Each shard counts in plain `Cell`s that only its own thread touches; there
 //! is no shared atomic on the hot path. A metrics request is a control
 //! message to every shard, each of which answers with a [`ShardMetrics`]
-//! snapshot; [`ShardMetrics::add`] sums them.
+//! snapshot; [`ShardMetrics::add`] sums them. `imrouter serve` prints every
+//! shard's snapshot on SIGUSR1.
 
 use std::cell::Cell;
 use std::fmt;
@@ -101,4 +102,15 @@ counters! {
     sessions,
     /// Users with a session in this shard (a gauge).
     users,
+    /// Node connections open on this shard (a gauge).
+    connections_open,
+    /// Batches waiting in this shard's inbox, per class (gauges).
+    inbox_forward_batches,
+    inbox_response_batches,
+    inbox_bounce_batches,
+    /// Bytes built for other shards and not yet handed off, per class
+    /// (gauges; readers pause while forward or response is over its mark).
+    outbox_forward_bytes,
+    outbox_response_bytes,
+    outbox_bounce_bytes,
 }

@@ -1,11 +1,11 @@
 //! Node connections: accepting them, the Hello/Welcome handshake, reading
 //! frames, and the bounded output path; and the directory of nodes.
 //!
-//! A connection is accepted by whichever shard the kernel picks (every shard
-//! listens on the same address with SO_REUSEPORT). That shard reads the
-//! Hello and decides which shard serves the connection: the one the Hello
-//! names (shard-direct nodes open one connection per shard), or the shard
-//! with the fewest connections. If that is another shard, the socket and the
+//! A connection is accepted by whichever shard's accept completes first
+//! (every shard accepts on the router's one listening socket). That shard
+//! reads the Hello and decides which shard serves the connection: the one
+//! the Hello names (shard-direct nodes open one connection per shard), or
+//! the shard with the fewest connections. If that is another shard, the socket and the
 //! bytes read after the Hello are handed over on the control queue, once per
 //! connection; from then on the connection is read and written only by its
 //! shard.

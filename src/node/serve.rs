@@ -101,8 +101,8 @@ impl Drop for SocketSlot {
     }
 }
 
-/// Accepts connections on this shard's listener (every shard listens on the
-/// same address with SO_REUSEPORT; the kernel spreads connections).
+/// Accepts connections on this shard's duplicate of the router's listening
+/// socket (every shard accepts on it; whichever is free takes the next).
 pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {

@@ -705,6 +705,24 @@ impl Shard {
         }
     }
 
+    /// Counters plus the gauges of this moment.
+    fn snapshot(&self) -> crate::metrics::ShardMetrics {
+        let mut metrics = self.counters.snapshot();
+        let table = self.table.borrow();
+        metrics.sessions = table.session_count() as u64;
+        metrics.users = table.user_count() as u64;
+        metrics.connections_open = self.open_connection_count() as u64;
+        let depth = |class: Class| self.inbox.batches[class as usize].len() as u64;
+        metrics.inbox_forward_batches = depth(Class::Forward);
+        metrics.inbox_response_batches = depth(Class::Response);
+        metrics.inbox_bounce_batches = depth(Class::Bounce);
+        let outboxes = self.outboxes.borrow();
+        metrics.outbox_forward_bytes = outboxes.bytes(Class::Forward) as u64;
+        metrics.outbox_response_bytes = outboxes.bytes(Class::Response) as u64;
+        metrics.outbox_bounce_bytes = outboxes.bytes(Class::Bounce) as u64;
+        metrics
+    }
+
     fn on_control(self: &Rc<Self>, message: Control) {
         match message {
             Control::Adopt(handoff) => {
@@ -721,11 +739,7 @@ impl Shard {
                 }
             }
             Control::Metrics(reply) => {
-                let mut metrics = self.counters.snapshot();
-                let table = self.table.borrow();
-                metrics.sessions = table.session_count() as u64;
-                metrics.users = table.user_count() as u64;
-                let _ = reply.try_send(metrics);
+                let _ = reply.try_send(self.snapshot());
             }
             Control::Shutdown => {
                 self.shutting_down.set(true);

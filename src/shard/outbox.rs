@@ -66,6 +66,14 @@ impl Outboxes {
         flushed
     }
 
+    /// Bytes waiting to be handed off in batches of `class`.
+    pub(super) fn bytes(&self, class: Class) -> usize {
+        self.batches
+            .iter()
+            .map(|batches| batches[class as usize].len())
+            .sum()
+    }
+
     /// Keeps an emptied batch (received from another shard) for reuse.
     pub(super) fn recycle(&mut self, mut batch: Batch) {
         if self.pool.len() < BATCH_POOL_MAX {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,26 +53,38 @@ impl Router {
             executors: Vec::new(),
         };
 
-        // Shard 0 binds first so that, when the configured port is 0, the
-        // others bind the port it got (all with SO_REUSEPORT).
+        // One listening socket, bound here without SO_REUSEPORT, so that a
+        // second router on the same address fails to start instead of
+        // silently sharing the port (glommio's own bind sets SO_REUSEPORT,
+        // which lets another process take half of our connections). Every
+        // shard accepts on a duplicate of it. It must stay non-blocking:
+        // glommio's accept flips O_NONBLOCK around a direct accept call, and
+        // duplicates share that flag.
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|error| StartError(format!("bind {}: {error}", config.listen)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|error| StartError(format!("listener: {error}")))?;
+        running.local_addr = listener
+            .local_addr()
+            .map_err(|error| StartError(format!("listener: {error}")))?;
         for (index, inbox) in inboxes.into_iter().enumerate() {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-            let listen = running.local_addr;
+            let listener_fd: OwnedFd = listener
+                .try_clone()
+                .map_err(|error| StartError(format!("listener for shard {index}: {error}")))?
+                .into();
             let (config, directory, links) = (config.clone(), directory.clone(), links.clone());
             let executor = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[index]))
                 .name(&format!("imrouter-shard-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
                 .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || async move {
-                    let listener = match glommio::net::TcpListener::bind(listen) {
-                        Ok(listener) => listener,
-                        Err(error) => {
-                            let _ = ready_tx
-                                .send(Err(format!("shard {index}: bind {listen}: {error}")));
-                            return;
-                        }
+                    // SAFETY: ownership of the duplicated, listening socket
+                    // moves into the glommio listener.
+                    let listener = unsafe {
+                        glommio::net::TcpListener::from_raw_fd(listener_fd.into_raw_fd())
                     };
-                    let _ = ready_tx.send(listener.local_addr().map_err(|error| error.to_string()));
                     let mut inbox = inbox;
                     let bell_fd = std::mem::replace(
                         &mut inbox.bell,
@@ -87,14 +99,13 @@ impl Router {
                     let shard = Rc::new(Shard::new(
                         index, config, directory, links, inbox, router_id,
                     ));
+                    let _ = ready_tx.send(());
                     shard.run(listener, bell).await;
                 })
                 .map_err(|error| StartError(format!("shard {index}: {error}")))?;
             running.executors.push(executor);
-            match ready_rx.recv() {
-                Ok(Ok(addr)) => running.local_addr = addr,
-                Ok(Err(error)) => return Err(StartError(error)),
-                Err(_) => return Err(StartError(format!("shard {index} stopped while starting"))),
+            if ready_rx.recv().is_err() {
+                return Err(StartError(format!("shard {index} stopped while starting")));
             }
         }
         Ok(running)
