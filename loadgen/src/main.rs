@@ -1,9 +1,66 @@
-//! `imrouter-loadgen`: simulated IM nodes driving an imrouter.
+//! `imrouter-loadgen`: simulated IM nodes that drive an imrouter (or a
+//! nats-server) and check every message's outcome.
 //!
-//! The generator itself arrives with the load generator issue; this binary
-//! exists so the workspace layout is final from the first commit.
+//! # Layout
+//!
+//! - `config`: flags to a validated `Plan`.
+//! - `workload`: users, devices, placement, recipients, payloads.
+//! - `sim`: simulated nodes and their connections, per target (`imrouter`
+//!   through the router's own `wire` code, `nats` in its text protocol).
+//! - `scenario`: what nodes do, one module per scenario.
+//! - `oracle`: judges every message after the run, from the logs.
+//! - `report`: progress lines, summary, JSON, .hgrm.
+//! - `run`: generator threads, start barrier, drain.
+//!
+//! Exit status: 0 when every message had a right outcome, 1 when the
+//! oracle found a fault (lost, duplicated, misrouted, wrong verdict,
+//! corrupted), 2 when the run itself failed.
 
-fn main() {
-    eprintln!("imrouter-loadgen: not implemented yet");
-    std::process::exit(2);
+mod config;
+mod oracle;
+mod report;
+mod run;
+mod scenario;
+mod sim;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let plan = match config::Plan::from_args(config::Args::parse()) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("imrouter-loadgen: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let results = match run::run(plan.clone()) {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("imrouter-loadgen: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report::summary(&plan, &results));
+    let written = [
+        plan.json
+            .as_ref()
+            .map(|path| (path, report::json(&plan, &results))),
+        plan.histogram
+            .as_ref()
+            .map(|path| (path, report::hgrm(&results.latency))),
+    ];
+    for (path, contents) in written.into_iter().flatten() {
+        if let Err(error) = report::write_file(path, &contents) {
+            eprintln!("imrouter-loadgen: writing {}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if results.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -1,0 +1,410 @@
+//! Running a plan: generator threads, the start barrier, progress lines,
+//! the drain, and the oracle over the collected logs.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+
+use crate::config::{Plan, RecipientsName, ScenarioName, Target};
+use crate::oracle::{self, CheckParams, Observed, Sent, SessionChange, Timelines};
+use crate::report::{self, Results};
+use crate::scenario;
+use crate::sim::{self, Schedule, Shared, SimNode, Worker, WorkerStats};
+use crate::workload::Recipients;
+
+/// glommio's locked I/O memory per generator thread (we do no file I/O).
+const IO_MEMORY_BYTES: usize = 1024 * 1024;
+
+/// How long every node may take to connect and open its sessions.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The drain ends early once nothing was observed for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// What one generator thread hands back.
+struct WorkerResult {
+    sent: Vec<(u32, Vec<Sent>)>,
+    observed: Vec<Observed>,
+    changes: Vec<SessionChange>,
+    latency: Histogram<u64>,
+    shard_count: usize,
+}
+
+/// A failed run, with a message for the user.
+#[derive(Debug)]
+pub struct RunError(pub String);
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// Runs the plan and judges every message.
+pub fn run(plan: Plan) -> Result<Results, RunError> {
+    let plan = Arc::new(plan);
+    let nodes = plan.population.nodes;
+    let shared = Arc::new(Shared::new(nodes));
+    let recipients = match plan.recipients {
+        RecipientsName::Uniform => Recipients::Uniform {
+            users: plan.population.users,
+        },
+        RecipientsName::Zipf => Recipients::zipf(plan.population.users, plan.zipf_exponent),
+    };
+    let (snapshots_tx, snapshots_rx) = bounded::<(usize, Histogram<u64>)>(1024);
+    let threads = plan.cpus.len();
+    let mut stats = Vec::new();
+    let mut executors = Vec::new();
+    for (thread, &cpu) in plan.cpus.iter().enumerate() {
+        let thread_nodes: Vec<u32> = (0..nodes)
+            .filter(|node| *node as usize % threads == thread)
+            .collect();
+        let worker_stats = Arc::new(WorkerStats::default());
+        stats.push(worker_stats.clone());
+        let (plan, shared, recipients, snapshots) = (
+            plan.clone(),
+            shared.clone(),
+            recipients.clone(),
+            snapshots_tx.clone(),
+        );
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("loadgen-{thread}"))
+            .io_memory(IO_MEMORY_BYTES)
+            .preempt_timer(imrouter::limits::PREEMPT_TIMER)
+            .spawn(move || async move {
+                worker_main(
+                    thread,
+                    plan,
+                    shared,
+                    worker_stats,
+                    recipients,
+                    thread_nodes,
+                    snapshots,
+                )
+                .await
+            })
+            .map_err(|e| RunError(format!("generator thread on CPU {cpu}: {e}")))?;
+        executors.push(executor);
+    }
+    drop(snapshots_tx);
+
+    let outcome = coordinate(&plan, &shared, &stats, &snapshots_rx);
+    shared.finished.store(true, Ordering::SeqCst);
+    let mut results = Vec::new();
+    for executor in executors {
+        match executor.join() {
+            Ok(result) => results.push(result),
+            Err(e) => shared.fail(format!("a generator thread failed: {e}")),
+        }
+    }
+    let (sessions, router_rss_bytes) = outcome?;
+    let errors = shared.errors.lock().expect("errors lock").clone();
+    if shared.failed.load(Ordering::SeqCst) && results.iter().all(|r| r.sent.is_empty()) {
+        return Err(RunError(errors.join("; ")));
+    }
+    judge(
+        &plan,
+        &shared,
+        results,
+        sessions,
+        router_rss_bytes,
+        errors,
+        &stats,
+    )
+}
+
+/// Runs on the main thread: waits for every node's sessions, starts the
+/// traffic, prints progress, drains. Returns the sessions opened and the
+/// router's RSS if it was asked for.
+fn coordinate(
+    plan: &Plan,
+    shared: &Shared,
+    stats: &[Arc<WorkerStats>],
+    snapshots: &Receiver<(usize, Histogram<u64>)>,
+) -> Result<(u64, Option<u64>), RunError> {
+    let nodes = u64::from(plan.population.nodes);
+    let setup_started = Instant::now();
+    let mut last_line = Instant::now();
+    while shared.ready.load(Ordering::SeqCst) < nodes {
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(RunError(
+                shared.errors.lock().expect("errors lock").join("; "),
+            ));
+        }
+        if setup_started.elapsed() > SETUP_TIMEOUT {
+            return Err(RunError("nodes did not open their sessions in time".into()));
+        }
+        if !plan.quiet && last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            let ops: u64 = stats
+                .iter()
+                .map(|s| s.session_ops.load(Ordering::Relaxed))
+                .sum();
+            eprintln!(
+                "setup: {}/{} nodes ready, {} session opens sent",
+                shared.ready.load(Ordering::SeqCst),
+                nodes,
+                report::group(ops)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let sessions = u64::from(plan.population.users) * u64::from(plan.population.devices_per_user);
+    let router_rss_bytes = plan.router_pid.and_then(read_rss);
+
+    let start_ns = shared.clock.now_ns() + 20_000_000;
+    let measure_from_ns = start_ns + (plan.warmup_s * 1e9) as u64;
+    let end_ns = measure_from_ns + (plan.duration_s * 1e9) as u64;
+    shared.start_ns.store(start_ns, Ordering::SeqCst);
+
+    let mut cumulative: Vec<Option<Histogram<u64>>> = vec![None; plan.cpus.len()];
+    let mut previous = (0u64, 0u64);
+    let mut second = 0;
+    let total = |pick: fn(&WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        stats.iter().map(|s| pick(s).load(Ordering::Relaxed)).sum()
+    };
+    while shared.clock.now_ns() < end_ns && !shared.failed.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1000).min(Duration::from_nanos(
+            end_ns.saturating_sub(shared.clock.now_ns()).max(1),
+        )));
+        while let Ok((thread, histogram)) = snapshots.try_recv() {
+            cumulative[thread] = Some(histogram);
+        }
+        second += 1;
+        let sent = total(|s| &s.sent);
+        let delivered = total(|s| &s.delivered);
+        let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+        for histogram in cumulative.iter().flatten() {
+            let _ = merged.add(histogram);
+        }
+        let p99 = if merged.is_empty() {
+            0.0
+        } else {
+            merged.value_at_quantile(0.99) as f64 / 1000.0
+        };
+        if !plan.quiet {
+            eprintln!(
+                "{}",
+                report::progress_line(
+                    second,
+                    sent - previous.0,
+                    delivered - previous.1,
+                    p99,
+                    total(|s| &s.errors)
+                )
+            );
+        }
+        previous = (sent, delivered);
+    }
+
+    // Drain: until every expected event arrived, nothing arrived for a
+    // while, or the drain time is up.
+    let drain_until = Instant::now() + Duration::from_secs_f64(plan.drain_s);
+    let mut quiet_since = Instant::now();
+    let mut last_seen = shared.last_observed_ns.load(Ordering::Relaxed);
+    while Instant::now() < drain_until && !shared.failed.load(Ordering::SeqCst) {
+        let expected: u64 = shared
+            .expected_events
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum();
+        let observed: u64 = shared
+            .observed_events
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .sum();
+        if observed >= expected && plan.scenario == ScenarioName::Chat {
+            break;
+        }
+        let seen = shared.last_observed_ns.load(Ordering::Relaxed);
+        if seen != last_seen {
+            last_seen = seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= DRAIN_QUIET {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok((sessions, router_rss_bytes))
+}
+
+/// Resident memory of a process, from /proc/PID/status.
+fn read_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn judge(
+    plan: &Plan,
+    shared: &Shared,
+    results: Vec<WorkerResult>,
+    sessions: u64,
+    router_rss_bytes: Option<u64>,
+    errors: Vec<String>,
+    stats: &[Arc<WorkerStats>],
+) -> Result<Results, RunError> {
+    let nodes = plan.population.nodes as usize;
+    let mut sent_by_node: Vec<Vec<Sent>> = vec![Vec::new(); nodes];
+    let mut observed = Vec::new();
+    let mut changes = Vec::new();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut shards = 1;
+    for result in results {
+        for (node, log) in result.sent {
+            sent_by_node[node as usize] = log;
+        }
+        observed.extend(result.observed);
+        changes.extend(result.changes);
+        let _ = latency.add(&result.latency);
+        shards = shards.max(result.shard_count);
+    }
+    let params = CheckParams {
+        population: plan.population,
+        ack: plan.ack,
+        end_ns: shared.clock.now_ns(),
+    };
+    let timelines = Timelines::new(changes);
+    let tally = oracle::check(&params, &sent_by_node, observed, &timelines);
+    Ok(Results {
+        tally,
+        shards,
+        latency,
+        session_ops_measured: stats
+            .iter()
+            .map(|s| s.session_ops_measured.load(Ordering::Relaxed))
+            .sum(),
+        router_rss_bytes,
+        sessions,
+        errors,
+    })
+}
+
+/// One generator thread: runs its nodes, then hands in their logs.
+async fn worker_main(
+    thread: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    recipients: Recipients,
+    nodes: Vec<u32>,
+    snapshots: Sender<(usize, Histogram<u64>)>,
+) -> WorkerResult {
+    let worker = Rc::new(Worker::new(plan.clone(), shared.clone(), stats, recipients));
+    let reporter = glommio::spawn_local({
+        let worker = worker.clone();
+        async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                let snapshot = worker.latency.borrow().clone();
+                let _ = snapshots.try_send((thread, snapshot));
+            }
+        }
+    });
+    let tasks: Vec<_> = nodes
+        .iter()
+        .map(|&index| glommio::spawn_local(run_node(worker.clone(), index)))
+        .collect();
+    let mut sim_nodes = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(node) => sim_nodes.push(node),
+            Err(error) => shared.fail(error),
+        }
+    }
+    while !shared.finished.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    drop(reporter);
+
+    let mut sent = Vec::new();
+    let mut changes = Vec::new();
+    let mut shard_count = 1;
+    for node in &sim_nodes {
+        shard_count = shard_count.max(node.shard_count);
+        sent.push((node.index, std::mem::take(&mut *node.sent.borrow_mut())));
+        let churn = node.churn.borrow();
+        for (change, batch) in &churn.changes {
+            let confirmed_ns = churn
+                .batch_confirmed
+                .get(batch)
+                .copied()
+                .unwrap_or(u64::MAX);
+            changes.push(SessionChange {
+                confirmed_ns,
+                ..*change
+            });
+        }
+    }
+    let observed = std::mem::take(&mut *worker.observed.borrow_mut());
+    let latency = worker.latency.borrow().clone();
+    WorkerResult {
+        sent,
+        observed,
+        changes,
+        latency,
+        shard_count,
+    }
+}
+
+/// One node: connect, open sessions, wait for the start, run the scenario.
+async fn run_node(worker: Rc<Worker>, index: u32) -> Result<Rc<SimNode>, String> {
+    let plan = worker.plan.clone();
+    let node = match plan.target {
+        Target::Imrouter => {
+            let (links, shard_count) = sim::imrouter::connect(&worker, index).await?;
+            Rc::new(SimNode::new(index, worker.clone(), links, shard_count))
+        }
+        Target::Nats => {
+            let link = sim::nats::connect(&worker, index).await?;
+            Rc::new(SimNode::new(index, worker.clone(), vec![link], 1))
+        }
+    };
+    for link in &node.links {
+        glommio::spawn_local(link.clone().run_writer()).detach();
+        let reader = match plan.target {
+            Target::Imrouter => {
+                glommio::spawn_local(sim::imrouter::run_reader(node.clone(), link.clone()))
+            }
+            Target::Nats => glommio::spawn_local(sim::nats::run_reader(node.clone(), link.clone())),
+        };
+        reader.detach();
+    }
+    if plan.target == Target::Imrouter {
+        node.open_sessions().await;
+    }
+    worker.shared.ready.fetch_add(1, Ordering::SeqCst);
+
+    let shared = &worker.shared;
+    let start_ns = loop {
+        let start_ns = shared.start_ns.load(Ordering::SeqCst);
+        if start_ns != 0 {
+            break start_ns;
+        }
+        if shared.failed.load(Ordering::SeqCst) || shared.finished.load(Ordering::SeqCst) {
+            return Ok(node);
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    };
+    let measure_from_ns = start_ns + (plan.warmup_s * 1e9) as u64;
+    let schedule = Schedule {
+        start_ns,
+        measure_from_ns,
+        end_ns: measure_from_ns + (plan.duration_s * 1e9) as u64,
+    };
+    worker.schedule.set(Some(schedule));
+    let now = worker.now_ns();
+    if start_ns > now {
+        glommio::timer::sleep(Duration::from_nanos(start_ns - now)).await;
+    }
+    scenario::run(node.clone(), schedule).await;
+    Ok(node)
+}

@@ -1,0 +1,73 @@
+//! `chat`: one-to-one messages from every node to users of the others.
+//!
+//! With `--rate R` each node sends R/nodes messages per second on a fixed
+//! schedule. Each message carries the time it was due and latency is
+//! measured from then, so a router that stalls delays the due messages and
+//! the stall shows in the latency instead of being hidden (no coordinated
+//! omission). With `--rate max` each node keeps `--window` messages (in
+//! expected events) in flight and sends as fast as they complete.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::Rate;
+use crate::sim::{Schedule, SimNode};
+
+/// Most messages one node sends before it lets its readers run.
+const BURST_MAX: u64 = 256;
+
+pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
+    match node.plan().rate {
+        Rate::PerSecond(rate) => {
+            open_loop(&node, schedule, rate / node.plan().population.nodes as f64).await
+        }
+        Rate::Max => closed_loop(&node, schedule).await,
+    }
+}
+
+async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
+    let interval_ns = 1e9 / rate_per_node;
+    let due = |k: u64| schedule.start_ns + (k as f64 * interval_ns) as u64;
+    let mut k = 0u64;
+    loop {
+        let now = node.worker.now_ns();
+        if due(k) >= schedule.end_ns || now >= schedule.end_ns {
+            return;
+        }
+        let mut burst = 0;
+        while due(k) <= now && due(k) < schedule.end_ns && burst < BURST_MAX {
+            node.send_message(due(k), due(k) >= schedule.measure_from_ns);
+            k += 1;
+            burst += 1;
+        }
+        for link in &node.links {
+            link.wait_for_room().await;
+        }
+        let next = due(k);
+        let now = node.worker.now_ns();
+        if next > now {
+            glommio::timer::sleep(Duration::from_nanos(next - now)).await;
+        } else {
+            glommio::executor().yield_now().await;
+        }
+    }
+}
+
+async fn closed_loop(node: &SimNode, schedule: Schedule) {
+    let window = u64::from(node.plan().window);
+    loop {
+        let now = node.worker.now_ns();
+        if now >= schedule.end_ns {
+            return;
+        }
+        let mut burst = 0;
+        while node.in_flight_events() < window && burst < BURST_MAX {
+            node.send_message(now, now >= schedule.measure_from_ns);
+            burst += 1;
+        }
+        for link in &node.links {
+            link.wait_for_room().await;
+        }
+        glommio::executor().yield_now().await;
+    }
+}

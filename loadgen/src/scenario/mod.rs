@@ -1,0 +1,19 @@
+//! Scenarios: what the simulated nodes do once their sessions are open.
+//! Each is one module with a `run` that drives one node until the end of
+//! the schedule; the oracle judges the logs afterwards.
+
+pub mod chat;
+pub mod churn;
+
+use std::rc::Rc;
+
+use crate::config::ScenarioName;
+use crate::sim::{Schedule, SimNode};
+
+/// Runs the plan's scenario on one node.
+pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
+    match node.plan().scenario {
+        ScenarioName::Chat => chat::run(node, schedule).await,
+        ScenarioName::Churn => churn::run(node, schedule).await,
+    }
+}

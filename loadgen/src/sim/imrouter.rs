@@ -1,0 +1,255 @@
+//! The imrouter target: the protocol, spoken through the router's own
+//! `wire` module (one codec for both sides).
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use imrouter::limits::FRAME_BYTES_MAX_CEILING;
+use imrouter::wire::{self, fb, Check, Encoder, HelloFrame, Verifier};
+
+use super::{Link, SimNode, Worker, WorkerStats};
+use crate::oracle::{Observed, ObservedKind};
+use crate::workload::{self, message_id};
+
+/// Connects node `index`: one connection, or one per router shard when
+/// shard-direct. Returns the links and the router's shard count.
+pub async fn connect(worker: &Worker, index: u32) -> Result<(Vec<Rc<Link>>, usize), String> {
+    let plan = &worker.plan;
+    let incarnation = plan.seed ^ worker.now_ns() ^ (u64::from(index) << 40);
+    let name = format!("loadgen-{index}");
+    let wanted = plan.shard_direct.then_some(0);
+    let (first, welcome) = handshake(plan.router, &name, incarnation, wanted).await?;
+    let shard_count = welcome.shard_count as usize;
+    let mut links = vec![Link::new(first)];
+    if plan.shard_direct {
+        for shard in 1..shard_count as u16 {
+            let (stream, welcome) = handshake(plan.router, &name, incarnation, Some(shard)).await?;
+            if welcome.shard != shard {
+                return Err(format!(
+                    "{name}: asked for shard {shard}, served by {}",
+                    welcome.shard
+                ));
+            }
+            links.push(Link::new(stream));
+        }
+    }
+    Ok((links, shard_count))
+}
+
+struct Welcome {
+    shard: u16,
+    shard_count: u16,
+}
+
+async fn handshake(
+    router: std::net::SocketAddr,
+    name: &str,
+    incarnation: u64,
+    shard: Option<u16>,
+) -> Result<(TcpStream, Welcome), String> {
+    let mut stream = TcpStream::connect(router)
+        .await
+        .map_err(|e| format!("{name}: connect to {router}: {e}"))?;
+    let hello = Encoder::new()
+        .hello(&HelloFrame {
+            protocol_version: imrouter::limits::PROTOCOL_VERSION,
+            node_name: name,
+            incarnation,
+            auth_token: None,
+            shard,
+        })
+        .to_vec();
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| format!("{name}: send Hello: {e}"))?;
+    let mut prefix = [0u8; 4];
+    stream
+        .read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("{name}: read Welcome: {e}"))?;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > FRAME_BYTES_MAX_CEILING as usize {
+        return Err(format!("{name}: a {len}-byte first frame"));
+    }
+    let mut frame = prefix.to_vec();
+    frame.resize(4 + len, 0);
+    stream
+        .read_exact(&mut frame[4..])
+        .await
+        .map_err(|e| format!("{name}: read Welcome: {e}"))?;
+    let envelope = Verifier::new(FRAME_BYTES_MAX_CEILING)
+        .verify(&frame)
+        .map_err(|e| format!("{name}: Welcome: {e}"))?;
+    if let Some(error) = envelope.body_as_error() {
+        return Err(format!(
+            "{name}: refused: {:?} {}",
+            error.code(),
+            error.text().unwrap_or("")
+        ));
+    }
+    let welcome = envelope
+        .body_as_welcome()
+        .ok_or_else(|| format!("{name}: expected Welcome, got {:?}", envelope.body_type()))?;
+    Ok((
+        stream,
+        Welcome {
+            shard: welcome.shard(),
+            shard_count: welcome.shard_count(),
+        },
+    ))
+}
+
+/// Reads and handles frames until the connection closes.
+pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
+    let verifier = Verifier::new(FRAME_BYTES_MAX_CEILING);
+    let mut buf = vec![0u8; 2 * (FRAME_BYTES_MAX_CEILING as usize).min(1 << 20)];
+    let (mut start, mut end) = (0, 0);
+    loop {
+        let read = link.read(&mut buf[end..]).await;
+        match read {
+            Ok(0) | Err(_) => {
+                link.close();
+                if !node
+                    .worker
+                    .shared
+                    .finished
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    error(&node, "the router closed the connection".into());
+                }
+                return;
+            }
+            Ok(n) => end += n,
+        }
+        loop {
+            match wire::check(&buf[start..end], FRAME_BYTES_MAX_CEILING) {
+                Check::Complete(len) => {
+                    handle(&node, &verifier, &buf[start..start + len]);
+                    start += len;
+                }
+                Check::Incomplete => break,
+                Check::TooLarge(declared) => {
+                    error(&node, format!("the router sent a {declared}-byte frame"));
+                    link.close();
+                    return;
+                }
+            }
+        }
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        if end == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+fn error(node: &SimNode, text: String) {
+    WorkerStats::add(&node.worker.stats.errors, 1);
+    node.worker
+        .shared
+        .fail(format!("node {}: {text}", node.index));
+}
+
+fn handle(node: &SimNode, verifier: &Verifier, frame: &[u8]) {
+    let envelope = match verifier.verify(frame) {
+        Ok(envelope) => envelope,
+        Err(e) => return error(node, format!("the router sent a bad frame: {e}")),
+    };
+    match envelope.body_type() {
+        fb::Body::Deliver => {
+            let deliver = envelope.body_as_deliver().expect("checked");
+            let id = deliver.message_id();
+            let payload = deliver.payload().map(|p| p.bytes()).unwrap_or(&[]);
+            let (due_ns, intact) = match workload::read_payload(payload) {
+                Some((due_ns, payload_id)) => (due_ns, payload_id == id),
+                None => (0, false),
+            };
+            let user = deliver
+                .to_user()
+                .and_then(|user| workload::parse_user_id(user.as_bytes()));
+            let devices = deliver.devices().map_or(0, |devices| {
+                devices.iter().fold(0u64, |mask, device| {
+                    mask | match workload::parse_device_id(device) {
+                        Some(d) if d < 63 => 1 << d,
+                        _ => 1 << 63,
+                    }
+                })
+            });
+            node.observe_delivery(id, due_ns, user, devices, intact);
+        }
+        fb::Body::Status => {
+            let status = envelope.body_as_status().expect("checked");
+            let id = status.message_id();
+            let at_ns = node.worker.now_ns();
+            if id & message_id::PROBE != 0 {
+                if status.verdict() == fb::Verdict::Offline {
+                    node.on_probe_verdict(message_id::seq(id), at_ns);
+                } else {
+                    error(node, format!("a probe got {:?}", status.verdict()));
+                }
+                return;
+            }
+            let verdict = status.verdict();
+            // A verdict other than Routed stands for every event the
+            // message was expected to cause (no copy will come).
+            let events = if verdict == fb::Verdict::Routed {
+                1
+            } else {
+                let sent = node.sent.borrow();
+                match sent.get(message_id::seq(id) as usize) {
+                    Some(message) if message_id::node(id) == node.index => {
+                        node.expected_for(message)
+                    }
+                    _ => 1,
+                }
+            };
+            let stats = &node.worker.stats;
+            match verdict {
+                fb::Verdict::Offline => WorkerStats::add(&stats.offline, 1),
+                fb::Verdict::Busy => WorkerStats::add(&stats.busy, 1),
+                fb::Verdict::Rejected => WorkerStats::add(&stats.errors, 1),
+                _ => {}
+            }
+            node.worker.observe(
+                Observed {
+                    id,
+                    at_ns,
+                    kind: ObservedKind::Verdict {
+                        verdict: verdict.0,
+                        reason: status.reason().0,
+                    },
+                },
+                events,
+            );
+        }
+        fb::Body::Ping => {
+            let nonce = envelope.body_as_ping().expect("checked").nonce();
+            let pong = Encoder::new().pong(nonce).to_vec();
+            node.links[0].push(&pong);
+        }
+        fb::Body::Pong => {}
+        fb::Body::Error => {
+            let e = envelope.body_as_error().expect("checked");
+            error(
+                node,
+                format!("Error {:?}: {}", e.code(), e.text().unwrap_or("")),
+            );
+        }
+        fb::Body::Kick => {
+            let kick = envelope.body_as_kick().expect("checked");
+            error(
+                node,
+                format!(
+                    "unexpected Kick of {}/{} ({:?})",
+                    kick.user().unwrap_or(""),
+                    kick.device().unwrap_or(""),
+                    kick.reason()
+                ),
+            );
+        }
+        other => error(node, format!("unexpected frame {other:?}")),
+    }
+}

@@ -1,0 +1,613 @@
+//! Simulated IM nodes.
+//!
+//! Each generator thread (a pinned glommio executor, a [`Worker`]) runs some
+//! of the nodes. A [`SimNode`] holds its connections ([`Link`]s), sends
+//! session operations and messages, and logs everything for the oracle.
+//! What differs between targets (the imrouter protocol through the `wire`
+//! module, or NATS's text protocol) is in [`imrouter`] and [`nats`].
+
+pub mod imrouter;
+pub mod nats;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ::imrouter::shard::signal::{Broadcast, Signal};
+use ::imrouter::wire::Encoder;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+
+use crate::config::{Plan, Target};
+use crate::oracle::{Observed, ObservedKind, Sent, SessionChange, ALL_DEVICES};
+use crate::workload::{self, message_id, Recipients, Rng};
+
+/// Bytes a link may have queued before its sender waits for the writer: a
+/// router that stops reading makes the schedule fall behind (and the delay
+/// shows in latency, measured from each message's due time), not the
+/// generator's memory grow.
+pub const LINK_BACKLOG_MAX: usize = 4 * 1024 * 1024;
+
+/// Nanoseconds since the start of the run, the same on every thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            base: Instant::now(),
+        }
+    }
+
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A counter on its own cache line.
+#[derive(Default)]
+#[repr(align(64))]
+pub struct PaddedU64(pub AtomicU64);
+
+/// State shared by every thread of the run.
+pub struct Shared {
+    pub clock: Clock,
+    /// Per node: events (copies and verdicts) its messages should cause.
+    pub expected_events: Box<[PaddedU64]>,
+    /// Per node: events observed for its messages, by whichever node saw them.
+    pub observed_events: Box<[PaddedU64]>,
+    /// Nodes that opened and confirmed their sessions.
+    pub ready: AtomicU64,
+    /// When traffic starts (0 until the coordinator sets it).
+    pub start_ns: AtomicU64,
+    /// Set after the drain: stop reading and hand in the logs.
+    pub finished: AtomicBool,
+    /// Set when a node failed; the run is aborted.
+    pub failed: AtomicBool,
+    pub errors: Mutex<Vec<String>>,
+    /// Time of the last observation anywhere, for the drain's quiet test.
+    pub last_observed_ns: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(nodes: u32) -> Self {
+        let counters = || (0..nodes).map(|_| PaddedU64::default()).collect();
+        Shared {
+            clock: Clock::new(),
+            expected_events: counters(),
+            observed_events: counters(),
+            ready: AtomicU64::new(0),
+            start_ns: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            errors: Mutex::new(Vec::new()),
+            last_observed_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn fail(&self, error: String) {
+        self.errors.lock().expect("errors lock").push(error);
+        self.failed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Counters of one thread, read by the coordinator for progress lines.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    pub offline: AtomicU64,
+    pub busy: AtomicU64,
+    /// Error frames, unexpected frames, failed connections.
+    pub errors: AtomicU64,
+    /// Session opens and closes sent, the initial ones included.
+    pub session_ops: AtomicU64,
+    /// Churn opens and closes sent in the measured window.
+    pub session_ops_measured: AtomicU64,
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The run's timing, fixed once traffic starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub start_ns: u64,
+    /// Messages due from here on are measured.
+    pub measure_from_ns: u64,
+    pub end_ns: u64,
+}
+
+/// One generator thread's context.
+pub struct Worker {
+    pub plan: Arc<Plan>,
+    pub shared: Arc<Shared>,
+    pub stats: Arc<WorkerStats>,
+    pub recipients: Recipients,
+    pub schedule: Cell<Option<Schedule>>,
+    /// Latency in nanoseconds from due time to receipt, measured messages.
+    pub latency: RefCell<Histogram<u64>>,
+    pub observed: RefCell<Vec<Observed>>,
+}
+
+impl Worker {
+    pub fn new(
+        plan: Arc<Plan>,
+        shared: Arc<Shared>,
+        stats: Arc<WorkerStats>,
+        recipients: Recipients,
+    ) -> Self {
+        Worker {
+            plan,
+            shared,
+            stats,
+            recipients,
+            schedule: Cell::new(None),
+            latency: RefCell::new(
+                Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+            ),
+            observed: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
+    /// Records what a node received, and credits the sending node's window.
+    pub fn observe(&self, observed: Observed, events: u64) {
+        if observed.id & message_id::PROBE == 0 {
+            let sender = message_id::node(observed.id) as usize;
+            if let Some(counter) = self.shared.observed_events.get(sender) {
+                counter.0.fetch_add(events, Ordering::Relaxed);
+            }
+        }
+        self.shared
+            .last_observed_ns
+            .store(observed.at_ns, Ordering::Relaxed);
+        self.observed.borrow_mut().push(observed);
+    }
+
+    /// Records a delivery's latency if the message was due in the
+    /// measured window.
+    pub fn record_latency(&self, due_ns: u64, at_ns: u64) {
+        if let Some(schedule) = self.schedule.get() {
+            if due_ns >= schedule.measure_from_ns && due_ns < schedule.end_ns {
+                let latency = at_ns.saturating_sub(due_ns).max(1);
+                let _ = self.latency.borrow_mut().record(latency);
+            }
+        }
+    }
+}
+
+/// One TCP connection of a simulated node, with a bounded output buffer
+/// flushed by its own writer task (one write per batch).
+pub struct Link {
+    stream: RefCell<TcpStream>,
+    out: RefCell<Vec<u8>>,
+    in_flight: Cell<usize>,
+    wake: Signal,
+    pub room: Broadcast,
+    closed: Cell<bool>,
+}
+
+impl Link {
+    pub fn new(stream: TcpStream) -> Rc<Self> {
+        let _ = stream.set_nodelay(true);
+        Rc::new(Link {
+            stream: RefCell::new(stream),
+            out: RefCell::new(Vec::with_capacity(64 * 1024)),
+            in_flight: Cell::new(0),
+            wake: Signal::default(),
+            room: Broadcast::default(),
+            closed: Cell::new(false),
+        })
+    }
+
+    pub fn push(&self, bytes: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(bytes);
+        self.wake.notify();
+    }
+
+    pub fn backlog(&self) -> usize {
+        self.out.borrow().len() + self.in_flight.get()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Waits until the backlog is below `LINK_BACKLOG_MAX`.
+    pub async fn wait_for_room(&self) {
+        if self.backlog() >= LINK_BACKLOG_MAX {
+            self.room
+                .wait_until(|| self.backlog() < LINK_BACKLOG_MAX || self.closed.get())
+                .await;
+        }
+    }
+
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)).await
+    }
+
+    /// Writes everything pushed, batch by batch, until the link closes.
+    pub async fn run_writer(self: Rc<Self>) {
+        let mut spare = Vec::with_capacity(64 * 1024);
+        loop {
+            while self.out.borrow().is_empty() {
+                if self.closed.get() {
+                    return;
+                }
+                self.wake.wait().await;
+            }
+            std::mem::swap(&mut *self.out.borrow_mut(), &mut spare);
+            self.in_flight.set(spare.len());
+            let mut written = 0;
+            while written < spare.len() {
+                let bytes = &spare[written..];
+                match poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, bytes))
+                    .await
+                {
+                    Ok(0) | Err(_) => {
+                        self.close();
+                        return;
+                    }
+                    Ok(n) => written += n,
+                }
+            }
+            self.in_flight.set(0);
+            spare.clear();
+            self.room.notify_all();
+        }
+    }
+
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.wake.notify();
+        self.room.notify_all();
+    }
+}
+
+/// Churn bookkeeping of one node: which of its sessions are closed, and
+/// the probes that confirm each batch of changes.
+#[derive(Default)]
+pub struct ChurnState {
+    pub closed: HashSet<u64>,
+    pub changes: Vec<(SessionChange, u64)>,
+    /// Probe sequence -> batch.
+    pub probe_batch: HashMap<u64, u64>,
+    /// Batch -> (probes outstanding, latest confirmation).
+    pub batch_pending: HashMap<u64, (u32, u64)>,
+    /// Batch -> when every probe of it came back.
+    pub batch_confirmed: HashMap<u64, u64>,
+    pub next_batch: u64,
+}
+
+/// One simulated IM node.
+pub struct SimNode {
+    pub index: u32,
+    pub worker: Rc<Worker>,
+    pub links: Vec<Rc<Link>>,
+    /// The router's shard count (1 for NATS).
+    pub shard_count: usize,
+    encoder: RefCell<Encoder>,
+    payload: RefCell<Vec<u8>>,
+    pub rng: RefCell<Rng>,
+    from_user: String,
+    pub sent: RefCell<Vec<Sent>>,
+    expected_events: Cell<u64>,
+    /// One user id per router shard, owned by it and never opened; probes
+    /// are Routes to these.
+    probe_users: Vec<String>,
+    next_probe: Cell<u64>,
+    pub probes_outstanding: Cell<u64>,
+    pub probes_changed: Broadcast,
+    pub churn: RefCell<ChurnState>,
+}
+
+impl SimNode {
+    pub fn new(index: u32, worker: Rc<Worker>, links: Vec<Rc<Link>>, shard_count: usize) -> Self {
+        let plan = &worker.plan;
+        let probe_users = (0..shard_count)
+            .map(|shard| {
+                (0..)
+                    .map(|i| format!("probe-{index}-{i}"))
+                    .find(|user| {
+                        ::imrouter::shard::placement::shard_for_user(user.as_bytes(), shard_count)
+                            == shard
+                    })
+                    .expect("some id lands on every shard")
+            })
+            .collect();
+        let population = plan.population;
+        let hosted = (index..population.users)
+            .step_by(population.nodes as usize)
+            .next();
+        let from_user = match hosted {
+            Some(user) => String::from_utf8(workload::user_id(user).to_vec()).expect("ascii"),
+            None => format!("node-{index}"),
+        };
+        SimNode {
+            index,
+            rng: RefCell::new(Rng::new(plan.seed ^ (u64::from(index) << 32) ^ 0xA5A5)),
+            worker,
+            links,
+            shard_count,
+            encoder: RefCell::new(Encoder::new()),
+            payload: RefCell::new(Vec::new()),
+            from_user,
+            sent: RefCell::new(Vec::new()),
+            expected_events: Cell::new(0),
+            probe_users,
+            next_probe: Cell::new(0),
+            probes_outstanding: Cell::new(0),
+            probes_changed: Broadcast::default(),
+            churn: RefCell::new(ChurnState::default()),
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.worker.plan
+    }
+
+    /// The link a frame about `user` goes on: its owner shard's when
+    /// shard-direct, else the only one.
+    pub fn link_for(&self, user: &[u8]) -> &Rc<Link> {
+        if self.links.len() > 1 {
+            &self.links[::imrouter::shard::placement::shard_for_user(user, self.shard_count)]
+        } else {
+            &self.links[0]
+        }
+    }
+
+    /// Messages in flight, in events (copies and verdicts) still expected.
+    pub fn in_flight_events(&self) -> u64 {
+        let observed = self.worker.shared.observed_events[self.index as usize]
+            .0
+            .load(Ordering::Relaxed);
+        self.expected_events.get().saturating_sub(observed)
+    }
+
+    /// Events (Deliver copies, verdicts) message `sent` should cause when
+    /// sessions do not change: one copy per destination node, one verdict
+    /// for an offline recipient, plus the Routed verdict with ACK.
+    pub fn expected_for(&self, sent: &Sent) -> u64 {
+        if sent.offline {
+            return 1;
+        }
+        let population = self.plan().population;
+        let mask = if sent.to_device == ALL_DEVICES {
+            (1u64 << population.devices_per_user) - 1
+        } else {
+            1 << sent.to_device
+        };
+        u64::from(population.node_count(sent.user, mask)) + u64::from(self.plan().ack)
+    }
+
+    /// Picks a recipient and sends one message due at `due_ns`.
+    pub fn send_message(&self, due_ns: u64, measured: bool) {
+        let plan = self.plan();
+        let population = plan.population;
+        let (offline, user, to_device) = {
+            let mut rng = self.rng.borrow_mut();
+            if plan.offline_ratio > 0.0 && rng.unit() < plan.offline_ratio {
+                (
+                    true,
+                    rng.below(population.offline_users as u64) as u32,
+                    ALL_DEVICES,
+                )
+            } else {
+                let mut user = self.worker.recipients.pick(&mut rng);
+                // Nodes route only users they do not host themselves.
+                for _ in 0..8 {
+                    if population.nodes == 1 || population.node_of(user, 0) != self.index {
+                        break;
+                    }
+                    user = self.worker.recipients.pick(&mut rng);
+                }
+                let to_device = if plan.to_device_ratio > 0.0 && rng.unit() < plan.to_device_ratio {
+                    rng.below(population.devices_per_user as u64) as u8
+                } else {
+                    ALL_DEVICES
+                };
+                (false, user, to_device)
+            }
+        };
+        let seq = self.sent.borrow().len() as u64;
+        let id = message_id::new(self.index, seq);
+        let to_user = if offline {
+            workload::offline_user_id(user)
+        } else {
+            workload::user_id(user)
+        };
+        let mut payload = self.payload.borrow_mut();
+        workload::fill_payload(&mut payload, plan.payload_bytes, due_ns, id);
+        let link = self.link_for(&to_user);
+        match plan.target {
+            Target::Imrouter => {
+                let device = (to_device != ALL_DEVICES).then(|| workload::device_id(to_device));
+                let flags = if plan.ack {
+                    ::imrouter::wire::ROUTE_FLAG_ACK
+                } else {
+                    0
+                };
+                let mut encoder = self.encoder.borrow_mut();
+                let frame = encoder.route(&::imrouter::wire::RouteFrame {
+                    message_id: id,
+                    from_user: &self.from_user,
+                    from_device: "d0",
+                    to_user: std::str::from_utf8(&to_user).expect("ascii"),
+                    to_device: device.as_deref(),
+                    flags,
+                    payload: &payload,
+                });
+                link.push(frame);
+            }
+            Target::Nats => nats::publish(link, &to_user, &payload),
+        }
+        let sent = Sent {
+            sent_ns: self.worker.now_ns(),
+            user,
+            offline,
+            to_device,
+            measured,
+        };
+        let events = self.expected_for(&sent);
+        self.expected_events
+            .set(self.expected_events.get() + events);
+        self.worker.shared.expected_events[self.index as usize]
+            .0
+            .store(self.expected_events.get(), Ordering::Relaxed);
+        self.sent.borrow_mut().push(sent);
+        WorkerStats::add(&self.worker.stats.sent, 1);
+    }
+
+    /// Sends SessionOpen (`open`) or SessionClose for device `device` of
+    /// `user`.
+    pub fn send_session_op(&self, user: u32, device: u8, open: bool) {
+        let id = workload::user_id(user);
+        let user_str = std::str::from_utf8(&id).expect("ascii");
+        let device_str = workload::device_id(device);
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = if open {
+            encoder.session_open(
+                user_str,
+                &device_str,
+                ::imrouter::wire::fb::Platform::Mobile,
+            )
+        } else {
+            encoder.session_close(user_str, &device_str)
+        };
+        self.link_for(&id).push(frame);
+        WorkerStats::add(&self.worker.stats.session_ops, 1);
+    }
+
+    /// Sends a probe to `shard` (see docs/PROTOCOL.md, "Confirming an
+    /// open"); returns its sequence.
+    pub fn send_probe(&self, shard: usize) -> u64 {
+        let seq = self.next_probe.get();
+        self.next_probe.set(seq + 1);
+        let user = &self.probe_users[shard];
+        let link = if self.links.len() > 1 {
+            &self.links[shard]
+        } else {
+            &self.links[0]
+        };
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.route(&::imrouter::wire::RouteFrame {
+            message_id: message_id::PROBE | message_id::new(self.index, seq),
+            from_user: &self.from_user,
+            from_device: "d0",
+            to_user: user,
+            to_device: None,
+            flags: ::imrouter::wire::ROUTE_FLAG_ACK,
+            payload: &[],
+        });
+        link.push(frame);
+        self.probes_outstanding
+            .set(self.probes_outstanding.get() + 1);
+        seq
+    }
+
+    /// A probe came back (its Offline verdict).
+    pub fn on_probe_verdict(&self, seq: u64, at_ns: u64) {
+        self.probes_outstanding
+            .set(self.probes_outstanding.get().saturating_sub(1));
+        let mut churn = self.churn.borrow_mut();
+        if let Some(batch) = churn.probe_batch.remove(&seq) {
+            let done = {
+                let pending = churn
+                    .batch_pending
+                    .get_mut(&batch)
+                    .expect("batch of a probe");
+                pending.0 -= 1;
+                pending.1 = pending.1.max(at_ns);
+                (pending.0 == 0).then_some(pending.1)
+            };
+            if let Some(confirmed) = done {
+                churn.batch_pending.remove(&batch);
+                churn.batch_confirmed.insert(batch, confirmed);
+            }
+        }
+        drop(churn);
+        self.probes_changed.notify_all();
+    }
+
+    /// Waits until every probe sent so far came back.
+    pub async fn wait_for_probes(&self) {
+        self.probes_changed
+            .wait_until(|| {
+                self.probes_outstanding.get() == 0 || self.links.iter().any(|l| l.is_closed())
+            })
+            .await;
+    }
+
+    /// Opens every session this node hosts and waits until the router
+    /// applied them (one probe per shard, on every link).
+    pub async fn open_sessions(&self) {
+        let population = self.plan().population;
+        for (user, device) in population.sessions_of(self.index) {
+            self.send_session_op(user, device, true);
+            let link = self.link_for(&workload::user_id(user));
+            if link.backlog() >= LINK_BACKLOG_MAX {
+                link.wait_for_room().await;
+            }
+        }
+        self.probe_all_shards();
+        self.wait_for_probes().await;
+    }
+
+    /// One probe per shard, on the link(s) frames to that shard go on.
+    pub fn probe_all_shards(&self) -> Vec<u64> {
+        (0..self.shard_count)
+            .map(|shard| self.send_probe(shard))
+            .collect()
+    }
+
+    /// Records a Deliver/message and its latency.
+    pub fn observe_delivery(
+        &self,
+        id: u64,
+        due_ns: u64,
+        user: Option<u32>,
+        devices: u64,
+        intact: bool,
+    ) {
+        let at_ns = self.worker.now_ns();
+        self.worker.record_latency(due_ns, at_ns);
+        self.worker.observe(
+            Observed {
+                id,
+                at_ns,
+                kind: ObservedKind::Deliver {
+                    node: self.index,
+                    user,
+                    devices,
+                    intact,
+                },
+            },
+            1,
+        );
+        WorkerStats::add(&self.worker.stats.delivered, 1);
+    }
+}

@@ -1,0 +1,294 @@
+//! The simulated population: users, devices, which node hosts each
+//! session, how recipients are picked, and what a message's payload holds.
+//!
+//! Everything here is deterministic given a seed, so a run can be replayed
+//! and the oracle can recompute where every session lives.
+
+use std::sync::Arc;
+
+/// Bytes of every payload's header: the time the message was due, then its
+/// message id (NATS has no message id field, so it travels in the payload
+/// for both targets).
+pub const PAYLOAD_HEADER_BYTES: usize = 16;
+
+/// Online users are `u` + 15 digits: 16-byte ids, as in the memory target.
+pub fn user_id(user: u32) -> [u8; 16] {
+    id_with_prefix(b'u', user)
+}
+
+/// Users that never have a session (messages to them must come back
+/// Offline).
+pub fn offline_user_id(user: u32) -> [u8; 16] {
+    id_with_prefix(b'x', user)
+}
+
+fn id_with_prefix(prefix: u8, number: u32) -> [u8; 16] {
+    let mut id = [b'0'; 16];
+    id[0] = prefix;
+    let mut n = number;
+    for slot in id[1..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    id
+}
+
+/// Device `d` of a user is called `d<d>`.
+pub fn device_id(device: u8) -> String {
+    format!("d{device}")
+}
+
+/// Reads a device id back; `None` for an id the generator never uses.
+pub fn parse_device_id(id: &str) -> Option<u8> {
+    id.strip_prefix('d')?.parse().ok()
+}
+
+/// Reads an online user id back to its index.
+pub fn parse_user_id(id: &[u8]) -> Option<u32> {
+    if id.len() != 16 || id[0] != b'u' {
+        return None;
+    }
+    std::str::from_utf8(&id[1..]).ok()?.parse().ok()
+}
+
+/// Who exists and where their sessions live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Population {
+    pub users: u32,
+    pub devices_per_user: u8,
+    pub nodes: u32,
+    /// Users with no session, the targets of `--offline-ratio`.
+    pub offline_users: u32,
+}
+
+impl Population {
+    /// The node hosting device `device` of `user`: devices of one user sit
+    /// on consecutive nodes, so a user with several devices is reached
+    /// through several nodes (one Deliver per node).
+    #[inline]
+    pub fn node_of(&self, user: u32, device: u8) -> u32 {
+        ((user as u64 + device as u64) % self.nodes as u64) as u32
+    }
+
+    /// A global index of each session, for the oracle.
+    #[inline]
+    pub fn session_index(&self, user: u32, device: u8) -> u64 {
+        user as u64 * self.devices_per_user as u64 + device as u64
+    }
+
+    /// The sessions `node` hosts, as (user, device).
+    pub fn sessions_of(&self, node: u32) -> impl Iterator<Item = (u32, u8)> + '_ {
+        (0..self.devices_per_user).flat_map(move |device| {
+            let first = (node + self.nodes - device as u32 % self.nodes) % self.nodes;
+            (first..self.users)
+                .step_by(self.nodes as usize)
+                .map(move |user| (user, device))
+        })
+    }
+
+    /// How many distinct nodes host `user`'s devices in `mask`: the Deliver
+    /// frames a message to those devices causes.
+    pub fn node_count(&self, user: u32, mask: u64) -> u32 {
+        let mut nodes: Vec<u32> = (0..self.devices_per_user)
+            .filter(|&device| mask & (1 << device) != 0)
+            .map(|device| self.node_of(user, device))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len() as u32
+    }
+}
+
+/// xoshiro256++: fast, and good enough for workload choices.
+#[derive(Debug, Clone)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        // SplitMix64 to spread the seed over the state.
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `0..n`.
+    #[inline]
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    #[inline]
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How recipients are drawn from the online users.
+#[derive(Debug, Clone)]
+pub enum Recipients {
+    Uniform {
+        users: u32,
+    },
+    /// Zipf over user ranks: user 0 is the most popular. The cumulative
+    /// distribution is computed once and shared by every generator thread.
+    Zipf {
+        cdf: Arc<[f64]>,
+    },
+}
+
+impl Recipients {
+    pub fn zipf(users: u32, exponent: f64) -> Self {
+        let mut cdf = Vec::with_capacity(users as usize);
+        let mut total = 0.0;
+        for rank in 1..=users {
+            total += 1.0 / (rank as f64).powf(exponent);
+            cdf.push(total);
+        }
+        for value in &mut cdf {
+            *value /= total;
+        }
+        Recipients::Zipf { cdf: cdf.into() }
+    }
+
+    #[inline]
+    pub fn pick(&self, rng: &mut Rng) -> u32 {
+        match self {
+            Recipients::Uniform { users } => rng.below(*users as u64) as u32,
+            Recipients::Zipf { cdf } => {
+                let u = rng.unit();
+                cdf.partition_point(|&p| p < u).min(cdf.len() - 1) as u32
+            }
+        }
+    }
+}
+
+/// Writes a payload of `len` bytes: the header, then bytes derived from
+/// the message id, so that the receiver can tell a corrupted payload.
+pub fn fill_payload(payload: &mut Vec<u8>, len: usize, due_ns: u64, message_id: u64) {
+    payload.clear();
+    payload.extend_from_slice(&due_ns.to_le_bytes());
+    payload.extend_from_slice(&message_id.to_le_bytes());
+    let seed = message_id as u8;
+    payload.extend((PAYLOAD_HEADER_BYTES..len).map(|i| seed.wrapping_add(i as u8)));
+}
+
+/// Reads a payload's header and checks its filler; `None` when corrupted.
+pub fn read_payload(payload: &[u8]) -> Option<(u64, u64)> {
+    if payload.len() < PAYLOAD_HEADER_BYTES {
+        return None;
+    }
+    let due_ns = u64::from_le_bytes(payload[..8].try_into().ok()?);
+    let message_id = u64::from_le_bytes(payload[8..16].try_into().ok()?);
+    let seed = message_id as u8;
+    let intact = payload[PAYLOAD_HEADER_BYTES..]
+        .iter()
+        .enumerate()
+        .all(|(i, &byte)| byte == seed.wrapping_add((i + PAYLOAD_HEADER_BYTES) as u8));
+    intact.then_some((due_ns, message_id))
+}
+
+/// Message ids: the sending node in the top bits, its sequence below, and
+/// bit 63 for the generator's own probes (section "Confirming an open" of
+/// docs/PROTOCOL.md).
+pub mod message_id {
+    pub const PROBE: u64 = 1 << 63;
+    const SEQ_BITS: u32 = 40;
+
+    pub fn new(node: u32, seq: u64) -> u64 {
+        debug_assert!(seq < 1 << SEQ_BITS);
+        (node as u64) << SEQ_BITS | seq
+    }
+
+    pub fn node(id: u64) -> u32 {
+        ((id & !PROBE) >> SEQ_BITS) as u32
+    }
+
+    pub fn seq(id: u64) -> u64 {
+        id & ((1 << SEQ_BITS) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_16_bytes_and_read_back() {
+        assert_eq!(&user_id(42), b"u000000000000042");
+        assert_eq!(parse_user_id(&user_id(1_234_567)), Some(1_234_567));
+        assert_eq!(parse_user_id(&offline_user_id(3)), None);
+        assert_eq!(parse_device_id(&device_id(7)), Some(7));
+    }
+
+    #[test]
+    fn every_session_has_exactly_one_host() {
+        let population = Population {
+            users: 103,
+            devices_per_user: 3,
+            nodes: 4,
+            offline_users: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for node in 0..4 {
+            for (user, device) in population.sessions_of(node) {
+                assert_eq!(population.node_of(user, device), node);
+                assert!(seen.insert((user, device)));
+            }
+        }
+        assert_eq!(seen.len(), 103 * 3);
+    }
+
+    #[test]
+    fn payloads_detect_corruption() {
+        let mut payload = Vec::new();
+        fill_payload(&mut payload, 64, 99, 12345);
+        assert_eq!(read_payload(&payload), Some((99, 12345)));
+        payload[40] ^= 1;
+        assert_eq!(read_payload(&payload), None);
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let recipients = Recipients::zipf(1000, 1.0);
+        let mut rng = Rng::new(1);
+        let hits = (0..100_000)
+            .filter(|_| recipients.pick(&mut rng) == 0)
+            .count();
+        // P(rank 1) = 1 / H(1000) ~ 0.1336.
+        assert!((12_000..15_000).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn message_ids_split_back() {
+        let id = message_id::new(77, 123_456_789);
+        assert_eq!(
+            (message_id::node(id), message_id::seq(id)),
+            (77, 123_456_789)
+        );
+        assert_eq!(message_id::node(id | message_id::PROBE), 77);
+    }
+}
