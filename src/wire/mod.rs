@@ -19,6 +19,7 @@
 //!
 //! docs/PROTOCOL.md is the normative description for node implementers.
 
+mod direct;
 mod encode;
 mod frame;
 
