@@ -112,8 +112,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Report the router process's resident memory (from /proc) once all
-    /// sessions are open.
+    /// The router's (or nats-server's) process id: report its resident
+    /// memory once all sessions are open, and the CPU time it used in the
+    /// measured window (from /proc), for per-core figures.
     #[arg(long, value_name = "PID")]
     pub router_pid: Option<u32>,
 

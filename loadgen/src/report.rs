@@ -22,6 +22,9 @@ pub struct Results {
     pub session_ops_measured: u64,
     /// Resident memory of the router with every session open, if asked.
     pub router_rss_bytes: Option<u64>,
+    /// CPU seconds the router (or nats-server) used in the measured window,
+    /// if its pid was given.
+    pub router_cpu_s: Option<f64>,
     /// Sessions open when the RSS was read.
     pub sessions: u64,
     /// Protocol errors seen while running.
@@ -35,6 +38,14 @@ impl Results {
         } else {
             0.0
         }
+    }
+
+    /// Messages with a right outcome per CPU second of the router: the
+    /// per-core figure, independent of how busy the generator was.
+    pub fn msgs_per_router_cpu_s(&self) -> Option<f64> {
+        self.router_cpu_s
+            .filter(|&cpu| cpu > 0.0)
+            .map(|cpu| self.tally.measured_ok as f64 / cpu)
     }
 
     pub fn session_ops_per_s(&self, plan: &Plan) -> f64 {
@@ -68,14 +79,14 @@ impl Results {
 
 /// One line of progress.
 pub fn progress_line(
-    second: u64,
+    elapsed_s: f64,
     sent_per_s: u64,
     delivered_per_s: u64,
     p99_us: f64,
     errors: u64,
 ) -> String {
     format!(
-        "t={second:>3}s  sent/s={:>10}  delivered/s={:>10}  p99={:>8.1}us  errors={errors}",
+        "t={elapsed_s:>5.1}s  sent/s={:>10}  delivered/s={:>10}  p99={:>8.1}us  errors={errors}",
         group(sent_per_s),
         group(delivered_per_s),
         p99_us
@@ -159,6 +170,15 @@ pub fn summary(plan: &Plan, results: &Results) -> String {
         results.latency_us(0.999),
         results.latency_max_us()
     );
+    if let (Some(cpu), Some(per_cpu)) = (results.router_cpu_s, results.msgs_per_router_cpu_s()) {
+        let _ = writeln!(
+            out,
+            "  {:<16}{:>14} msgs per CPU second ({:.0}% of a core)",
+            "router CPU",
+            group(per_cpu as u64),
+            100.0 * cpu / plan.duration_s
+        );
+    }
     if results.session_ops_measured > 0 {
         let _ = writeln!(
             out,
@@ -222,6 +242,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
             "  \"throughput_msgs_per_s\": {:.1},\n  \"throughput_msgs_per_s_per_shard\": {:.1},\n",
             "  \"latency_us\": {{\"p50\": {:.1}, \"p90\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}, \"max\": {:.1}}},\n",
             "  \"session_ops_per_s\": {:.1},\n  \"router_rss_bytes\": {},\n  \"rss_bytes_per_session\": {},\n",
+            "  \"router_cpu_s\": {},\n  \"msgs_per_router_cpu_s\": {},\n",
             "  \"sessions\": {},\n  \"errors\": {},\n  \"ok\": {}\n}}\n"
         ),
         plan.scenario_name(),
@@ -258,6 +279,8 @@ pub fn json(plan: &Plan, results: &Results) -> String {
         results.session_ops_per_s(plan),
         rss,
         rss_per_session,
+        results.router_cpu_s.map_or("null".into(), |cpu| format!("{cpu:.2}")),
+        results.msgs_per_router_cpu_s().map_or("null".into(), |m| format!("{m:.1}")),
         results.sessions,
         results.errors.len(),
         results.ok(),

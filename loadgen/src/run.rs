@@ -104,20 +104,12 @@ pub fn run(plan: Plan) -> Result<Results, RunError> {
             Err(e) => shared.fail(format!("a generator thread failed: {e}")),
         }
     }
-    let (sessions, router_rss_bytes) = outcome?;
+    let setup = outcome?;
     let errors = shared.errors.lock().expect("errors lock").clone();
     if shared.failed.load(Ordering::SeqCst) && results.iter().all(|r| r.sent.is_empty()) {
         return Err(RunError(errors.join("; ")));
     }
-    judge(
-        &plan,
-        &shared,
-        results,
-        sessions,
-        router_rss_bytes,
-        errors,
-        &stats,
-    )
+    judge(&plan, &shared, results, setup, errors, &stats)
 }
 
 /// Runs on the main thread: waits for every node's sessions, starts the
@@ -128,7 +120,7 @@ fn coordinate(
     shared: &Shared,
     stats: &[Arc<WorkerStats>],
     snapshots: &Receiver<(usize, Histogram<u64>)>,
-) -> Result<(u64, Option<u64>), RunError> {
+) -> Result<Setup, RunError> {
     let nodes = u64::from(plan.population.nodes);
     let setup_started = Instant::now();
     let mut last_line = Instant::now();
@@ -158,6 +150,7 @@ fn coordinate(
     }
     let sessions = u64::from(plan.population.users) * u64::from(plan.population.devices_per_user);
     let router_rss_bytes = plan.router_pid.and_then(read_rss);
+    let mut router_cpu = None;
 
     let start_ns = shared.clock.now_ns() + 20_000_000;
     let measure_from_ns = start_ns + (plan.warmup_s * 1e9) as u64;
@@ -165,21 +158,40 @@ fn coordinate(
     shared.start_ns.store(start_ns, Ordering::SeqCst);
 
     let mut cumulative: Vec<Option<Histogram<u64>>> = vec![None; plan.cpus.len()];
-    let mut previous = (0u64, 0u64);
-    let mut second = 0;
     let total = |pick: fn(&WorkerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
         stats.iter().map(|s| pick(s).load(Ordering::Relaxed)).sum()
     };
+    let mut previous = (0u64, 0u64, start_ns);
+    let mut next_line_ns = start_ns + 1_000_000_000;
+    let mut cpu_at_measure_start = None;
     while shared.clock.now_ns() < end_ns && !shared.failed.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1000).min(Duration::from_nanos(
-            end_ns.saturating_sub(shared.clock.now_ns()).max(1),
-        )));
+        // Wake for the next progress line, the start of the measured window
+        // (to sample the router's CPU time there), or the end.
+        let now = shared.clock.now_ns();
+        let mut wake_ns = next_line_ns.min(end_ns);
+        if cpu_at_measure_start.is_none() {
+            wake_ns = wake_ns.min(measure_from_ns);
+        }
+        std::thread::sleep(Duration::from_nanos(wake_ns.saturating_sub(now).max(1)));
+        let now = shared.clock.now_ns();
+        if cpu_at_measure_start.is_none() && now >= measure_from_ns {
+            cpu_at_measure_start = Some(plan.router_pid.and_then(read_cpu_seconds));
+        }
+        if now >= end_ns {
+            let end_cpu = plan.router_pid.and_then(read_cpu_seconds);
+            if let (Some(Some(start)), Some(end)) = (cpu_at_measure_start, end_cpu) {
+                router_cpu = Some(end - start);
+            }
+        }
+        if now < next_line_ns {
+            continue;
+        }
+        next_line_ns += 1_000_000_000;
         while let Ok((thread, histogram)) = snapshots.try_recv() {
             cumulative[thread] = Some(histogram);
         }
-        second += 1;
-        let sent = total(|s| &s.sent);
-        let delivered = total(|s| &s.delivered);
+        let (sent, delivered) = (total(|s| &s.sent), total(|s| &s.delivered));
+        let elapsed_s = (now - previous.2) as f64 / 1e9;
         let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
         for histogram in cumulative.iter().flatten() {
             let _ = merged.add(histogram);
@@ -193,15 +205,15 @@ fn coordinate(
             eprintln!(
                 "{}",
                 report::progress_line(
-                    second,
-                    sent - previous.0,
-                    delivered - previous.1,
+                    (now - start_ns) as f64 / 1e9,
+                    ((sent - previous.0) as f64 / elapsed_s) as u64,
+                    ((delivered - previous.1) as f64 / elapsed_s) as u64,
                     p99,
                     total(|s| &s.errors)
                 )
             );
         }
-        previous = (sent, delivered);
+        previous = (sent, delivered, now);
     }
 
     // Drain: until every expected event arrived, nothing arrived for a
@@ -232,7 +244,28 @@ fn coordinate(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok((sessions, router_rss_bytes))
+    Ok(Setup {
+        sessions,
+        router_rss_bytes,
+        router_cpu_s: router_cpu,
+    })
+}
+
+/// What the coordinator measured besides the logs.
+struct Setup {
+    sessions: u64,
+    router_rss_bytes: Option<u64>,
+    /// CPU seconds the router used in the measured window.
+    router_cpu_s: Option<f64>,
+}
+
+/// CPU time (user and system) a process used so far, from /proc/PID/stat;
+/// Linux reports it in units of 1/100 s (USER_HZ).
+fn read_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Resident memory of a process, from /proc/PID/status.
@@ -247,8 +280,7 @@ fn judge(
     plan: &Plan,
     shared: &Shared,
     results: Vec<WorkerResult>,
-    sessions: u64,
-    router_rss_bytes: Option<u64>,
+    setup: Setup,
     errors: Vec<String>,
     stats: &[Arc<WorkerStats>],
 ) -> Result<Results, RunError> {
@@ -282,8 +314,9 @@ fn judge(
             .iter()
             .map(|s| s.session_ops_measured.load(Ordering::Relaxed))
             .sum(),
-        router_rss_bytes,
-        sessions,
+        router_rss_bytes: setup.router_rss_bytes,
+        router_cpu_s: setup.router_cpu_s,
+        sessions: setup.sessions,
         errors,
     })
 }

@@ -46,12 +46,17 @@ pub fn parse_device_id(id: &str) -> Option<u8> {
     id.strip_prefix('d')?.parse().ok()
 }
 
-/// Reads an online user id back to its index.
+/// Reads an online user id back to its index (`None` for any other id).
 pub fn parse_user_id(id: &[u8]) -> Option<u32> {
     if id.len() != 16 || id[0] != b'u' {
         return None;
     }
-    std::str::from_utf8(&id[1..]).ok()?.parse().ok()
+    id[1..].iter().try_fold(0u32, |value, &digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| value.checked_mul(10)?.checked_add(u32::from(digit - b'0')))
+            .flatten()
+    })
 }
 
 /// Who exists and where their sessions live.
@@ -90,15 +95,23 @@ impl Population {
     }
 
     /// How many distinct nodes host `user`'s devices in `mask`: the Deliver
-    /// frames a message to those devices causes.
+    /// frames a message to those devices causes. Called for every message,
+    /// so it allocates nothing: devices sit on consecutive nodes, so the
+    /// count is the number of distinct `device mod nodes` values.
     pub fn node_count(&self, user: u32, mask: u64) -> u32 {
-        let mut nodes: Vec<u32> = (0..self.devices_per_user)
-            .filter(|&device| mask & (1 << device) != 0)
-            .map(|device| self.node_of(user, device))
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes.len() as u32
+        let _ = user;
+        if self.nodes >= 64 || mask.count_ones() <= 1 {
+            // Distinct devices are on distinct nodes when there are at
+            // least as many nodes as devices (at most 63).
+            return mask.count_ones().min(self.nodes);
+        }
+        let mut nodes_hit = 0u64;
+        for device in 0..self.devices_per_user {
+            if mask & (1 << device) != 0 {
+                nodes_hit |= 1 << (u32::from(device) % self.nodes);
+            }
+        }
+        nodes_hit.count_ones()
     }
 }
 
@@ -241,6 +254,8 @@ mod tests {
         assert_eq!(&user_id(42), b"u000000000000042");
         assert_eq!(parse_user_id(&user_id(1_234_567)), Some(1_234_567));
         assert_eq!(parse_user_id(&offline_user_id(3)), None);
+        assert_eq!(parse_user_id(b"u00000000000004x"), None);
+        assert_eq!(parse_user_id(b"u999999999999999"), None, "over u32");
         assert_eq!(parse_device_id(&device_id(7)), Some(7));
     }
 
@@ -260,6 +275,29 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 103 * 3);
+    }
+
+    #[test]
+    fn node_count_matches_a_direct_count() {
+        for nodes in [1, 2, 3, 5, 64, 100] {
+            let population = Population {
+                users: 50,
+                devices_per_user: 7,
+                nodes,
+                offline_users: 0,
+            };
+            for user in 0..50 {
+                for mask in [1u64, 0b11, 0b101, 0b111_1111, 0b100_0010] {
+                    let mut hosts: Vec<u32> = (0..7)
+                        .filter(|d| mask & (1 << d) != 0)
+                        .map(|d| population.node_of(user, d))
+                        .collect();
+                    hosts.sort_unstable();
+                    hosts.dedup();
+                    assert_eq!(population.node_count(user, mask), hosts.len() as u32);
+                }
+            }
+        }
     }
 
     #[test]
