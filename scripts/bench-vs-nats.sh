@@ -86,7 +86,7 @@ run() {
     --scenario chat --nodes "$NODES" --users "$USERS" --devices-per-user 1 \
     --payload-bytes "$PAYLOAD" --offline-ratio 0 --to-device-ratio 0 \
     --rate "$rate" --window "$WINDOW" --duration "$DURATION" --warmup "$WARMUP" \
-    --quiet --json "$json" >"$OUT/$target-$rate-$run.txt" 2>&1 || true
+    --router-pid "$server_pid" --quiet --json "$json" >"$OUT/$target-$rate-$run.txt" 2>&1 || true
   stop_server
   if [ ! -s "$json" ]; then
     log "  $target rate=$rate run $run: no result (see $OUT/$target-$rate-$run.txt)"
@@ -122,19 +122,27 @@ print(f"chat workload: {nodes} nodes, {users} users, {payload}-byte payloads, no
       f"{duration} s measured; medians of {runs} runs")
 print(f"imrouter --shards 1 and {nats_version} (GOMAXPROCS=1) on one CPU, generator on another")
 print()
-print(f"{'':<26}{'imrouter':>14}{'nats':>14}{'imrouter/nats':>16}")
+print(f"{'':<30}{'imrouter':>14}{'nats':>14}{'imrouter/nats':>16}")
+def row(label, a, b, fmt):
+    ratio = a / b if b else float("nan")
+    print(f"{label:<30}{format(a, fmt):>14}{format(b, fmt):>14}{ratio:>16.2f}")
 i, n = results("imrouter", "max"), results("nats", "max")
-ti = median([r["throughput_msgs_per_s"] for r in i]); tn = median([r["throughput_msgs_per_s"] for r in n])
-print(f"{'max msgs/s (one core)':<26}{ti:>14,.0f}{tn:>14,.0f}{ti / tn if tn else float('nan'):>16.2f}")
+row("max msgs/s", median([r["throughput_msgs_per_s"] for r in i]),
+    median([r["throughput_msgs_per_s"] for r in n]), ",.0f")
+row("  server CPU in use (%)", median([100 * (r["router_cpu_s"] or 0) / r["duration_s"] for r in i]),
+    median([100 * (r["router_cpu_s"] or 0) / r["duration_s"] for r in n]), ".0f")
+row("  msgs per server CPU second", median([r["msgs_per_router_cpu_s"] or 0 for r in i]),
+    median([r["msgs_per_router_cpu_s"] or 0 for r in n]), ",.0f")
 for rate in rates.split():
     i, n = results("imrouter", rate), results("nats", rate)
+    k = int(rate) // 1000
+    row(f"{k}k/s achieved msgs/s", median([r["throughput_msgs_per_s"] for r in i]),
+        median([r["throughput_msgs_per_s"] for r in n]), ",.0f")
     for q in ("p50", "p99", "p999"):
-        li = median([r["latency_us"][q] for r in i]); ln = median([r["latency_us"][q] for r in n])
-        label = f"{int(rate)//1000}k/s latency {q} (us)"
-        print(f"{label:<26}{li:>14.1f}{ln:>14.1f}{li / ln if ln else float('nan'):>16.2f}")
-    ti = median([r["throughput_msgs_per_s"] for r in i]); tn = median([r["throughput_msgs_per_s"] for r in n])
-    label = f"{int(rate)//1000}k/s achieved msgs/s"
-    print(f"{label:<26}{ti:>14,.0f}{tn:>14,.0f}{ti / tn if tn else float('nan'):>16.2f}")
+        row(f"  latency {q} (us)", median([r["latency_us"][q] for r in i]),
+            median([r["latency_us"][q] for r in n]), ".1f")
+    row("  msgs per server CPU second", median([r["msgs_per_router_cpu_s"] or 0 for r in i]),
+        median([r["msgs_per_router_cpu_s"] or 0 for r in n]), ",.0f")
 all_i = [r for rate in ["max"] + rates.split() for r in results("imrouter", rate)]
 all_n = [r for rate in ["max"] + rates.split() for r in results("nats", rate)]
 print()

@@ -18,6 +18,8 @@ pub struct Results {
     pub shards: usize,
     /// Latency in nanoseconds of measured deliveries.
     pub latency: Histogram<u64>,
+    /// How late measured messages were sent after their due time (ns).
+    pub send_lateness: Histogram<u64>,
     /// Churn opens and closes sent in the measured window.
     pub session_ops_measured: u64,
     /// Resident memory of the router with every session open, if asked.
@@ -62,6 +64,15 @@ impl Results {
             return 0.0;
         }
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    /// Send lateness percentile in microseconds.
+    pub fn send_lateness_us(&self, quantile: f64) -> f64 {
+        if self.send_lateness.is_empty() {
+            0.0
+        } else {
+            self.send_lateness.value_at_quantile(quantile) as f64 / 1000.0
+        }
     }
 
     pub fn latency_max_us(&self) -> f64 {
@@ -179,6 +190,16 @@ pub fn summary(plan: &Plan, results: &Results) -> String {
             100.0 * cpu / plan.duration_s
         );
     }
+    if !results.send_lateness.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<16}p50 {:.1}  p99 {:.1}  p99.9 {:.1}  (the generator's share of latency)",
+            "sent late (us)",
+            results.send_lateness_us(0.5),
+            results.send_lateness_us(0.99),
+            results.send_lateness_us(0.999)
+        );
+    }
     if results.session_ops_measured > 0 {
         let _ = writeln!(
             out,
@@ -243,6 +264,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
             "  \"latency_us\": {{\"p50\": {:.1}, \"p90\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}, \"max\": {:.1}}},\n",
             "  \"session_ops_per_s\": {:.1},\n  \"router_rss_bytes\": {},\n  \"rss_bytes_per_session\": {},\n",
             "  \"router_cpu_s\": {},\n  \"msgs_per_router_cpu_s\": {},\n",
+            "  \"send_lateness_us\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}}},\n",
             "  \"sessions\": {},\n  \"errors\": {},\n  \"ok\": {}\n}}\n"
         ),
         plan.scenario_name(),
@@ -281,6 +303,9 @@ pub fn json(plan: &Plan, results: &Results) -> String {
         rss_per_session,
         results.router_cpu_s.map_or("null".into(), |cpu| format!("{cpu:.2}")),
         results.msgs_per_router_cpu_s().map_or("null".into(), |m| format!("{m:.1}")),
+        results.send_lateness_us(0.5),
+        results.send_lateness_us(0.99),
+        results.send_lateness_us(0.999),
         results.sessions,
         results.errors.len(),
         results.ok(),

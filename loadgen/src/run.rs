@@ -32,6 +32,7 @@ struct WorkerResult {
     observed: Vec<Observed>,
     changes: Vec<SessionChange>,
     latency: Histogram<u64>,
+    send_lateness: Histogram<u64>,
     shard_count: usize,
 }
 
@@ -289,6 +290,8 @@ fn judge(
     let mut observed = Vec::new();
     let mut changes = Vec::new();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut send_lateness =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let mut shards = 1;
     for result in results {
         for (node, log) in result.sent {
@@ -297,6 +300,7 @@ fn judge(
         observed.extend(result.observed);
         changes.extend(result.changes);
         let _ = latency.add(&result.latency);
+        let _ = send_lateness.add(&result.send_lateness);
         shards = shards.max(result.shard_count);
     }
     let params = CheckParams {
@@ -310,6 +314,7 @@ fn judge(
         tally,
         shards,
         latency,
+        send_lateness,
         session_ops_measured: stats
             .iter()
             .map(|s| s.session_ops_measured.load(Ordering::Relaxed))
@@ -342,6 +347,16 @@ async fn worker_main(
             }
         }
     });
+    let pacer = glommio::spawn_local({
+        let worker = worker.clone();
+        let tick = Duration::from_micros(plan.tick_us);
+        async move {
+            loop {
+                glommio::timer::sleep(tick).await;
+                worker.tick.notify_all();
+            }
+        }
+    });
     let tasks: Vec<_> = nodes
         .iter()
         .map(|&index| glommio::spawn_local(run_node(worker.clone(), index)))
@@ -357,6 +372,7 @@ async fn worker_main(
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
     drop(reporter);
+    drop(pacer);
 
     let mut sent = Vec::new();
     let mut changes = Vec::new();
@@ -379,11 +395,13 @@ async fn worker_main(
     }
     let observed = std::mem::take(&mut *worker.observed.borrow_mut());
     let latency = worker.latency.borrow().clone();
+    let send_lateness = worker.send_lateness.borrow().clone();
     WorkerResult {
         sent,
         observed,
         changes,
         latency,
+        send_lateness,
         shard_count,
     }
 }

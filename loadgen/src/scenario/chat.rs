@@ -4,11 +4,13 @@
 //! schedule. Each message carries the time it was due and latency is
 //! measured from then, so a router that stalls delays the due messages and
 //! the stall shows in the latency instead of being hidden (no coordinated
-//! omission). With `--rate max` each node keeps `--window` messages (in
+//! omission). Senders wake on their thread's pacer tick (`--tick-us`) and
+//! send everything due by then: a message leaves at most one tick after it
+//! was due, and that delay counts in its latency (reported separately as
+//! "sent late"). With `--rate max` each node keeps `--window` messages (in
 //! expected events) in flight and sends as fast as they complete.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::config::Rate;
 use crate::sim::{Schedule, SimNode};
@@ -43,10 +45,15 @@ async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
         for link in &node.links {
             link.wait_for_room().await;
         }
-        let next = due(k);
-        let now = node.worker.now_ns();
-        if next > now {
-            glommio::timer::sleep(Duration::from_nanos(next - now)).await;
+        if due(k) > node.worker.now_ns() {
+            // The thread's pacer rings every tick; waiting for it instead of
+            // a timer per message keeps the generator's own wake-ups (and
+            // the router's) from growing with the rate.
+            let seen = node.worker.now_ns();
+            node.worker
+                .tick
+                .wait_until(|| node.worker.now_ns() > seen)
+                .await;
         } else {
             glommio::executor().yield_now().await;
         }

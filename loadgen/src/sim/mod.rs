@@ -145,8 +145,14 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     pub recipients: Recipients,
     pub schedule: Cell<Option<Schedule>>,
+    /// Rung every `--tick-us` by the thread's pacer: open-loop senders wait
+    /// on it, so one timer wakes every node of the thread at once.
+    pub tick: Broadcast,
     /// Latency in nanoseconds from due time to receipt, measured messages.
     pub latency: RefCell<Histogram<u64>>,
+    /// How late (ns) measured messages left the generator after their due
+    /// time: the generator's own share of `latency`.
+    pub send_lateness: RefCell<Histogram<u64>>,
     pub observed: RefCell<Vec<Observed>>,
 }
 
@@ -163,7 +169,11 @@ impl Worker {
             stats,
             recipients,
             schedule: Cell::new(None),
+            tick: Broadcast::default(),
             latency: RefCell::new(
+                Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
+            ),
+            send_lateness: RefCell::new(
                 Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
             ),
             observed: RefCell::new(Vec::new()),
@@ -465,8 +475,16 @@ impl SimNode {
             }
             Target::Nats => nats::publish(link, &to_user, &payload),
         }
+        let sent_ns = self.worker.now_ns();
+        if measured {
+            let _ = self
+                .worker
+                .send_lateness
+                .borrow_mut()
+                .record(sent_ns.saturating_sub(due_ns).max(1));
+        }
         let sent = Sent {
-            sent_ns: self.worker.now_ns(),
+            sent_ns,
             user,
             offline,
             to_device,
