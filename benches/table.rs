@@ -52,6 +52,46 @@ fn table_ops(c: &mut Criterion) {
     group.finish();
 }
 
+/// Inserting 1M sessions into an empty table, then removing them: the
+/// per-operation cost including the table's growth.
+fn insert_then_remove(c: &mut Criterion) {
+    let users: Vec<[u8; 16]> = (0..SESSIONS).map(user).collect();
+    let mut group = c.benchmark_group("table_1m_sessions");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(SESSIONS as u64));
+    group.bench_function("insert_1m", |b| {
+        b.iter_batched(
+            || {
+                Table::new(TableLimits {
+                    sessions_max: SESSIONS * 2,
+                    sessions_per_user_max: 16,
+                    nodes_max: 64,
+                })
+            },
+            |mut table| {
+                for (i, id) in users.iter().enumerate() {
+                    table.open(id, b"phone", 1, NodeId((i % 64) as u32), i as u64);
+                }
+                table
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("remove_1m", |b| {
+        b.iter_batched(
+            filled_table,
+            |mut table| {
+                for (i, id) in users.iter().enumerate() {
+                    table.close(id, b"phone", NodeId((i % 64) as u32));
+                }
+                table
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 fn slot_function(c: &mut Criterion) {
     let id = user(42);
     c.bench_function("slot_for_user_16_bytes", |b| {
@@ -59,5 +99,5 @@ fn slot_function(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, table_ops, slot_function);
+criterion_group!(benches, table_ops, insert_then_remove, slot_function);
 criterion_main!(benches);

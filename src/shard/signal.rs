@@ -54,22 +54,27 @@ impl Broadcast {
         }
     }
 
+    /// Waits for the next `notify_all` (always yields at least once).
+    pub async fn notified(&self) {
+        let seen = self.generation.get();
+        poll_fn(|cx| {
+            if self.generation.get() != seen {
+                Poll::Ready(())
+            } else {
+                let mut wakers = self.wakers.borrow_mut();
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Waits until `ready()` holds, re-checking it after every notification.
     pub async fn wait_until(&self, mut ready: impl FnMut() -> bool) {
         while !ready() {
-            let seen = self.generation.get();
-            poll_fn(|cx| {
-                if self.generation.get() != seen {
-                    Poll::Ready(())
-                } else {
-                    let mut wakers = self.wakers.borrow_mut();
-                    if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                        wakers.push(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-            })
-            .await;
+            self.notified().await;
         }
     }
 }

@@ -49,11 +49,7 @@ async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
             // The thread's pacer rings every tick; waiting for it instead of
             // a timer per message keeps the generator's own wake-ups (and
             // the router's) from growing with the rate.
-            let seen = node.worker.now_ns();
-            node.worker
-                .tick
-                .wait_until(|| node.worker.now_ns() > seen)
-                .await;
+            node.worker.tick.notified().await;
         } else {
             glommio::executor().yield_now().await;
         }
