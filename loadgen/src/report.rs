@@ -27,6 +27,8 @@ pub struct Results {
     /// CPU seconds the router (or nats-server) used in the measured window,
     /// if its pid was given.
     pub router_cpu_s: Option<f64>,
+    /// The part of `router_cpu_s` spent in the kernel (system time).
+    pub router_system_cpu_s: Option<f64>,
     /// Sessions open when the RSS was read.
     pub sessions: u64,
     /// Protocol errors seen while running.
@@ -184,10 +186,11 @@ pub fn summary(plan: &Plan, results: &Results) -> String {
     if let (Some(cpu), Some(per_cpu)) = (results.router_cpu_s, results.msgs_per_router_cpu_s()) {
         let _ = writeln!(
             out,
-            "  {:<16}{:>14} msgs per CPU second ({:.0}% of a core)",
+            "  {:<16}{:>14} msgs per CPU second ({:.0}% of a core, {:.0}% of that in the kernel)",
             "router CPU",
             group(per_cpu as u64),
-            100.0 * cpu / plan.duration_s
+            100.0 * cpu / plan.duration_s,
+            100.0 * results.router_system_cpu_s.unwrap_or(0.0) / cpu.max(f64::MIN_POSITIVE)
         );
     }
     if !results.send_lateness.is_empty() {
@@ -263,7 +266,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
             "  \"throughput_msgs_per_s\": {:.1},\n  \"throughput_msgs_per_s_per_shard\": {:.1},\n",
             "  \"latency_us\": {{\"p50\": {:.1}, \"p90\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}, \"max\": {:.1}}},\n",
             "  \"session_ops_per_s\": {:.1},\n  \"router_rss_bytes\": {},\n  \"rss_bytes_per_session\": {},\n",
-            "  \"router_cpu_s\": {},\n  \"msgs_per_router_cpu_s\": {},\n",
+            "  \"router_cpu_s\": {},\n  \"router_system_cpu_s\": {},\n  \"msgs_per_router_cpu_s\": {},\n",
             "  \"send_lateness_us\": {{\"p50\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}}},\n",
             "  \"sessions\": {},\n  \"errors\": {},\n  \"ok\": {}\n}}\n"
         ),
@@ -302,6 +305,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
         rss,
         rss_per_session,
         results.router_cpu_s.map_or("null".into(), |cpu| format!("{cpu:.2}")),
+        results.router_system_cpu_s.map_or("null".into(), |cpu| format!("{cpu:.2}")),
         results.msgs_per_router_cpu_s().map_or("null".into(), |m| format!("{m:.1}")),
         results.send_lateness_us(0.5),
         results.send_lateness_us(0.99),

@@ -152,6 +152,7 @@ fn coordinate(
     let sessions = u64::from(plan.population.users) * u64::from(plan.population.devices_per_user);
     let router_rss_bytes = plan.router_pid.and_then(read_rss);
     let mut router_cpu = None;
+    let mut router_system_cpu = None;
 
     let start_ns = shared.clock.now_ns() + 20_000_000;
     let measure_from_ns = start_ns + (plan.warmup_s * 1e9) as u64;
@@ -181,7 +182,8 @@ fn coordinate(
         if now >= end_ns {
             let end_cpu = plan.router_pid.and_then(read_cpu_seconds);
             if let (Some(Some(start)), Some(end)) = (cpu_at_measure_start, end_cpu) {
-                router_cpu = Some(end - start);
+                router_cpu = Some((end.0 + end.1) - (start.0 + start.1));
+                router_system_cpu = Some(end.1 - start.1);
             }
         }
         if now < next_line_ns {
@@ -249,6 +251,7 @@ fn coordinate(
         sessions,
         router_rss_bytes,
         router_cpu_s: router_cpu,
+        router_system_cpu_s: router_system_cpu,
     })
 }
 
@@ -258,15 +261,18 @@ struct Setup {
     router_rss_bytes: Option<u64>,
     /// CPU seconds the router used in the measured window.
     router_cpu_s: Option<f64>,
+    /// The part of it spent in the kernel.
+    router_system_cpu_s: Option<f64>,
 }
 
-/// CPU time (user and system) a process used so far, from /proc/PID/stat;
-/// Linux reports it in units of 1/100 s (USER_HZ).
-fn read_cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU time a process used so far, from /proc/PID/stat, as (user, system)
+/// seconds; Linux reports it in units of 1/100 s (USER_HZ).
+fn read_cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user as f64 / 100.0, system as f64 / 100.0))
 }
 
 /// Resident memory of a process, from /proc/PID/status.
@@ -321,6 +327,7 @@ fn judge(
             .sum(),
         router_rss_bytes: setup.router_rss_bytes,
         router_cpu_s: setup.router_cpu_s,
+        router_system_cpu_s: setup.router_system_cpu_s,
         sessions: setup.sessions,
         errors,
     })

@@ -36,8 +36,11 @@ pub async fn connect(worker: &Worker, index: u32) -> Result<Rc<Link>, String> {
         ));
     }
     let mut out = Vec::new();
+    // echo: a node may now and then send to a user it hosts itself (the
+    // workload only mostly avoids it); as with imrouter, that copy must come
+    // back to the node, so the server must not suppress its own messages.
     out.extend_from_slice(
-        format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"name\":\"{name}\"}}\r\n").as_bytes(),
+        format!("CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":true,\"name\":\"{name}\"}}\r\n").as_bytes(),
     );
     let population = plan.population;
     for (sid, (user, _device)) in population.sessions_of(index).enumerate() {
