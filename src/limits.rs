@@ -154,6 +154,18 @@ pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Default `--heartbeat-ms`: how often the router checks each connection,
+/// pinging it when the node was quiet or the router had nothing to send.
+pub const HEARTBEAT_MS_DEFAULT: u32 = 1000;
+
+/// Range of `--heartbeat-ms`.
+pub const HEARTBEAT_MS_MIN: u32 = 10;
+pub const HEARTBEAT_MS_MAX: u32 = 600_000;
+
+/// Default `--node-timeout-ms`, in heartbeats: a node that sent nothing for
+/// this many heartbeats (not even a Pong) is dead.
+pub const NODE_TIMEOUT_HEARTBEATS_DEFAULT: u32 = 3;
+
 /// glommio's locked io_uring memory per executor. Locked memory is often
 /// limited (8 MiB is common), and we do no O_DIRECT file I/O, which is what
 /// this memory is for.

@@ -4,11 +4,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use imrouter::config::{Cli, Command, Config};
+use imrouter::config::{Cli, Command, Config, LocateArgs};
+use imrouter::node::client::Client;
 use imrouter::{log, Router};
 
 fn main() -> ExitCode {
-    match try_main() {
+    let cli = Cli::parse();
+    if let Command::Locate(args) = &cli.command {
+        return match locate(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                log!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log!("error: {error}");
@@ -17,8 +29,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main() -> Result<(), Box<dyn std::error::Error>> {
-    let cli = Cli::parse();
+/// `imrouter locate`: prints the user's sessions; returns whether it has any.
+fn locate(args: &LocateArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let router = args.router_addr()?;
+    let token = args.auth_token()?;
+    let name = format!("imrouter-locate-{}", std::process::id());
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+    let mut client = Client::connect(router, &name, token.as_deref(), timeout)
+        .map_err(|error| format!("{router}: {error}"))?;
+    let sessions = client.locate(&args.user)?;
+    client.goodbye()?;
+    if sessions.is_empty() {
+        eprintln!("{} has no session", args.user);
+    }
+    for session in &sessions {
+        println!("{}\t{}\t{}", session.node, session.device, session.platform);
+    }
+    Ok(!sessions.is_empty())
+}
+
+fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(&args)?;
@@ -49,6 +79,7 @@ fn try_main() -> Result<(), Box<dyn std::error::Error>> {
             log!("stopped: {totals}");
             Ok(())
         }
+        Command::Locate(_) => unreachable!("handled in main"),
     }
 }
 

@@ -32,6 +32,8 @@ fn help_documents_every_flag() {
         "--max-sessions",
         "--max-sessions-per-user",
         "--auth-token-file",
+        "--heartbeat-ms",
+        "--node-timeout-ms",
     ] {
         assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
     }
@@ -124,4 +126,38 @@ fn a_second_router_on_the_same_address_refuses_to_start() {
     // The first router still has every connection.
     let mut node = Node::connect(first.local_addr(), "still-here");
     node.open_confirmed("u", "d");
+}
+
+/// `imrouter locate` prints a user's sessions, one per line, and exits 0;
+/// for a user with none it exits 1.
+#[test]
+fn locate_prints_the_sessions_of_a_user() {
+    let router = start_router(2);
+    let addr = router.local_addr().to_string();
+    let mut node = Node::connect(router.local_addr(), "gateway-7");
+    node.open_confirmed("lena", "phone");
+    node.open_confirmed("lena", "laptop");
+
+    let found = imrouter()
+        .args(["locate", "--router", &addr, "lena"])
+        .output()
+        .unwrap();
+    assert_eq!(found.status.code(), Some(0), "{found:?}");
+    let mut lines: Vec<String> = String::from_utf8(found.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["gateway-7\tlaptop\tMobile", "gateway-7\tphone\tMobile"]
+    );
+
+    let missing = imrouter()
+        .args(["locate", "--router", &addr, "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(missing.stdout.is_empty());
 }

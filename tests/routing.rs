@@ -148,27 +148,6 @@ fn too_many_devices_gets_the_new_session_kicked() {
     }
 }
 
-/// Routes to `user` until the verdict is Offline. Node departure is noticed
-/// by the router when the socket closes, which the test cannot observe, so
-/// it polls with round trips (never sleeps). Each Route gets exactly one
-/// verdict: Routed, or Offline/NodeGone when its Deliver raced the
-/// disconnect, or Offline/NoSession once the sessions are gone.
-fn route_until_offline(sender: &mut Node, user: &str) {
-    for _ in 0..100_000 {
-        let id = sender.route_to(user, None, b"still there?", ROUTE_FLAG_ACK);
-        match sender.expect_status(id) {
-            (fb::Verdict::Offline, fb::Reason::NoSession) => {
-                assert!(sender.ping(id).is_empty(), "one verdict per Route");
-                return;
-            }
-            (fb::Verdict::Routed, fb::Reason::None)
-            | (fb::Verdict::Offline, fb::Reason::NodeGone) => {}
-            other => panic!("unexpected verdict {other:?}"),
-        }
-    }
-    panic!("{user} never went offline");
-}
-
 #[test]
 fn node_disconnect_purges_its_sessions_in_every_shard() {
     let router = start_router(4);

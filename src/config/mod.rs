@@ -7,12 +7,14 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::limits::{
     AUTH_TOKEN_BYTES_MAX, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES,
-    NODES_MAX_CEILING, NODES_MAX_DEFAULT, OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN,
+    HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT,
+    NODE_TIMEOUT_HEARTBEATS_DEFAULT, OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN,
     READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT, SESSIONS_PER_USER_MAX_CEILING,
     SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX,
 };
@@ -33,6 +35,45 @@ pub struct Cli {
 pub enum Command {
     /// Run the router.
     Serve(ServeArgs),
+    /// Ask a running router where a user is connected: prints one line per
+    /// session (node, device, platform). Exit status 0 when the user has a
+    /// session, 1 when not, 2 on an error.
+    Locate(LocateArgs),
+}
+
+/// Flags of `imrouter locate`.
+#[derive(Debug, Clone, Args)]
+pub struct LocateArgs {
+    /// The router to ask.
+    #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
+    pub router: String,
+
+    /// File holding the router's auth token, if it runs with one.
+    #[arg(long, value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// How long to wait for the router, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+
+    /// The user id to look up.
+    pub user: String,
+}
+
+impl LocateArgs {
+    /// The router's address.
+    pub fn router_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.router
+            .to_socket_addrs()
+            .map_err(|error| ConfigError::new(format!("--router {}: {error}", self.router)))?
+            .next()
+            .ok_or_else(|| ConfigError::new(format!("--router {}: no address", self.router)))
+    }
+
+    /// The auth token from `--auth-token-file`, if given.
+    pub fn auth_token(&self) -> Result<Option<String>, ConfigError> {
+        self.auth_token_file.as_ref().map(read_token).transpose()
+    }
 }
 
 /// Flags of `imrouter serve`.
@@ -86,6 +127,19 @@ pub struct ServeArgs {
     /// router on a private network.
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
+
+    /// Heartbeat interval in milliseconds, told to nodes in Welcome. Every
+    /// interval the router pings each connection on which the node sent
+    /// nothing, or the router queued nothing, since the last check.
+    #[arg(long, default_value_t = HEARTBEAT_MS_DEFAULT, value_name = "MS")]
+    pub heartbeat_ms: u32,
+
+    /// A connection on which the node sent nothing (not even a Pong) for
+    /// this long is dead: it is closed with NodeTimeout and, if it was the
+    /// node's last, the node's sessions are removed. Checked once per
+    /// heartbeat. Default: 3 heartbeats. Catches half-open TCP connections.
+    #[arg(long, value_name = "MS")]
+    pub node_timeout_ms: Option<u32>,
 }
 
 /// The validated configuration of one router.
@@ -108,6 +162,10 @@ pub struct Config {
     pub sessions_per_user_max: u32,
     /// The token nodes must present, if any.
     pub auth_token: Option<String>,
+    /// Heartbeat interval, `HEARTBEAT_MS_MIN` to `HEARTBEAT_MS_MAX` ms.
+    pub heartbeat: Duration,
+    /// Silence after which a node is dead, at least one heartbeat.
+    pub node_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -121,6 +179,8 @@ impl fmt::Debug for Config {
             .field("sessions_max", &self.sessions_max)
             .field("sessions_per_user_max", &self.sessions_per_user_max)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
+            .field("heartbeat", &self.heartbeat)
+            .field("node_timeout", &self.node_timeout)
             .finish()
     }
 }
@@ -208,6 +268,21 @@ impl Config {
                 "--max-sessions-per-user must be 1 to {SESSIONS_PER_USER_MAX_CEILING}"
             )));
         }
+        if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&args.heartbeat_ms) {
+            return Err(ConfigError::new(format!(
+                "--heartbeat-ms must be {HEARTBEAT_MS_MIN} to {HEARTBEAT_MS_MAX}"
+            )));
+        }
+        let node_timeout_ms = args
+            .node_timeout_ms
+            .map(u64::from)
+            .unwrap_or(u64::from(args.heartbeat_ms) * u64::from(NODE_TIMEOUT_HEARTBEATS_DEFAULT));
+        if node_timeout_ms < u64::from(args.heartbeat_ms) {
+            return Err(ConfigError::new(format!(
+                "--node-timeout-ms must be at least --heartbeat-ms ({})",
+                args.heartbeat_ms
+            )));
+        }
         let auth_token = match &args.auth_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -221,6 +296,8 @@ impl Config {
             sessions_max: args.max_sessions,
             sessions_per_user_max: args.max_sessions_per_user,
             auth_token,
+            heartbeat: Duration::from_millis(u64::from(args.heartbeat_ms)),
+            node_timeout: Duration::from_millis(node_timeout_ms),
         })
     }
 }
@@ -230,6 +307,7 @@ impl ServeArgs {
     pub fn defaults() -> ServeArgs {
         match Cli::parse_from(["imrouter", "serve"]).command {
             Command::Serve(args) => args,
+            Command::Locate(_) => unreachable!("parsed `serve`"),
         }
     }
 }
@@ -350,6 +428,22 @@ mod tests {
         let mut args = ServeArgs::defaults();
         args.cpus = Some("100000".into());
         assert!(Config::from_args(&args).is_err());
+        let mut args = ServeArgs::defaults();
+        args.heartbeat_ms = 1000;
+        args.node_timeout_ms = Some(999);
+        assert!(Config::from_args(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("--node-timeout-ms"));
+    }
+
+    #[test]
+    fn the_node_timeout_defaults_to_three_heartbeats() {
+        let mut args = ServeArgs::defaults();
+        args.heartbeat_ms = 250;
+        let config = Config::from_args(&args).unwrap();
+        assert_eq!(config.heartbeat, Duration::from_millis(250));
+        assert_eq!(config.node_timeout, Duration::from_millis(750));
     }
 
     #[test]

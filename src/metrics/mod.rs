@@ -60,6 +60,14 @@ counters! {
     connections_refused,
     /// Connections closed because the node stopped reading (SlowConsumer).
     connections_slow,
+    /// Connections closed because the node was silent (NodeTimeout).
+    connections_timed_out,
+    /// Connections the node closed with Goodbye.
+    connections_goodbye,
+    /// Pings the router sent to quiet connections.
+    pings_sent,
+    /// Locate queries answered by this shard (as the user's owner).
+    locates,
     /// Connections handed to another shard after their Hello.
     connections_handed_off,
     /// Frames read from nodes.

@@ -84,6 +84,10 @@ pub struct Connection {
     writer_wake: Signal,
     reader_waker: Cell<Option<Waker>>,
     pub(crate) writer_done: Signal,
+    /// Reads that returned data, and frames queued: the heartbeat compares
+    /// them between checks to tell a quiet connection (no clock per frame).
+    reads: Cell<u64>,
+    frames_queued: Cell<u64>,
     /// Messages this connection sent to several nodes whose destinations
     /// have not all reported yet: token -> (reports missing, copies queued).
     pending_reports: RefCell<HashMap<u64, (u8, u8), ahash::RandomState>>,
@@ -121,12 +125,24 @@ impl Connection {
             writer_wake: Signal::default(),
             reader_waker: Cell::new(None),
             writer_done: Signal::default(),
+            reads: Cell::new(0),
+            frames_queued: Cell::new(0),
             pending_reports: RefCell::new(HashMap::default()),
         }
     }
 
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Reads from the node that returned data so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
+    /// Frames queued for the node so far.
+    pub fn frames_queued(&self) -> u64 {
+        self.frames_queued.get()
     }
 
     /// Bytes queued for the node: appended plus being written.
@@ -162,6 +178,7 @@ impl Connection {
     fn append(&self, frame: &[u8]) {
         let queued = self.queued_bytes() + frame.len();
         self.output.borrow_mut().extend_from_slice(frame);
+        self.frames_queued.set(self.frames_queued.get() + 1);
         if queued > self.soft_limit && !self.congested.get() {
             self.congested.set(true);
             self.directory.set_congested(self.node, self.shard, true);
@@ -221,7 +238,12 @@ impl Connection {
             }
             let mut stream = self.stream.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, buf) {
-                Poll::Ready(result) => Poll::Ready(result.map(Some)),
+                Poll::Ready(result) => {
+                    if let Ok(1..) = result {
+                        self.reads.set(self.reads.get() + 1);
+                    }
+                    Poll::Ready(result.map(Some))
+                }
                 Poll::Pending => {
                     self.reader_waker.set(Some(cx.waker().clone()));
                     Poll::Pending

@@ -10,6 +10,7 @@
 //! connection; from then on the connection is read and written only by its
 //! shard.
 
+pub mod client;
 mod connection;
 pub mod directory;
 mod serve;

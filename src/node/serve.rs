@@ -38,6 +38,8 @@ enum ReadEnd {
     Refused(fb::ErrorCode, String),
     /// The node sent an Error frame: it is closing.
     PeerError(String),
+    /// The node sent Goodbye: a clean shutdown.
+    Goodbye(String),
     /// The router is closing the connection.
     ClosedByRouter,
     Failed(io::Error),
@@ -384,7 +386,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             shard_count: shard.shard_count() as u16,
             slot_count: SLOT_COUNT,
             shard: shard.index as u16,
-            heartbeat_ms: 0,
+            heartbeat_ms: shard.config.heartbeat.as_millis() as u32,
             max_frame_bytes: shard.config.frame_bytes_max,
         });
         connection
@@ -407,7 +409,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             counter.set(counter.get() + bytes as u64);
         }))
     };
+    let keep_alive = glommio::spawn_local(keep_alive(shard.clone(), connection.clone()));
     let end = read_frames(&shard, &connection, &mut input).await;
+    drop(keep_alive);
     let (linger, why) = finish_reading(&shard, &connection, end);
     // Let the writer send what is queued (an Error frame last), then wait
     // for the node to close its side, so our close cannot reset the
@@ -431,6 +435,56 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
         shard.index,
         connection.node_name
     );
+}
+
+/// The heartbeat of one connection: every `--heartbeat-ms`, a Ping when
+/// the node sent nothing or the router queued nothing since the last check
+/// (so both ends hear from each other at least once per interval), and a
+/// close with `NodeTimeout` once the node has been silent for
+/// `--node-timeout-ms`. Silence is counted in whole intervals. Cancelled
+/// when the connection's reader ends.
+async fn keep_alive(shard: Rc<Shard>, connection: Rc<Connection>) {
+    let interval = shard.config.heartbeat;
+    let timeout = shard.config.node_timeout;
+    let mut reads = connection.reads();
+    let mut queued = connection.frames_queued();
+    let mut silent = std::time::Duration::ZERO;
+    let mut nonce = 0u64;
+    loop {
+        glommio::timer::sleep(interval).await;
+        if connection.is_closing() {
+            return;
+        }
+        if connection.reads() == reads {
+            silent += interval;
+        } else {
+            silent = std::time::Duration::ZERO;
+            reads = connection.reads();
+        }
+        if silent >= timeout {
+            let counter = &shard.counters.connections_timed_out;
+            counter.set(counter.get() + 1);
+            let text = format!(
+                "nothing from the node for {} ms (--node-timeout-ms)",
+                silent.as_millis()
+            );
+            shard.close_connection(&connection, Some((fb::ErrorCode::NodeTimeout, &text)));
+            return;
+        }
+        if !silent.is_zero() || connection.frames_queued() == queued {
+            nonce += 1;
+            let pushed = connection.push_control(shard.encoder.borrow_mut().ping(nonce));
+            match pushed {
+                Ok(()) => {
+                    let counter = &shard.counters.pings_sent;
+                    counter.set(counter.get() + 1);
+                }
+                Err(super::PushError::OverHardLimit) => shard.count_slow_consumer(),
+                Err(super::PushError::Closed) => return,
+            }
+        }
+        queued = connection.frames_queued();
+    }
 }
 
 /// Closes what a new connection replaced (see `Superseded`).
@@ -560,6 +614,15 @@ fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<
             let text = format!("the node sent Error {code}: {}", error.text().unwrap_or(""));
             return Err(ReadEnd::PeerError(text));
         }
+        fb::Body::Locate => {
+            let locate = envelope.body_as_locate().expect("body type checked");
+            check_user_id(locate.user())?;
+            shard.on_locate(sender, locate.user(), frame);
+        }
+        fb::Body::Goodbye => {
+            let goodbye = envelope.body_as_goodbye().expect("body type checked");
+            return Err(ReadEnd::Goodbye(goodbye.reason().unwrap_or("").to_string()));
+        }
         fb::Body::Hello => {
             let text = "Hello is only allowed as the first frame".to_string();
             return Err(ReadEnd::Refused(fb::ErrorCode::UnexpectedFrame, text));
@@ -572,7 +635,7 @@ fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<
     Ok(())
 }
 
-fn check_session_ids(user: &str, device: &str) -> Result<(), ReadEnd> {
+fn check_user_id(user: &str) -> Result<(), ReadEnd> {
     if !(1..=USER_ID_BYTES_MAX).contains(&user.len()) {
         let text = format!(
             "user id must be 1 to {USER_ID_BYTES_MAX} bytes, not {}",
@@ -580,6 +643,11 @@ fn check_session_ids(user: &str, device: &str) -> Result<(), ReadEnd> {
         );
         return Err(ReadEnd::Refused(fb::ErrorCode::InvalidField, text));
     }
+    Ok(())
+}
+
+fn check_session_ids(user: &str, device: &str) -> Result<(), ReadEnd> {
+    check_user_id(user)?;
     if !(1..=DEVICE_ID_BYTES_MAX).contains(&device.len()) {
         let text = format!(
             "device id must be 1 to {DEVICE_ID_BYTES_MAX} bytes, not {}",
@@ -609,6 +677,14 @@ fn finish_reading(shard: &Shard, connection: &Connection, end: ReadEnd) -> (bool
         ReadEnd::PeerError(text) => {
             shard.close_connection(connection, None);
             (false, text)
+        }
+        ReadEnd::Goodbye(reason) => {
+            let counter = &shard.counters.connections_goodbye;
+            counter.set(counter.get() + 1);
+            // Linger: the node reads until the router's close, so it gets
+            // everything queued for it before its Goodbye was read.
+            shard.close_connection(connection, None);
+            (true, format!("goodbye: {reason}"))
         }
         ReadEnd::Truncated { have, need } => {
             refused();

@@ -86,6 +86,9 @@ pub enum EntryKind {
     /// `token` sent by `node`'s connection at `epoch` (`flags` has
     /// `FLAG_QUEUED` when the Deliver was queued).
     Report = 7,
+    /// Forward: answer the Locate frame sent by `node`/`epoch` on
+    /// `origin_shard`.
+    Locate = 8,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -105,6 +108,7 @@ impl EntryKind {
             5 => EntryKind::Deliver,
             6 => EntryKind::Frame,
             7 => EntryKind::Report,
+            8 => EntryKind::Locate,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

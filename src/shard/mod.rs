@@ -209,6 +209,18 @@ impl Shard {
         self.apply_session_op(sender, kind, envelope);
     }
 
+    /// A verified Locate whose user id was checked.
+    pub(crate) fn on_locate(&self, sender: Sender, user: &str, frame: &[u8]) {
+        let owner = self.owner_of(user);
+        if owner != self.index {
+            self.forward(owner, EntryKind::Locate, sender, frame);
+            return;
+        }
+        // SAFETY: the caller verified `frame`.
+        let envelope = unsafe { envelope_unchecked(frame) };
+        self.locate_here(sender, envelope);
+    }
+
     fn forward(&self, owner: usize, kind: EntryKind, sender: Sender, frame: &[u8]) {
         let header = EntryHeader {
             origin_shard: sender.shard as u8,
@@ -280,6 +292,42 @@ impl Shard {
                 self.kick_sender(sender, user, device, fb::KickReason::RouterFull);
             }
         }
+    }
+
+    /// Answers a Locate with the user's sessions on live nodes.
+    fn locate_here(&self, sender: Sender, envelope: fb::Envelope<'_>) {
+        let locate = envelope.body_as_locate().expect("a Locate entry");
+        let user = locate.user();
+        let mut found: Vec<(String, String, fb::Platform)> = Vec::new();
+        {
+            let epochs = self.node_epochs.borrow();
+            for session in self.table.borrow().sessions(user.as_bytes()) {
+                let state = self.directory.state(session.node);
+                if state.connections == 0 || state.epoch != epochs[session.node.0 as usize] {
+                    continue; // A dead node's session, not purged here yet.
+                }
+                found.push((
+                    self.directory.name(session.node),
+                    String::from_utf8_lossy(session.device).into_owned(),
+                    fb::Platform(session.platform),
+                ));
+            }
+        }
+        let counter = &self.counters.locates;
+        counter.set(counter.get() + 1);
+        let sessions: Vec<(&str, &str, fb::Platform)> = found
+            .iter()
+            .map(|(node, device, platform)| (node.as_str(), device.as_str(), *platform))
+            .collect();
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.located(locate.query_id(), user, &sessions);
+        self.send_frame(
+            sender.shard,
+            sender.node,
+            sender.epoch,
+            Class::Response,
+            frame,
+        );
     }
 
     /// Records that `node`'s sessions from `epoch` on are the live ones,
@@ -683,6 +731,11 @@ impl Shard {
                     // SAFETY: as above.
                     let envelope = unsafe { envelope_unchecked(frame) };
                     self.apply_session_op(sender, header.kind, envelope);
+                }
+                EntryKind::Locate => {
+                    // SAFETY: as above.
+                    let envelope = unsafe { envelope_unchecked(frame) };
+                    self.locate_here(sender, envelope);
                 }
                 EntryKind::PurgeNode => {
                     self.observe_epoch(header.node, header.epoch);

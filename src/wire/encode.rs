@@ -196,6 +196,59 @@ impl Encoder {
         self.finish(fb::Body::Pong, body.as_union_value())
     }
 
+    pub fn locate(&mut self, query_id: u64, user: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let user = Some(b.create_string(user));
+        let body = fb::Locate::create(b, &fb::LocateArgs { query_id, user });
+        self.finish(fb::Body::Locate, body.as_union_value())
+    }
+
+    /// A Located answer; `sessions` are (node name, device, platform).
+    pub fn located(
+        &mut self,
+        query_id: u64,
+        user: &str,
+        sessions: &[(&str, &str, fb::Platform)],
+    ) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let infos: Vec<_> = sessions
+            .iter()
+            .map(|&(node, device, platform)| {
+                let node = Some(b.create_string(node));
+                let device = Some(b.create_string(device));
+                fb::SessionInfo::create(
+                    b,
+                    &fb::SessionInfoArgs {
+                        node,
+                        device,
+                        platform,
+                    },
+                )
+            })
+            .collect();
+        let sessions = Some(b.create_vector(&infos));
+        let user = Some(b.create_string(user));
+        let body = fb::Located::create(
+            b,
+            &fb::LocatedArgs {
+                query_id,
+                user,
+                sessions,
+            },
+        );
+        self.finish(fb::Body::Located, body.as_union_value())
+    }
+
+    pub fn goodbye(&mut self, reason: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let reason = Some(b.create_string(reason));
+        let body = fb::Goodbye::create(b, &fb::GoodbyeArgs { reason });
+        self.finish(fb::Body::Goodbye, body.as_union_value())
+    }
+
     pub fn error(&mut self, code: fb::ErrorCode, text: &str) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;

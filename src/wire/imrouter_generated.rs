@@ -424,10 +424,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for KickReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Unspecified,
   ErrorCode::Malformed,
   ErrorCode::FrameTooLarge,
@@ -442,6 +442,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::RouterFull,
   ErrorCode::Replaced,
   ErrorCode::ShuttingDown,
+  ErrorCode::NodeTimeout,
 ];
 
 /// Sent in an Error frame just before the router closes a connection.
@@ -477,9 +478,12 @@ impl ErrorCode {
   pub const Replaced: Self = Self(12);
   /// The router is shutting down.
   pub const ShuttingDown: Self = Self(13);
+  /// Nothing arrived from the node for --node-timeout-ms (it did not answer
+  /// the router's Pings): the router considers it dead.
+  pub const NodeTimeout: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unspecified,
     Self::Malformed,
@@ -495,6 +499,7 @@ impl ErrorCode {
     Self::RouterFull,
     Self::Replaced,
     Self::ShuttingDown,
+    Self::NodeTimeout,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -513,6 +518,7 @@ impl ErrorCode {
       Self::RouterFull => Some("RouterFull"),
       Self::Replaced => Some("Replaced"),
       Self::ShuttingDown => Some("ShuttingDown"),
+      Self::NodeTimeout => Some("NodeTimeout"),
       _ => None,
     }
   }
@@ -570,10 +576,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 11;
+pub const ENUM_MAX_BODY: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 12] = [
+pub const ENUM_VALUES_BODY: [Body; 15] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -586,6 +592,9 @@ pub const ENUM_VALUES_BODY: [Body; 12] = [
   Body::Ping,
   Body::Pong,
   Body::Error,
+  Body::Goodbye,
+  Body::Locate,
+  Body::Located,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -605,9 +614,12 @@ impl Body {
   pub const Ping: Self = Self(9);
   pub const Pong: Self = Self(10);
   pub const Error: Self = Self(11);
+  pub const Goodbye: Self = Self(12);
+  pub const Locate: Self = Self(13);
+  pub const Located: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -621,6 +633,9 @@ impl Body {
     Self::Ping,
     Self::Pong,
     Self::Error,
+    Self::Goodbye,
+    Self::Locate,
+    Self::Located,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -637,6 +652,9 @@ impl Body {
       Self::Ping => Some("Ping"),
       Self::Pong => Some("Pong"),
       Self::Error => Some("Error"),
+      Self::Goodbye => Some("Goodbye"),
+      Self::Locate => Some("Locate"),
+      Self::Located => Some("Located"),
       _ => None,
     }
   }
@@ -946,7 +964,7 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(Welcome::VT_SHARD, Some(0)).unwrap()}
   }
-  /// How often the router pings a quiet connection (0: it does not).
+  /// The router's heartbeat interval (--heartbeat-ms); see PROTOCOL.md.
   #[inline]
   pub fn heartbeat_ms(&self) -> u32 {
     // Safety:
@@ -2173,6 +2191,484 @@ impl ::core::fmt::Debug for Pong<'_> {
       ds.finish()
   }
 }
+pub enum GoodbyeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: a clean shutdown of this connection. The router stops
+/// reading, flushes what it queued for the node, and closes; the node's
+/// sessions go with its last connection at once.
+pub struct Goodbye<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Goodbye<'a> {
+  type Inner = Goodbye<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Goodbye<'a> {
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Goodbye { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GoodbyeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Goodbye<'bldr>> {
+    let mut builder = GoodbyeBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Goodbye::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Goodbye<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GoodbyeArgs<'a> {
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GoodbyeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GoodbyeArgs {
+      reason: None,
+    }
+  }
+}
+
+pub struct GoodbyeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GoodbyeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Goodbye::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GoodbyeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GoodbyeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Goodbye<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Goodbye<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Goodbye");
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
+pub enum LocateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: where is `user` connected? Answered with one Located
+/// carrying the same `query_id`.
+pub struct Locate<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Locate<'a> {
+  type Inner = Locate<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Locate<'a> {
+  pub const VT_QUERY_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Locate { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LocateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Locate<'bldr>> {
+    let mut builder = LocateBuilder::new(_fbb);
+    builder.add_query_id(args.query_id);
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn query_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Locate::VT_QUERY_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Locate::VT_USER, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Locate<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("query_id", Self::VT_QUERY_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LocateArgs<'a> {
+    pub query_id: u64,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for LocateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LocateArgs {
+      query_id: 0,
+      user: None, // required field
+    }
+  }
+}
+
+pub struct LocateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LocateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_query_id(&mut self, query_id: u64) {
+    self.fbb_.push_slot::<u64>(Locate::VT_QUERY_ID, query_id, 0);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Locate::VT_USER, user);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LocateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LocateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Locate<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Locate::VT_USER,"user");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Locate<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Locate");
+      ds.field("query_id", &self.query_id());
+      ds.field("user", &self.user());
+      ds.finish()
+  }
+}
+pub enum SessionInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One session of a user, in Located.
+pub struct SessionInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SessionInfo<'a> {
+  type Inner = SessionInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SessionInfo<'a> {
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PLATFORM: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SessionInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SessionInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SessionInfo<'bldr>> {
+    let mut builder = SessionInfoBuilder::new(_fbb);
+    if let Some(x) = args.device { builder.add_device(x); }
+    if let Some(x) = args.node { builder.add_node(x); }
+    builder.add_platform(args.platform);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn node(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SessionInfo::VT_NODE, None)}
+  }
+  #[inline]
+  pub fn device(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SessionInfo::VT_DEVICE, None)}
+  }
+  #[inline]
+  pub fn platform(&self) -> Platform {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Platform>(SessionInfo::VT_PLATFORM, Some(Platform::Other)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SessionInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node", Self::VT_NODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, false)?
+     .visit_field::<Platform>("platform", Self::VT_PLATFORM, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SessionInfoArgs<'a> {
+    pub node: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub platform: Platform,
+}
+impl<'a> Default for SessionInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SessionInfoArgs {
+      node: None,
+      device: None,
+      platform: Platform::Other,
+    }
+  }
+}
+
+pub struct SessionInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_node(&mut self, node: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionInfo::VT_NODE, node);
+  }
+  #[inline]
+  pub fn add_device(&mut self, device: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionInfo::VT_DEVICE, device);
+  }
+  #[inline]
+  pub fn add_platform(&mut self, platform: Platform) {
+    self.fbb_.push_slot::<Platform>(SessionInfo::VT_PLATFORM, platform, Platform::Other);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SessionInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SessionInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SessionInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SessionInfo");
+      ds.field("node", &self.node());
+      ds.field("device", &self.device());
+      ds.field("platform", &self.platform());
+      ds.finish()
+  }
+}
+pub enum LocatedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Router to node: the answer to Locate `query_id`: every session of `user`
+/// on a live node, in no particular order (empty when the user is offline).
+pub struct Located<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Located<'a> {
+  type Inner = Located<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Located<'a> {
+  pub const VT_QUERY_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SESSIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Located { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LocatedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Located<'bldr>> {
+    let mut builder = LocatedBuilder::new(_fbb);
+    builder.add_query_id(args.query_id);
+    if let Some(x) = args.sessions { builder.add_sessions(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn query_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Located::VT_QUERY_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Located::VT_USER, None)}
+  }
+  #[inline]
+  pub fn sessions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SessionInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SessionInfo>>>>(Located::VT_SESSIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Located<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("query_id", Self::VT_QUERY_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SessionInfo>>>>("sessions", Self::VT_SESSIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LocatedArgs<'a> {
+    pub query_id: u64,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub sessions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SessionInfo<'a>>>>>,
+}
+impl<'a> Default for LocatedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LocatedArgs {
+      query_id: 0,
+      user: None,
+      sessions: None,
+    }
+  }
+}
+
+pub struct LocatedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LocatedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_query_id(&mut self, query_id: u64) {
+    self.fbb_.push_slot::<u64>(Located::VT_QUERY_ID, query_id, 0);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Located::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_sessions(&mut self, sessions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<SessionInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Located::VT_SESSIONS, sessions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LocatedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LocatedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Located<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Located<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Located");
+      ds.field("query_id", &self.query_id());
+      ds.field("user", &self.user());
+      ds.field("sessions", &self.sessions());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2501,6 +2997,51 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_goodbye(&self) -> Option<Goodbye<'a>> {
+    if self.body_type() == Body::Goodbye {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Goodbye::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_locate(&self) -> Option<Locate<'a>> {
+    if self.body_type() == Body::Locate {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Locate::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_located(&self) -> Option<Located<'a>> {
+    if self.body_type() == Body::Located {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Located::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -2522,6 +3063,9 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ping>>("Body::Ping", pos),
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
+          Body::Goodbye => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Goodbye>>("Body::Goodbye", pos),
+          Body::Locate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Locate>>("Body::Locate", pos),
+          Body::Located => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Located>>("Body::Located", pos),
           _ => Ok(()),
         }
      })?
@@ -2648,6 +3192,27 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Error => {
           if let Some(x) = self.body_as_error() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Goodbye => {
+          if let Some(x) = self.body_as_goodbye() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Locate => {
+          if let Some(x) = self.body_as_locate() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Located => {
+          if let Some(x) = self.body_as_located() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -26,6 +26,9 @@ pub fn start_router_with(shards: usize, adjust: impl FnOnce(&mut ServeArgs)) -> 
     let mut args = ServeArgs::defaults();
     args.listen = "127.0.0.1:0".into();
     args.shards = Some(shards);
+    // Test nodes that wait for one frame must not get a heartbeat Ping
+    // instead; the liveness tests set their own interval.
+    args.heartbeat_ms = imrouter::limits::HEARTBEAT_MS_MAX;
     adjust(&mut args);
     Router::start(Config::from_args(&args).expect("valid test config")).expect("router starts")
 }
@@ -37,6 +40,7 @@ pub enum Frame {
         shard: u16,
         shard_count: u16,
         slot_count: u16,
+        heartbeat_ms: u32,
     },
     Deliver {
         message_id: u64,
@@ -65,6 +69,12 @@ pub enum Frame {
         code: fb::ErrorCode,
         text: String,
     },
+    Located {
+        query_id: u64,
+        user: String,
+        /// (node, device, platform), sorted.
+        sessions: Vec<(String, String, fb::Platform)>,
+    },
     Other(fb::Body),
 }
 
@@ -80,6 +90,7 @@ impl Frame {
                     shard: w.shard(),
                     shard_count: w.shard_count(),
                     slot_count: w.slot_count(),
+                    heartbeat_ms: w.heartbeat_ms(),
                 }
             }
             fb::Body::Deliver => {
@@ -122,6 +133,29 @@ impl Frame {
                 Frame::Error {
                     code: e.code(),
                     text: e.text().unwrap_or("").to_string(),
+                }
+            }
+            fb::Body::Located => {
+                let l = envelope.body_as_located().unwrap();
+                let mut sessions: Vec<_> = l
+                    .sessions()
+                    .map(|v| {
+                        v.iter()
+                            .map(|s| {
+                                (
+                                    s.node().unwrap_or("").to_string(),
+                                    s.device().unwrap_or("").to_string(),
+                                    s.platform(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sessions.sort();
+                Frame::Located {
+                    query_id: l.query_id(),
+                    user: l.user().unwrap_or("").to_string(),
+                    sessions,
                 }
             }
             other => Frame::Other(other),
@@ -235,6 +269,7 @@ impl Node {
                 shard,
                 shard_count,
                 slot_count,
+                ..
             }) => {
                 assert_eq!(slot_count, 16384);
                 Node {
@@ -268,6 +303,12 @@ impl Node {
     /// to the new device that comes back as a Deliver proves the open.
     pub fn open_confirmed(&mut self, user: &str, device: &str) {
         self.open(user, device);
+        self.confirm_open(user, device);
+    }
+
+    /// Waits until an open of `user`/`device` sent earlier on this
+    /// connection took effect (see `open_confirmed`).
+    pub fn confirm_open(&mut self, user: &str, device: &str) {
         let id = self.route_to(user, Some(device), b"sync", wire::ROUTE_FLAG_ACK);
         let mut delivered = false;
         let mut routed = false;
@@ -310,8 +351,50 @@ impl Node {
         message_id
     }
 
+    /// The next frame; Pings are answered on the way, as a node must.
     pub fn recv(&mut self) -> Frame {
-        self.wire.recv().expect("connection open")
+        loop {
+            match self.wire.recv().expect("connection open") {
+                Frame::Ping { nonce } => {
+                    let pong = self.encoder.pong(nonce).to_vec();
+                    self.wire.send(&pong);
+                }
+                frame => return frame,
+            }
+        }
+    }
+
+    /// Sends Locate(`user`) and returns the sessions of the answer.
+    pub fn locate(&mut self, user: &str) -> Vec<(String, String, fb::Platform)> {
+        let query_id = self.next_message_id;
+        self.next_message_id += 1;
+        let frame = self.encoder.locate(query_id, user).to_vec();
+        self.wire.send(&frame);
+        match self.recv() {
+            Frame::Located {
+                query_id: got,
+                user: got_user,
+                sessions,
+            } if got == query_id => {
+                assert_eq!(got_user, user);
+                sessions
+            }
+            other => panic!("expected Located for {query_id}, got {other:?}"),
+        }
+    }
+
+    /// Opens a session of `platform`.
+    pub fn open_as(&mut self, user: &str, device: &str, platform: fb::Platform) {
+        let frame = self.encoder.session_open(user, device, platform).to_vec();
+        self.wire.send(&frame);
+    }
+
+    /// Says Goodbye and reads until the router closes; returns the frames
+    /// that came before the close.
+    pub fn goodbye(mut self, reason: &str) -> Vec<Frame> {
+        let frame = self.encoder.goodbye(reason).to_vec();
+        self.wire.send(&frame);
+        std::iter::from_fn(|| self.wire.recv()).collect()
     }
 
     /// Sends a Ping and returns every frame that arrived before its Pong.
@@ -386,4 +469,25 @@ pub fn user_on_shard(prefix: &str, shard: usize, shard_count: usize) -> String {
             imrouter::shard::placement::shard_for_user(user.as_bytes(), shard_count) == shard
         })
         .unwrap()
+}
+
+/// Routes to `user` until the verdict is Offline. Node departure is noticed
+/// by the router when the socket closes, which the test cannot observe, so
+/// it polls with round trips (never sleeps). Each Route gets exactly one
+/// verdict: Routed, or Offline/NodeGone when its Deliver raced the
+/// disconnect, or Offline/NoSession once the sessions are gone.
+pub fn route_until_offline(sender: &mut Node, user: &str) {
+    for _ in 0..100_000 {
+        let id = sender.route_to(user, None, b"still there?", wire::ROUTE_FLAG_ACK);
+        match sender.expect_status(id) {
+            (fb::Verdict::Offline, fb::Reason::NoSession) => {
+                assert!(sender.ping(id).is_empty(), "one verdict per Route");
+                return;
+            }
+            (fb::Verdict::Routed, fb::Reason::None)
+            | (fb::Verdict::Offline, fb::Reason::NodeGone) => {}
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    panic!("{user} never went offline");
 }
