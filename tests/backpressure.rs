@@ -22,6 +22,9 @@ fn a_node_that_stops_reading_makes_senders_get_busy_then_recovers() {
     let mut sender = Node::connect(addr, "sender");
     let mut slow = Node::connect(addr, "slow");
     slow.open_confirmed("slow-user", "phone");
+    // Opened now, while the slow node still reads, so that the open is
+    // known to be applied before the messages to "both-user" below.
+    slow.open_confirmed("both-user", "phone");
 
     // The slow node reads nothing from here on. Send in windows, reading
     // every verdict, until the router starts answering Busy.
@@ -51,7 +54,6 @@ fn a_node_that_stops_reading_makes_senders_get_busy_then_recovers() {
     // comes and goes as the kernel's socket buffers absorb bytes, so send
     // until it is seen rather than assume it.)
     let mut healthy = Node::connect(addr, "healthy");
-    slow.open("both-user", "phone");
     healthy.open_confirmed("both-user", "desktop");
     let mut expected_at_slow = routed.clone();
     let mut partial = 0;
