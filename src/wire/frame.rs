@@ -106,12 +106,22 @@ impl Verifier {
             options: VerifierOptions {
                 max_depth: Self::DEPTH_MAX,
                 max_tables: Self::TABLES_MAX,
-                // Shared strings may make the apparent (tree) size larger
-                // than the buffer; four times the frame is plenty.
-                max_apparent_size: (frame_bytes_max as usize + FRAME_PREFIX_BYTES) * 4,
+                max_apparent_size: Self::apparent_max(frame_bytes_max),
                 ignore_missing_null_terminator: false,
             },
         }
+    }
+
+    /// The verifier's `max_apparent_size` for a frame limit. Shared strings
+    /// may make the apparent (tree) size larger than the buffer; four times
+    /// the frame is plenty.
+    pub(crate) fn apparent_max(frame_bytes_max: u32) -> usize {
+        (frame_bytes_max as usize + FRAME_PREFIX_BYTES) * 4
+    }
+
+    #[cfg(test)]
+    pub(crate) fn options(&self) -> &VerifierOptions {
+        &self.options
     }
 
     /// Verifies one complete frame (length prefix included, as returned by
@@ -124,6 +134,19 @@ impl Verifier {
         {
             return Err(FrameError::NotAnEnvelope);
         }
+        if super::fast::verify_common(frame, self.options.max_apparent_size) {
+            // SAFETY: the fast path accepts only frames the flatbuffers
+            // verifier accepts with these options (see `fast`).
+            return Ok(unsafe { envelope_unchecked(frame) });
+        }
+        self.verify_generic(frame)
+    }
+
+    /// The flatbuffers verifier alone (identifier already checked).
+    pub(crate) fn verify_generic<'a>(
+        &self,
+        frame: &'a [u8],
+    ) -> Result<fb::Envelope<'a>, FrameError> {
         fb::size_prefixed_root_as_envelope_with_opts(&self.options, frame)
             .map_err(|error| FrameError::Malformed(error.to_string()))
     }

@@ -8,8 +8,10 @@
 //!
 //! Ingress is two steps, cheapest first: [`check`] looks only at the length
 //! prefix, so an over-long frame is refused before its body is buffered;
-//! [`Verifier::verify`] then runs the flatbuffers verifier once, with explicit
-//! limits. After that the envelope's fields and payload are read in place,
+//! [`Verifier::verify`] then verifies the flatbuffer once, with explicit
+//! limits: the flatbuffers verifier, or for the three frames that make up
+//! nearly all traffic (Route, SessionOpen, SessionClose) a fast path that
+//! performs the same checks (`fast`, differentially tested against it). After that the envelope's fields and payload are read in place,
 //! without copying, and a frame handed to another shard is re-read with
 //! [`envelope_unchecked`] rather than verified again.
 //!
@@ -21,6 +23,7 @@
 
 mod direct;
 mod encode;
+mod fast;
 mod frame;
 
 #[allow(

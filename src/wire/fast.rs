@@ -1,0 +1,438 @@
+//! A fast path through verification for the frames that make up nearly all
+//! traffic: `Route`, `SessionOpen` and `SessionClose`.
+//!
+//! The flatbuffers verifier is generic: every field check goes through
+//! `Result`s carrying error traces, which costs about 1,600 instructions on a
+//! 100-byte SessionOpen and more than half of the router's instructions per
+//! session operation (BENCHMARKS.md, callgrind). This module performs the
+//! *same checks*, in the same order of ideas, for these three body types
+//! only, with `Option` and no traces:
+//!
+//! - every position read is aligned for its type (relative to the frame's
+//!   first byte, as flatbuffers does) and lies inside the frame;
+//! - table vtables are found through their signed offset, have an even
+//!   length and lie inside the frame; fields are found through the vtable;
+//! - strings are UTF-8 and NUL-terminated, vectors lie inside the frame;
+//! - required fields are present, the union key and value come together;
+//! - the *apparent size* (bytes visited) is counted exactly as flatbuffers
+//!   counts it and bounded by the same limit.
+//!
+//! It answers `true` only for frames the flatbuffers verifier (with the
+//! router's options) also accepts; for anything else, including every
+//! invalid frame and every other body type, it answers `false` and the
+//! caller runs the flatbuffers verifier, which then gives the precise error.
+//! The tests below check that claim by differential fuzzing against the
+//! flatbuffers verifier.
+
+use super::fb;
+use crate::limits::FRAME_PREFIX_BYTES;
+
+/// Vtable offsets of the fields checked here (from the generated code).
+mod vt {
+    pub const ENVELOPE_BODY_TYPE: usize = 4;
+    pub const ENVELOPE_BODY: usize = 6;
+    pub const ROUTE_MESSAGE_ID: usize = 4;
+    pub const ROUTE_FROM_USER: usize = 6;
+    pub const ROUTE_FROM_DEVICE: usize = 8;
+    pub const ROUTE_TO_USER: usize = 10;
+    pub const ROUTE_TO_DEVICE: usize = 12;
+    pub const ROUTE_FLAGS: usize = 14;
+    pub const ROUTE_PAYLOAD: usize = 16;
+    pub const SESSION_USER: usize = 4;
+    pub const SESSION_DEVICE: usize = 6;
+    pub const SESSION_OPEN_PLATFORM: usize = 8;
+}
+
+struct Table {
+    pos: usize,
+    vtable: usize,
+    vtable_len: usize,
+}
+
+struct Walk<'b> {
+    buf: &'b [u8],
+    apparent: usize,
+    apparent_max: usize,
+}
+
+impl Walk<'_> {
+    /// `range_in_buffer`: inside the frame, counted in the apparent size.
+    #[inline(always)]
+    fn range(&mut self, pos: usize, size: usize) -> Option<()> {
+        if pos.saturating_add(size) > self.buf.len() {
+            return None;
+        }
+        self.apparent += size;
+        (self.apparent <= self.apparent_max).then_some(())
+    }
+
+    /// An aligned scalar of `size` bytes (alignment = size for 1, 2, 4, 8).
+    #[inline(always)]
+    fn scalar(&mut self, pos: usize, size: usize) -> Option<()> {
+        if pos % size != 0 {
+            return None;
+        }
+        self.range(pos, size)
+    }
+
+    #[inline(always)]
+    fn u16_at(&mut self, pos: usize) -> Option<usize> {
+        self.scalar(pos, 2)?;
+        Some(u16::from_le_bytes([self.buf[pos], self.buf[pos + 1]]) as usize)
+    }
+
+    #[inline(always)]
+    fn u32_at(&mut self, pos: usize) -> Option<usize> {
+        self.scalar(pos, 4)?;
+        let bytes = self.buf[pos..pos + 4].try_into().expect("4 bytes");
+        Some(u32::from_le_bytes(bytes) as usize)
+    }
+
+    /// `visit_table` (depth and table counts are trivially within the
+    /// limits here: two tables, two levels).
+    #[inline(always)]
+    fn table(&mut self, pos: usize) -> Option<Table> {
+        self.scalar(pos, 4)?;
+        let bytes = self.buf[pos..pos + 4].try_into().expect("4 bytes");
+        let soffset = i32::from_le_bytes(bytes);
+        let vtable = if soffset > 0 {
+            pos.checked_sub(soffset.unsigned_abs() as usize)?
+        } else {
+            pos.checked_add(soffset.unsigned_abs() as usize)?
+        };
+        if vtable >= self.buf.len() {
+            return None;
+        }
+        let vtable_len = self.u16_at(vtable)?;
+        if vtable.saturating_add(vtable_len) % 2 != 0 {
+            return None;
+        }
+        self.range(vtable, vtable_len)?;
+        Some(Table {
+            pos,
+            vtable,
+            vtable_len,
+        })
+    }
+
+    /// `TableVerifier::deref`: the field's position, if present.
+    #[inline(always)]
+    fn field(&mut self, table: &Table, field: usize) -> Option<Option<usize>> {
+        if field < table.vtable_len {
+            let offset = self.u16_at(table.vtable.saturating_add(field))?;
+            if offset > 0 {
+                return Some(Some(table.pos.saturating_add(offset)));
+            }
+        }
+        Some(None)
+    }
+
+    /// A `ForwardsUOffset` at `pos`: where it points.
+    #[inline(always)]
+    fn follow(&mut self, pos: usize) -> Option<usize> {
+        Some(self.u32_at(pos)?.saturating_add(pos))
+    }
+
+    /// `verify_vector_range::<u8>` at `pos`.
+    #[inline(always)]
+    fn byte_vector(&mut self, pos: usize) -> Option<std::ops::Range<usize>> {
+        let len = self.u32_at(pos)?;
+        let start = pos.saturating_add(4);
+        self.range(start, len)?;
+        Some(start..start + len)
+    }
+
+    /// A `ForwardsUOffset<&str>` field at `pos`: UTF-8 and NUL-terminated.
+    #[inline(always)]
+    fn string(&mut self, pos: usize) -> Option<()> {
+        let target = self.follow(pos)?;
+        let range = self.byte_vector(target)?;
+        if self.buf.get(range.end) != Some(&0) {
+            return None;
+        }
+        std::str::from_utf8(&self.buf[range]).ok().map(|_| ())
+    }
+
+    /// An optional field of a table, checked with `check` when present.
+    #[inline(always)]
+    fn optional(
+        &mut self,
+        table: &Table,
+        field: usize,
+        check: impl FnOnce(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        match self.field(table, field)? {
+            Some(pos) => check(self, pos),
+            None => Some(()),
+        }
+    }
+
+    #[inline(always)]
+    fn required(
+        &mut self,
+        table: &Table,
+        field: usize,
+        check: impl FnOnce(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let pos = self.field(table, field)??;
+        check(self, pos)
+    }
+
+    fn route(&mut self, pos: usize) -> Option<()> {
+        let table = self.table(pos)?;
+        self.optional(&table, vt::ROUTE_MESSAGE_ID, |w, p| w.scalar(p, 8))?;
+        self.optional(&table, vt::ROUTE_FROM_USER, Self::string)?;
+        self.optional(&table, vt::ROUTE_FROM_DEVICE, Self::string)?;
+        self.required(&table, vt::ROUTE_TO_USER, Self::string)?;
+        self.optional(&table, vt::ROUTE_TO_DEVICE, Self::string)?;
+        self.optional(&table, vt::ROUTE_FLAGS, |w, p| w.scalar(p, 4))?;
+        self.optional(&table, vt::ROUTE_PAYLOAD, |w, p| {
+            let target = w.follow(p)?;
+            w.byte_vector(target).map(|_| ())
+        })
+    }
+
+    fn session(&mut self, pos: usize, open: bool) -> Option<()> {
+        let table = self.table(pos)?;
+        self.required(&table, vt::SESSION_USER, Self::string)?;
+        self.required(&table, vt::SESSION_DEVICE, Self::string)?;
+        if open {
+            self.optional(&table, vt::SESSION_OPEN_PLATFORM, |w, p| w.scalar(p, 1))?;
+        }
+        Some(())
+    }
+}
+
+/// Whether `frame` (length prefix included, identifier already checked) is
+/// a valid Envelope holding a Route, SessionOpen or SessionClose, by the
+/// flatbuffers verifier's rules with `apparent_max` as its
+/// `max_apparent_size`. `false` means "not known valid": verify it the
+/// general way.
+#[inline]
+pub(super) fn verify_common(frame: &[u8], apparent_max: usize) -> bool {
+    let mut walk = Walk {
+        buf: frame,
+        apparent: 0,
+        apparent_max,
+    };
+    (|| {
+        let envelope = walk.follow(FRAME_PREFIX_BYTES)?;
+        let envelope = walk.table(envelope)?;
+        // flatbuffers looks the value up first, then the key.
+        let body = walk.field(&envelope, vt::ENVELOPE_BODY)??;
+        let key = walk.field(&envelope, vt::ENVELOPE_BODY_TYPE)??;
+        walk.scalar(key, 1)?;
+        let body = walk.follow(body)?;
+        match fb::Body(walk.buf[key]) {
+            fb::Body::Route => walk.route(body),
+            fb::Body::SessionOpen => walk.session(body, true),
+            fb::Body::SessionClose => walk.session(body, false),
+            _ => None,
+        }
+    })()
+    .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Encoder, RouteFrame, Verifier};
+
+    /// A small deterministic generator (xorshift64*), so that failures
+    /// reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn samples() -> Vec<Vec<u8>> {
+        let mut encoder = Encoder::new();
+        let mut frames = Vec::new();
+        for payload in [&b""[..], b"x", &[7u8; 100][..]] {
+            for to_device in [None, Some("phone")] {
+                for from in ["", "alice"] {
+                    frames.push(
+                        encoder
+                            .route(&RouteFrame {
+                                message_id: 42,
+                                from_user: from,
+                                from_device: "d",
+                                to_user: "bob",
+                                to_device,
+                                flags: 1,
+                                payload,
+                            })
+                            .to_vec(),
+                    );
+                }
+            }
+        }
+        for platform in [fb::Platform::Other, fb::Platform::Web] {
+            frames.push(encoder.session_open("user-1", "phone", platform).to_vec());
+        }
+        frames.push(
+            encoder
+                .session_open("ü", "dévice", fb::Platform::Pad)
+                .to_vec(),
+        );
+        frames.push(encoder.session_close("user-1", "phone").to_vec());
+        // A Route laid out by the flatbuffers builder (the encoder writes
+        // Routes by hand), as a node in another language would build it.
+        let mut builder = flatbuffers::FlatBufferBuilder::new();
+        let to_user = Some(builder.create_string("carol"));
+        let payload = Some(builder.create_vector(&[1u8, 2, 3, 4, 5]));
+        let route = fb::Route::create(
+            &mut builder,
+            &fb::RouteArgs {
+                message_id: 7,
+                to_user,
+                payload,
+                ..Default::default()
+            },
+        );
+        let envelope = fb::Envelope::create(
+            &mut builder,
+            &fb::EnvelopeArgs {
+                body_type: fb::Body::Route,
+                body: Some(route.as_union_value()),
+            },
+        );
+        builder.finish_size_prefixed(envelope, Some("IMR1"));
+        frames.push(builder.finished_data().to_vec());
+        frames
+    }
+
+    /// What the flatbuffers verifier says, with the router's options.
+    fn reference(verifier: &Verifier, frame: &[u8]) -> bool {
+        verifier.verify_generic(frame).is_ok()
+    }
+
+    fn common(frame: &[u8], limit: u32) -> Option<bool> {
+        let body = crate::wire::check(frame, u32::MAX);
+        if body != crate::wire::Check::Complete(frame.len())
+            || frame.len() < 12
+            || !fb::envelope_size_prefixed_buffer_has_identifier(frame)
+        {
+            return None;
+        }
+        Some(verify_common(frame, Verifier::apparent_max(limit)))
+    }
+
+    #[test]
+    fn every_encoded_common_frame_takes_the_fast_path() {
+        let verifier = Verifier::new(1024);
+        for frame in samples() {
+            assert!(reference(&verifier, &frame));
+            assert_eq!(common(&frame, 1024), Some(true), "{frame:?}");
+        }
+        let other = Encoder::new().ping(1).to_vec();
+        assert_eq!(
+            common(&other, 1024),
+            Some(false),
+            "other bodies go the general way"
+        );
+    }
+
+    /// Differential fuzzing: random corruptions of valid frames are judged
+    /// the same by the fast path and by the flatbuffers verifier, for every
+    /// frame the fast path covers.
+    #[test]
+    fn the_fast_path_agrees_with_the_flatbuffers_verifier_on_corrupt_frames() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let limit = 256;
+        let verifier = Verifier::new(limit);
+        let (mut fast_accepted, mut rejected) = (0, 0);
+        for frame in samples() {
+            for _ in 0..20_000 {
+                let mut bad = frame.clone();
+                for _ in 0..1 + rng.below(3) {
+                    let at = FRAME_PREFIX_BYTES + rng.below(bad.len() - FRAME_PREFIX_BYTES);
+                    bad[at] = match rng.below(4) {
+                        0 => 0,
+                        1 => 0xff,
+                        2 => bad[at].wrapping_add(1 + rng.below(8) as u8),
+                        _ => rng.next() as u8,
+                    };
+                }
+                if rng.below(8) == 0 {
+                    let len =
+                        FRAME_PREFIX_BYTES + 8 + rng.below(bad.len() - FRAME_PREFIX_BYTES - 7);
+                    bad.truncate(len);
+                    let body = (len - FRAME_PREFIX_BYTES) as u32;
+                    bad[..4].copy_from_slice(&body.to_le_bytes());
+                }
+                let Some(fast) = common(&bad, limit) else {
+                    continue;
+                };
+                let generic = reference(&verifier, &bad);
+                if fast {
+                    assert!(
+                        generic,
+                        "fast path accepted what flatbuffers refuses: {bad:?}"
+                    );
+                    fast_accepted += 1;
+                } else {
+                    rejected += 1;
+                    if generic {
+                        // Accepted by flatbuffers: must be a body the fast
+                        // path does not cover.
+                        let body = Verifier::new(limit).verify(&bad).unwrap().body_type();
+                        assert!(
+                            ![
+                                fb::Body::Route,
+                                fb::Body::SessionOpen,
+                                fb::Body::SessionClose
+                            ]
+                            .contains(&body),
+                            "fast path refused a valid {body:?}: {bad:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(
+            fast_accepted > 1000 && rejected > 1000,
+            "{fast_accepted} {rejected}"
+        );
+    }
+
+    #[test]
+    fn the_apparent_size_limit_is_the_same() {
+        let mut encoder = Encoder::new();
+        let payload = [1u8; 200];
+        let frame = encoder
+            .route(&RouteFrame {
+                message_id: 1,
+                from_user: "a",
+                from_device: "b",
+                to_user: "c",
+                to_device: None,
+                flags: 0,
+                payload: &payload,
+            })
+            .to_vec();
+        // Find the smallest limit each accepts at: they must be equal.
+        let smallest = |accepts: &dyn Fn(usize) -> bool| (0..4096).find(|&max| accepts(max));
+        let fast = smallest(&|max| verify_common(&frame, max));
+        let generic = smallest(&|max| {
+            let options = flatbuffers::VerifierOptions {
+                max_apparent_size: max,
+                ..Verifier::new(1 << 20).options().clone()
+            };
+            fb::size_prefixed_root_as_envelope_with_opts(&options, &frame).is_ok()
+        });
+        assert!(fast.is_some());
+        assert_eq!(fast, generic);
+    }
+}
