@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use imrouter::shard::placement::slot_for_user;
-use imrouter::table::{NodeId, Table, TableLimits};
+use imrouter::table::{LoginPolicy, NodeId, Table, TableLimits};
 
 const SESSIONS: usize = 1_000_000;
 
@@ -20,6 +20,7 @@ fn filled_table() -> Table {
         sessions_max: SESSIONS * 2,
         sessions_per_user_max: 16,
         nodes_max: 64,
+        login_policy: LoginPolicy::SameDeviceKick,
     });
     for i in 0..SESSIONS {
         table.open(&user(i), b"phone", 1, NodeId((i % 64) as u32), i as u64);
@@ -66,6 +67,7 @@ fn insert_then_remove(c: &mut Criterion) {
                     sessions_max: SESSIONS * 2,
                     sessions_per_user_max: 16,
                     nodes_max: 64,
+                    login_policy: LoginPolicy::SameDeviceKick,
                 })
             },
             |mut table| {

@@ -34,6 +34,7 @@ fn help_documents_every_flag() {
         "--auth-token-file",
         "--heartbeat-ms",
         "--node-timeout-ms",
+        "--login-policy",
     ] {
         assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
     }

@@ -1,8 +1,10 @@
-//! Cluster semantics over real TCP: where users are (Locate).
+//! Cluster semantics over real TCP: where users are (Locate), and login
+//! policies.
 
 mod common;
 
 use common::*;
+use imrouter::table::LoginPolicy;
 use imrouter::wire::fb;
 
 fn session(node: &str, device: &str, platform: fb::Platform) -> (String, String, fb::Platform) {
@@ -74,4 +76,155 @@ fn locate_with_an_empty_user_is_refused() {
     node.wire.send(&frame);
     let (code, _) = node.wire.error_then_close().expect("an Error frame");
     assert_eq!(code, fb::ErrorCode::InvalidField);
+}
+
+fn router_with_policy(policy: LoginPolicy) -> imrouter::RunningRouter {
+    start_router_with(2, |args| args.login_policy = policy)
+}
+
+fn expect_kick(node: &mut Node) -> (String, String, fb::KickReason) {
+    match node.recv() {
+        Frame::Kick {
+            user,
+            device,
+            reason,
+        } => (user, device, reason),
+        other => panic!("expected a Kick, got {other:?}"),
+    }
+}
+
+/// same-platform-kick: a second mobile session replaces the first (its node
+/// gets a Kick), a desktop session of the same user stays.
+#[test]
+fn same_platform_kick_replaces_the_session_of_the_same_platform() {
+    let router = router_with_policy(LoginPolicy::SamePlatformKick);
+    let addr = router.local_addr();
+    let mut first = Node::connect(addr, "first");
+    let mut second = Node::connect(addr, "second");
+    first.open_as("olga", "phone-a", fb::Platform::Mobile);
+    first.open_as("olga", "laptop", fb::Platform::Desktop);
+    first.confirm_open("olga", "laptop");
+    second.open_as("olga", "phone-b", fb::Platform::Mobile);
+    assert_eq!(
+        expect_kick(&mut first),
+        (
+            "olga".to_string(),
+            "phone-a".to_string(),
+            fb::KickReason::SamePlatformElsewhere
+        )
+    );
+    assert_eq!(
+        second.locate("olga"),
+        [
+            session("first", "laptop", fb::Platform::Desktop),
+            session("second", "phone-b", fb::Platform::Mobile),
+        ]
+    );
+    assert_eq!(router.metrics().sessions_evicted, 1);
+}
+
+/// single-session: a new session anywhere replaces all the others, on
+/// every node, each loser getting a Kick.
+#[test]
+fn single_session_keeps_only_the_newest_session() {
+    let router = router_with_policy(LoginPolicy::SingleSession);
+    let addr = router.local_addr();
+    let mut first = Node::connect(addr, "first");
+    let mut second = Node::connect(addr, "second");
+    first.open_as("pia", "phone", fb::Platform::Mobile);
+    first.confirm_open("pia", "phone");
+    second.open_as("pia", "web", fb::Platform::Web);
+    assert_eq!(
+        expect_kick(&mut first),
+        (
+            "pia".to_string(),
+            "phone".to_string(),
+            fb::KickReason::SingleSession
+        )
+    );
+    assert_eq!(
+        first.locate("pia"),
+        [session("second", "web", fb::Platform::Web)]
+    );
+}
+
+/// allow-all: the same device id through two nodes is two sessions, both
+/// receive, and nobody is kicked.
+#[test]
+fn allow_all_delivers_to_the_same_device_on_two_nodes() {
+    let router = router_with_policy(LoginPolicy::AllowAll);
+    let addr = router.local_addr();
+    let mut first = Node::connect(addr, "first");
+    let mut second = Node::connect(addr, "second");
+    let mut sender = Node::connect(addr, "sender");
+    first.open_confirmed("quinn", "phone");
+    second.open("quinn", "phone");
+    // Confirm second's open with its own probe; the probe reaches both.
+    let probe = second.route_to(
+        "quinn",
+        Some("phone"),
+        b"probe",
+        imrouter::wire::ROUTE_FLAG_ACK,
+    );
+    let mut seen = 0;
+    while seen < 2 {
+        match second.recv() {
+            Frame::Deliver { message_id, .. } if message_id == probe => seen += 1,
+            Frame::Status { message_id, .. } if message_id == probe => seen += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(first.expect_deliver().0, probe);
+
+    let id = sender.route_to("quinn", None, b"to both", imrouter::wire::ROUTE_FLAG_ACK);
+    assert_eq!(first.expect_deliver().0, id);
+    assert_eq!(second.expect_deliver().0, id);
+    assert_eq!(
+        sender.expect_status(id),
+        (fb::Verdict::Routed, fb::Reason::None)
+    );
+    assert!(first.ping(1).is_empty(), "no Kick");
+    assert_eq!(router.metrics().kicks, 0);
+}
+
+fn expect_broadcast(node: &mut Node) -> (String, Vec<u8>) {
+    match node.recv() {
+        Frame::Broadcast { from_node, payload } => (from_node, payload),
+        other => panic!("expected a Broadcast, got {other:?}"),
+    }
+}
+
+/// A Broadcast reaches every other node exactly once (a shard-direct node
+/// with a connection per shard included), and not its sender.
+#[test]
+fn broadcast_reaches_every_other_node_exactly_once() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut sender = Node::connect(addr, "sender");
+    // One connection, served by shard 1.
+    let mut on_one = Node::connect_to_shard(addr, "on-one", 1);
+    // A connection on each shard.
+    let mut direct0 = Node::connect_to_shard(addr, "direct", 0);
+    let mut direct1 = Node::connect_to_shard(addr, "direct", 1);
+
+    for payload in [&b"flush caches"[..], b"reload config"] {
+        let frame = sender.encoder.broadcast("", payload).to_vec();
+        sender.wire.send(&frame);
+    }
+    for node in [&mut on_one, &mut direct0] {
+        assert_eq!(
+            expect_broadcast(node),
+            ("sender".to_string(), b"flush caches".to_vec())
+        );
+        assert_eq!(
+            expect_broadcast(node),
+            ("sender".to_string(), b"reload config".to_vec())
+        );
+    }
+    // Shard 1 wrote both copies for "on-one", so a copy it wrote for the
+    // direct node's shard-1 connection would already be queued before this
+    // Pong; there is none. Nor does the sender get its own.
+    assert!(direct1.ping(1).is_empty());
+    assert!(sender.ping(2).is_empty());
+    assert_eq!(router.metrics().broadcast_copies_out, 4);
 }

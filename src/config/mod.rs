@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::table::LoginPolicy;
+
 use crate::limits::{
     AUTH_TOKEN_BYTES_MAX, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES,
     HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT,
@@ -140,6 +142,14 @@ pub struct ServeArgs {
     /// heartbeat. Default: 3 heartbeats. Catches half-open TCP connections.
     #[arg(long, value_name = "MS")]
     pub node_timeout_ms: Option<u32>,
+
+    /// Which of a user's sessions a new one replaces, each replaced session
+    /// getting a Kick: allow-all (none; the same device id may be on
+    /// several nodes), same-device-kick (the same device on another node),
+    /// same-platform-kick (also the user's sessions of the same platform
+    /// class), single-session (all of the user's other sessions).
+    #[arg(long, value_enum, default_value_t = LoginPolicy::SameDeviceKick, value_name = "POLICY")]
+    pub login_policy: LoginPolicy,
 }
 
 /// The validated configuration of one router.
@@ -166,6 +176,7 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Silence after which a node is dead, at least one heartbeat.
     pub node_timeout: Duration,
+    pub login_policy: LoginPolicy,
 }
 
 impl fmt::Debug for Config {
@@ -181,6 +192,7 @@ impl fmt::Debug for Config {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
+            .field("login_policy", &self.login_policy)
             .finish()
     }
 }
@@ -298,6 +310,7 @@ impl Config {
             auth_token,
             heartbeat: Duration::from_millis(u64::from(args.heartbeat_ms)),
             node_timeout: Duration::from_millis(node_timeout_ms),
+            login_policy: args.login_policy,
         })
     }
 }

@@ -68,6 +68,12 @@ counters! {
     pings_sent,
     /// Locate queries answered by this shard (as the user's owner).
     locates,
+    /// Sessions removed by the login policy when another one opened.
+    sessions_evicted,
+    /// Broadcast frames read from nodes on this shard.
+    broadcasts_in,
+    /// Broadcast copies queued to nodes by this shard.
+    broadcast_copies_out,
     /// Connections handed to another shard after their Hello.
     connections_handed_off,
     /// Frames read from nodes.

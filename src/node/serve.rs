@@ -619,6 +619,11 @@ fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<
             check_user_id(locate.user())?;
             shard.on_locate(sender, locate.user(), frame);
         }
+        fb::Body::Broadcast => {
+            let broadcast = envelope.body_as_broadcast().expect("body type checked");
+            let payload = broadcast.payload().map_or(&[][..], |p| p.bytes());
+            shard.on_broadcast(sender, &connection.node_name, payload);
+        }
         fb::Body::Goodbye => {
             let goodbye = envelope.body_as_goodbye().expect("body type checked");
             return Err(ReadEnd::Goodbye(goodbye.reason().unwrap_or("").to_string()));

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::table::TableLimits;
+use crate::table::{LoginPolicy, TableLimits};
 
 #[derive(Default)]
 struct FakeNodes(HashMap<NodeId, Destination>);
@@ -68,6 +68,7 @@ fn setup() -> (Table, FakeNodes) {
         sessions_max: 100,
         sessions_per_user_max: 8,
         nodes_max: 10,
+        login_policy: LoginPolicy::SameDeviceKick,
     });
     table.open(b"bob", b"phone", 1, NodeId(1), 1);
     table.open(b"bob", b"desk", 2, NodeId(2), 2);

@@ -89,6 +89,9 @@ pub enum EntryKind {
     /// Forward: answer the Locate frame sent by `node`/`epoch` on
     /// `origin_shard`.
     Locate = 8,
+    /// Response: write this Broadcast frame to every node whose first
+    /// connection is on this shard, except `node` (the sender).
+    Broadcast = 9,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -109,6 +112,7 @@ impl EntryKind {
             6 => EntryKind::Frame,
             7 => EntryKind::Report,
             8 => EntryKind::Locate,
+            9 => EntryKind::Broadcast,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -38,7 +38,7 @@ use crate::limits::{SHARDS_MAX, SLOT_COUNT};
 use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Plan, Sender};
-use crate::table::{NodeId, OpenOutcome, Table, TableLimits};
+use crate::table::{LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
 use crate::wire::{envelope_unchecked, fb, Encoder, Verifier};
 
 use link::{
@@ -122,6 +122,7 @@ impl Shard {
             sessions_max: config.sessions_per_shard_max(),
             sessions_per_user_max: config.sessions_per_user_max as usize,
             nodes_max,
+            login_policy: config.login_policy,
         });
         Shard {
             index,
@@ -209,6 +210,47 @@ impl Shard {
         self.apply_session_op(sender, kind, envelope);
     }
 
+    /// A Broadcast from `sender`'s connection: one copy for every other
+    /// connected node, written by the shard of that node's first connection
+    /// (so a shard-direct node gets one copy, not one per connection).
+    pub(crate) fn on_broadcast(&self, sender: Sender, sender_name: &str, payload: &[u8]) {
+        let counter = &self.counters.broadcasts_in;
+        counter.set(counter.get() + 1);
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.broadcast(sender_name, payload);
+        let header = EntryHeader::new(EntryKind::Broadcast, sender.node, sender.epoch);
+        let mut outboxes = self.outboxes.borrow_mut();
+        for target in (0..self.shard_count()).filter(|&t| t != self.index) {
+            outboxes.push(target, Class::Response, &header, frame);
+        }
+        drop(outboxes);
+        self.broadcast_here(sender.node, frame);
+    }
+
+    /// Writes a Broadcast to the nodes whose first connection is here.
+    fn broadcast_here(&self, from: NodeId, frame: &[u8]) {
+        let open: Vec<_> = self.open_connections.borrow().clone();
+        for connection in open {
+            if connection.node == from || connection.is_closing() {
+                continue;
+            }
+            let state = self.directory.state(connection.node);
+            if state.connections.trailing_zeros() as usize != self.index
+                || state.epoch != connection.epoch
+            {
+                continue; // Another shard writes this node's copy.
+            }
+            match connection.push_control(frame) {
+                Ok(()) => {
+                    let counter = &self.counters.broadcast_copies_out;
+                    counter.set(counter.get() + 1);
+                }
+                Err(PushError::OverHardLimit) => self.count_slow_consumer(),
+                Err(PushError::Closed) => {}
+            }
+        }
+    }
+
     /// A verified Locate whose user id was checked.
     pub(crate) fn on_locate(&self, sender: Sender, user: &str, frame: &[u8]) {
         let owner = self.owner_of(user);
@@ -265,13 +307,26 @@ impl Shard {
     fn open_here(&self, sender: Sender, user: &str, device: &str, platform: u8) {
         let seq = self.next_session_seq.get();
         self.next_session_seq.set(seq + 1);
-        let outcome = self.table.borrow_mut().open(
+        let mut table = self.table.borrow_mut();
+        let outcome = table.open(
             user.as_bytes(),
             device.as_bytes(),
             platform,
             sender.node,
             seq,
         );
+        let evicted_reason = match self.config.login_policy {
+            LoginPolicy::SingleSession => fb::KickReason::SingleSession,
+            _ => fb::KickReason::SamePlatformElsewhere,
+        };
+        for evicted in table.drain_evicted() {
+            self.counters
+                .sessions_evicted
+                .set(self.counters.sessions_evicted.get() + 1);
+            let device = String::from_utf8_lossy(&evicted.device);
+            self.kick_node(evicted.node, user, &device, evicted_reason);
+        }
+        drop(table);
         self.counters
             .session_opens
             .set(self.counters.session_opens.get() + 1);
@@ -737,6 +792,7 @@ impl Shard {
                     let envelope = unsafe { envelope_unchecked(frame) };
                     self.locate_here(sender, envelope);
                 }
+                EntryKind::Broadcast => self.broadcast_here(header.node, frame),
                 EntryKind::PurgeNode => {
                     self.observe_epoch(header.node, header.epoch);
                 }

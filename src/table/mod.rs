@@ -27,6 +27,8 @@ mod stored_id;
 
 use hashbrown::HashTable;
 
+use crate::limits::SESSIONS_PER_USER_MAX_CEILING;
+
 use slab::Slab;
 use stored_id::{Spill, StoredId};
 
@@ -105,7 +107,34 @@ pub enum CloseOutcome {
     HeldByOtherNode,
 }
 
-/// Sizes a table is allowed to grow to.
+/// Which sessions a new session of the same user replaces (OpenIM's
+/// multi-terminal rules, XMPP's resource conflict). Every replaced session
+/// is removed and reported by [`Table::drain_evicted`] so that its node can
+/// be sent a Kick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LoginPolicy {
+    /// Nothing is replaced: each (device, node) pair is its own session, so
+    /// a device id connected through two nodes receives on both.
+    AllowAll,
+    /// One session per device id: the same device opened through another
+    /// node moves there (the old node is kicked).
+    #[default]
+    SameDeviceKick,
+    /// As `SameDeviceKick`, and one session per platform class: a new
+    /// session replaces the user's other sessions of the same platform.
+    SamePlatformKick,
+    /// One session per user: a new session replaces all the others.
+    SingleSession,
+}
+
+/// A session removed by the login policy when another one opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub node: NodeId,
+    pub device: Box<[u8]>,
+}
+
+/// Sizes a table is allowed to grow to, and its login policy.
 #[derive(Debug, Clone, Copy)]
 pub struct TableLimits {
     /// Sessions in this table; opens beyond it are refused (`TableFull`).
@@ -114,6 +143,7 @@ pub struct TableLimits {
     pub sessions_per_user_max: usize,
     /// Node ids are below this.
     pub nodes_max: usize,
+    pub login_policy: LoginPolicy,
 }
 
 /// The location table of one shard. See the module docs for the layout.
@@ -126,6 +156,8 @@ pub struct Table {
     /// First session of each node in this table, indexed by `NodeId`.
     node_heads: Vec<u32>,
     limits: TableLimits,
+    /// Sessions the last `open` removed under the login policy.
+    evicted: Vec<Evicted>,
 }
 
 impl Table {
@@ -139,6 +171,7 @@ impl Table {
             spill: Spill::default(),
             node_heads: vec![NIL; limits.nodes_max],
             limits,
+            evicted: Vec::new(),
         }
     }
 
@@ -152,10 +185,13 @@ impl Table {
         self.users.len()
     }
 
-    /// Registers `device` of `user` at `node`.
+    /// Registers `device` of `user` at `node`, as the login policy says.
     ///
-    /// The same device on another node replaces that session (the caller
-    /// kicks the previous node); on the same node it refreshes it.
+    /// Under every policy but `AllowAll`, the same device on another node
+    /// is moved here (`Replaced`; the caller kicks the previous node); on the
+    /// same node it is refreshed. `SamePlatformKick` and `SingleSession`
+    /// also remove the user's other sessions they conflict with, which
+    /// [`Table::drain_evicted`] then lists. A refused open changes nothing.
     pub fn open(
         &mut self,
         user: &[u8],
@@ -168,6 +204,7 @@ impl Table {
             (node.0 as usize) < self.node_heads.len(),
             "node id out of range"
         );
+        self.evicted.clear();
         let hash = self.hasher.hash_one(user);
         let Some(user_index) = self.find_user(hash, user) else {
             if self.sessions.len() >= self.limits.sessions_max {
@@ -186,35 +223,79 @@ impl Table {
             return OpenOutcome::Added;
         };
 
+        // One pass over the user's sessions: the one this open takes over
+        // (if any), and the ones the policy makes it replace.
+        let policy = self.limits.login_policy;
+        let mut same = None;
+        let mut conflicts = [NIL; SESSIONS_PER_USER_MAX_CEILING as usize];
+        let mut conflict_count = 0;
         let mut count = 0;
         let mut cursor = self.users.get(user_index).first_session;
         while cursor != NIL {
-            let session = *self.sessions.get(cursor);
-            if session.device.bytes(&self.spill) == device {
-                let record = self.sessions.get_mut(cursor);
-                record.platform = platform;
-                record.seq = seq;
-                if session.node == node {
-                    return OpenOutcome::Refreshed;
-                }
-                self.unlink_from_node(cursor);
-                self.sessions.get_mut(cursor).node = node;
-                self.link_to_node(cursor);
-                return OpenOutcome::Replaced {
-                    previous_node: session.node,
-                };
+            let session = self.sessions.get(cursor);
+            let same_device = session.device.bytes(&self.spill) == device;
+            let takes_over = match policy {
+                LoginPolicy::AllowAll => same_device && session.node == node,
+                _ => same_device,
+            };
+            let conflicts_with_new = match policy {
+                LoginPolicy::AllowAll | LoginPolicy::SameDeviceKick => false,
+                LoginPolicy::SamePlatformKick => session.platform == platform,
+                LoginPolicy::SingleSession => true,
+            };
+            if takes_over {
+                same = Some(cursor);
+            } else if conflicts_with_new {
+                conflicts[conflict_count] = cursor;
+                conflict_count += 1;
             }
             count += 1;
             cursor = session.user_next;
         }
-        if count >= self.limits.sessions_per_user_max {
-            return OpenOutcome::UserFull;
+
+        let outcome = match same {
+            Some(index) => {
+                let previous_node = self.sessions.get(index).node;
+                let record = self.sessions.get_mut(index);
+                record.platform = platform;
+                record.seq = seq;
+                if previous_node == node {
+                    OpenOutcome::Refreshed
+                } else {
+                    self.unlink_from_node(index);
+                    self.sessions.get_mut(index).node = node;
+                    self.link_to_node(index);
+                    OpenOutcome::Replaced { previous_node }
+                }
+            }
+            None => {
+                if count - conflict_count >= self.limits.sessions_per_user_max {
+                    return OpenOutcome::UserFull;
+                }
+                if self.sessions.len() - conflict_count >= self.limits.sessions_max {
+                    return OpenOutcome::TableFull;
+                }
+                self.add_session(user_index, device, platform, node, seq);
+                OpenOutcome::Added
+            }
+        };
+        // Removed after the new session is in place, so the user record
+        // (and the collected indexes) stay valid.
+        for &index in &conflicts[..conflict_count] {
+            let session = self.sessions.get(index);
+            self.evicted.push(Evicted {
+                node: session.node,
+                device: session.device.bytes(&self.spill).into(),
+            });
+            self.remove_session(index);
         }
-        if self.sessions.len() >= self.limits.sessions_max {
-            return OpenOutcome::TableFull;
-        }
-        self.add_session(user_index, device, platform, node, seq);
-        OpenOutcome::Added
+        outcome
+    }
+
+    /// The sessions the last [`Table::open`] removed under the login
+    /// policy (empty for `AllowAll` and `SameDeviceKick`).
+    pub fn drain_evicted(&mut self) -> std::vec::Drain<'_, Evicted> {
+        self.evicted.drain(..)
     }
 
     /// Removes the session of `device` of `user` if `node` holds it.
@@ -223,19 +304,25 @@ impl Table {
         let Some(user_index) = self.find_user(hash, user) else {
             return CloseOutcome::NotFound;
         };
+        let mut held_elsewhere = false;
         let mut cursor = self.users.get(user_index).first_session;
         while cursor != NIL {
             let session = self.sessions.get(cursor);
             if session.device.bytes(&self.spill) == device {
-                if session.node != node {
-                    return CloseOutcome::HeldByOtherNode;
+                if session.node == node {
+                    self.remove_session(cursor);
+                    return CloseOutcome::Removed;
                 }
-                self.remove_session(cursor);
-                return CloseOutcome::Removed;
+                // Under AllowAll the same device may also be on `node`.
+                held_elsewhere = true;
             }
             cursor = session.user_next;
         }
-        CloseOutcome::NotFound
+        if held_elsewhere {
+            CloseOutcome::HeldByOtherNode
+        } else {
+            CloseOutcome::NotFound
+        }
     }
 
     /// The sessions of `user`, most recently opened first.

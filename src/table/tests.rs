@@ -7,6 +7,7 @@ fn table() -> Table {
         sessions_max: 1000,
         sessions_per_user_max: 4,
         nodes_max: 8,
+        login_policy: LoginPolicy::SameDeviceKick,
     })
 }
 
@@ -107,6 +108,7 @@ fn limits_refuse_without_changing_anything() {
         sessions_max: 5,
         sessions_per_user_max: 2,
         nodes_max: 2,
+        login_policy: LoginPolicy::SameDeviceKick,
     });
     assert_eq!(t.open(b"u", b"1", 0, NodeId(0), 0), OpenOutcome::Added);
     assert_eq!(t.open(b"u", b"2", 0, NodeId(0), 0), OpenOutcome::Added);
@@ -161,6 +163,7 @@ fn matches_a_simple_model_under_random_operations() {
         sessions_max: 10_000,
         sessions_per_user_max: 3,
         nodes_max: 5,
+        login_policy: LoginPolicy::SameDeviceKick,
     });
     // (user, device) -> node
     let mut model: BTreeMap<(Vec<u8>, Vec<u8>), u32> = BTreeMap::new();
@@ -217,4 +220,151 @@ fn matches_a_simple_model_under_random_operations() {
     }
     let users: std::collections::BTreeSet<_> = model.keys().map(|(u, _)| u.clone()).collect();
     assert_eq!(t.user_count(), users.len());
+}
+
+fn table_with(policy: LoginPolicy) -> Table {
+    Table::new(TableLimits {
+        sessions_max: 1000,
+        sessions_per_user_max: 4,
+        nodes_max: 8,
+        login_policy: policy,
+    })
+}
+
+fn evicted(t: &mut Table) -> Vec<(u32, Vec<u8>)> {
+    let mut out: Vec<_> = t
+        .drain_evicted()
+        .map(|e| (e.node.0, e.device.to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+const MOBILE: u8 = 1;
+const DESKTOP: u8 = 2;
+
+#[test]
+fn allow_all_keeps_the_same_device_on_two_nodes() {
+    let mut t = table_with(LoginPolicy::AllowAll);
+    assert_eq!(
+        t.open(b"u", b"phone", MOBILE, NodeId(1), 1),
+        OpenOutcome::Added
+    );
+    assert_eq!(
+        t.open(b"u", b"phone", MOBILE, NodeId(2), 2),
+        OpenOutcome::Added
+    );
+    assert_eq!(
+        t.open(b"u", b"phone", MOBILE, NodeId(2), 3),
+        OpenOutcome::Refreshed
+    );
+    assert!(evicted(&mut t).is_empty());
+    assert_eq!(
+        devices_of(&t, b"u"),
+        [(1, b"phone".to_vec()), (2, b"phone".to_vec())]
+    );
+    // Each node closes its own.
+    assert_eq!(t.close(b"u", b"phone", NodeId(1)), CloseOutcome::Removed);
+    assert_eq!(devices_of(&t, b"u"), [(2, b"phone".to_vec())]);
+    assert_eq!(
+        t.close(b"u", b"phone", NodeId(1)),
+        CloseOutcome::HeldByOtherNode
+    );
+}
+
+#[test]
+fn same_platform_kick_replaces_only_the_same_platform() {
+    let mut t = table_with(LoginPolicy::SamePlatformKick);
+    t.open(b"u", b"phone-a", MOBILE, NodeId(1), 1);
+    t.open(b"u", b"laptop", DESKTOP, NodeId(1), 2);
+    assert!(evicted(&mut t).is_empty());
+    assert_eq!(
+        t.open(b"u", b"phone-b", MOBILE, NodeId(2), 3),
+        OpenOutcome::Added
+    );
+    assert_eq!(evicted(&mut t), [(1, b"phone-a".to_vec())]);
+    assert_eq!(
+        devices_of(&t, b"u"),
+        [(1, b"laptop".to_vec()), (2, b"phone-b".to_vec())]
+    );
+    // The same device moving keeps the same-device rule.
+    assert_eq!(
+        t.open(b"u", b"laptop", DESKTOP, NodeId(3), 4),
+        OpenOutcome::Replaced {
+            previous_node: NodeId(1)
+        }
+    );
+    assert!(evicted(&mut t).is_empty());
+}
+
+#[test]
+fn single_session_replaces_every_other_session() {
+    let mut t = table_with(LoginPolicy::SingleSession);
+    t.open(b"u", b"a", MOBILE, NodeId(1), 1);
+    assert_eq!(
+        t.open(b"u", b"b", DESKTOP, NodeId(2), 2),
+        OpenOutcome::Added
+    );
+    assert_eq!(evicted(&mut t), [(1, b"a".to_vec())]);
+    assert_eq!(
+        t.open(b"u", b"c", DESKTOP, NodeId(2), 3),
+        OpenOutcome::Added
+    );
+    assert_eq!(evicted(&mut t), [(2, b"b".to_vec())]);
+    assert_eq!(devices_of(&t, b"u"), [(2, b"c".to_vec())]);
+    assert_eq!(t.session_count(), 1);
+    assert_eq!(t.user_count(), 1);
+    // Refreshing the one session evicts nothing.
+    assert_eq!(
+        t.open(b"u", b"c", DESKTOP, NodeId(2), 4),
+        OpenOutcome::Refreshed
+    );
+    assert!(evicted(&mut t).is_empty());
+}
+
+#[test]
+fn a_full_user_under_single_session_still_switches_devices() {
+    // With room for one session per user, single-session replaces rather
+    // than refusing; same-device-kick refuses.
+    let limits = |policy| TableLimits {
+        sessions_max: 10,
+        sessions_per_user_max: 1,
+        nodes_max: 4,
+        login_policy: policy,
+    };
+    let mut t = Table::new(limits(LoginPolicy::SingleSession));
+    t.open(b"u", b"a", MOBILE, NodeId(1), 1);
+    assert_eq!(t.open(b"u", b"b", MOBILE, NodeId(1), 2), OpenOutcome::Added);
+    assert_eq!(evicted(&mut t), [(1, b"a".to_vec())]);
+    let mut t = Table::new(limits(LoginPolicy::SameDeviceKick));
+    t.open(b"u", b"a", MOBILE, NodeId(1), 1);
+    assert_eq!(
+        t.open(b"u", b"b", MOBILE, NodeId(1), 2),
+        OpenOutcome::UserFull
+    );
+    assert!(evicted(&mut t).is_empty());
+}
+
+#[test]
+fn purging_a_node_after_evictions_leaves_a_consistent_table() {
+    let mut t = table_with(LoginPolicy::SamePlatformKick);
+    for i in 0..50u32 {
+        let user = format!("user-{}", i % 7);
+        let device = format!("d{}", i % 5);
+        t.open(
+            user.as_bytes(),
+            device.as_bytes(),
+            (i % 3) as u8,
+            NodeId(i % 4),
+            u64::from(i),
+        );
+        let _ = evicted(&mut t);
+    }
+    let total: usize = (0..4).map(|n| t.node_session_count(NodeId(n))).sum();
+    assert_eq!(total, t.session_count());
+    for node in 0..4 {
+        t.purge_node(NodeId(node));
+    }
+    assert_eq!(t.session_count(), 0);
+    assert_eq!(t.user_count(), 0);
 }

@@ -241,6 +241,15 @@ impl Encoder {
         self.finish(fb::Body::Located, body.as_union_value())
     }
 
+    pub fn broadcast(&mut self, from_node: &str, payload: &[u8]) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let payload = Some(b.create_vector(payload));
+        let from_node = Some(b.create_string(from_node));
+        let body = fb::Broadcast::create(b, &fb::BroadcastArgs { from_node, payload });
+        self.finish(fb::Body::Broadcast, body.as_union_value())
+    }
+
     pub fn goodbye(&mut self, reason: &str) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;

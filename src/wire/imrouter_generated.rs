@@ -328,14 +328,16 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Reason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_KICK_REASON: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_KICK_REASON: u8 = 3;
+pub const ENUM_MAX_KICK_REASON: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_KICK_REASON: [KickReason; 4] = [
+pub const ENUM_VALUES_KICK_REASON: [KickReason; 6] = [
   KickReason::Unspecified,
   KickReason::ReplacedElsewhere,
   KickReason::SessionLimit,
   KickReason::RouterFull,
+  KickReason::SamePlatformElsewhere,
+  KickReason::SingleSession,
 ];
 
 /// Why the router removed a session that the node had opened.
@@ -351,14 +353,21 @@ impl KickReason {
   pub const SessionLimit: Self = Self(2);
   /// The router's location table is full.
   pub const RouterFull: Self = Self(3);
+  /// --login-policy same-platform-kick: the user opened another session of
+  /// the same platform class.
+  pub const SamePlatformElsewhere: Self = Self(4);
+  /// --login-policy single-session: the user opened another session.
+  pub const SingleSession: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unspecified,
     Self::ReplacedElsewhere,
     Self::SessionLimit,
     Self::RouterFull,
+    Self::SamePlatformElsewhere,
+    Self::SingleSession,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -367,6 +376,8 @@ impl KickReason {
       Self::ReplacedElsewhere => Some("ReplacedElsewhere"),
       Self::SessionLimit => Some("SessionLimit"),
       Self::RouterFull => Some("RouterFull"),
+      Self::SamePlatformElsewhere => Some("SamePlatformElsewhere"),
+      Self::SingleSession => Some("SingleSession"),
       _ => None,
     }
   }
@@ -576,10 +587,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 14;
+pub const ENUM_MAX_BODY: u8 = 15;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 15] = [
+pub const ENUM_VALUES_BODY: [Body; 16] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -595,6 +606,7 @@ pub const ENUM_VALUES_BODY: [Body; 15] = [
   Body::Goodbye,
   Body::Locate,
   Body::Located,
+  Body::Broadcast,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -617,9 +629,10 @@ impl Body {
   pub const Goodbye: Self = Self(12);
   pub const Locate: Self = Self(13);
   pub const Located: Self = Self(14);
+  pub const Broadcast: Self = Self(15);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 14;
+  pub const ENUM_MAX: u8 = 15;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -636,6 +649,7 @@ impl Body {
     Self::Goodbye,
     Self::Locate,
     Self::Located,
+    Self::Broadcast,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -655,6 +669,7 @@ impl Body {
       Self::Goodbye => Some("Goodbye"),
       Self::Locate => Some("Locate"),
       Self::Located => Some("Located"),
+      Self::Broadcast => Some("Broadcast"),
       _ => None,
     }
   }
@@ -2669,6 +2684,122 @@ impl ::core::fmt::Debug for Located<'_> {
       ds.finish()
   }
 }
+pub enum BroadcastOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: deliver `payload` to every other connected node (cache
+/// invalidation, configuration changes). Router to node: the same, with
+/// `from_node` set to the sending node's name (ignored when a node sends).
+pub struct Broadcast<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Broadcast<'a> {
+  type Inner = Broadcast<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Broadcast<'a> {
+  pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Broadcast { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BroadcastArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Broadcast<'bldr>> {
+    let mut builder = BroadcastBuilder::new(_fbb);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    if let Some(x) = args.from_node { builder.add_from_node(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn from_node(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Broadcast::VT_FROM_NODE, None)}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Broadcast::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Broadcast<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_node", Self::VT_FROM_NODE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BroadcastArgs<'a> {
+    pub from_node: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for BroadcastArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BroadcastArgs {
+      from_node: None,
+      payload: None,
+    }
+  }
+}
+
+pub struct BroadcastBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BroadcastBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Broadcast::VT_FROM_NODE, from_node);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Broadcast::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BroadcastBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BroadcastBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Broadcast<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Broadcast<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Broadcast");
+      ds.field("from_node", &self.from_node());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3042,6 +3173,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_broadcast(&self) -> Option<Broadcast<'a>> {
+    if self.body_type() == Body::Broadcast {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Broadcast::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3066,6 +3212,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Goodbye => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Goodbye>>("Body::Goodbye", pos),
           Body::Locate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Locate>>("Body::Locate", pos),
           Body::Located => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Located>>("Body::Located", pos),
+          Body::Broadcast => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Broadcast>>("Body::Broadcast", pos),
           _ => Ok(()),
         }
      })?
@@ -3213,6 +3360,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Located => {
           if let Some(x) = self.body_as_located() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Broadcast => {
+          if let Some(x) = self.body_as_broadcast() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

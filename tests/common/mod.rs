@@ -69,6 +69,10 @@ pub enum Frame {
         code: fb::ErrorCode,
         text: String,
     },
+    Broadcast {
+        from_node: String,
+        payload: Vec<u8>,
+    },
     Located {
         query_id: u64,
         user: String,
@@ -133,6 +137,13 @@ impl Frame {
                 Frame::Error {
                     code: e.code(),
                     text: e.text().unwrap_or("").to_string(),
+                }
+            }
+            fb::Body::Broadcast => {
+                let b = envelope.body_as_broadcast().unwrap();
+                Frame::Broadcast {
+                    from_node: b.from_node().unwrap_or("").to_string(),
+                    payload: b.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
                 }
             }
             fb::Body::Located => {
