@@ -228,3 +228,130 @@ fn broadcast_reaches_every_other_node_exactly_once() {
     assert!(sender.ping(2).is_empty());
     assert_eq!(router.metrics().broadcast_copies_out, 4);
 }
+
+use fb::{LeftReason, NodeEventKind};
+
+fn event(
+    kind: NodeEventKind,
+    node: &str,
+    reason: LeftReason,
+    senior: &str,
+) -> (NodeEventKind, String, LeftReason, String) {
+    (kind, node.to_string(), reason, senior.to_string())
+}
+
+/// Welcome lists the live nodes and the senior (the longest connected);
+/// the nodes already there hear that a new one joined.
+#[test]
+fn welcome_lists_the_live_nodes_and_others_hear_of_a_join() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut alpha = Node::connect(addr, "alpha");
+    assert_eq!(alpha.welcome_nodes, ["alpha"]);
+    assert_eq!(alpha.welcome_senior, "alpha");
+    let beta = Node::connect(addr, "beta");
+    assert_eq!(beta.welcome_nodes, ["alpha", "beta"]);
+    assert_eq!(beta.welcome_senior, "alpha");
+    assert_eq!(
+        alpha.next_event(),
+        event(NodeEventKind::Joined, "beta", LeftReason::Closed, "alpha")
+    );
+    // A second connection of the same node (shard-direct) is not a join.
+    let _beta_again = Node::connect_to_shard(addr, "beta", 1 - beta.shard);
+    assert!(alpha.ping(1).is_empty());
+    assert!(alpha.events.is_empty(), "{:?}", alpha.events);
+}
+
+/// When the senior leaves, every node hears it left (with the reason) and
+/// who the senior is now.
+#[test]
+fn the_senior_leaving_makes_the_next_oldest_senior() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let alpha = Node::connect(addr, "alpha");
+    let mut beta = Node::connect(addr, "beta");
+    let mut gamma = Node::connect(addr, "gamma");
+    assert_eq!(
+        beta.next_event(),
+        event(NodeEventKind::Joined, "gamma", LeftReason::Closed, "alpha")
+    );
+    alpha.goodbye("upgrade");
+    for node in [&mut beta, &mut gamma] {
+        assert_eq!(
+            node.next_event(),
+            event(NodeEventKind::Left, "alpha", LeftReason::Goodbye, "beta")
+        );
+        assert_eq!(
+            node.next_event(),
+            event(
+                NodeEventKind::SeniorChanged,
+                "beta",
+                LeftReason::Closed,
+                "beta"
+            )
+        );
+    }
+}
+
+/// A node that goes silent leaves with reason Timeout.
+#[test]
+fn a_timed_out_node_leaves_with_reason_timeout() {
+    let router = start_router_with(1, |args| {
+        args.heartbeat_ms = 20;
+        args.node_timeout_ms = Some(60);
+    });
+    let addr = router.local_addr();
+    let mut watcher = Node::connect(addr, "watcher");
+    let _silent = Node::connect(addr, "silent");
+    assert_eq!(
+        watcher.next_event(),
+        event(
+            NodeEventKind::Joined,
+            "silent",
+            LeftReason::Closed,
+            "watcher"
+        )
+    );
+    // `silent` never reads nor answers its Pings; `watcher` answers its own
+    // while it waits.
+    assert_eq!(
+        watcher.next_event(),
+        event(
+            NodeEventKind::Left,
+            "silent",
+            LeftReason::Timeout,
+            "watcher"
+        )
+    );
+}
+
+/// A new process of a node (new incarnation) replaces the old one: the
+/// old one left (Replaced), the new one joined, and it is now the youngest
+/// node, so the senior moves on.
+#[test]
+fn a_new_incarnation_is_a_leave_and_a_join() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut old = Node::connect_with(addr, "alpha", 1, None);
+    let mut beta = Node::connect(addr, "beta");
+    let _new = Node::connect_with(addr, "alpha", 2, None);
+    assert_eq!(
+        beta.next_event(),
+        event(NodeEventKind::Left, "alpha", LeftReason::Replaced, "beta")
+    );
+    assert_eq!(
+        beta.next_event(),
+        event(NodeEventKind::Joined, "alpha", LeftReason::Closed, "beta")
+    );
+    assert_eq!(
+        beta.next_event(),
+        event(
+            NodeEventKind::SeniorChanged,
+            "beta",
+            LeftReason::Closed,
+            "beta"
+        )
+    );
+    let (code, _) = old.wire.error_then_close().expect("an Error frame");
+    assert_eq!(code, fb::ErrorCode::Replaced);
+}

@@ -74,6 +74,8 @@ counters! {
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.
     broadcast_copies_out,
+    /// NodeEvent copies queued to nodes by this shard.
+    node_event_copies_out,
     /// Connections handed to another shard after their Hello.
     connections_handed_off,
     /// Frames read from nodes.

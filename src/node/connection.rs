@@ -42,6 +42,7 @@ use glommio::net::TcpStream;
 use crate::limits::{OUT_BUFFER_HARD_FACTOR, PENDING_REPORTS_MAX};
 use crate::shard::signal::Signal;
 use crate::table::NodeId;
+use crate::wire::fb;
 
 use super::Directory;
 
@@ -88,6 +89,9 @@ pub struct Connection {
     /// them between checks to tell a quiet connection (no clock per frame).
     reads: Cell<u64>,
     frames_queued: Cell<u64>,
+    /// Why the connection is closing, for the NodeEvent if it was the
+    /// node's last: the first reason set wins.
+    leave_reason: Cell<Option<fb::LeftReason>>,
     /// Messages this connection sent to several nodes whose destinations
     /// have not all reported yet: token -> (reports missing, copies queued).
     pending_reports: RefCell<HashMap<u64, (u8, u8), ahash::RandomState>>,
@@ -127,12 +131,25 @@ impl Connection {
             writer_done: Signal::default(),
             reads: Cell::new(0),
             frames_queued: Cell::new(0),
+            leave_reason: Cell::new(None),
             pending_reports: RefCell::new(HashMap::default()),
         }
     }
 
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Records why the connection closes, unless a reason was recorded.
+    pub fn set_leave_reason(&self, reason: fb::LeftReason) {
+        if self.leave_reason.get().is_none() {
+            self.leave_reason.set(Some(reason));
+        }
+    }
+
+    /// Why the connection closed (`Closed` when nothing else was said).
+    pub fn leave_reason(&self) -> fb::LeftReason {
+        self.leave_reason.get().unwrap_or(fb::LeftReason::Closed)
     }
 
     /// Reads from the node that returned data so far.
@@ -167,6 +184,7 @@ impl Connection {
             return Err(PushError::Closed);
         }
         if self.queued_bytes() + frame.len() > self.hard_limit {
+            self.set_leave_reason(fb::LeftReason::Slow);
             let error = self.slow_consumer_error.clone();
             self.close(Some(&error));
             return Err(PushError::OverHardLimit);

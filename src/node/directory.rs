@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::table::NodeId;
+use crate::wire::fb;
 
 /// The lock-free half of one node's state.
 #[repr(align(64))]
@@ -75,6 +76,9 @@ impl NodeState {
 struct NodeRecord {
     name: Box<str>,
     incarnation: u64,
+    /// When the node (this process of it) joined, in join order; 0 while
+    /// it is not live. The live node with the smallest is the senior.
+    joined: u64,
     /// The attach ticket of the connection holding each shard's place, or 0.
     tickets: Box<[u64]>,
 }
@@ -93,6 +97,97 @@ struct Registry {
     by_name: HashMap<Box<str>, NodeId>,
     records: Vec<NodeRecord>,
     next_ticket: u64,
+    next_join: u64,
+    /// Sequence number of the last membership event.
+    event_seq: u64,
+}
+
+impl Registry {
+    /// The live node connected the longest.
+    fn senior(&self) -> Option<&NodeRecord> {
+        self.records
+            .iter()
+            .filter(|record| record.joined != 0)
+            .min_by_key(|record| record.joined)
+    }
+
+    fn senior_name(&self) -> Option<Box<str>> {
+        self.senior().map(|record| record.name.clone())
+    }
+
+    /// Records an event about `record`, and a SeniorChanged after it when
+    /// the senior is no longer `senior_before`.
+    fn events_for(
+        &mut self,
+        events: &mut Vec<MembershipEvent>,
+        kind: fb::NodeEventKind,
+        name: &str,
+        incarnation: u64,
+        reason: fb::LeftReason,
+    ) {
+        self.event_seq += 1;
+        events.push(MembershipEvent {
+            seq: self.event_seq,
+            kind,
+            node: name.into(),
+            incarnation,
+            reason,
+            senior: self.senior_name(),
+        });
+    }
+
+    fn senior_change(&mut self, events: &mut Vec<MembershipEvent>, before: Option<Box<str>>) {
+        let after = self.senior_name();
+        if after != before {
+            self.event_seq += 1;
+            events.push(MembershipEvent {
+                seq: self.event_seq,
+                kind: fb::NodeEventKind::SeniorChanged,
+                node: after.clone().unwrap_or_default(),
+                incarnation: self.senior().map_or(0, |record| record.incarnation),
+                reason: fb::LeftReason::Closed,
+                senior: after,
+            });
+        }
+    }
+
+    fn membership(&self) -> Membership {
+        let mut nodes: Vec<(Box<str>, u64)> = self
+            .records
+            .iter()
+            .filter(|record| record.joined != 0)
+            .map(|record| (record.name.clone(), record.incarnation))
+            .collect();
+        nodes.sort();
+        Membership {
+            seq: self.event_seq,
+            nodes,
+            senior: self.senior_name(),
+        }
+    }
+}
+
+/// A change of the cluster's membership, to be sent to every node as a
+/// NodeEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipEvent {
+    pub seq: u64,
+    pub kind: fb::NodeEventKind,
+    pub node: Box<str>,
+    pub incarnation: u64,
+    pub reason: fb::LeftReason,
+    /// The senior node after the event.
+    pub senior: Option<Box<str>>,
+}
+
+/// The live nodes at one moment, for Welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The last event this view includes.
+    pub seq: u64,
+    /// (name, incarnation), sorted by name.
+    pub nodes: Vec<(Box<str>, u64)>,
+    pub senior: Option<Box<str>>,
 }
 
 /// What a shard must do about the connections a new one superseded.
@@ -120,6 +215,11 @@ pub struct Attached {
     /// ticket does nothing.
     pub ticket: u64,
     pub superseded: Superseded,
+    /// Membership events this attach caused (a node joined, a previous
+    /// process left, the senior changed), for every other node.
+    pub events: Vec<MembershipEvent>,
+    /// The live nodes with this one, for its Welcome.
+    pub membership: Membership,
 }
 
 /// What detaching a connection did.
@@ -158,6 +258,8 @@ impl Directory {
                 by_name: HashMap::new(),
                 records: Vec::new(),
                 next_ticket: 1,
+                next_join: 1,
+                event_seq: 0,
             }),
             shard_connections: (0..shard_count).map(|_| AtomicU32::new(0)).collect(),
             shard_count,
@@ -216,7 +318,10 @@ impl Directory {
             None => self.allocate(&mut registry, name)?,
         };
         let entry = &self.entries[node.0 as usize];
+        let senior_before = registry.senior_name();
+        let join = registry.next_join;
         let record = &mut registry.records[node.0 as usize];
+        let previous_incarnation = record.incarnation;
 
         let superseded = if record.connection_mask() == 0 {
             // A fresh node, or one whose sessions already died with its last
@@ -246,6 +351,7 @@ impl Directory {
             Superseded::Nothing
         };
 
+        let joins = record.connection_mask() == 0;
         record.incarnation = incarnation;
         record.tickets[shard] = ticket;
         self.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
@@ -253,17 +359,85 @@ impl Directory {
         entry
             .connections
             .store(record.connection_mask(), Ordering::Release);
+
+        let mut events = Vec::new();
+        if joins {
+            if matches!(superseded, Superseded::PreviousIncarnation { .. }) {
+                record.joined = 0;
+                registry.events_for(
+                    &mut events,
+                    fb::NodeEventKind::Left,
+                    name,
+                    previous_incarnation,
+                    fb::LeftReason::Replaced,
+                );
+            }
+            let record = &mut registry.records[node.0 as usize];
+            record.joined = join;
+            registry.next_join += 1;
+            registry.events_for(
+                &mut events,
+                fb::NodeEventKind::Joined,
+                name,
+                incarnation,
+                fb::LeftReason::Closed,
+            );
+            registry.senior_change(&mut events, senior_before);
+        }
         Ok(Attached {
             node,
             epoch: entry.epoch.load(Ordering::Acquire),
             ticket,
             superseded,
+            events,
+            membership: registry.membership(),
         })
     }
 
     /// Removes the connection registered under `ticket` from `shard`.
+    #[cfg(test)]
     pub fn detach(&self, node: NodeId, shard: usize, ticket: u64) -> Detached {
+        self.detach_for(node, shard, ticket, fb::LeftReason::Closed)
+            .0
+    }
+
+    /// Removes the connection registered under `ticket` from `shard`,
+    /// closed for `reason`; when it was the node's last, also returns the
+    /// membership events (the node left, maybe the senior changed).
+    pub fn detach_for(
+        &self,
+        node: NodeId,
+        shard: usize,
+        ticket: u64,
+        reason: fb::LeftReason,
+    ) -> (Detached, Vec<MembershipEvent>) {
         let mut registry = self.registry.lock().expect("directory lock");
+        let detached = self.detach_locked(&mut registry, node, shard, ticket);
+        let mut events = Vec::new();
+        if let Detached::Gone { .. } = detached {
+            let senior_before = registry.senior_name();
+            let record = &mut registry.records[node.0 as usize];
+            record.joined = 0;
+            let (name, incarnation) = (record.name.clone(), record.incarnation);
+            registry.events_for(
+                &mut events,
+                fb::NodeEventKind::Left,
+                &name,
+                incarnation,
+                reason,
+            );
+            registry.senior_change(&mut events, senior_before);
+        }
+        (detached, events)
+    }
+
+    fn detach_locked(
+        &self,
+        registry: &mut Registry,
+        node: NodeId,
+        shard: usize,
+        ticket: u64,
+    ) -> Detached {
         let record = &mut registry.records[node.0 as usize];
         if record.tickets[shard] != ticket {
             return Detached::Stale;
@@ -309,6 +483,7 @@ impl Directory {
             registry.records.push(NodeRecord {
                 name: name.clone(),
                 incarnation: 0,
+                joined: 0,
                 tickets: vec![0; self.shard_count].into_boxed_slice(),
             });
             // Epoch 0 is never used by a live node, so a shard that has
@@ -417,6 +592,48 @@ mod tests {
             .delivery_shard(0),
             None
         );
+    }
+
+    #[test]
+    fn membership_events_and_the_senior() {
+        const JOINED: fb::NodeEventKind = fb::NodeEventKind::Joined;
+        const LEFT: fb::NodeEventKind = fb::NodeEventKind::Left;
+        const SENIOR: fb::NodeEventKind = fb::NodeEventKind::SeniorChanged;
+        let kinds = |events: &[MembershipEvent]| -> Vec<(fb::NodeEventKind, String, u64)> {
+            events
+                .iter()
+                .map(|e| (e.kind, e.node.to_string(), e.seq))
+                .collect()
+        };
+        let directory = Directory::new(8, 2);
+        let a = directory.attach("a", 1, 0).unwrap();
+        assert_eq!(
+            kinds(&a.events),
+            [(JOINED, "a".into(), 1), (SENIOR, "a".into(), 2)]
+        );
+        let b = directory.attach("b", 1, 1).unwrap();
+        assert_eq!(kinds(&b.events), [(JOINED, "b".into(), 3)]);
+        assert_eq!(b.membership.seq, 3);
+        assert_eq!(b.membership.senior.as_deref(), Some("a"));
+        assert_eq!(b.membership.nodes, [("a".into(), 1), ("b".into(), 1)]);
+        // A second connection of b is no event.
+        let b2 = directory.attach("b", 1, 0).unwrap();
+        assert!(b2.events.is_empty());
+        let (_, events) = directory.detach_for(a.node, 0, a.ticket, fb::LeftReason::Goodbye);
+        assert_eq!(
+            kinds(&events),
+            [(LEFT, "a".into(), 4), (SENIOR, "b".into(), 5)]
+        );
+        assert_eq!(events[0].reason, fb::LeftReason::Goodbye);
+        // b leaves only with its last connection.
+        let (_, events) = directory.detach_for(b.node, 1, b.ticket, fb::LeftReason::Closed);
+        assert!(events.is_empty());
+        let (_, events) = directory.detach_for(b.node, 0, b2.ticket, fb::LeftReason::Timeout);
+        assert_eq!(
+            kinds(&events),
+            [(LEFT, "b".into(), 6), (SENIOR, "".into(), 7)]
+        );
+        assert_eq!(events[1].senior, None);
     }
 
     #[test]

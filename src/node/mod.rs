@@ -18,7 +18,9 @@ mod serve;
 use std::os::fd::OwnedFd;
 
 pub use connection::{Connection, PushError};
-pub use directory::{Attached, Detached, Directory, NodeState, Superseded};
+pub use directory::{
+    Attached, Detached, Directory, Membership, MembershipEvent, NodeState, Superseded,
+};
 pub(crate) use serve::{accept_loop, adopt};
 
 /// What a Hello said about the node.

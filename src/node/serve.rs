@@ -379,6 +379,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
         shard.slow_consumer_error.clone(),
     ));
     {
+        let membership = &attached.membership;
+        let nodes: Vec<(&str, u64)> = membership
+            .nodes
+            .iter()
+            .map(|(name, incarnation)| (&**name, *incarnation))
+            .collect();
         let mut encoder = shard.encoder.borrow_mut();
         let welcome = encoder.welcome(&WelcomeFrame {
             protocol_version: PROTOCOL_VERSION,
@@ -388,11 +394,15 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             shard: shard.index as u16,
             heartbeat_ms: shard.config.heartbeat.as_millis() as u32,
             max_frame_bytes: shard.config.frame_bytes_max,
+            nodes: &nodes,
+            senior: membership.senior.as_deref(),
+            membership_seq: membership.seq,
         });
         connection
             .push_control(welcome)
             .expect("a new connection takes its Welcome");
     }
+    shard.announce(&attached.events, Some(attached.node));
     shard.register_connection(&connection);
     crate::log!(
         "shard {}: node {} connected from {} (incarnation {:#x})",
@@ -468,6 +478,7 @@ async fn keep_alive(shard: Rc<Shard>, connection: Rc<Connection>) {
                 "nothing from the node for {} ms (--node-timeout-ms)",
                 silent.as_millis()
             );
+            connection.set_leave_reason(fb::LeftReason::Timeout);
             shard.close_connection(&connection, Some((fb::ErrorCode::NodeTimeout, &text)));
             return;
         }
@@ -500,6 +511,7 @@ fn settle_superseded(
         Superseded::Nothing => {}
         Superseded::SameShard { ticket } => {
             if let Some(old) = shard.connection_with_ticket(node, *ticket) {
+                old.set_leave_reason(fb::LeftReason::Replaced);
                 shard.close_connection(&old, Some((fb::ErrorCode::Replaced, reason_same)));
             }
         }
@@ -507,6 +519,7 @@ fn settle_superseded(
             for &(old_shard, ticket) in connections {
                 if old_shard == shard.index {
                     if let Some(old) = shard.connection_with_ticket(node, ticket) {
+                        old.set_leave_reason(fb::LeftReason::Replaced);
                         shard.close_connection(
                             &old,
                             Some((fb::ErrorCode::Replaced, reason_restart)),
@@ -684,6 +697,7 @@ fn finish_reading(shard: &Shard, connection: &Connection, end: ReadEnd) -> (bool
             (false, text)
         }
         ReadEnd::Goodbye(reason) => {
+            connection.set_leave_reason(fb::LeftReason::Goodbye);
             let counter = &shard.counters.connections_goodbye;
             counter.set(counter.get() + 1);
             // Linger: the node reads until the router's close, so it gets
@@ -692,12 +706,14 @@ fn finish_reading(shard: &Shard, connection: &Connection, end: ReadEnd) -> (bool
             (true, format!("goodbye: {reason}"))
         }
         ReadEnd::Truncated { have, need } => {
+            connection.set_leave_reason(fb::LeftReason::Refused);
             refused();
             let text = format!("the connection ended {have} bytes into a {need}-byte frame");
             shard.close_connection(connection, Some((fb::ErrorCode::Truncated, &text)));
             (true, text)
         }
         ReadEnd::Refused(code, text) => {
+            connection.set_leave_reason(fb::LeftReason::Refused);
             refused();
             shard.close_connection(connection, Some((code, &text)));
             let name = code.variant_name().unwrap_or("Error");

@@ -92,6 +92,10 @@ pub enum EntryKind {
     /// Response: write this Broadcast frame to every node whose first
     /// connection is on this shard, except `node` (the sender).
     Broadcast = 9,
+    /// Response: write this NodeEvent frame to every node whose first
+    /// connection is on this shard, except `node` (the one it is about,
+    /// when that node already knows).
+    NodeEvent = 10,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -113,6 +117,7 @@ impl EntryKind {
             7 => EntryKind::Report,
             8 => EntryKind::Locate,
             9 => EntryKind::Broadcast,
+            10 => EntryKind::NodeEvent,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

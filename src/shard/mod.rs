@@ -39,7 +39,10 @@ use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Plan, Sender};
 use crate::table::{LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
-use crate::wire::{envelope_unchecked, fb, Encoder, Verifier};
+use crate::wire::{envelope_unchecked, fb, Encoder, NodeEventFrame, Verifier};
+
+/// A node id no node has, for fan-outs that leave nobody out.
+const NO_NODE: NodeId = NodeId(u32::MAX);
 
 use link::{
     Class, Control, Entries, EntryHeader, EntryKind, Inbox, ShardLink, FLAG_ACK, FLAG_BUSY_SEEN,
@@ -218,17 +221,55 @@ impl Shard {
         counter.set(counter.get() + 1);
         let mut encoder = self.encoder.borrow_mut();
         let frame = encoder.broadcast(sender_name, payload);
-        let header = EntryHeader::new(EntryKind::Broadcast, sender.node, sender.epoch);
+        self.fan_out(EntryKind::Broadcast, sender.node, frame);
+    }
+
+    /// Sends membership events to every node, except `except` (a node that
+    /// learns them from its Welcome).
+    pub(crate) fn announce(&self, events: &[node::MembershipEvent], except: Option<NodeId>) {
+        for event in events {
+            crate::log!(
+                "shard {}: membership event {}: {:?} {} ({:?}), senior {}",
+                self.index,
+                event.seq,
+                event.kind,
+                event.node,
+                event.reason,
+                event.senior.as_deref().unwrap_or("none")
+            );
+            let mut encoder = self.encoder.borrow_mut();
+            let frame = encoder.node_event(&NodeEventFrame {
+                seq: event.seq,
+                kind: event.kind,
+                node: &event.node,
+                incarnation: event.incarnation,
+                reason: event.reason,
+                senior: event.senior.as_deref(),
+            });
+            self.fan_out(EntryKind::NodeEvent, except.unwrap_or(NO_NODE), frame);
+        }
+        self.request_flush();
+    }
+
+    /// Hands `frame` to every shard (this one at once) to write to every
+    /// node but `except`, once per node.
+    fn fan_out(&self, kind: EntryKind, except: NodeId, frame: &[u8]) {
+        let header = EntryHeader::new(kind, except, 0);
         let mut outboxes = self.outboxes.borrow_mut();
         for target in (0..self.shard_count()).filter(|&t| t != self.index) {
             outboxes.push(target, Class::Response, &header, frame);
         }
         drop(outboxes);
-        self.broadcast_here(sender.node, frame);
+        self.fan_out_here(kind, except, frame);
     }
 
-    /// Writes a Broadcast to the nodes whose first connection is here.
-    fn broadcast_here(&self, from: NodeId, frame: &[u8]) {
+    /// Writes a fanned-out frame to the nodes whose first connection is
+    /// here.
+    fn fan_out_here(&self, kind: EntryKind, from: NodeId, frame: &[u8]) {
+        let counter = match kind {
+            EntryKind::NodeEvent => &self.counters.node_event_copies_out,
+            _ => &self.counters.broadcast_copies_out,
+        };
         let open: Vec<_> = self.open_connections.borrow().clone();
         for connection in open {
             if connection.node == from || connection.is_closing() {
@@ -241,10 +282,7 @@ impl Shard {
                 continue; // Another shard writes this node's copy.
             }
             match connection.push_control(frame) {
-                Ok(()) => {
-                    let counter = &self.counters.broadcast_copies_out;
-                    counter.set(counter.get() + 1);
-                }
+                Ok(()) => counter.set(counter.get() + 1),
                 Err(PushError::OverHardLimit) => self.count_slow_consumer(),
                 Err(PushError::Closed) => {}
             }
@@ -619,12 +657,16 @@ impl Shard {
         self.open_connections
             .borrow_mut()
             .retain(|open| !Rc::ptr_eq(open, connection));
-        let detached = self
-            .directory
-            .detach(connection.node, self.index, connection.ticket);
+        let (detached, events) = self.directory.detach_for(
+            connection.node,
+            self.index,
+            connection.ticket,
+            connection.leave_reason(),
+        );
         if let node::Detached::Gone { epoch } = detached {
             self.broadcast_purge(connection.node, epoch);
         }
+        self.announce(&events, None);
         self.counters
             .connections_closed
             .set(self.counters.connections_closed.get() + 1);
@@ -792,7 +834,9 @@ impl Shard {
                     let envelope = unsafe { envelope_unchecked(frame) };
                     self.locate_here(sender, envelope);
                 }
-                EntryKind::Broadcast => self.broadcast_here(header.node, frame),
+                EntryKind::Broadcast | EntryKind::NodeEvent => {
+                    self.fan_out_here(header.kind, header.node, frame)
+                }
                 EntryKind::PurgeNode => {
                     self.observe_epoch(header.node, header.epoch);
                 }

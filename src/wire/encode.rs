@@ -17,7 +17,7 @@ pub struct HelloFrame<'a> {
 
 /// Fields of a `Welcome` frame.
 #[derive(Debug, Clone, Copy)]
-pub struct WelcomeFrame {
+pub struct WelcomeFrame<'a> {
     pub protocol_version: u16,
     pub router_id: u64,
     pub shard_count: u16,
@@ -25,6 +25,21 @@ pub struct WelcomeFrame {
     pub shard: u16,
     pub heartbeat_ms: u32,
     pub max_frame_bytes: u32,
+    /// Live nodes: (name, incarnation).
+    pub nodes: &'a [(&'a str, u64)],
+    pub senior: Option<&'a str>,
+    pub membership_seq: u64,
+}
+
+/// Fields of a `NodeEvent` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeEventFrame<'a> {
+    pub seq: u64,
+    pub kind: fb::NodeEventKind,
+    pub node: &'a str,
+    pub incarnation: u64,
+    pub reason: fb::LeftReason,
+    pub senior: Option<&'a str>,
 }
 
 /// Fields of a `Route` frame.
@@ -103,8 +118,19 @@ impl Encoder {
 
     pub fn welcome(&mut self, frame: &WelcomeFrame) -> &[u8] {
         self.builder.reset();
+        let b = &mut self.builder;
+        let infos: Vec<_> = frame
+            .nodes
+            .iter()
+            .map(|&(name, incarnation)| {
+                let name = Some(b.create_string(name));
+                fb::NodeInfo::create(b, &fb::NodeInfoArgs { name, incarnation })
+            })
+            .collect();
+        let nodes = Some(b.create_vector(&infos));
+        let senior = frame.senior.map(|senior| b.create_string(senior));
         let body = fb::Welcome::create(
-            &mut self.builder,
+            b,
             &fb::WelcomeArgs {
                 protocol_version: frame.protocol_version,
                 router_id: frame.router_id,
@@ -113,9 +139,31 @@ impl Encoder {
                 shard: frame.shard,
                 heartbeat_ms: frame.heartbeat_ms,
                 max_frame_bytes: frame.max_frame_bytes,
+                nodes,
+                senior,
+                membership_seq: frame.membership_seq,
             },
         );
         self.finish(fb::Body::Welcome, body.as_union_value())
+    }
+
+    pub fn node_event(&mut self, frame: &NodeEventFrame) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let node = Some(b.create_string(frame.node));
+        let senior = frame.senior.map(|senior| b.create_string(senior));
+        let body = fb::NodeEvent::create(
+            b,
+            &fb::NodeEventArgs {
+                seq: frame.seq,
+                kind: frame.kind,
+                node,
+                incarnation: frame.incarnation,
+                reason: frame.reason,
+                senior,
+            },
+        );
+        self.finish(fb::Body::NodeEvent, body.as_union_value())
     }
 
     pub fn session_open(&mut self, user: &str, device: &str, platform: fb::Platform) -> &[u8] {

@@ -585,12 +585,210 @@ impl<'a> ::flatbuffers::Verifiable for ErrorCode {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_NODE_EVENT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 15;
+pub const ENUM_MAX_NODE_EVENT_KIND: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 16] = [
+pub const ENUM_VALUES_NODE_EVENT_KIND: [NodeEventKind; 3] = [
+  NodeEventKind::Joined,
+  NodeEventKind::Left,
+  NodeEventKind::SeniorChanged,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct NodeEventKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl NodeEventKind {
+  /// `node` connected its first connection (or a new process of it did).
+  pub const Joined: Self = Self(0);
+  /// `node` lost its last connection, for `reason`.
+  pub const Left: Self = Self(1);
+  /// The senior node changed; `senior` names the new one (empty: none).
+  pub const SeniorChanged: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Joined,
+    Self::Left,
+    Self::SeniorChanged,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Joined => Some("Joined"),
+      Self::Left => Some("Left"),
+      Self::SeniorChanged => Some("SeniorChanged"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for NodeEventKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for NodeEventKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for NodeEventKind {
+    type Output = NodeEventKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for NodeEventKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for NodeEventKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for NodeEventKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_LEFT_REASON: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_LEFT_REASON: u8 = 5;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_LEFT_REASON: [LeftReason; 6] = [
+  LeftReason::Closed,
+  LeftReason::Goodbye,
+  LeftReason::Timeout,
+  LeftReason::Replaced,
+  LeftReason::Slow,
+  LeftReason::Refused,
+];
+
+/// Why a node left.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct LeftReason(pub u8);
+#[allow(non_upper_case_globals)]
+impl LeftReason {
+  /// Its connection closed without a Goodbye.
+  pub const Closed: Self = Self(0);
+  /// It said Goodbye.
+  pub const Goodbye: Self = Self(1);
+  /// It was silent for --node-timeout-ms.
+  pub const Timeout: Self = Self(2);
+  /// A new process (incarnation) of the same node connected.
+  pub const Replaced: Self = Self(3);
+  /// It stopped reading (SlowConsumer).
+  pub const Slow: Self = Self(4);
+  /// It sent something the router refused (an Error frame).
+  pub const Refused: Self = Self(5);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Closed,
+    Self::Goodbye,
+    Self::Timeout,
+    Self::Replaced,
+    Self::Slow,
+    Self::Refused,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Closed => Some("Closed"),
+      Self::Goodbye => Some("Goodbye"),
+      Self::Timeout => Some("Timeout"),
+      Self::Replaced => Some("Replaced"),
+      Self::Slow => Some("Slow"),
+      Self::Refused => Some("Refused"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for LeftReason {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for LeftReason {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for LeftReason {
+    type Output = LeftReason;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for LeftReason {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for LeftReason {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 16;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 17] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -607,6 +805,7 @@ pub const ENUM_VALUES_BODY: [Body; 16] = [
   Body::Locate,
   Body::Located,
   Body::Broadcast,
+  Body::NodeEvent,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -630,9 +829,10 @@ impl Body {
   pub const Locate: Self = Self(13);
   pub const Located: Self = Self(14);
   pub const Broadcast: Self = Self(15);
+  pub const NodeEvent: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -650,6 +850,7 @@ impl Body {
     Self::Locate,
     Self::Located,
     Self::Broadcast,
+    Self::NodeEvent,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -670,6 +871,7 @@ impl Body {
       Self::Locate => Some("Locate"),
       Self::Located => Some("Located"),
       Self::Broadcast => Some("Broadcast"),
+      Self::NodeEvent => Some("NodeEvent"),
       _ => None,
     }
   }
@@ -920,6 +1122,9 @@ impl<'a> Welcome<'a> {
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 12;
   pub const VT_HEARTBEAT_MS: ::flatbuffers::VOffsetT = 14;
   pub const VT_MAX_FRAME_BYTES: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NODES: ::flatbuffers::VOffsetT = 18;
+  pub const VT_SENIOR: ::flatbuffers::VOffsetT = 20;
+  pub const VT_MEMBERSHIP_SEQ: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -928,10 +1133,13 @@ impl<'a> Welcome<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args WelcomeArgs
+    args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_membership_seq(args.membership_seq);
     builder.add_router_id(args.router_id);
+    if let Some(x) = args.senior { builder.add_senior(x); }
+    if let Some(x) = args.nodes { builder.add_nodes(x); }
     builder.add_max_frame_bytes(args.max_frame_bytes);
     builder.add_heartbeat_ms(args.heartbeat_ms);
     builder.add_shard(args.shard);
@@ -995,6 +1203,31 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Welcome::VT_MAX_FRAME_BYTES, Some(0)).unwrap()}
   }
+  /// The live nodes (this one included) when this connection attached.
+  #[inline]
+  pub fn nodes(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo>>>>(Welcome::VT_NODES, None)}
+  }
+  /// The senior node: the live node connected the longest.
+  #[inline]
+  pub fn senior(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Welcome::VT_SENIOR, None)}
+  }
+  /// The sequence number of the last membership event this list includes;
+  /// NodeEvents with a `seq` at or below it are already reflected here.
+  #[inline]
+  pub fn membership_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_MEMBERSHIP_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1010,11 +1243,14 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u16>("shard", Self::VT_SHARD, false)?
      .visit_field::<u32>("heartbeat_ms", Self::VT_HEARTBEAT_MS, false)?
      .visit_field::<u32>("max_frame_bytes", Self::VT_MAX_FRAME_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeInfo>>>>("nodes", Self::VT_NODES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("senior", Self::VT_SENIOR, false)?
+     .visit_field::<u64>("membership_seq", Self::VT_MEMBERSHIP_SEQ, false)?
      .finish();
     Ok(())
   }
 }
-pub struct WelcomeArgs {
+pub struct WelcomeArgs<'a> {
     pub protocol_version: u16,
     pub router_id: u64,
     pub shard_count: u16,
@@ -1022,8 +1258,11 @@ pub struct WelcomeArgs {
     pub shard: u16,
     pub heartbeat_ms: u32,
     pub max_frame_bytes: u32,
+    pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>>>,
+    pub senior: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub membership_seq: u64,
 }
-impl<'a> Default for WelcomeArgs {
+impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
   fn default() -> Self {
     WelcomeArgs {
@@ -1034,6 +1273,9 @@ impl<'a> Default for WelcomeArgs {
       shard: 0,
       heartbeat_ms: 0,
       max_frame_bytes: 0,
+      nodes: None,
+      senior: None,
+      membership_seq: 0,
     }
   }
 }
@@ -1072,6 +1314,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Welcome::VT_MAX_FRAME_BYTES, max_frame_bytes, 0);
   }
   #[inline]
+  pub fn add_nodes(&mut self, nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<NodeInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_NODES, nodes);
+  }
+  #[inline]
+  pub fn add_senior(&mut self, senior: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_SENIOR, senior);
+  }
+  #[inline]
+  pub fn add_membership_seq(&mut self, membership_seq: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_MEMBERSHIP_SEQ, membership_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1096,6 +1350,308 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("shard", &self.shard());
       ds.field("heartbeat_ms", &self.heartbeat_ms());
       ds.field("max_frame_bytes", &self.max_frame_bytes());
+      ds.field("nodes", &self.nodes());
+      ds.field("senior", &self.senior());
+      ds.field("membership_seq", &self.membership_seq());
+      ds.finish()
+  }
+}
+pub enum NodeInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A live node, in Welcome.
+pub struct NodeInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeInfo<'a> {
+  type Inner = NodeInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeInfo<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INCARNATION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeInfo<'bldr>> {
+    let mut builder = NodeInfoBuilder::new(_fbb);
+    builder.add_incarnation(args.incarnation);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeInfo::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn incarnation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeInfo::VT_INCARNATION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("incarnation", Self::VT_INCARNATION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeInfoArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub incarnation: u64,
+}
+impl<'a> Default for NodeInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeInfoArgs {
+      name: None,
+      incarnation: 0,
+    }
+  }
+}
+
+pub struct NodeInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeInfo::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_incarnation(&mut self, incarnation: u64) {
+    self.fbb_.push_slot::<u64>(NodeInfo::VT_INCARNATION, incarnation, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeInfo");
+      ds.field("name", &self.name());
+      ds.field("incarnation", &self.incarnation());
+      ds.finish()
+  }
+}
+pub enum NodeEventOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Router to every node: the cluster's membership changed.
+pub struct NodeEvent<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for NodeEvent<'a> {
+  type Inner = NodeEvent<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> NodeEvent<'a> {
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NODE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_INCARNATION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SENIOR: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    NodeEvent { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NodeEventArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<NodeEvent<'bldr>> {
+    let mut builder = NodeEventBuilder::new(_fbb);
+    builder.add_incarnation(args.incarnation);
+    builder.add_seq(args.seq);
+    if let Some(x) = args.senior { builder.add_senior(x); }
+    if let Some(x) = args.node { builder.add_node(x); }
+    builder.add_reason(args.reason);
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  /// Router-wide order of membership events, from 1. Events may arrive
+  /// out of order when different shards produce them; `seq` is the order.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeEvent::VT_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn kind(&self) -> NodeEventKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<NodeEventKind>(NodeEvent::VT_KIND, Some(NodeEventKind::Joined)).unwrap()}
+  }
+  #[inline]
+  pub fn node(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeEvent::VT_NODE, None)}
+  }
+  #[inline]
+  pub fn incarnation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(NodeEvent::VT_INCARNATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reason(&self) -> LeftReason {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<LeftReason>(NodeEvent::VT_REASON, Some(LeftReason::Closed)).unwrap()}
+  }
+  /// The senior node after this event (empty when no node is live).
+  #[inline]
+  pub fn senior(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(NodeEvent::VT_SENIOR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for NodeEvent<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<NodeEventKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node", Self::VT_NODE, false)?
+     .visit_field::<u64>("incarnation", Self::VT_INCARNATION, false)?
+     .visit_field::<LeftReason>("reason", Self::VT_REASON, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("senior", Self::VT_SENIOR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NodeEventArgs<'a> {
+    pub seq: u64,
+    pub kind: NodeEventKind,
+    pub node: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub incarnation: u64,
+    pub reason: LeftReason,
+    pub senior: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for NodeEventArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NodeEventArgs {
+      seq: 0,
+      kind: NodeEventKind::Joined,
+      node: None,
+      incarnation: 0,
+      reason: LeftReason::Closed,
+      senior: None,
+    }
+  }
+}
+
+pub struct NodeEventBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NodeEventBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(NodeEvent::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: NodeEventKind) {
+    self.fbb_.push_slot::<NodeEventKind>(NodeEvent::VT_KIND, kind, NodeEventKind::Joined);
+  }
+  #[inline]
+  pub fn add_node(&mut self, node: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeEvent::VT_NODE, node);
+  }
+  #[inline]
+  pub fn add_incarnation(&mut self, incarnation: u64) {
+    self.fbb_.push_slot::<u64>(NodeEvent::VT_INCARNATION, incarnation, 0);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: LeftReason) {
+    self.fbb_.push_slot::<LeftReason>(NodeEvent::VT_REASON, reason, LeftReason::Closed);
+  }
+  #[inline]
+  pub fn add_senior(&mut self, senior: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(NodeEvent::VT_SENIOR, senior);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NodeEventBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NodeEventBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<NodeEvent<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for NodeEvent<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("NodeEvent");
+      ds.field("seq", &self.seq());
+      ds.field("kind", &self.kind());
+      ds.field("node", &self.node());
+      ds.field("incarnation", &self.incarnation());
+      ds.field("reason", &self.reason());
+      ds.field("senior", &self.senior());
       ds.finish()
   }
 }
@@ -3188,6 +3744,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_node_event(&self) -> Option<NodeEvent<'a>> {
+    if self.body_type() == Body::NodeEvent {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { NodeEvent::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3213,6 +3784,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Locate => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Locate>>("Body::Locate", pos),
           Body::Located => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Located>>("Body::Located", pos),
           Body::Broadcast => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Broadcast>>("Body::Broadcast", pos),
+          Body::NodeEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NodeEvent>>("Body::NodeEvent", pos),
           _ => Ok(()),
         }
      })?
@@ -3367,6 +3939,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Broadcast => {
           if let Some(x) = self.body_as_broadcast() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::NodeEvent => {
+          if let Some(x) = self.body_as_node_event() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

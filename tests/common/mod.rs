@@ -41,6 +41,17 @@ pub enum Frame {
         shard_count: u16,
         slot_count: u16,
         heartbeat_ms: u32,
+        /// Live node names, sorted.
+        nodes: Vec<String>,
+        senior: String,
+        membership_seq: u64,
+    },
+    NodeEvent {
+        seq: u64,
+        kind: fb::NodeEventKind,
+        node: String,
+        reason: fb::LeftReason,
+        senior: String,
     },
     Deliver {
         message_id: u64,
@@ -95,6 +106,26 @@ impl Frame {
                     shard_count: w.shard_count(),
                     slot_count: w.slot_count(),
                     heartbeat_ms: w.heartbeat_ms(),
+                    nodes: w
+                        .nodes()
+                        .map(|v| {
+                            v.iter()
+                                .map(|n| n.name().unwrap_or("").to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    senior: w.senior().unwrap_or("").to_string(),
+                    membership_seq: w.membership_seq(),
+                }
+            }
+            fb::Body::NodeEvent => {
+                let e = envelope.body_as_node_event().unwrap();
+                Frame::NodeEvent {
+                    seq: e.seq(),
+                    kind: e.kind(),
+                    node: e.node().unwrap_or("").to_string(),
+                    reason: e.reason(),
+                    senior: e.senior().unwrap_or("").to_string(),
                 }
             }
             fb::Body::Deliver => {
@@ -239,6 +270,12 @@ impl Wire {
 pub struct Node {
     pub name: String,
     pub wire: Wire,
+    /// NodeEvents `recv` stepped over, oldest first.
+    pub events: std::collections::VecDeque<Frame>,
+    /// From Welcome.
+    pub welcome_nodes: Vec<String>,
+    pub welcome_senior: String,
+    pub welcome_membership_seq: u64,
     pub encoder: Encoder,
     pub shard: u16,
     pub shard_count: u16,
@@ -280,12 +317,19 @@ impl Node {
                 shard,
                 shard_count,
                 slot_count,
+                nodes,
+                senior,
+                membership_seq,
                 ..
             }) => {
                 assert_eq!(slot_count, 16384);
                 Node {
                     name: name.to_string(),
                     wire,
+                    events: Default::default(),
+                    welcome_nodes: nodes,
+                    welcome_senior: senior,
+                    welcome_membership_seq: membership_seq,
                     encoder: Encoder::new(),
                     shard,
                     shard_count,
@@ -362,7 +406,8 @@ impl Node {
         message_id
     }
 
-    /// The next frame; Pings are answered on the way, as a node must.
+    /// The next frame; Pings are answered on the way, as a node must, and
+    /// NodeEvents are kept in `events` (see `next_event`).
     pub fn recv(&mut self) -> Frame {
         loop {
             match self.wire.recv().expect("connection open") {
@@ -370,7 +415,36 @@ impl Node {
                     let pong = self.encoder.pong(nonce).to_vec();
                     self.wire.send(&pong);
                 }
+                event @ Frame::NodeEvent { .. } => self.events.push_back(event),
                 frame => return frame,
+            }
+        }
+    }
+
+    /// The next NodeEvent newer than the Welcome (older ones are already
+    /// in it, PROTOCOL.md "Membership"): (kind, node, reason, senior).
+    pub fn next_event(&mut self) -> (fb::NodeEventKind, String, fb::LeftReason, String) {
+        loop {
+            if let Some(Frame::NodeEvent {
+                seq,
+                kind,
+                node,
+                reason,
+                senior,
+            }) = self.events.pop_front()
+            {
+                if seq > self.welcome_membership_seq {
+                    return (kind, node, reason, senior);
+                }
+                continue;
+            }
+            match self.wire.recv().expect("connection open") {
+                Frame::Ping { nonce } => {
+                    let pong = self.encoder.pong(nonce).to_vec();
+                    self.wire.send(&pong);
+                }
+                event @ Frame::NodeEvent { .. } => self.events.push_back(event),
+                other => panic!("expected a NodeEvent, got {other:?}"),
             }
         }
     }

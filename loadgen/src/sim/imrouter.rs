@@ -126,7 +126,7 @@ pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
         loop {
             match wire::check(&buf[start..end], FRAME_BYTES_MAX_CEILING) {
                 Check::Complete(len) => {
-                    handle(&node, &verifier, &buf[start..start + len]);
+                    handle(&node, &link, &verifier, &buf[start..start + len]);
                     start += len;
                 }
                 Check::Incomplete => break,
@@ -153,7 +153,7 @@ fn error(node: &SimNode, text: String) {
         .fail(format!("node {}: {text}", node.index));
 }
 
-fn handle(node: &SimNode, verifier: &Verifier, frame: &[u8]) {
+fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
     let envelope = match verifier.verify(frame) {
         Ok(envelope) => envelope,
         Err(e) => return error(node, format!("the router sent a bad frame: {e}")),
@@ -227,10 +227,13 @@ fn handle(node: &SimNode, verifier: &Verifier, frame: &[u8]) {
         }
         fb::Body::Ping => {
             let nonce = envelope.body_as_ping().expect("checked").nonce();
+            // On the link the Ping came on: each connection must answer
+            // its own, or the router counts it silent.
             let pong = Encoder::new().pong(nonce).to_vec();
-            node.links[0].push(&pong);
+            link.push(&pong);
         }
-        fb::Body::Pong => {}
+        // Membership and broadcasts concern real nodes, not the workload.
+        fb::Body::Pong | fb::Body::NodeEvent | fb::Body::Broadcast => {}
         fb::Body::Error => {
             let e = envelope.body_as_error().expect("checked");
             error(
