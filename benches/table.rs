@@ -47,7 +47,7 @@ fn table_ops(c: &mut Criterion) {
             j = (j + 7_919) % SESSIONS;
             let node = NodeId(1);
             table.open(&users[j], b"tablet", 4, node, 0);
-            black_box(table.close(&users[j], b"tablet", node))
+            black_box(table.close(&users[j], b"tablet", node, 0))
         })
     });
     group.finish();
@@ -84,7 +84,7 @@ fn insert_then_remove(c: &mut Criterion) {
             filled_table,
             |mut table| {
                 for (i, id) in users.iter().enumerate() {
-                    table.close(id, b"phone", NodeId((i % 64) as u32));
+                    table.close(id, b"phone", NodeId((i % 64) as u32), 0);
                 }
                 table
             },

@@ -292,3 +292,65 @@ fn rejected_route_gets_a_verdict_and_keeps_the_connection() {
     );
     assert!(node.ping(3).is_empty());
 }
+
+/// A SessionClose naming an older open (by `seq`) does not remove the
+/// session the node opened again since, even when it comes in on another
+/// connection and is applied after the newer open.
+#[test]
+fn a_late_session_close_never_removes_a_newer_open() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let user = user_on_shard("ruth", 0, 2);
+    // One node, a connection on each shard (as after a reconnect).
+    let mut first = Node::connect_to_shard(addr, "gateway", 0);
+    let mut second = Node::connect_to_shard(addr, "gateway", 1);
+    let open = first
+        .encoder
+        .session_open_seq(&user, "phone", fb::Platform::Mobile, 1)
+        .to_vec();
+    first.wire.send(&open);
+    first.confirm_open(&user, "phone");
+    let reopen = second
+        .encoder
+        .session_open_seq(&user, "phone", fb::Platform::Mobile, 2)
+        .to_vec();
+    second.wire.send(&reopen);
+    // Confirm the reopen: its verdict comes back on `second`; the copy goes
+    // to the node's connection on the owner's shard, `first`.
+    let id = second.route_to(&user, Some("phone"), b"sync", ROUTE_FLAG_ACK);
+    assert_eq!(
+        second.expect_status(id),
+        (fb::Verdict::Routed, fb::Reason::None)
+    );
+    assert_eq!(first.expect_deliver().0, id);
+    // The close of the first open arrives late.
+    let late = first.encoder.session_close_seq(&user, "phone", 1).to_vec();
+    first.wire.send(&late);
+    let mut sender = Node::connect(addr, "sender");
+    // Order the check after the close: the close and this probe travel
+    // the same connection to the same owner shard.
+    let probe = first.route_to(&user, None, b"after the late close", ROUTE_FLAG_ACK);
+    let mut verdict = None;
+    let mut delivered = false;
+    while verdict.is_none() || !delivered {
+        match first.recv() {
+            Frame::Status {
+                message_id,
+                verdict: got,
+                ..
+            } if message_id == probe => verdict = Some(got),
+            Frame::Deliver { message_id, .. } if message_id == probe => delivered = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        verdict,
+        Some(fb::Verdict::Routed),
+        "the newer session survived"
+    );
+    assert_eq!(router.metrics().session_closes_stale, 1);
+    // Closing with the current seq removes it.
+    let close = second.encoder.session_close_seq(&user, "phone", 2).to_vec();
+    second.wire.send(&close);
+    route_until_offline(&mut sender, &user);
+}

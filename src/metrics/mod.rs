@@ -70,6 +70,9 @@ counters! {
     locates,
     /// Sessions removed by the login policy when another one opened.
     sessions_evicted,
+    /// SessionCloses ignored because the node had opened the session again
+    /// with a larger seq.
+    session_closes_stale,
     /// Broadcast frames read from nodes on this shard.
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.

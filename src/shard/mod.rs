@@ -38,7 +38,7 @@ use crate::limits::{SHARDS_MAX, SLOT_COUNT};
 use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Plan, Sender};
-use crate::table::{LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
+use crate::table::{CloseOutcome, LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
 use crate::wire::{envelope_unchecked, fb, Encoder, NodeEventFrame, Verifier};
 
 /// A node id no node has, for fan-outs that leave nobody out.
@@ -90,7 +90,6 @@ pub struct Shard {
     /// Builds every other frame the shard writes.
     pub(crate) encoder: RefCell<Encoder>,
     pub(crate) verifier: Verifier,
-    next_session_seq: Cell<u64>,
     /// Numbers the messages this shard routes, for report tokens.
     next_route_seq: Cell<u64>,
     pub counters: Counters,
@@ -142,7 +141,6 @@ impl Shard {
             outboxes: RefCell::new(Outboxes::new(shard_count)),
             deliver_encoder: RefCell::new(Encoder::new()),
             encoder: RefCell::new(Encoder::new()),
-            next_session_seq: Cell::new(1),
             next_route_seq: Cell::new(0),
             counters: Counters::default(),
             flush_wanted: Signal::default(),
@@ -322,18 +320,29 @@ impl Shard {
                 let open = envelope
                     .body_as_session_open()
                     .expect("a SessionOpen entry");
-                self.open_here(sender, open.user(), open.device(), open.platform().0);
+                self.open_here(
+                    sender,
+                    open.user(),
+                    open.device(),
+                    open.platform().0,
+                    open.seq(),
+                );
             }
             EntryKind::SessionClose => {
                 let close = envelope
                     .body_as_session_close()
                     .expect("a SessionClose entry");
                 let mut table = self.table.borrow_mut();
-                table.close(
+                let outcome = table.close(
                     close.user().as_bytes(),
                     close.device().as_bytes(),
                     sender.node,
+                    close.seq(),
                 );
+                if outcome == CloseOutcome::Stale {
+                    let counter = &self.counters.session_closes_stale;
+                    counter.set(counter.get() + 1);
+                }
                 self.counters
                     .session_closes
                     .set(self.counters.session_closes.get() + 1);
@@ -342,9 +351,7 @@ impl Shard {
         }
     }
 
-    fn open_here(&self, sender: Sender, user: &str, device: &str, platform: u8) {
-        let seq = self.next_session_seq.get();
-        self.next_session_seq.set(seq + 1);
+    fn open_here(&self, sender: Sender, user: &str, device: &str, platform: u8, seq: u64) {
         let mut table = self.table.borrow_mut();
         let outcome = table.open(
             user.as_bytes(),

@@ -105,6 +105,9 @@ pub enum CloseOutcome {
     /// The session belongs to another node (it replaced the one being
     /// closed), so it was left alone.
     HeldByOtherNode,
+    /// The node opened the session again with a larger `seq` after the one
+    /// this close names; it was left alone.
+    Stale,
 }
 
 /// Which sessions a new session of the same user replaces (OpenIM's
@@ -298,8 +301,10 @@ impl Table {
         self.evicted.drain(..)
     }
 
-    /// Removes the session of `device` of `user` if `node` holds it.
-    pub fn close(&mut self, user: &[u8], device: &[u8], node: NodeId) -> CloseOutcome {
+    /// Removes the session of `device` of `user` if `node` holds it and,
+    /// when `seq` is not 0, it was opened with `seq` or earlier (a close
+    /// that arrives after a newer open of the same device is stale).
+    pub fn close(&mut self, user: &[u8], device: &[u8], node: NodeId, seq: u64) -> CloseOutcome {
         let hash = self.hasher.hash_one(user);
         let Some(user_index) = self.find_user(hash, user) else {
             return CloseOutcome::NotFound;
@@ -310,6 +315,9 @@ impl Table {
             let session = self.sessions.get(cursor);
             if session.device.bytes(&self.spill) == device {
                 if session.node == node {
+                    if seq != 0 && session.seq > seq {
+                        return CloseOutcome::Stale;
+                    }
                     self.remove_session(cursor);
                     return CloseOutcome::Removed;
                 }

@@ -39,15 +39,18 @@ fn open_then_lookup_then_close() {
     assert_eq!(t.user_count(), 1);
 
     assert_eq!(
-        t.close(b"alice", b"phone", NodeId(1)),
+        t.close(b"alice", b"phone", NodeId(1), 0),
         CloseOutcome::Removed
     );
     assert_eq!(devices_of(&t, b"alice"), [(2, b"desk".to_vec())]);
-    assert_eq!(t.close(b"alice", b"desk", NodeId(2)), CloseOutcome::Removed);
+    assert_eq!(
+        t.close(b"alice", b"desk", NodeId(2), 0),
+        CloseOutcome::Removed
+    );
     assert_eq!(t.sessions(b"alice").count(), 0);
     assert_eq!(t.user_count(), 0);
     assert_eq!(
-        t.close(b"alice", b"desk", NodeId(2)),
+        t.close(b"alice", b"desk", NodeId(2), 0),
         CloseOutcome::NotFound
     );
 }
@@ -65,7 +68,7 @@ fn same_device_on_another_node_replaces_it() {
     assert_eq!(devices_of(&t, b"bob"), [(3, b"phone".to_vec())]);
     // The old node's late close must not remove the new session.
     assert_eq!(
-        t.close(b"bob", b"phone", NodeId(1)),
+        t.close(b"bob", b"phone", NodeId(1), 0),
         CloseOutcome::HeldByOtherNode
     );
     assert_eq!(t.node_session_count(NodeId(1)), 0);
@@ -139,7 +142,7 @@ fn long_ids_round_trip() {
         devices_of(&t, &user),
         [(0, device.clone()), (0, b"short".to_vec())]
     );
-    assert_eq!(t.close(&user, &device, NodeId(0)), CloseOutcome::Removed);
+    assert_eq!(t.close(&user, &device, NodeId(0), 0), CloseOutcome::Removed);
     t.purge_node(NodeId(0));
     assert_eq!(t.user_count(), 0);
 }
@@ -200,7 +203,7 @@ fn matches_a_simple_model_under_random_operations() {
                     Some(_) => CloseOutcome::HeldByOtherNode,
                     None => CloseOutcome::NotFound,
                 };
-                assert_eq!(t.close(&user, &device, NodeId(node)), expected);
+                assert_eq!(t.close(&user, &device, NodeId(node), 0), expected);
                 if expected == CloseOutcome::Removed {
                     model.remove(&key);
                 }
@@ -264,10 +267,10 @@ fn allow_all_keeps_the_same_device_on_two_nodes() {
         [(1, b"phone".to_vec()), (2, b"phone".to_vec())]
     );
     // Each node closes its own.
-    assert_eq!(t.close(b"u", b"phone", NodeId(1)), CloseOutcome::Removed);
+    assert_eq!(t.close(b"u", b"phone", NodeId(1), 0), CloseOutcome::Removed);
     assert_eq!(devices_of(&t, b"u"), [(2, b"phone".to_vec())]);
     assert_eq!(
-        t.close(b"u", b"phone", NodeId(1)),
+        t.close(b"u", b"phone", NodeId(1), 0),
         CloseOutcome::HeldByOtherNode
     );
 }
@@ -367,4 +370,15 @@ fn purging_a_node_after_evictions_leaves_a_consistent_table() {
     }
     assert_eq!(t.session_count(), 0);
     assert_eq!(t.user_count(), 0);
+}
+
+#[test]
+fn a_close_naming_an_older_open_is_stale() {
+    let mut t = table();
+    t.open(b"u", b"phone", MOBILE, NodeId(1), 5);
+    assert_eq!(t.close(b"u", b"phone", NodeId(1), 4), CloseOutcome::Stale);
+    assert_eq!(t.session_count(), 1);
+    assert_eq!(t.close(b"u", b"phone", NodeId(1), 5), CloseOutcome::Removed);
+    t.open(b"u", b"phone", MOBILE, NodeId(1), 6);
+    assert_eq!(t.close(b"u", b"phone", NodeId(1), 0), CloseOutcome::Removed);
 }

@@ -167,6 +167,17 @@ impl Encoder {
     }
 
     pub fn session_open(&mut self, user: &str, device: &str, platform: fb::Platform) -> &[u8] {
+        self.session_open_seq(user, device, platform, 0)
+    }
+
+    /// A SessionOpen with the node's session sequence number.
+    pub fn session_open_seq(
+        &mut self,
+        user: &str,
+        device: &str,
+        platform: fb::Platform,
+        seq: u64,
+    ) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;
         let user = Some(b.create_string(user));
@@ -177,17 +188,23 @@ impl Encoder {
                 user,
                 device,
                 platform,
+                seq,
             },
         );
         self.finish(fb::Body::SessionOpen, body.as_union_value())
     }
 
     pub fn session_close(&mut self, user: &str, device: &str) -> &[u8] {
+        self.session_close_seq(user, device, 0)
+    }
+
+    /// A SessionClose of the session opened with `seq`.
+    pub fn session_close_seq(&mut self, user: &str, device: &str, seq: u64) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;
         let user = Some(b.create_string(user));
         let device = Some(b.create_string(device));
-        let body = fb::SessionClose::create(b, &fb::SessionCloseArgs { user, device });
+        let body = fb::SessionClose::create(b, &fb::SessionCloseArgs { user, device, seq });
         self.finish(fb::Body::SessionClose, body.as_union_value())
     }
 

@@ -28,6 +28,8 @@ use super::fb;
 use crate::limits::FRAME_PREFIX_BYTES;
 
 /// Vtable offsets of the fields checked here (from the generated code).
+/// Every field of these tables must be checked: a field added to the
+/// schema must be added here (a test compares with the generated offsets).
 mod vt {
     pub const ENVELOPE_BODY_TYPE: usize = 4;
     pub const ENVELOPE_BODY: usize = 6;
@@ -41,6 +43,8 @@ mod vt {
     pub const SESSION_USER: usize = 4;
     pub const SESSION_DEVICE: usize = 6;
     pub const SESSION_OPEN_PLATFORM: usize = 8;
+    pub const SESSION_OPEN_SEQ: usize = 10;
+    pub const SESSION_CLOSE_SEQ: usize = 8;
 }
 
 struct Table {
@@ -198,8 +202,10 @@ impl Walk<'_> {
         self.required(&table, vt::SESSION_DEVICE, Self::string)?;
         if open {
             self.optional(&table, vt::SESSION_OPEN_PLATFORM, |w, p| w.scalar(p, 1))?;
+            self.optional(&table, vt::SESSION_OPEN_SEQ, |w, p| w.scalar(p, 8))
+        } else {
+            self.optional(&table, vt::SESSION_CLOSE_SEQ, |w, p| w.scalar(p, 8))
         }
-        Some(())
     }
 }
 
@@ -285,7 +291,13 @@ mod tests {
                 .session_open("ü", "dévice", fb::Platform::Pad)
                 .to_vec(),
         );
+        frames.push(
+            encoder
+                .session_open_seq("user-2", "phone", fb::Platform::Web, 77)
+                .to_vec(),
+        );
         frames.push(encoder.session_close("user-1", "phone").to_vec());
+        frames.push(encoder.session_close_seq("user-1", "phone", 77).to_vec());
         // A Route laid out by the flatbuffers builder (the encoder writes
         // Routes by hand), as a node in another language would build it.
         let mut builder = flatbuffers::FlatBufferBuilder::new();
@@ -326,6 +338,40 @@ mod tests {
             return None;
         }
         Some(verify_common(frame, Verifier::apparent_max(limit)))
+    }
+
+    /// The offsets above are the generated ones, and the last field of each
+    /// table is the last one checked here.
+    #[test]
+    fn vtable_offsets_match_the_schema() {
+        assert_eq!(vt::ENVELOPE_BODY, fb::Envelope::VT_BODY as usize);
+        assert_eq!(vt::ROUTE_PAYLOAD, fb::Route::VT_PAYLOAD as usize);
+        assert_eq!(vt::SESSION_OPEN_SEQ, fb::SessionOpen::VT_SEQ as usize);
+        assert_eq!(vt::SESSION_CLOSE_SEQ, fb::SessionClose::VT_SEQ as usize);
+        // A table built with every field present has a vtable that ends
+        // with the last field checked here (vtable length = 4 + 2 x fields).
+        let mut encoder = Encoder::new();
+        for (frame, last) in [
+            (
+                encoder
+                    .session_open_seq("u", "d", fb::Platform::Web, 1)
+                    .to_vec(),
+                vt::SESSION_OPEN_SEQ,
+            ),
+            (
+                encoder.session_close_seq("u", "d", 1).to_vec(),
+                vt::SESSION_CLOSE_SEQ,
+            ),
+        ] {
+            let envelope = Verifier::new(1024).verify_generic(&frame).unwrap();
+            let table = envelope.body().unwrap();
+            let vtable = table.vtable();
+            assert_eq!(
+                vtable.num_bytes(),
+                last + 2,
+                "a field the fast path does not check"
+            );
+        }
     }
 
     #[test]

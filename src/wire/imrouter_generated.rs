@@ -1675,6 +1675,7 @@ impl<'a> SessionOpen<'a> {
   pub const VT_USER: ::flatbuffers::VOffsetT = 4;
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PLATFORM: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1686,6 +1687,7 @@ impl<'a> SessionOpen<'a> {
     args: &'args SessionOpenArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SessionOpen<'bldr>> {
     let mut builder = SessionOpenBuilder::new(_fbb);
+    builder.add_seq(args.seq);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     builder.add_platform(args.platform);
@@ -1714,6 +1716,15 @@ impl<'a> SessionOpen<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Platform>(SessionOpen::VT_PLATFORM, Some(Platform::Other)).unwrap()}
   }
+  /// The node's sequence number for this session (0: none). A node counts
+  /// its SessionOpens, so a later open of the same device has a larger one.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionOpen::VT_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SessionOpen<'_> {
@@ -1725,6 +1736,7 @@ impl ::flatbuffers::Verifiable for SessionOpen<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, true)?
      .visit_field::<Platform>("platform", Self::VT_PLATFORM, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -1733,6 +1745,7 @@ pub struct SessionOpenArgs<'a> {
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub platform: Platform,
+    pub seq: u64,
 }
 impl<'a> Default for SessionOpenArgs<'a> {
   #[inline]
@@ -1741,6 +1754,7 @@ impl<'a> Default for SessionOpenArgs<'a> {
       user: None, // required field
       device: None, // required field
       platform: Platform::Other,
+      seq: 0,
     }
   }
 }
@@ -1761,6 +1775,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionOpenBuilder<'a, 'b, A>
   #[inline]
   pub fn add_platform(&mut self, platform: Platform) {
     self.fbb_.push_slot::<Platform>(SessionOpen::VT_PLATFORM, platform, Platform::Other);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(SessionOpen::VT_SEQ, seq, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionOpenBuilder<'a, 'b, A> {
@@ -1785,6 +1803,7 @@ impl ::core::fmt::Debug for SessionOpen<'_> {
       ds.field("user", &self.user());
       ds.field("device", &self.device());
       ds.field("platform", &self.platform());
+      ds.field("seq", &self.seq());
       ds.finish()
   }
 }
@@ -1807,6 +1826,7 @@ impl<'a> ::flatbuffers::Follow<'a> for SessionClose<'a> {
 impl<'a> SessionClose<'a> {
   pub const VT_USER: ::flatbuffers::VOffsetT = 4;
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1818,6 +1838,7 @@ impl<'a> SessionClose<'a> {
     args: &'args SessionCloseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SessionClose<'bldr>> {
     let mut builder = SessionCloseBuilder::new(_fbb);
+    builder.add_seq(args.seq);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     builder.finish()
@@ -1838,6 +1859,15 @@ impl<'a> SessionClose<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SessionClose::VT_DEVICE, None).unwrap()}
   }
+  /// The `seq` of the open this closes (0: whatever session the node has).
+  /// A session opened again with a larger seq is not removed.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionClose::VT_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SessionClose<'_> {
@@ -1848,6 +1878,7 @@ impl ::flatbuffers::Verifiable for SessionClose<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, true)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -1855,6 +1886,7 @@ impl ::flatbuffers::Verifiable for SessionClose<'_> {
 pub struct SessionCloseArgs<'a> {
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub seq: u64,
 }
 impl<'a> Default for SessionCloseArgs<'a> {
   #[inline]
@@ -1862,6 +1894,7 @@ impl<'a> Default for SessionCloseArgs<'a> {
     SessionCloseArgs {
       user: None, // required field
       device: None, // required field
+      seq: 0,
     }
   }
 }
@@ -1878,6 +1911,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionCloseBuilder<'a, 'b, A
   #[inline]
   pub fn add_device(&mut self, device: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionClose::VT_DEVICE, device);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(SessionClose::VT_SEQ, seq, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionCloseBuilder<'a, 'b, A> {
@@ -1901,6 +1938,7 @@ impl ::core::fmt::Debug for SessionClose<'_> {
     let mut ds = f.debug_struct("SessionClose");
       ds.field("user", &self.user());
       ds.field("device", &self.device());
+      ds.field("seq", &self.seq());
       ds.finish()
   }
 }
