@@ -355,3 +355,106 @@ fn a_new_incarnation_is_a_leave_and_a_join() {
     let (code, _) = old.wire.error_then_close().expect("an Error frame");
     assert_eq!(code, fb::ErrorCode::Replaced);
 }
+
+/// Carbons: with the CARBON flag, the sender's other devices get a copy
+/// (marked CARBON, addressed to the original recipient), the sending
+/// device does not, and the verdict is about the recipient.
+#[test]
+fn carbons_reach_the_senders_other_devices_only() {
+    use imrouter::wire::{ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut home = Node::connect(addr, "home"); // alice's phone and tablet
+    let mut away = Node::connect(addr, "away"); // alice's laptop
+    let mut peer = Node::connect(addr, "peer"); // bob
+    home.open_confirmed("alice", "phone");
+    home.open_confirmed("alice", "tablet");
+    away.open_confirmed("alice", "laptop");
+    peer.open_confirmed("bob", "phone");
+
+    let frame = home
+        .encoder
+        .route(&imrouter::wire::RouteFrame {
+            message_id: 900,
+            from_user: "alice",
+            from_device: "phone",
+            to_user: "bob",
+            to_device: None,
+            flags: ROUTE_FLAG_ACK | ROUTE_FLAG_CARBON,
+            payload: b"hi bob",
+        })
+        .to_vec();
+    home.wire.send(&frame);
+
+    let carbon = |node: &mut Node| match node.recv() {
+        Frame::Deliver {
+            message_id,
+            to_user,
+            devices,
+            flags,
+            payload,
+            ..
+        } => (message_id, to_user, devices, flags, payload),
+        other => panic!("expected a carbon Deliver, got {other:?}"),
+    };
+    assert_eq!(
+        carbon(&mut away),
+        (
+            900,
+            "bob".into(),
+            vec!["laptop".into()],
+            ROUTE_FLAG_CARBON,
+            b"hi bob".to_vec()
+        )
+    );
+    assert_eq!(peer.expect_deliver().0, 900);
+    // home gets the verdict and the copy for the tablet, in either order.
+    let mut got_status = false;
+    let mut got_carbon = false;
+    while !(got_status && got_carbon) {
+        match home.recv() {
+            Frame::Status {
+                message_id: 900,
+                verdict,
+                ..
+            } => {
+                assert_eq!(verdict, fb::Verdict::Routed);
+                got_status = true;
+            }
+            Frame::Deliver {
+                message_id: 900,
+                devices,
+                flags,
+                ..
+            } => {
+                assert_eq!(
+                    (devices, flags),
+                    (vec!["tablet".to_string()], ROUTE_FLAG_CARBON)
+                );
+                got_carbon = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(home.ping(1).is_empty(), "no copy for the sending device");
+    assert_eq!(router.metrics().carbons_out, 2);
+
+    // Without from_user, CARBON is refused.
+    let frame = home
+        .encoder
+        .route(&imrouter::wire::RouteFrame {
+            message_id: 901,
+            from_user: "",
+            from_device: "",
+            to_user: "bob",
+            to_device: None,
+            flags: ROUTE_FLAG_CARBON,
+            payload: b"?",
+        })
+        .to_vec();
+    home.wire.send(&frame);
+    assert_eq!(
+        home.expect_status(901),
+        (fb::Verdict::Rejected, fb::Reason::InvalidSender)
+    );
+}

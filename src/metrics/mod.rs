@@ -73,6 +73,10 @@ counters! {
     /// SessionCloses ignored because the node had opened the session again
     /// with a larger seq.
     session_closes_stale,
+    /// Carbon copies (Deliver frames to a sender's other devices) sent.
+    carbons_out,
+    /// Carbon copies skipped: the node was congested or gone.
+    carbons_skipped,
     /// Broadcast frames read from nodes on this shard.
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.

@@ -25,7 +25,7 @@
 
 use crate::limits::{DEVICE_ID_BYTES_MAX, SESSIONS_PER_USER_MAX_CEILING, USER_ID_BYTES_MAX};
 use crate::table::{NodeId, Table};
-use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK};
+use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
 
 /// A Route's fields, read in place from the frame.
 pub type Message<'a> = RouteFrame<'a>;
@@ -50,6 +50,7 @@ pub fn message_from(route: fb::Route<'_>) -> Result<Message<'_>, fb::Reason> {
     }
     if message.from_user.len() > USER_ID_BYTES_MAX
         || message.from_device.len() > DEVICE_ID_BYTES_MAX
+        || (message.flags & ROUTE_FLAG_CARBON != 0 && message.from_user.is_empty())
     {
         return Err(fb::Reason::InvalidSender);
     }

@@ -96,6 +96,9 @@ pub enum EntryKind {
     /// connection is on this shard, except `node` (the one it is about,
     /// when that node already knows).
     NodeEvent = 10,
+    /// Forward: send the carbon copies of the Route frame (its sender's
+    /// other devices); this shard owns the sender's user.
+    Carbon = 11,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -118,6 +121,7 @@ impl EntryKind {
             8 => EntryKind::Locate,
             9 => EntryKind::Broadcast,
             10 => EntryKind::NodeEvent,
+            11 => EntryKind::Carbon,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -39,7 +39,7 @@ use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Plan, Sender};
 use crate::table::{CloseOutcome, LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
-use crate::wire::{envelope_unchecked, fb, Encoder, NodeEventFrame, Verifier};
+use crate::wire::{envelope_unchecked, fb, Encoder, NodeEventFrame, Verifier, ROUTE_FLAG_CARBON};
 
 /// A node id no node has, for fan-outs that leave nobody out.
 const NO_NODE: NodeId = NodeId(u32::MAX);
@@ -194,6 +194,14 @@ impl Shard {
                     self.route_here(sender, &message);
                 } else {
                     self.forward(owner, EntryKind::Route, sender, frame);
+                }
+                if message.flags & ROUTE_FLAG_CARBON != 0 {
+                    let owner = self.owner_of(message.from_user);
+                    if owner == self.index {
+                        self.carbons_here(&message);
+                    } else {
+                        self.forward(owner, EntryKind::Carbon, sender, frame);
+                    }
                 }
             }
         }
@@ -468,6 +476,47 @@ impl Shard {
             Some(_) => &self.counters.routes_offline,
         };
         counter.set(counter.get() + 1);
+    }
+
+    /// Sends the carbon copies of `message` (the sender's user is owned
+    /// here): one Deliver per node holding another device of `from_user`,
+    /// listing those devices, with the CARBON flag. Best effort, no
+    /// verdict: a congested or departed node is skipped and counted.
+    fn carbons_here(&self, message: &Message<'_>) {
+        const CEILING: usize = crate::limits::SESSIONS_PER_USER_MAX_CEILING as usize;
+        let table = self.table.borrow();
+        let mut picked: Vec<(NodeId, &[u8])> = Vec::with_capacity(CEILING);
+        for session in table.sessions(message.from_user.as_bytes()) {
+            if session.device != message.from_device.as_bytes() {
+                picked.push((session.node, session.device));
+            }
+        }
+        picked.sort_by_key(|&(node, _)| node);
+        for group in picked.chunk_by(|a, b| a.0 == b.0) {
+            let node = group[0].0;
+            let state = self.directory.state(node);
+            let live = state.epoch == self.node_epochs.borrow()[node.0 as usize];
+            let shard = state.delivery_shard(self.index).filter(|_| live);
+            let Some(shard) = shard.filter(|&shard| !state.is_congested_on(shard)) else {
+                let counter = &self.counters.carbons_skipped;
+                counter.set(counter.get() + 1);
+                continue;
+            };
+            let devices: Vec<&[u8]> = group.iter().map(|&(_, device)| device).collect();
+            let mut encoder = self.deliver_encoder.borrow_mut();
+            let frame = encoder.deliver(&crate::wire::DeliverFrame {
+                message_id: message.message_id,
+                from_user: message.from_user,
+                from_device: message.from_device,
+                to_user: message.to_user,
+                devices: &devices,
+                flags: ROUTE_FLAG_CARBON,
+                payload: message.payload,
+            });
+            self.send_frame(shard, node, state.epoch, Class::Response, frame);
+            let counter = &self.counters.carbons_out;
+            counter.set(counter.get() + 1);
+        }
     }
 
     /// Tells every shard that `node`'s sessions before `epoch` are dead.
@@ -840,6 +889,13 @@ impl Shard {
                     // SAFETY: as above.
                     let envelope = unsafe { envelope_unchecked(frame) };
                     self.locate_here(sender, envelope);
+                }
+                EntryKind::Carbon => {
+                    // SAFETY: forwarded frames were verified at ingress.
+                    let envelope = unsafe { envelope_unchecked(frame) };
+                    let route = envelope.body_as_route().expect("a Route entry");
+                    let message = route::message_from(route).expect("checked at ingress");
+                    self.carbons_here(&message);
                 }
                 EntryKind::Broadcast | EntryKind::NodeEvent => {
                     self.fan_out_here(header.kind, header.node, frame)

@@ -50,5 +50,10 @@ pub use frame::{check, envelope_unchecked, Check, FrameError, Verifier};
 /// Verdicts other than `Routed` are always sent.
 pub const ROUTE_FLAG_ACK: u32 = 1;
 
+/// Route flag bit 1: carbons. Also deliver a copy to the sender's other
+/// devices (every session of `from_user` but `from_device`), as Delivers
+/// with this bit set. The verdict is about the recipient only.
+pub const ROUTE_FLAG_CARBON: u32 = 2;
+
 /// Route flags the router understands; other bits are reserved and must be 0.
-pub const ROUTE_FLAGS_KNOWN: u32 = ROUTE_FLAG_ACK;
+pub const ROUTE_FLAGS_KNOWN: u32 = ROUTE_FLAG_ACK | ROUTE_FLAG_CARBON;

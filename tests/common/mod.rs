@@ -58,6 +58,7 @@ pub enum Frame {
         from_user: String,
         to_user: String,
         devices: Vec<String>,
+        flags: u32,
         payload: Vec<u8>,
     },
     Status {
@@ -138,6 +139,7 @@ impl Frame {
                         .devices()
                         .map(|v| v.iter().map(str::to_string).collect())
                         .unwrap_or_default(),
+                    flags: d.flags(),
                     payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
                 }
             }
