@@ -154,6 +154,21 @@ pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Default `--fanout-max`: recipients one Fanout may list.
+pub const FANOUT_MAX_DEFAULT: u32 = 100_000;
+
+/// Largest `--fanout-max`.
+pub const FANOUT_MAX_CEILING: u32 = 1_000_000;
+
+/// Fanouts one shard coordinates at once; one more gets `Busy/RouterBusy`.
+/// Each holds a copy of its frame and the resolved recipients until done.
+pub const FANOUT_JOBS_MAX: usize = 64;
+
+/// Recipients handled between two yields to the executor while splitting,
+/// resolving or delivering a Fanout: about 1,024 table lookups, well under
+/// a millisecond, so a huge list never stalls a shard's other work.
+pub const FANOUT_CHUNK: usize = 1024;
+
 /// Default `--heartbeat-ms`: how often the router checks each connection,
 /// pinging it when the node was quiet or the router had nothing to send.
 pub const HEARTBEAT_MS_DEFAULT: u32 = 1000;

@@ -48,6 +48,7 @@ fn foreign_flatbuffer(identifier: Option<&str>) -> Vec<u8> {
             message_id: 7,
             verdict: fb::Verdict::Offline,
             reason: fb::Reason::NoSession,
+            offline_users: None,
         },
     );
     builder.finish_size_prefixed(status, identifier);

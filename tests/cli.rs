@@ -35,6 +35,7 @@ fn help_documents_every_flag() {
         "--heartbeat-ms",
         "--node-timeout-ms",
         "--login-policy",
+        "--fanout-max",
     ] {
         assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
     }

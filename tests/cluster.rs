@@ -458,3 +458,183 @@ fn carbons_reach_the_senders_other_devices_only() {
         (fb::Verdict::Rejected, fb::Reason::InvalidSender)
     );
 }
+
+fn send_fanout(node: &mut Node, message_id: u64, to_users: &[&str], payload: &[u8]) {
+    let frame = node
+        .encoder
+        .fanout(&imrouter::wire::FanoutFrame {
+            message_id,
+            from_user: "sender",
+            from_device: "d",
+            to_users,
+            flags: 0,
+            payload,
+        })
+        .to_vec();
+    node.wire.send(&frame);
+}
+
+type Recipients = Vec<(String, Vec<String>)>;
+
+fn fanout_deliver(node: &mut Node) -> (u64, Recipients, Vec<u8>) {
+    match node.recv() {
+        Frame::FanoutDeliver {
+            message_id,
+            recipients,
+            payload,
+        } => (message_id, recipients, payload),
+        other => panic!("expected a Fanout Deliver, got {other:?}"),
+    }
+}
+
+fn fanout_status(node: &mut Node) -> (u64, fb::Verdict, fb::Reason, Vec<String>) {
+    match node.recv() {
+        Frame::FanoutStatus {
+            message_id,
+            verdict,
+            reason,
+            offline,
+        } => (message_id, verdict, reason, offline),
+        other => panic!("expected a Fanout Status, got {other:?}"),
+    }
+}
+
+fn recipient(user: &str, devices: &[&str]) -> (String, Vec<String>) {
+    (
+        user.to_string(),
+        devices.iter().map(|d| d.to_string()).collect(),
+    )
+}
+
+/// A Fanout gives each destination node exactly one Deliver listing its
+/// recipients (with their devices there), and the sender one Status
+/// listing the recipients with no session.
+#[test]
+fn fanout_sends_one_deliver_per_node_and_lists_the_offline() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut east = Node::connect(addr, "east");
+    let mut west = Node::connect(addr, "west");
+    let mut sender = Node::connect(addr, "sender");
+    east.open_confirmed("ann", "phone");
+    east.open_confirmed("bea", "phone");
+    west.open_confirmed("cal", "phone");
+    west.open_confirmed("cal", "web");
+    west.open_confirmed("ann", "laptop"); // ann is on both nodes
+    send_fanout(
+        &mut sender,
+        77,
+        &["ann", "bea", "cal", "ghost-1", "ghost-2"],
+        b"group hello",
+    );
+    assert_eq!(
+        fanout_deliver(&mut east),
+        (
+            77,
+            vec![recipient("ann", &["phone"]), recipient("bea", &["phone"])],
+            b"group hello".to_vec()
+        )
+    );
+    assert_eq!(
+        fanout_deliver(&mut west),
+        (
+            77,
+            vec![
+                recipient("ann", &["laptop"]),
+                recipient("cal", &["phone", "web"])
+            ],
+            b"group hello".to_vec()
+        )
+    );
+    assert_eq!(
+        fanout_status(&mut sender),
+        (
+            77,
+            fb::Verdict::Routed,
+            fb::Reason::Partial,
+            vec!["ghost-1".to_string(), "ghost-2".to_string()]
+        )
+    );
+    // Exactly two Delivers were made, one per node.
+    assert_eq!(router.metrics().fanout_delivers_out, 2);
+
+    // Nobody online: Offline, everyone listed.
+    send_fanout(&mut sender, 78, &["ghost-3"], b"?");
+    assert_eq!(
+        fanout_status(&mut sender),
+        (
+            78,
+            fb::Verdict::Offline,
+            fb::Reason::NoSession,
+            vec!["ghost-3".to_string()]
+        )
+    );
+}
+
+/// More recipients than --fanout-max are refused with a verdict.
+#[test]
+fn a_fanout_over_the_limit_is_rejected() {
+    let router = start_router_with(1, |args| args.fanout_max = 3);
+    let mut sender = Node::connect(router.local_addr(), "sender");
+    send_fanout(&mut sender, 5, &["a", "b", "c", "d"], b"x");
+    assert_eq!(
+        sender.expect_status(5),
+        (fb::Verdict::Rejected, fb::Reason::TooManyRecipients)
+    );
+    send_fanout(&mut sender, 6, &["a", ""], b"x");
+    assert_eq!(
+        sender.expect_status(6),
+        (fb::Verdict::Rejected, fb::Reason::InvalidRecipient)
+    );
+}
+
+/// A large group: 20,000 recipients on two nodes still make one Deliver per
+/// node (the resolution is done in slices, yielding between them).
+#[test]
+fn a_large_fanout_still_makes_one_deliver_per_node() {
+    let router = start_router_with(2, |args| {
+        args.max_frame_bytes = 1 << 20;
+        args.out_buffer_bytes = 8 << 20;
+    });
+    let addr = router.local_addr();
+    let mut nodes = [Node::connect(addr, "left"), Node::connect(addr, "right")];
+    let mut sender = Node::connect(addr, "sender");
+    let users: Vec<String> = (0..20_000).map(|i| format!("member-{i:05}")).collect();
+    for (i, user) in users.iter().enumerate() {
+        nodes[i % 2].open(user, "phone");
+    }
+    // Frames from one connection to one shard are applied in order: one
+    // confirmed open per (node, shard) confirms them all.
+    for (n, node) in nodes.iter_mut().enumerate() {
+        for shard in 0..2 {
+            let user = users
+                .iter()
+                .enumerate()
+                .find(|(i, u)| {
+                    i % 2 == n
+                        && imrouter::shard::placement::shard_for_user(u.as_bytes(), 2) == shard
+                })
+                .map(|(_, u)| u.clone())
+                .unwrap();
+            node.confirm_open(&user, "phone");
+        }
+    }
+    let to: Vec<&str> = users.iter().map(String::as_str).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        to.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+    send_fanout(&mut sender, 1, &to, b"big group");
+    for (n, node) in nodes.iter_mut().enumerate() {
+        let (id, recipients, _) = fanout_deliver(node);
+        assert_eq!(id, 1);
+        assert_eq!(recipients.len(), 10_000);
+        assert!(recipients
+            .iter()
+            .all(|(user, devices)| index[user.as_str()] % 2 == n
+                && devices == &["phone".to_string()]));
+    }
+    assert_eq!(
+        fanout_status(&mut sender),
+        (1, fb::Verdict::Routed, fb::Reason::None, vec![])
+    );
+    assert_eq!(router.metrics().fanout_delivers_out, 2);
+}

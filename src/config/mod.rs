@@ -14,11 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::table::LoginPolicy;
 
 use crate::limits::{
-    AUTH_TOKEN_BYTES_MAX, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES,
-    HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT,
-    NODE_TIMEOUT_HEARTBEATS_DEFAULT, OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN,
-    READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT, SESSIONS_PER_USER_MAX_CEILING,
-    SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX,
+    AUTH_TOKEN_BYTES_MAX, FANOUT_MAX_CEILING, FANOUT_MAX_DEFAULT, FRAME_BYTES_MAX_CEILING,
+    FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX,
+    HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
+    OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT,
+    SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX,
 };
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
@@ -150,6 +150,11 @@ pub struct ServeArgs {
     /// class), single-session (all of the user's other sessions).
     #[arg(long, value_enum, default_value_t = LoginPolicy::SameDeviceKick, value_name = "POLICY")]
     pub login_policy: LoginPolicy,
+
+    /// Most recipients one Fanout may list; more is answered Rejected
+    /// (TooManyRecipients). A long list also needs --max-frame-bytes room.
+    #[arg(long, default_value_t = FANOUT_MAX_DEFAULT, value_name = "N")]
+    pub fanout_max: u32,
 }
 
 /// The validated configuration of one router.
@@ -177,6 +182,8 @@ pub struct Config {
     /// Silence after which a node is dead, at least one heartbeat.
     pub node_timeout: Duration,
     pub login_policy: LoginPolicy,
+    /// Recipients per Fanout, 1 to `FANOUT_MAX_CEILING`.
+    pub fanout_max: u32,
 }
 
 impl fmt::Debug for Config {
@@ -193,6 +200,7 @@ impl fmt::Debug for Config {
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
             .field("login_policy", &self.login_policy)
+            .field("fanout_max", &self.fanout_max)
             .finish()
     }
 }
@@ -295,6 +303,11 @@ impl Config {
                 args.heartbeat_ms
             )));
         }
+        if !(1..=FANOUT_MAX_CEILING).contains(&args.fanout_max) {
+            return Err(ConfigError::new(format!(
+                "--fanout-max must be 1 to {FANOUT_MAX_CEILING}"
+            )));
+        }
         let auth_token = match &args.auth_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -311,6 +324,7 @@ impl Config {
             heartbeat: Duration::from_millis(u64::from(args.heartbeat_ms)),
             node_timeout: Duration::from_millis(node_timeout_ms),
             login_policy: args.login_policy,
+            fanout_max: args.fanout_max,
         })
     }
 }

@@ -77,6 +77,12 @@ counters! {
     carbons_out,
     /// Carbon copies skipped: the node was congested or gone.
     carbons_skipped,
+    /// Fanout frames read from nodes on this shard.
+    fanouts_in,
+    /// Fanout Delivers sent (one per destination node per Fanout).
+    fanout_delivers_out,
+    /// Fanout recipients reported offline to their senders.
+    fanout_recipients_offline,
     /// Broadcast frames read from nodes on this shard.
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.

@@ -542,7 +542,11 @@ fn settle_superseded(
 }
 
 /// Reads and handles frames until the connection ends.
-async fn read_frames(shard: &Shard, connection: &Connection, input: &mut InputBuffer) -> ReadEnd {
+async fn read_frames(
+    shard: &Rc<Shard>,
+    connection: &Connection,
+    input: &mut InputBuffer,
+) -> ReadEnd {
     let max = shard.config.frame_bytes_max;
     loop {
         loop {
@@ -583,7 +587,7 @@ async fn read_frames(shard: &Shard, connection: &Connection, input: &mut InputBu
 }
 
 /// Acts on one frame from a node.
-fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<(), ReadEnd> {
+fn handle_frame(shard: &Rc<Shard>, connection: &Connection, frame: &[u8]) -> Result<(), ReadEnd> {
     shard
         .counters
         .frames_in
@@ -631,6 +635,10 @@ fn handle_frame(shard: &Shard, connection: &Connection, frame: &[u8]) -> Result<
             let locate = envelope.body_as_locate().expect("body type checked");
             check_user_id(locate.user())?;
             shard.on_locate(sender, locate.user(), frame);
+        }
+        fb::Body::Fanout => {
+            let fanout = envelope.body_as_fanout().expect("body type checked");
+            shard.on_fanout(sender, fanout, frame);
         }
         fb::Body::Broadcast => {
             let broadcast = envelope.body_as_broadcast().expect("body type checked");

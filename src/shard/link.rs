@@ -99,6 +99,11 @@ pub enum EntryKind {
     /// Forward: send the carbon copies of the Route frame (its sender's
     /// other devices); this shard owns the sender's user.
     Carbon = 11,
+    /// Forward: resolve these users of Fanout `token` (coordinated by
+    /// `origin_shard`); the entry holds the user ids (see `fanout`).
+    FanoutResolve = 12,
+    /// Response: the resolution of part of Fanout `token` (see `fanout`).
+    FanoutResolved = 13,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -122,6 +127,8 @@ impl EntryKind {
             9 => EntryKind::Broadcast,
             10 => EntryKind::NodeEvent,
             11 => EntryKind::Carbon,
+            12 => EntryKind::FanoutResolve,
+            13 => EntryKind::FanoutResolved,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -22,6 +22,7 @@
 //! the decisions themselves are in `route` and `table`, and connection I/O
 //! is in `node`.
 
+mod fanout;
 pub mod link;
 mod outbox;
 pub mod placement;
@@ -29,6 +30,7 @@ mod router;
 pub mod signal;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +82,9 @@ pub struct Shard {
     node_connections: RefCell<Vec<Option<Rc<Connection>>>>,
     /// Every open connection of this shard, including ones being replaced.
     open_connections: RefCell<Vec<Rc<Connection>>>,
+    /// Fanouts this shard coordinates, by token.
+    fanout_jobs: RefCell<HashMap<u64, fanout::Job>>,
+    next_fanout_token: Cell<u64>,
     /// Sockets accepted or adopted and not yet closed (handshaking or open).
     pub(crate) sockets: Cell<usize>,
     outboxes: RefCell<Outboxes>,
@@ -137,6 +142,8 @@ impl Shard {
             node_epochs: RefCell::new(vec![0; nodes_max]),
             node_connections: RefCell::new(vec![None; nodes_max]),
             open_connections: RefCell::new(Vec::new()),
+            fanout_jobs: RefCell::new(HashMap::new()),
+            next_fanout_token: Cell::new(1),
             sockets: Cell::new(0),
             outboxes: RefCell::new(Outboxes::new(shard_count)),
             deliver_encoder: RefCell::new(Encoder::new()),
@@ -863,7 +870,7 @@ impl Shard {
         worked
     }
 
-    fn process_batch(&self, batch: &[u8]) {
+    fn process_batch(self: &Rc<Self>, batch: &[u8]) {
         let counter = &self.counters.batches_received;
         counter.set(counter.get() + 1);
         for (header, frame) in Entries::new(batch) {
@@ -890,6 +897,15 @@ impl Shard {
                     let envelope = unsafe { envelope_unchecked(frame) };
                     self.locate_here(sender, envelope);
                 }
+                EntryKind::FanoutResolve => {
+                    let task = self.clone().resolve_fanout(
+                        header.origin_shard as usize,
+                        header.token,
+                        frame.to_vec(),
+                    );
+                    glommio::spawn_local(task).detach();
+                }
+                EntryKind::FanoutResolved => self.fanout_answered(header.token, frame.to_vec()),
                 EntryKind::Carbon => {
                     // SAFETY: forwarded frames were verified at ingress.
                     let envelope = unsafe { envelope_unchecked(frame) };

@@ -31,6 +31,17 @@ pub struct WelcomeFrame<'a> {
     pub membership_seq: u64,
 }
 
+/// Fields of a `Fanout` frame (and of the Delivers it causes).
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutFrame<'a> {
+    pub message_id: u64,
+    pub from_user: &'a str,
+    pub from_device: &'a str,
+    pub to_users: &'a [&'a str],
+    pub flags: u32,
+    pub payload: &'a [u8],
+}
+
 /// Fields of a `NodeEvent` frame.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeEventFrame<'a> {
@@ -220,6 +231,97 @@ impl Encoder {
         &self.direct
     }
 
+    /// A Fanout (what a node sends).
+    pub fn fanout(&mut self, frame: &FanoutFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let users: Vec<_> = frame.to_users.iter().map(|u| b.create_string(u)).collect();
+        let to_users = Some(b.create_vector(&users));
+        let payload = Some(b.create_vector(frame.payload));
+        let from_user = Some(b.create_string(frame.from_user));
+        let from_device = Some(b.create_string(frame.from_device));
+        let body = fb::Fanout::create(
+            b,
+            &fb::FanoutArgs {
+                message_id: frame.message_id,
+                from_user,
+                from_device,
+                to_users,
+                flags: frame.flags,
+                payload,
+            },
+        );
+        self.finish(fb::Body::Fanout, body.as_union_value())
+    }
+
+    /// A Deliver of a Fanout: `recipients` are (user, devices) on one node.
+    pub fn deliver_recipients(
+        &mut self,
+        frame: &FanoutFrame<'_>,
+        recipients: &[(&str, Vec<&str>)],
+    ) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let users: Vec<_> = recipients
+            .iter()
+            .map(|(user, _)| b.create_string(user))
+            .collect();
+        let devices: Vec<_> = recipients
+            .iter()
+            .flat_map(|(_, devices)| devices.iter())
+            .map(|device| b.create_string(device))
+            .collect();
+        let counts: Vec<u8> = recipients
+            .iter()
+            .map(|(_, devices)| u8::try_from(devices.len()).expect("at most 64 sessions per user"))
+            .collect();
+        let recipients = Some(b.create_vector(&users));
+        let devices = Some(b.create_vector(&devices));
+        let recipient_device_counts = Some(b.create_vector(&counts));
+        let payload = Some(b.create_vector(frame.payload));
+        let from_user = Some(b.create_string(frame.from_user));
+        let from_device = Some(b.create_string(frame.from_device));
+        let body = fb::Deliver::create(
+            b,
+            &fb::DeliverArgs {
+                message_id: frame.message_id,
+                from_user,
+                from_device,
+                flags: frame.flags,
+                payload,
+                recipients,
+                devices,
+                recipient_device_counts,
+                ..Default::default()
+            },
+        );
+        self.finish(fb::Body::Deliver, body.as_union_value())
+    }
+
+    /// A Status listing offline recipients (the verdict of a Fanout).
+    pub fn status_offline(
+        &mut self,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+        offline: &[&str],
+    ) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let users: Vec<_> = offline.iter().map(|u| b.create_string(u)).collect();
+        let offline_users = Some(b.create_vector(&users));
+        let body = fb::Status::create(
+            b,
+            &fb::StatusArgs {
+                message_id,
+                verdict,
+                reason,
+                offline_users,
+            },
+        );
+        self.finish(fb::Body::Status, body.as_union_value())
+    }
+
     pub fn status(&mut self, message_id: u64, verdict: fb::Verdict, reason: fb::Reason) -> &[u8] {
         self.builder.reset();
         let body = fb::Status::create(
@@ -228,6 +330,7 @@ impl Encoder {
                 message_id,
                 verdict,
                 reason,
+                offline_users: None,
             },
         );
         self.finish(fb::Body::Status, body.as_union_value())

@@ -210,10 +210,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Verdict {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REASON: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REASON: u16 = 7;
+pub const ENUM_MAX_REASON: u16 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REASON: [Reason; 8] = [
+pub const ENUM_VALUES_REASON: [Reason; 10] = [
   Reason::None,
   Reason::NoSession,
   Reason::NoSuchDevice,
@@ -222,6 +222,8 @@ pub const ENUM_VALUES_REASON: [Reason; 8] = [
   Reason::Partial,
   Reason::InvalidRecipient,
   Reason::InvalidSender,
+  Reason::TooManyRecipients,
+  Reason::RouterBusy,
 ];
 
 /// Why a verdict was given. Each reason belongs to exactly one verdict.
@@ -247,9 +249,13 @@ impl Reason {
   pub const InvalidRecipient: Self = Self(6);
   /// Rejected: `from_user` or `from_device` is longer than allowed.
   pub const InvalidSender: Self = Self(7);
+  /// Rejected: a Fanout lists more recipients than --fanout-max.
+  pub const TooManyRecipients: Self = Self(8);
+  /// Busy: the router has too many Fanouts in progress; retry later.
+  pub const RouterBusy: Self = Self(9);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 7;
+  pub const ENUM_MAX: u16 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::NoSession,
@@ -259,6 +265,8 @@ impl Reason {
     Self::Partial,
     Self::InvalidRecipient,
     Self::InvalidSender,
+    Self::TooManyRecipients,
+    Self::RouterBusy,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -271,6 +279,8 @@ impl Reason {
       Self::Partial => Some("Partial"),
       Self::InvalidRecipient => Some("InvalidRecipient"),
       Self::InvalidSender => Some("InvalidSender"),
+      Self::TooManyRecipients => Some("TooManyRecipients"),
+      Self::RouterBusy => Some("RouterBusy"),
       _ => None,
     }
   }
@@ -785,10 +795,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 16;
+pub const ENUM_MAX_BODY: u8 = 17;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 17] = [
+pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -806,6 +816,7 @@ pub const ENUM_VALUES_BODY: [Body; 17] = [
   Body::Located,
   Body::Broadcast,
   Body::NodeEvent,
+  Body::Fanout,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -830,9 +841,10 @@ impl Body {
   pub const Located: Self = Self(14);
   pub const Broadcast: Self = Self(15);
   pub const NodeEvent: Self = Self(16);
+  pub const Fanout: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -851,6 +863,7 @@ impl Body {
     Self::Located,
     Self::Broadcast,
     Self::NodeEvent,
+    Self::Fanout,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -872,6 +885,7 @@ impl Body {
       Self::Located => Some("Located"),
       Self::Broadcast => Some("Broadcast"),
       Self::NodeEvent => Some("NodeEvent"),
+      Self::Fanout => Some("Fanout"),
       _ => None,
     }
   }
@@ -2169,6 +2183,8 @@ impl<'a> Deliver<'a> {
   pub const VT_DEVICES: ::flatbuffers::VOffsetT = 12;
   pub const VT_FLAGS: ::flatbuffers::VOffsetT = 14;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 16;
+  pub const VT_RECIPIENTS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_RECIPIENT_DEVICE_COUNTS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2181,6 +2197,8 @@ impl<'a> Deliver<'a> {
   ) -> ::flatbuffers::WIPOffset<Deliver<'bldr>> {
     let mut builder = DeliverBuilder::new(_fbb);
     builder.add_message_id(args.message_id);
+    if let Some(x) = args.recipient_device_counts { builder.add_recipient_device_counts(x); }
+    if let Some(x) = args.recipients { builder.add_recipients(x); }
     if let Some(x) = args.payload { builder.add_payload(x); }
     builder.add_flags(args.flags);
     if let Some(x) = args.devices { builder.add_devices(x); }
@@ -2241,6 +2259,25 @@ impl<'a> Deliver<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Deliver::VT_PAYLOAD, None)}
   }
+  /// A Fanout's recipients on this node (`to_user` is then empty). Their
+  /// devices are in `devices`, in the same order: the first
+  /// `recipient_device_counts[0]` devices are the first recipient's, and
+  /// so on (vectors, not tables, so that a Deliver to thousands of
+  /// recipients stays cheap to build and verify).
+  #[inline]
+  pub fn recipients(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Deliver::VT_RECIPIENTS, None)}
+  }
+  #[inline]
+  pub fn recipient_device_counts(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Deliver::VT_RECIPIENT_DEVICE_COUNTS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Deliver<'_> {
@@ -2256,6 +2293,8 @@ impl ::flatbuffers::Verifiable for Deliver<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("devices", Self::VT_DEVICES, false)?
      .visit_field::<u32>("flags", Self::VT_FLAGS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("recipients", Self::VT_RECIPIENTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("recipient_device_counts", Self::VT_RECIPIENT_DEVICE_COUNTS, false)?
      .finish();
     Ok(())
   }
@@ -2268,6 +2307,8 @@ pub struct DeliverArgs<'a> {
     pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub flags: u32,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub recipients: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub recipient_device_counts: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for DeliverArgs<'a> {
   #[inline]
@@ -2280,6 +2321,8 @@ impl<'a> Default for DeliverArgs<'a> {
       devices: None,
       flags: 0,
       payload: None,
+      recipients: None,
+      recipient_device_counts: None,
     }
   }
 }
@@ -2318,6 +2361,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeliverBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_PAYLOAD, payload);
   }
   #[inline]
+  pub fn add_recipients(&mut self, recipients: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_RECIPIENTS, recipients);
+  }
+  #[inline]
+  pub fn add_recipient_device_counts(&mut self, recipient_device_counts: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_RECIPIENT_DEVICE_COUNTS, recipient_device_counts);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeliverBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeliverBuilder {
@@ -2342,6 +2393,8 @@ impl ::core::fmt::Debug for Deliver<'_> {
       ds.field("devices", &self.devices());
       ds.field("flags", &self.flags());
       ds.field("payload", &self.payload());
+      ds.field("recipients", &self.recipients());
+      ds.field("recipient_device_counts", &self.recipient_device_counts());
       ds.finish()
   }
 }
@@ -2365,6 +2418,7 @@ impl<'a> Status<'a> {
   pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_VERDICT: ::flatbuffers::VOffsetT = 6;
   pub const VT_REASON: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFLINE_USERS: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2373,10 +2427,11 @@ impl<'a> Status<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args StatusArgs
+    args: &'args StatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
     builder.add_message_id(args.message_id);
+    if let Some(x) = args.offline_users { builder.add_offline_users(x); }
     builder.add_reason(args.reason);
     builder.add_verdict(args.verdict);
     builder.finish()
@@ -2404,6 +2459,15 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Reason>(Status::VT_REASON, Some(Reason::None)).unwrap()}
   }
+  /// For a Fanout: the recipients that got no Deliver (no session, or
+  /// their node was congested or gone), for offline storage.
+  #[inline]
+  pub fn offline_users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Status::VT_OFFLINE_USERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -2415,22 +2479,25 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
      .visit_field::<Verdict>("verdict", Self::VT_VERDICT, false)?
      .visit_field::<Reason>("reason", Self::VT_REASON, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("offline_users", Self::VT_OFFLINE_USERS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct StatusArgs {
+pub struct StatusArgs<'a> {
     pub message_id: u64,
     pub verdict: Verdict,
     pub reason: Reason,
+    pub offline_users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
-impl<'a> Default for StatusArgs {
+impl<'a> Default for StatusArgs<'a> {
   #[inline]
   fn default() -> Self {
     StatusArgs {
       message_id: 0,
       verdict: Verdict::Routed,
       reason: Reason::None,
+      offline_users: None,
     }
   }
 }
@@ -2453,6 +2520,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<Reason>(Status::VT_REASON, reason, Reason::None);
   }
   #[inline]
+  pub fn add_offline_users(&mut self, offline_users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Status::VT_OFFLINE_USERS, offline_users);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -2473,6 +2544,192 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("message_id", &self.message_id());
       ds.field("verdict", &self.verdict());
       ds.field("reason", &self.reason());
+      ds.field("offline_users", &self.offline_users());
+      ds.finish()
+  }
+}
+pub enum FanoutOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: one payload for many users (a group message). The
+/// router sends one Deliver per destination node listing that node's
+/// recipients, and one Status listing the offline ones.
+pub struct Fanout<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Fanout<'a> {
+  type Inner = Fanout<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Fanout<'a> {
+  pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FROM_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FROM_DEVICE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TO_USERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FLAGS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Fanout { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FanoutArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Fanout<'bldr>> {
+    let mut builder = FanoutBuilder::new(_fbb);
+    builder.add_message_id(args.message_id);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.add_flags(args.flags);
+    if let Some(x) = args.to_users { builder.add_to_users(x); }
+    if let Some(x) = args.from_device { builder.add_from_device(x); }
+    if let Some(x) = args.from_user { builder.add_from_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn message_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Fanout::VT_MESSAGE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from_user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Fanout::VT_FROM_USER, None)}
+  }
+  #[inline]
+  pub fn from_device(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Fanout::VT_FROM_DEVICE, None)}
+  }
+  #[inline]
+  pub fn to_users(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Fanout::VT_TO_USERS, None).unwrap()}
+  }
+  #[inline]
+  pub fn flags(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Fanout::VT_FLAGS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Fanout::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Fanout<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_user", Self::VT_FROM_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_device", Self::VT_FROM_DEVICE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("to_users", Self::VT_TO_USERS, true)?
+     .visit_field::<u32>("flags", Self::VT_FLAGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FanoutArgs<'a> {
+    pub message_id: u64,
+    pub from_user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub from_device: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub to_users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub flags: u32,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for FanoutArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FanoutArgs {
+      message_id: 0,
+      from_user: None,
+      from_device: None,
+      to_users: None, // required field
+      flags: 0,
+      payload: None,
+    }
+  }
+}
+
+pub struct FanoutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FanoutBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_message_id(&mut self, message_id: u64) {
+    self.fbb_.push_slot::<u64>(Fanout::VT_MESSAGE_ID, message_id, 0);
+  }
+  #[inline]
+  pub fn add_from_user(&mut self, from_user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Fanout::VT_FROM_USER, from_user);
+  }
+  #[inline]
+  pub fn add_from_device(&mut self, from_device: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Fanout::VT_FROM_DEVICE, from_device);
+  }
+  #[inline]
+  pub fn add_to_users(&mut self, to_users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Fanout::VT_TO_USERS, to_users);
+  }
+  #[inline]
+  pub fn add_flags(&mut self, flags: u32) {
+    self.fbb_.push_slot::<u32>(Fanout::VT_FLAGS, flags, 0);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Fanout::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FanoutBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FanoutBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Fanout<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Fanout::VT_TO_USERS,"to_users");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Fanout<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Fanout");
+      ds.field("message_id", &self.message_id());
+      ds.field("from_user", &self.from_user());
+      ds.field("from_device", &self.from_device());
+      ds.field("to_users", &self.to_users());
+      ds.field("flags", &self.flags());
+      ds.field("payload", &self.payload());
       ds.finish()
   }
 }
@@ -3797,6 +4054,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_fanout(&self) -> Option<Fanout<'a>> {
+    if self.body_type() == Body::Fanout {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Fanout::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3823,6 +4095,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Located => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Located>>("Body::Located", pos),
           Body::Broadcast => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Broadcast>>("Body::Broadcast", pos),
           Body::NodeEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NodeEvent>>("Body::NodeEvent", pos),
+          Body::Fanout => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Fanout>>("Body::Fanout", pos),
           _ => Ok(()),
         }
      })?
@@ -3984,6 +4257,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::NodeEvent => {
           if let Some(x) = self.body_as_node_event() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Fanout => {
+          if let Some(x) = self.body_as_fanout() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

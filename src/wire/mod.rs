@@ -43,7 +43,9 @@ mod imrouter_generated;
 /// The generated flatbuffers types (`schema/imrouter.fbs`).
 pub use imrouter_generated::imrouter::wire::fb;
 
-pub use encode::{DeliverFrame, Encoder, HelloFrame, NodeEventFrame, RouteFrame, WelcomeFrame};
+pub use encode::{
+    DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, RouteFrame, WelcomeFrame,
+};
 pub use frame::{check, envelope_unchecked, Check, FrameError, Verifier};
 
 /// Route flag bit 0: also send a `Status` with verdict `Routed` on success.

@@ -85,6 +85,19 @@ pub enum Frame {
         from_node: String,
         payload: Vec<u8>,
     },
+    /// A Deliver of a Fanout: (user, sorted devices), sorted by user.
+    FanoutDeliver {
+        message_id: u64,
+        recipients: Vec<(String, Vec<String>)>,
+        payload: Vec<u8>,
+    },
+    /// The Status of a Fanout, offline users sorted.
+    FanoutStatus {
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+        offline: Vec<String>,
+    },
     Located {
         query_id: u64,
         user: String,
@@ -127,6 +140,46 @@ impl Frame {
                     node: e.node().unwrap_or("").to_string(),
                     reason: e.reason(),
                     senior: e.senior().unwrap_or("").to_string(),
+                }
+            }
+            fb::Body::Deliver if envelope.body_as_deliver().unwrap().recipients().is_some() => {
+                let d = envelope.body_as_deliver().unwrap();
+                let mut all_devices = d.devices().unwrap().iter();
+                let counts = d.recipient_device_counts().unwrap();
+                let mut recipients: Vec<(String, Vec<String>)> = d
+                    .recipients()
+                    .unwrap()
+                    .iter()
+                    .zip(counts.iter())
+                    .map(|(user, count)| {
+                        let mut devices: Vec<String> = (0..count)
+                            .map(|_| all_devices.next().unwrap().to_string())
+                            .collect();
+                        devices.sort();
+                        (user.to_string(), devices)
+                    })
+                    .collect();
+                recipients.sort();
+                Frame::FanoutDeliver {
+                    message_id: d.message_id(),
+                    recipients,
+                    payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
+                }
+            }
+            fb::Body::Status if envelope.body_as_status().unwrap().offline_users().is_some() => {
+                let s = envelope.body_as_status().unwrap();
+                let mut offline: Vec<String> = s
+                    .offline_users()
+                    .unwrap()
+                    .iter()
+                    .map(str::to_string)
+                    .collect();
+                offline.sort();
+                Frame::FanoutStatus {
+                    message_id: s.message_id(),
+                    verdict: s.verdict(),
+                    reason: s.reason(),
+                    offline,
                 }
             }
             fb::Body::Deliver => {
