@@ -154,6 +154,11 @@ pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Default `--max-topics`: distinct topics in the router (split evenly over
+/// the shards). A topic costs its id plus 8 bytes per subscribed node,
+/// twice (the topic's list and the node's list).
+pub const TOPICS_MAX_DEFAULT: u64 = 1_000_000;
+
 /// Default `--fanout-max`: recipients one Fanout may list.
 pub const FANOUT_MAX_DEFAULT: u32 = 100_000;
 

@@ -36,6 +36,7 @@ fn help_documents_every_flag() {
         "--node-timeout-ms",
         "--login-policy",
         "--fanout-max",
+        "--max-topics",
     ] {
         assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
     }

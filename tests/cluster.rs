@@ -638,3 +638,96 @@ fn a_large_fanout_still_makes_one_deliver_per_node() {
     );
     assert_eq!(router.metrics().fanout_delivers_out, 2);
 }
+
+fn publish(node: &mut Node, topic: &str, payload: &[u8]) {
+    let frame = node
+        .encoder
+        .publish(&imrouter::wire::PublishFrame {
+            topic,
+            message_id: 1,
+            from_user: "u",
+            from_device: "d",
+            from_node: "",
+            flags: 0,
+            payload,
+        })
+        .to_vec();
+    node.wire.send(&frame);
+}
+
+fn expect_publish(node: &mut Node) -> (String, String, Vec<u8>) {
+    match node.recv() {
+        Frame::Publish {
+            topic,
+            from_node,
+            payload,
+        } => (topic, from_node, payload),
+        other => panic!("expected a Publish, got {other:?}"),
+    }
+}
+
+/// Topics: a Publish reaches each subscribed node exactly once (whatever
+/// the number of times it subscribed), not the publisher, not the others;
+/// Unsubscribe ends it.
+#[test]
+fn a_publish_reaches_each_subscribed_node_once() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let topic = "room-42";
+    let owner = imrouter::shard::placement::shard_for_user(topic.as_bytes(), 2);
+    let mut nodes: Vec<Node> = ["one", "two", "three", "publisher"]
+        .iter()
+        .map(|name| Node::connect(addr, name))
+        .collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i == 2 {
+            continue; // "three" has no member of the room.
+        }
+        for _ in 0..2 {
+            let frame = node.encoder.subscribe(topic, 0).to_vec();
+            node.wire.send(&frame);
+        }
+        node.sync_shard(owner, 2);
+    }
+    publish(&mut nodes[3], topic, b"hello room");
+    for i in [0, 1] {
+        assert_eq!(
+            expect_publish(&mut nodes[i]),
+            (
+                topic.to_string(),
+                "publisher".to_string(),
+                b"hello room".to_vec()
+            )
+        );
+    }
+    nodes[3].sync_shard(owner, 2);
+    assert_eq!(router.metrics().publish_copies_out, 2);
+
+    let frame = nodes[1].encoder.unsubscribe(topic).to_vec();
+    nodes[1].wire.send(&frame);
+    nodes[1].sync_shard(owner, 2);
+    publish(&mut nodes[3], topic, b"again");
+    assert_eq!(expect_publish(&mut nodes[0]).2, b"again".to_vec());
+    nodes[3].sync_shard(owner, 2);
+    assert_eq!(router.metrics().publish_copies_out, 3);
+    for node in &mut nodes {
+        assert!(node.ping(9).is_empty(), "{}: an extra frame", node.name);
+    }
+}
+
+/// A Subscribe to a new topic when the table is full gets a Rejected
+/// Status with the request id; existing topics still work.
+#[test]
+fn a_subscribe_beyond_max_topics_is_rejected() {
+    let router = start_router_with(1, |args| args.max_topics = 1);
+    let mut node = Node::connect(router.local_addr(), "n");
+    let frame = node.encoder.subscribe("first", 1).to_vec();
+    node.wire.send(&frame);
+    let frame = node.encoder.subscribe("second", 2).to_vec();
+    node.wire.send(&frame);
+    assert_eq!(
+        node.expect_status(2),
+        (fb::Verdict::Rejected, fb::Reason::TopicsFull)
+    );
+    assert_eq!(router.metrics().subscribes_refused, 1);
+}

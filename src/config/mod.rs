@@ -18,7 +18,7 @@ use crate::limits::{
     FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX,
     HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
     OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT,
-    SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX,
+    SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
 };
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
@@ -155,6 +155,12 @@ pub struct ServeArgs {
     /// (TooManyRecipients). A long list also needs --max-frame-bytes room.
     #[arg(long, default_value_t = FANOUT_MAX_DEFAULT, value_name = "N")]
     pub fanout_max: u32,
+
+    /// Most distinct topics (large groups) in the router, split evenly over
+    /// the shards. A Subscribe to a new topic beyond it is answered
+    /// Rejected (TopicsFull).
+    #[arg(long, default_value_t = TOPICS_MAX_DEFAULT, value_name = "N")]
+    pub max_topics: u64,
 }
 
 /// The validated configuration of one router.
@@ -184,6 +190,8 @@ pub struct Config {
     pub login_policy: LoginPolicy,
     /// Recipients per Fanout, 1 to `FANOUT_MAX_CEILING`.
     pub fanout_max: u32,
+    /// Topics in the router, at least one per shard.
+    pub topics_max: u64,
 }
 
 impl fmt::Debug for Config {
@@ -201,6 +209,7 @@ impl fmt::Debug for Config {
             .field("node_timeout", &self.node_timeout)
             .field("login_policy", &self.login_policy)
             .field("fanout_max", &self.fanout_max)
+            .field("topics_max", &self.topics_max)
             .finish()
     }
 }
@@ -222,6 +231,12 @@ impl Config {
     /// Bytes of each connection's read buffer: room for two maximum frames.
     pub fn read_buffer_bytes(&self) -> usize {
         READ_BUFFER_BYTES_MIN.max(2 * (self.frame_bytes_max as usize + FRAME_PREFIX_BYTES))
+    }
+
+    /// Topics one shard may hold.
+    pub fn topics_per_shard_max(&self) -> usize {
+        let per_shard = self.topics_max.div_ceil(self.shard_count() as u64);
+        usize::try_from(per_shard).unwrap_or(usize::MAX)
     }
 
     /// Sessions one shard may hold.
@@ -303,6 +318,11 @@ impl Config {
                 args.heartbeat_ms
             )));
         }
+        if args.max_topics < shards as u64 {
+            return Err(ConfigError::new(
+                "--max-topics must be at least one per shard".into(),
+            ));
+        }
         if !(1..=FANOUT_MAX_CEILING).contains(&args.fanout_max) {
             return Err(ConfigError::new(format!(
                 "--fanout-max must be 1 to {FANOUT_MAX_CEILING}"
@@ -325,6 +345,7 @@ impl Config {
             node_timeout: Duration::from_millis(node_timeout_ms),
             login_policy: args.login_policy,
             fanout_max: args.fanout_max,
+            topics_max: args.max_topics,
         })
     }
 }

@@ -83,6 +83,12 @@ counters! {
     fanout_delivers_out,
     /// Fanout recipients reported offline to their senders.
     fanout_recipients_offline,
+    /// Publish frames applied by this shard (as the topic's owner).
+    publishes,
+    /// Publish copies sent to subscribed nodes by this shard.
+    publish_copies_out,
+    /// Subscribes refused because the topic table was full.
+    subscribes_refused,
     /// Broadcast frames read from nodes on this shard.
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.

@@ -636,6 +636,27 @@ fn handle_frame(shard: &Rc<Shard>, connection: &Connection, frame: &[u8]) -> Res
             check_user_id(locate.user())?;
             shard.on_locate(sender, locate.user(), frame);
         }
+        fb::Body::Subscribe => {
+            let topic = envelope
+                .body_as_subscribe()
+                .expect("body type checked")
+                .topic();
+            check_topic(topic)?;
+            shard.on_topic_op(sender, topic, frame);
+        }
+        fb::Body::Unsubscribe => {
+            let topic = envelope
+                .body_as_unsubscribe()
+                .expect("body type checked")
+                .topic();
+            check_topic(topic)?;
+            shard.on_topic_op(sender, topic, frame);
+        }
+        fb::Body::Publish => {
+            let publish = envelope.body_as_publish().expect("body type checked");
+            check_topic(publish.topic())?;
+            shard.on_publish(sender, &connection.node_name, publish);
+        }
         fb::Body::Fanout => {
             let fanout = envelope.body_as_fanout().expect("body type checked");
             shard.on_fanout(sender, fanout, frame);
@@ -657,6 +678,17 @@ fn handle_frame(shard: &Rc<Shard>, connection: &Connection, frame: &[u8]) -> Res
             let text = format!("a node may not send {}", body_name(other));
             return Err(ReadEnd::Refused(fb::ErrorCode::UnexpectedFrame, text));
         }
+    }
+    Ok(())
+}
+
+fn check_topic(topic: &str) -> Result<(), ReadEnd> {
+    if !(1..=USER_ID_BYTES_MAX).contains(&topic.len()) {
+        let text = format!(
+            "topic id must be 1 to {USER_ID_BYTES_MAX} bytes, not {}",
+            topic.len()
+        );
+        return Err(ReadEnd::Refused(fb::ErrorCode::InvalidField, text));
     }
     Ok(())
 }

@@ -104,6 +104,12 @@ pub enum EntryKind {
     FanoutResolve = 12,
     /// Response: the resolution of part of Fanout `token` (see `fanout`).
     FanoutResolved = 13,
+    /// Forward: apply the Subscribe or Unsubscribe frame of `node`/`epoch`
+    /// (from `origin_shard`); this shard owns the topic.
+    TopicOp = 14,
+    /// Forward: send the Publish frame of `node` to the topic's other
+    /// subscribers; this shard owns the topic.
+    Publish = 15,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -129,6 +135,8 @@ impl EntryKind {
             11 => EntryKind::Carbon,
             12 => EntryKind::FanoutResolve,
             13 => EntryKind::FanoutResolved,
+            14 => EntryKind::TopicOp,
+            15 => EntryKind::Publish,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

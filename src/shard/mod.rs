@@ -40,8 +40,11 @@ use crate::limits::{SHARDS_MAX, SLOT_COUNT};
 use crate::metrics::Counters;
 use crate::node::{self, Connection, Directory, PushError};
 use crate::route::{self, Destination, Message, Plan, Sender};
+use crate::table::topics::{SubscribeError, Topics};
 use crate::table::{CloseOutcome, LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
-use crate::wire::{envelope_unchecked, fb, Encoder, NodeEventFrame, Verifier, ROUTE_FLAG_CARBON};
+use crate::wire::{
+    envelope_unchecked, fb, Encoder, NodeEventFrame, PublishFrame, Verifier, ROUTE_FLAG_CARBON,
+};
 
 /// A node id no node has, for fan-outs that leave nobody out.
 const NO_NODE: NodeId = NodeId(u32::MAX);
@@ -82,6 +85,8 @@ pub struct Shard {
     node_connections: RefCell<Vec<Option<Rc<Connection>>>>,
     /// Every open connection of this shard, including ones being replaced.
     open_connections: RefCell<Vec<Rc<Connection>>>,
+    /// The topics this shard owns.
+    topics: RefCell<Topics>,
     /// Fanouts this shard coordinates, by token.
     fanout_jobs: RefCell<HashMap<u64, fanout::Job>>,
     next_fanout_token: Cell<u64>,
@@ -142,6 +147,7 @@ impl Shard {
             node_epochs: RefCell::new(vec![0; nodes_max]),
             node_connections: RefCell::new(vec![None; nodes_max]),
             open_connections: RefCell::new(Vec::new()),
+            topics: RefCell::new(Topics::new(config.topics_per_shard_max())),
             fanout_jobs: RefCell::new(HashMap::new()),
             next_fanout_token: Cell::new(1),
             sockets: Cell::new(0),
@@ -294,11 +300,102 @@ impl Shard {
             {
                 continue; // Another shard writes this node's copy.
             }
-            match connection.push_control(frame) {
+            // Membership events are rare and small, and a node must not be
+            // disconnected because others came or went while it was busy:
+            // they are queued like Delivers. Broadcasts, which any node can
+            // send at any rate, count against the hard limit.
+            let pushed = match kind {
+                EntryKind::NodeEvent => connection.push_deliver(frame),
+                _ => connection.push_control(frame),
+            };
+            match pushed {
                 Ok(()) => counter.set(counter.get() + 1),
                 Err(PushError::OverHardLimit) => self.count_slow_consumer(),
                 Err(PushError::Closed) => {}
             }
+        }
+    }
+
+    /// A verified Subscribe or Unsubscribe whose topic was checked.
+    pub(crate) fn on_topic_op(&self, sender: Sender, topic: &str, frame: &[u8]) {
+        let owner = self.owner_of(topic);
+        if owner != self.index {
+            self.forward(owner, EntryKind::TopicOp, sender, frame);
+            return;
+        }
+        // SAFETY: the caller verified `frame`.
+        let envelope = unsafe { envelope_unchecked(frame) };
+        self.apply_topic_op(sender, envelope);
+    }
+
+    fn apply_topic_op(&self, sender: Sender, envelope: fb::Envelope<'_>) {
+        if !self.observe_epoch(sender.node, sender.epoch) {
+            return; // From a connection whose node is already gone.
+        }
+        if let Some(subscribe) = envelope.body_as_subscribe() {
+            let result = self.topics.borrow_mut().subscribe(
+                subscribe.topic().as_bytes(),
+                sender.node,
+                sender.epoch,
+            );
+            if let Err(SubscribeError::Full) = result {
+                let counter = &self.counters.subscribes_refused;
+                counter.set(counter.get() + 1);
+                let (verdict, reason) = (fb::Verdict::Rejected, fb::Reason::TopicsFull);
+                let id = subscribe.request_id();
+                self.send_status(sender, id, verdict, reason, Class::Response);
+            }
+        } else if let Some(unsubscribe) = envelope.body_as_unsubscribe() {
+            self.topics
+                .borrow_mut()
+                .unsubscribe(unsubscribe.topic().as_bytes(), sender.node);
+        }
+    }
+
+    /// A verified Publish whose topic was checked: re-encoded with the
+    /// sender's name, then sent by the topic's owner.
+    pub(crate) fn on_publish(&self, sender: Sender, sender_name: &str, publish: fb::Publish<'_>) {
+        let mut encoder = self.encoder.borrow_mut();
+        let frame = encoder.publish(&PublishFrame {
+            topic: publish.topic(),
+            message_id: publish.message_id(),
+            from_user: publish.from_user().unwrap_or(""),
+            from_device: publish.from_device().unwrap_or(""),
+            from_node: sender_name,
+            flags: publish.flags(),
+            payload: publish.payload().map_or(&[][..], |p| p.bytes()),
+        });
+        let owner = self.owner_of(publish.topic());
+        if owner == self.index {
+            self.publish_here(sender.node, frame);
+        } else {
+            self.forward(owner, EntryKind::Publish, sender, frame);
+        }
+    }
+
+    /// Sends a Publish to every node subscribed to its topic but `from`.
+    fn publish_here(&self, from: NodeId, frame: &[u8]) {
+        let counter = &self.counters.publishes;
+        counter.set(counter.get() + 1);
+        // SAFETY: encoded by this router.
+        let envelope = unsafe { envelope_unchecked(frame) };
+        let topic = envelope.body_as_publish().expect("a Publish").topic();
+        let subscribers: Vec<(NodeId, u32)> =
+            self.topics.borrow().subscribers(topic.as_bytes()).to_vec();
+        for (node, epoch) in subscribers {
+            if node == from {
+                continue;
+            }
+            let state = self.directory.state(node);
+            let Some(shard) = state
+                .delivery_shard(self.index)
+                .filter(|_| state.epoch == epoch)
+            else {
+                continue; // The node is gone; its subscriptions go with it.
+            };
+            self.send_frame(shard, node, epoch, Class::Response, frame);
+            let counter = &self.counters.publish_copies_out;
+            counter.set(counter.get() + 1);
         }
     }
 
@@ -455,6 +552,7 @@ impl Shard {
             let purged = self.table.borrow_mut().purge_node(node);
             let counter = &self.counters.sessions_purged;
             counter.set(counter.get() + purged as u64);
+            self.topics.borrow_mut().purge_node(node);
             epochs[node.0 as usize] = epoch;
         }
         epoch >= seen
@@ -906,6 +1004,12 @@ impl Shard {
                     glommio::spawn_local(task).detach();
                 }
                 EntryKind::FanoutResolved => self.fanout_answered(header.token, frame.to_vec()),
+                EntryKind::TopicOp => {
+                    // SAFETY: forwarded frames were verified at ingress.
+                    let envelope = unsafe { envelope_unchecked(frame) };
+                    self.apply_topic_op(sender, envelope);
+                }
+                EntryKind::Publish => self.publish_here(header.node, frame),
                 EntryKind::Carbon => {
                     // SAFETY: forwarded frames were verified at ingress.
                     let envelope = unsafe { envelope_unchecked(frame) };

@@ -24,6 +24,7 @@
 
 mod slab;
 mod stored_id;
+pub mod topics;
 
 use hashbrown::HashTable;
 

@@ -42,6 +42,18 @@ pub struct FanoutFrame<'a> {
     pub payload: &'a [u8],
 }
 
+/// Fields of a `Publish` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishFrame<'a> {
+    pub topic: &'a str,
+    pub message_id: u64,
+    pub from_user: &'a str,
+    pub from_device: &'a str,
+    pub from_node: &'a str,
+    pub flags: u32,
+    pub payload: &'a [u8],
+}
+
 /// Fields of a `NodeEvent` frame.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeEventFrame<'a> {
@@ -416,6 +428,46 @@ impl Encoder {
         let from_node = Some(b.create_string(from_node));
         let body = fb::Broadcast::create(b, &fb::BroadcastArgs { from_node, payload });
         self.finish(fb::Body::Broadcast, body.as_union_value())
+    }
+
+    pub fn subscribe(&mut self, topic: &str, request_id: u64) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let topic = Some(b.create_string(topic));
+        let body = fb::Subscribe::create(b, &fb::SubscribeArgs { topic, request_id });
+        self.finish(fb::Body::Subscribe, body.as_union_value())
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let topic = Some(b.create_string(topic));
+        let body = fb::Unsubscribe::create(b, &fb::UnsubscribeArgs { topic });
+        self.finish(fb::Body::Unsubscribe, body.as_union_value())
+    }
+
+    /// A Publish; `from_node` is empty when a node sends it.
+    pub fn publish(&mut self, frame: &PublishFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let payload = Some(b.create_vector(frame.payload));
+        let topic = Some(b.create_string(frame.topic));
+        let from_user = Some(b.create_string(frame.from_user));
+        let from_device = Some(b.create_string(frame.from_device));
+        let from_node = Some(b.create_string(frame.from_node));
+        let body = fb::Publish::create(
+            b,
+            &fb::PublishArgs {
+                topic,
+                message_id: frame.message_id,
+                from_user,
+                from_device,
+                from_node,
+                flags: frame.flags,
+                payload,
+            },
+        );
+        self.finish(fb::Body::Publish, body.as_union_value())
     }
 
     pub fn goodbye(&mut self, reason: &str) -> &[u8] {

@@ -210,10 +210,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Verdict {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REASON: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REASON: u16 = 9;
+pub const ENUM_MAX_REASON: u16 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REASON: [Reason; 10] = [
+pub const ENUM_VALUES_REASON: [Reason; 11] = [
   Reason::None,
   Reason::NoSession,
   Reason::NoSuchDevice,
@@ -224,6 +224,7 @@ pub const ENUM_VALUES_REASON: [Reason; 10] = [
   Reason::InvalidSender,
   Reason::TooManyRecipients,
   Reason::RouterBusy,
+  Reason::TopicsFull,
 ];
 
 /// Why a verdict was given. Each reason belongs to exactly one verdict.
@@ -253,9 +254,11 @@ impl Reason {
   pub const TooManyRecipients: Self = Self(8);
   /// Busy: the router has too many Fanouts in progress; retry later.
   pub const RouterBusy: Self = Self(9);
+  /// Rejected: a Subscribe to a new topic while the topic table is full.
+  pub const TopicsFull: Self = Self(10);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 9;
+  pub const ENUM_MAX: u16 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::NoSession,
@@ -267,6 +270,7 @@ impl Reason {
     Self::InvalidSender,
     Self::TooManyRecipients,
     Self::RouterBusy,
+    Self::TopicsFull,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -281,6 +285,7 @@ impl Reason {
       Self::InvalidSender => Some("InvalidSender"),
       Self::TooManyRecipients => Some("TooManyRecipients"),
       Self::RouterBusy => Some("RouterBusy"),
+      Self::TopicsFull => Some("TopicsFull"),
       _ => None,
     }
   }
@@ -795,10 +800,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 17;
+pub const ENUM_MAX_BODY: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 18] = [
+pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -817,6 +822,9 @@ pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::Broadcast,
   Body::NodeEvent,
   Body::Fanout,
+  Body::Subscribe,
+  Body::Unsubscribe,
+  Body::Publish,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -842,9 +850,12 @@ impl Body {
   pub const Broadcast: Self = Self(15);
   pub const NodeEvent: Self = Self(16);
   pub const Fanout: Self = Self(17);
+  pub const Subscribe: Self = Self(18);
+  pub const Unsubscribe: Self = Self(19);
+  pub const Publish: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -864,6 +875,9 @@ impl Body {
     Self::Broadcast,
     Self::NodeEvent,
     Self::Fanout,
+    Self::Subscribe,
+    Self::Unsubscribe,
+    Self::Publish,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -886,6 +900,9 @@ impl Body {
       Self::Broadcast => Some("Broadcast"),
       Self::NodeEvent => Some("NodeEvent"),
       Self::Fanout => Some("Fanout"),
+      Self::Subscribe => Some("Subscribe"),
+      Self::Unsubscribe => Some("Unsubscribe"),
+      Self::Publish => Some("Publish"),
       _ => None,
     }
   }
@@ -3651,6 +3668,422 @@ impl ::core::fmt::Debug for Broadcast<'_> {
       ds.finish()
   }
 }
+pub enum SubscribeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: this node has members of `topic` (a large group) and
+/// wants its Publishes. Idempotent. When the router's topic table is full,
+/// the node gets Status { message_id: request_id, Rejected, TopicsFull }.
+pub struct Subscribe<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Subscribe<'a> {
+  type Inner = Subscribe<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Subscribe<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REQUEST_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Subscribe { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SubscribeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Subscribe<'bldr>> {
+    let mut builder = SubscribeBuilder::new(_fbb);
+    builder.add_request_id(args.request_id);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Subscribe::VT_TOPIC, None).unwrap()}
+  }
+  #[inline]
+  pub fn request_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Subscribe::VT_REQUEST_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Subscribe<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<u64>("request_id", Self::VT_REQUEST_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SubscribeArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub request_id: u64,
+}
+impl<'a> Default for SubscribeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SubscribeArgs {
+      topic: None, // required field
+      request_id: 0,
+    }
+  }
+}
+
+pub struct SubscribeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Subscribe::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_request_id(&mut self, request_id: u64) {
+    self.fbb_.push_slot::<u64>(Subscribe::VT_REQUEST_ID, request_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SubscribeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Subscribe<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Subscribe::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Subscribe<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Subscribe");
+      ds.field("topic", &self.topic());
+      ds.field("request_id", &self.request_id());
+      ds.finish()
+  }
+}
+pub enum UnsubscribeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: this node no longer has members of `topic`.
+pub struct Unsubscribe<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Unsubscribe<'a> {
+  type Inner = Unsubscribe<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Unsubscribe<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Unsubscribe { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnsubscribeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Unsubscribe<'bldr>> {
+    let mut builder = UnsubscribeBuilder::new(_fbb);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Unsubscribe::VT_TOPIC, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Unsubscribe<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnsubscribeArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UnsubscribeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UnsubscribeArgs {
+      topic: None, // required field
+    }
+  }
+}
+
+pub struct UnsubscribeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnsubscribeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Unsubscribe::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnsubscribeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnsubscribeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Unsubscribe<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Unsubscribe::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Unsubscribe<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Unsubscribe");
+      ds.field("topic", &self.topic());
+      ds.finish()
+  }
+}
+pub enum PublishOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: `payload` for every node subscribed to `topic` but the
+/// sender. Router to node: the same, with `from_node` set by the router.
+pub struct Publish<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Publish<'a> {
+  type Inner = Publish<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Publish<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FROM_USER: ::flatbuffers::VOffsetT = 8;
+  pub const VT_FROM_DEVICE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FROM_NODE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_FLAGS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Publish { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PublishArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Publish<'bldr>> {
+    let mut builder = PublishBuilder::new(_fbb);
+    builder.add_message_id(args.message_id);
+    if let Some(x) = args.payload { builder.add_payload(x); }
+    builder.add_flags(args.flags);
+    if let Some(x) = args.from_node { builder.add_from_node(x); }
+    if let Some(x) = args.from_device { builder.add_from_device(x); }
+    if let Some(x) = args.from_user { builder.add_from_user(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Publish::VT_TOPIC, None).unwrap()}
+  }
+  #[inline]
+  pub fn message_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Publish::VT_MESSAGE_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn from_user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Publish::VT_FROM_USER, None)}
+  }
+  #[inline]
+  pub fn from_device(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Publish::VT_FROM_DEVICE, None)}
+  }
+  #[inline]
+  pub fn from_node(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Publish::VT_FROM_NODE, None)}
+  }
+  #[inline]
+  pub fn flags(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Publish::VT_FLAGS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn payload(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Publish::VT_PAYLOAD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Publish<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_user", Self::VT_FROM_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_device", Self::VT_FROM_DEVICE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("from_node", Self::VT_FROM_NODE, false)?
+     .visit_field::<u32>("flags", Self::VT_FLAGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PublishArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub message_id: u64,
+    pub from_user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub from_device: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub from_node: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub flags: u32,
+    pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for PublishArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PublishArgs {
+      topic: None, // required field
+      message_id: 0,
+      from_user: None,
+      from_device: None,
+      from_node: None,
+      flags: 0,
+      payload: None,
+    }
+  }
+}
+
+pub struct PublishBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PublishBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publish::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_message_id(&mut self, message_id: u64) {
+    self.fbb_.push_slot::<u64>(Publish::VT_MESSAGE_ID, message_id, 0);
+  }
+  #[inline]
+  pub fn add_from_user(&mut self, from_user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publish::VT_FROM_USER, from_user);
+  }
+  #[inline]
+  pub fn add_from_device(&mut self, from_device: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publish::VT_FROM_DEVICE, from_device);
+  }
+  #[inline]
+  pub fn add_from_node(&mut self, from_node: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publish::VT_FROM_NODE, from_node);
+  }
+  #[inline]
+  pub fn add_flags(&mut self, flags: u32) {
+    self.fbb_.push_slot::<u32>(Publish::VT_FLAGS, flags, 0);
+  }
+  #[inline]
+  pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Publish::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PublishBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PublishBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Publish<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Publish::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Publish<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Publish");
+      ds.field("topic", &self.topic());
+      ds.field("message_id", &self.message_id());
+      ds.field("from_user", &self.from_user());
+      ds.field("from_device", &self.from_device());
+      ds.field("from_node", &self.from_node());
+      ds.field("flags", &self.flags());
+      ds.field("payload", &self.payload());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4069,6 +4502,51 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_subscribe(&self) -> Option<Subscribe<'a>> {
+    if self.body_type() == Body::Subscribe {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Subscribe::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_unsubscribe(&self) -> Option<Unsubscribe<'a>> {
+    if self.body_type() == Body::Unsubscribe {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Unsubscribe::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_publish(&self) -> Option<Publish<'a>> {
+    if self.body_type() == Body::Publish {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Publish::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -4096,6 +4574,9 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Broadcast => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Broadcast>>("Body::Broadcast", pos),
           Body::NodeEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<NodeEvent>>("Body::NodeEvent", pos),
           Body::Fanout => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Fanout>>("Body::Fanout", pos),
+          Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
+          Body::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Unsubscribe>>("Body::Unsubscribe", pos),
+          Body::Publish => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Publish>>("Body::Publish", pos),
           _ => Ok(()),
         }
      })?
@@ -4264,6 +4745,27 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Fanout => {
           if let Some(x) = self.body_as_fanout() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Subscribe => {
+          if let Some(x) = self.body_as_subscribe() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Unsubscribe => {
+          if let Some(x) = self.body_as_unsubscribe() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Publish => {
+          if let Some(x) = self.body_as_publish() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -44,7 +44,8 @@ mod imrouter_generated;
 pub use imrouter_generated::imrouter::wire::fb;
 
 pub use encode::{
-    DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, RouteFrame, WelcomeFrame,
+    DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, PublishFrame, RouteFrame,
+    WelcomeFrame,
 };
 pub use frame::{check, envelope_unchecked, Check, FrameError, Verifier};
 

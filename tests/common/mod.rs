@@ -85,6 +85,11 @@ pub enum Frame {
         from_node: String,
         payload: Vec<u8>,
     },
+    Publish {
+        topic: String,
+        from_node: String,
+        payload: Vec<u8>,
+    },
     /// A Deliver of a Fanout: (user, sorted devices), sorted by user.
     FanoutDeliver {
         message_id: u64,
@@ -223,6 +228,14 @@ impl Frame {
                 Frame::Error {
                     code: e.code(),
                     text: e.text().unwrap_or("").to_string(),
+                }
+            }
+            fb::Body::Publish => {
+                let p = envelope.body_as_publish().unwrap();
+                Frame::Publish {
+                    topic: p.topic().to_string(),
+                    from_node: p.from_node().unwrap_or("").to_string(),
+                    payload: p.payload().map(|b| b.bytes().to_vec()).unwrap_or_default(),
                 }
             }
             fb::Body::Broadcast => {
@@ -502,6 +515,18 @@ impl Node {
                 other => panic!("expected a NodeEvent, got {other:?}"),
             }
         }
+    }
+
+    /// Waits until every frame this connection sent earlier for a user or
+    /// topic owned by `shard` (of `shard_count`) has been applied: a Route
+    /// with ACK to a user of that shard nobody opened comes back Offline.
+    pub fn sync_shard(&mut self, shard: usize, shard_count: usize) {
+        let probe = user_on_shard("never-opened", shard, shard_count);
+        let id = self.route_to(&probe, None, b"sync", wire::ROUTE_FLAG_ACK);
+        assert_eq!(
+            self.expect_status(id),
+            (fb::Verdict::Offline, fb::Reason::NoSession)
+        );
     }
 
     /// Sends Locate(`user`) and returns the sessions of the answer.
