@@ -731,3 +731,96 @@ fn a_subscribe_beyond_max_topics_is_rejected() {
     );
     assert_eq!(router.metrics().subscribes_refused, 1);
 }
+
+/// Resync: after a SessionSync snapshot (in batches) is acknowledged, the
+/// node's sessions are exactly the snapshot's, in every shard.
+#[test]
+fn a_session_sync_makes_the_nodes_sessions_exactly_the_snapshot() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut node = Node::connect(addr, "gateway");
+    let mut sender = Node::connect(addr, "sender");
+    let users: Vec<String> = (0..8).map(|i| format!("sync-{i}")).collect();
+    for user in &users[..4] {
+        node.open_confirmed(user, "phone");
+    }
+    let m = fb::Platform::Mobile;
+    let w = fb::Platform::Web;
+    let first = node
+        .encoder
+        .session_sync(
+            7,
+            &[(&users[1], "phone", m, 0), (&users[2], "phone", m, 0)],
+            false,
+        )
+        .to_vec();
+    node.wire.send(&first);
+    // A login while the snapshot is on its way counts as listed.
+    node.open(&users[3], "tablet");
+    let second = node
+        .encoder
+        .session_sync(
+            7,
+            &[(&users[4], "web", w, 0), (&users[5], "web", w, 0)],
+            true,
+        )
+        .to_vec();
+    node.wire.send(&second);
+    match node.recv() {
+        Frame::SessionSyncAck {
+            generation,
+            added,
+            removed,
+        } => assert_eq!((generation, added, removed), (7, 2, 2)),
+        other => panic!("expected SessionSyncAck, got {other:?}"),
+    }
+    // Not in the snapshot: users 0 and 3/phone are gone.
+    let id = sender.route_to(&users[0], None, b"?", imrouter::wire::ROUTE_FLAG_ACK);
+    assert_eq!(
+        sender.expect_status(id),
+        (fb::Verdict::Offline, fb::Reason::NoSession)
+    );
+    assert_eq!(
+        sender.locate(&users[3]),
+        [session("gateway", "tablet", fb::Platform::Mobile)]
+    );
+    for user in &users[1..3] {
+        assert_eq!(sender.locate(user), [session("gateway", "phone", m)]);
+    }
+    for user in &users[4..6] {
+        assert_eq!(sender.locate(user), [session("gateway", "web", w)]);
+    }
+    assert_eq!(router.metrics().sessions, 5);
+}
+
+/// A snapshot with vectors of different lengths is refused.
+#[test]
+fn a_malformed_session_sync_is_refused() {
+    let router = start_router(1);
+    let mut node = Node::connect(router.local_addr(), "bad");
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let u = builder.create_string("u");
+    let users = Some(builder.create_vector(&[u]));
+    let devices = Some(builder.create_vector::<flatbuffers::WIPOffset<&str>>(&[]));
+    let sync = fb::SessionSync::create(
+        &mut builder,
+        &fb::SessionSyncArgs {
+            generation: 1,
+            users,
+            devices,
+            last: true,
+            ..Default::default()
+        },
+    );
+    let envelope = fb::Envelope::create(
+        &mut builder,
+        &fb::EnvelopeArgs {
+            body_type: fb::Body::SessionSync,
+            body: Some(sync.as_union_value()),
+        },
+    );
+    builder.finish_size_prefixed(envelope, Some("IMR1"));
+    node.wire.send(builder.finished_data());
+    let (code, _) = node.wire.error_then_close().expect("an Error frame");
+    assert_eq!(code, fb::ErrorCode::InvalidField);
+}

@@ -89,6 +89,10 @@ counters! {
     publish_copies_out,
     /// Subscribes refused because the topic table was full.
     subscribes_refused,
+    /// Session snapshots (SessionSync) committed and acknowledged.
+    syncs_committed,
+    /// Sessions removed because a snapshot did not list them.
+    sessions_removed_by_sync,
     /// Broadcast frames read from nodes on this shard.
     broadcasts_in,
     /// Broadcast copies queued to nodes by this shard.

@@ -636,6 +636,12 @@ fn handle_frame(shard: &Rc<Shard>, connection: &Connection, frame: &[u8]) -> Res
             check_user_id(locate.user())?;
             shard.on_locate(sender, locate.user(), frame);
         }
+        fb::Body::SessionSync => {
+            let sync = envelope.body_as_session_sync().expect("body type checked");
+            crate::shard::check_session_sync(sync)
+                .map_err(|text| ReadEnd::Refused(fb::ErrorCode::InvalidField, text))?;
+            shard.on_session_sync(sender, sync);
+        }
         fb::Body::Subscribe => {
             let topic = envelope
                 .body_as_subscribe()

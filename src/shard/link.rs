@@ -110,6 +110,14 @@ pub enum EntryKind {
     /// Forward: send the Publish frame of `node` to the topic's other
     /// subscribers; this shard owns the topic.
     Publish = 15,
+    /// Forward: sessions of `node`'s snapshot `token` (the generation) owned
+    /// here, to open (see `sync`).
+    SyncBatch = 16,
+    /// Forward: `node`'s snapshot `token` is complete: drop its sessions
+    /// here that the snapshot did not list, and tell `origin_shard`.
+    SyncEnd = 17,
+    /// Response: one shard's counts for snapshot `token` (see `sync`).
+    SyncDone = 18,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -137,6 +145,9 @@ impl EntryKind {
             13 => EntryKind::FanoutResolved,
             14 => EntryKind::TopicOp,
             15 => EntryKind::Publish,
+            16 => EntryKind::SyncBatch,
+            17 => EntryKind::SyncEnd,
+            18 => EntryKind::SyncDone,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -28,6 +28,7 @@ mod outbox;
 pub mod placement;
 mod router;
 pub mod signal;
+mod sync;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ use outbox::Outboxes;
 use signal::{Broadcast, Signal};
 
 pub use router::{Router, RunningRouter, StartError};
+pub(crate) use sync::check as check_session_sync;
 
 /// Batches of one class taken per drain round before the other classes and
 /// the connection readers get a turn.
@@ -85,6 +87,8 @@ pub struct Shard {
     node_connections: RefCell<Vec<Option<Rc<Connection>>>>,
     /// Every open connection of this shard, including ones being replaced.
     open_connections: RefCell<Vec<Rc<Connection>>>,
+    /// Session snapshots in progress (see `sync`).
+    syncs: RefCell<sync::Syncs>,
     /// The topics this shard owns.
     topics: RefCell<Topics>,
     /// Fanouts this shard coordinates, by token.
@@ -147,6 +151,7 @@ impl Shard {
             node_epochs: RefCell::new(vec![0; nodes_max]),
             node_connections: RefCell::new(vec![None; nodes_max]),
             open_connections: RefCell::new(Vec::new()),
+            syncs: RefCell::new(sync::Syncs::default()),
             topics: RefCell::new(Topics::new(config.topics_per_shard_max())),
             fanout_jobs: RefCell::new(HashMap::new()),
             next_fanout_token: Cell::new(1),
@@ -439,6 +444,12 @@ impl Shard {
                     open.platform().0,
                     open.seq(),
                 );
+                self.note_sync_op(
+                    sender.node,
+                    open.user().as_bytes(),
+                    open.device().as_bytes(),
+                    true,
+                );
             }
             EntryKind::SessionClose => {
                 let close = envelope
@@ -451,7 +462,11 @@ impl Shard {
                     sender.node,
                     close.seq(),
                 );
-                if outcome == CloseOutcome::Stale {
+                if outcome == CloseOutcome::Removed {
+                    drop(table);
+                    let (user, device) = (close.user().as_bytes(), close.device().as_bytes());
+                    self.note_sync_op(sender.node, user, device, false);
+                } else if outcome == CloseOutcome::Stale {
                     let counter = &self.counters.session_closes_stale;
                     counter.set(counter.get() + 1);
                 }
@@ -463,7 +478,14 @@ impl Shard {
         }
     }
 
-    fn open_here(&self, sender: Sender, user: &str, device: &str, platform: u8, seq: u64) {
+    fn open_here(
+        &self,
+        sender: Sender,
+        user: &str,
+        device: &str,
+        platform: u8,
+        seq: u64,
+    ) -> OpenOutcome {
         let mut table = self.table.borrow_mut();
         let outcome = table.open(
             user.as_bytes(),
@@ -504,6 +526,7 @@ impl Shard {
                 self.kick_sender(sender, user, device, fb::KickReason::RouterFull);
             }
         }
+        outcome
     }
 
     /// Answers a Locate with the user's sessions on live nodes.
@@ -1004,6 +1027,11 @@ impl Shard {
                     glommio::spawn_local(task).detach();
                 }
                 EntryKind::FanoutResolved => self.fanout_answered(header.token, frame.to_vec()),
+                EntryKind::SyncBatch => self.apply_sync_batch(sender, header.token, frame),
+                EntryKind::SyncEnd => {
+                    self.apply_sync_end(sender, header.token, header.origin_shard as usize)
+                }
+                EntryKind::SyncDone => self.sync_done(header.node, header.token, frame),
                 EntryKind::TopicOp => {
                     // SAFETY: forwarded frames were verified at ingress.
                     let envelope = unsafe { envelope_unchecked(frame) };

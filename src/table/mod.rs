@@ -360,6 +360,29 @@ impl Table {
         }
     }
 
+    /// Removes the sessions of `node` for which `keep(user, device)` is
+    /// false; returns how many. Walks the node's list only.
+    pub fn retain_node(
+        &mut self,
+        node: NodeId,
+        mut keep: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> usize {
+        let mut doomed = Vec::new();
+        let mut cursor = self.node_heads[node.0 as usize];
+        while cursor != NIL {
+            let session = self.sessions.get(cursor);
+            let user = self.users.get(session.user).key.bytes(&self.spill);
+            if !keep(user, session.device.bytes(&self.spill)) {
+                doomed.push(cursor);
+            }
+            cursor = session.node_next;
+        }
+        for &index in &doomed {
+            self.remove_session(index);
+        }
+        doomed.len()
+    }
+
     /// Sessions `node` holds in this table. Walks the node's list.
     pub fn node_session_count(&self, node: NodeId) -> usize {
         let mut count = 0;

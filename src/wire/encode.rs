@@ -430,6 +430,50 @@ impl Encoder {
         self.finish(fb::Body::Broadcast, body.as_union_value())
     }
 
+    /// A SessionSync batch: sessions are (user, device, platform, seq).
+    pub fn session_sync(
+        &mut self,
+        generation: u64,
+        sessions: &[(&str, &str, fb::Platform, u64)],
+        last: bool,
+    ) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let users: Vec<_> = sessions.iter().map(|s| b.create_string(s.0)).collect();
+        let devices: Vec<_> = sessions.iter().map(|s| b.create_string(s.1)).collect();
+        let platforms: Vec<u8> = sessions.iter().map(|s| s.2 .0).collect();
+        let seqs: Vec<u64> = sessions.iter().map(|s| s.3).collect();
+        let users = Some(b.create_vector(&users));
+        let devices = Some(b.create_vector(&devices));
+        let platforms = Some(b.create_vector(&platforms));
+        let seqs = Some(b.create_vector(&seqs));
+        let body = fb::SessionSync::create(
+            b,
+            &fb::SessionSyncArgs {
+                generation,
+                users,
+                devices,
+                platforms,
+                seqs,
+                last,
+            },
+        );
+        self.finish(fb::Body::SessionSync, body.as_union_value())
+    }
+
+    pub fn session_sync_ack(&mut self, generation: u64, added: u64, removed: u64) -> &[u8] {
+        self.builder.reset();
+        let body = fb::SessionSyncAck::create(
+            &mut self.builder,
+            &fb::SessionSyncAckArgs {
+                generation,
+                added,
+                removed,
+            },
+        );
+        self.finish(fb::Body::SessionSyncAck, body.as_union_value())
+    }
+
     pub fn subscribe(&mut self, topic: &str, request_id: u64) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;

@@ -800,10 +800,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 20;
+pub const ENUM_MAX_BODY: u8 = 22;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 21] = [
+pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -825,6 +825,8 @@ pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::Subscribe,
   Body::Unsubscribe,
   Body::Publish,
+  Body::SessionSync,
+  Body::SessionSyncAck,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -853,9 +855,11 @@ impl Body {
   pub const Subscribe: Self = Self(18);
   pub const Unsubscribe: Self = Self(19);
   pub const Publish: Self = Self(20);
+  pub const SessionSync: Self = Self(21);
+  pub const SessionSyncAck: Self = Self(22);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 20;
+  pub const ENUM_MAX: u8 = 22;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -878,6 +882,8 @@ impl Body {
     Self::Subscribe,
     Self::Unsubscribe,
     Self::Publish,
+    Self::SessionSync,
+    Self::SessionSyncAck,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -903,6 +909,8 @@ impl Body {
       Self::Subscribe => Some("Subscribe"),
       Self::Unsubscribe => Some("Unsubscribe"),
       Self::Publish => Some("Publish"),
+      Self::SessionSync => Some("SessionSync"),
+      Self::SessionSyncAck => Some("SessionSyncAck"),
       _ => None,
     }
   }
@@ -3668,6 +3676,328 @@ impl ::core::fmt::Debug for Broadcast<'_> {
       ds.finish()
   }
 }
+pub enum SessionSyncOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: one batch of the node's complete session list (a
+/// snapshot), sent after it (re)connects. The four vectors are parallel:
+/// session i is (users[i], devices[i], platforms[i], seqs[i]); platforms
+/// and seqs may be empty (Other, 0). Every batch of one snapshot carries
+/// the same `generation`; the last one has `last` set. Once the router has
+/// applied the whole snapshot it answers SessionSyncAck: from then on the
+/// node's sessions are exactly those of the snapshot (plus what it opened
+/// and closed since it started sending it).
+pub struct SessionSync<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SessionSync<'a> {
+  type Inner = SessionSync<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SessionSync<'a> {
+  pub const VT_GENERATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DEVICES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PLATFORMS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SEQS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_LAST: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SessionSync { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SessionSyncArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SessionSync<'bldr>> {
+    let mut builder = SessionSyncBuilder::new(_fbb);
+    builder.add_generation(args.generation);
+    if let Some(x) = args.seqs { builder.add_seqs(x); }
+    if let Some(x) = args.platforms { builder.add_platforms(x); }
+    if let Some(x) = args.devices { builder.add_devices(x); }
+    if let Some(x) = args.users { builder.add_users(x); }
+    builder.add_last(args.last);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn generation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSync::VT_GENERATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(SessionSync::VT_USERS, None)}
+  }
+  #[inline]
+  pub fn devices(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(SessionSync::VT_DEVICES, None)}
+  }
+  #[inline]
+  pub fn platforms(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SessionSync::VT_PLATFORMS, None)}
+  }
+  #[inline]
+  pub fn seqs(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(SessionSync::VT_SEQS, None)}
+  }
+  #[inline]
+  pub fn last(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SessionSync::VT_LAST, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SessionSync<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("users", Self::VT_USERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("devices", Self::VT_DEVICES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("platforms", Self::VT_PLATFORMS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("seqs", Self::VT_SEQS, false)?
+     .visit_field::<bool>("last", Self::VT_LAST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SessionSyncArgs<'a> {
+    pub generation: u64,
+    pub users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub devices: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub platforms: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub seqs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
+    pub last: bool,
+}
+impl<'a> Default for SessionSyncArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SessionSyncArgs {
+      generation: 0,
+      users: None,
+      devices: None,
+      platforms: None,
+      seqs: None,
+      last: false,
+    }
+  }
+}
+
+pub struct SessionSyncBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionSyncBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_generation(&mut self, generation: u64) {
+    self.fbb_.push_slot::<u64>(SessionSync::VT_GENERATION, generation, 0);
+  }
+  #[inline]
+  pub fn add_users(&mut self, users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionSync::VT_USERS, users);
+  }
+  #[inline]
+  pub fn add_devices(&mut self, devices: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionSync::VT_DEVICES, devices);
+  }
+  #[inline]
+  pub fn add_platforms(&mut self, platforms: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionSync::VT_PLATFORMS, platforms);
+  }
+  #[inline]
+  pub fn add_seqs(&mut self, seqs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionSync::VT_SEQS, seqs);
+  }
+  #[inline]
+  pub fn add_last(&mut self, last: bool) {
+    self.fbb_.push_slot::<bool>(SessionSync::VT_LAST, last, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionSyncBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SessionSyncBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SessionSync<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SessionSync<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SessionSync");
+      ds.field("generation", &self.generation());
+      ds.field("users", &self.users());
+      ds.field("devices", &self.devices());
+      ds.field("platforms", &self.platforms());
+      ds.field("seqs", &self.seqs());
+      ds.field("last", &self.last());
+      ds.finish()
+  }
+}
+pub enum SessionSyncAckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Router to node: snapshot `generation` is committed; `added` sessions
+/// were new to the router, `removed` were dropped because the snapshot did
+/// not list them.
+pub struct SessionSyncAck<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SessionSyncAck<'a> {
+  type Inner = SessionSyncAck<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SessionSyncAck<'a> {
+  pub const VT_GENERATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ADDED: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REMOVED: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SessionSyncAck { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SessionSyncAckArgs
+  ) -> ::flatbuffers::WIPOffset<SessionSyncAck<'bldr>> {
+    let mut builder = SessionSyncAckBuilder::new(_fbb);
+    builder.add_removed(args.removed);
+    builder.add_added(args.added);
+    builder.add_generation(args.generation);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn generation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSyncAck::VT_GENERATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn added(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSyncAck::VT_ADDED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn removed(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSyncAck::VT_REMOVED, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SessionSyncAck<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
+     .visit_field::<u64>("added", Self::VT_ADDED, false)?
+     .visit_field::<u64>("removed", Self::VT_REMOVED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SessionSyncAckArgs {
+    pub generation: u64,
+    pub added: u64,
+    pub removed: u64,
+}
+impl<'a> Default for SessionSyncAckArgs {
+  #[inline]
+  fn default() -> Self {
+    SessionSyncAckArgs {
+      generation: 0,
+      added: 0,
+      removed: 0,
+    }
+  }
+}
+
+pub struct SessionSyncAckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionSyncAckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_generation(&mut self, generation: u64) {
+    self.fbb_.push_slot::<u64>(SessionSyncAck::VT_GENERATION, generation, 0);
+  }
+  #[inline]
+  pub fn add_added(&mut self, added: u64) {
+    self.fbb_.push_slot::<u64>(SessionSyncAck::VT_ADDED, added, 0);
+  }
+  #[inline]
+  pub fn add_removed(&mut self, removed: u64) {
+    self.fbb_.push_slot::<u64>(SessionSyncAck::VT_REMOVED, removed, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionSyncAckBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SessionSyncAckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SessionSyncAck<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SessionSyncAck<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SessionSyncAck");
+      ds.field("generation", &self.generation());
+      ds.field("added", &self.added());
+      ds.field("removed", &self.removed());
+      ds.finish()
+  }
+}
 pub enum SubscribeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4547,6 +4877,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_session_sync(&self) -> Option<SessionSync<'a>> {
+    if self.body_type() == Body::SessionSync {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SessionSync::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_session_sync_ack(&self) -> Option<SessionSyncAck<'a>> {
+    if self.body_type() == Body::SessionSyncAck {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SessionSyncAck::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -4577,6 +4937,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Subscribe>>("Body::Subscribe", pos),
           Body::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Unsubscribe>>("Body::Unsubscribe", pos),
           Body::Publish => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Publish>>("Body::Publish", pos),
+          Body::SessionSync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSync>>("Body::SessionSync", pos),
+          Body::SessionSyncAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSyncAck>>("Body::SessionSyncAck", pos),
           _ => Ok(()),
         }
      })?
@@ -4766,6 +5128,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Publish => {
           if let Some(x) = self.body_as_publish() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SessionSync => {
+          if let Some(x) = self.body_as_session_sync() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SessionSyncAck => {
+          if let Some(x) = self.body_as_session_sync_ack() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -85,6 +85,11 @@ pub enum Frame {
         from_node: String,
         payload: Vec<u8>,
     },
+    SessionSyncAck {
+        generation: u64,
+        added: u64,
+        removed: u64,
+    },
     Publish {
         topic: String,
         from_node: String,
@@ -228,6 +233,14 @@ impl Frame {
                 Frame::Error {
                     code: e.code(),
                     text: e.text().unwrap_or("").to_string(),
+                }
+            }
+            fb::Body::SessionSyncAck => {
+                let a = envelope.body_as_session_sync_ack().unwrap();
+                Frame::SessionSyncAck {
+                    generation: a.generation(),
+                    added: a.added(),
+                    removed: a.removed(),
                 }
             }
             fb::Body::Publish => {
