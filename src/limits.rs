@@ -154,6 +154,10 @@ pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Default `--warmup-ms`: the reconnect grace nodes get (5 s), the time a
+/// node has to reconnect and resync after a router start.
+pub const WARMUP_MS_DEFAULT: u32 = 5000;
+
 /// Default `--max-topics`: distinct topics in the router (split evenly over
 /// the shards). A topic costs its id plus 8 bytes per subscribed node,
 /// twice (the topic's list and the node's list).

@@ -37,6 +37,7 @@ fn help_documents_every_flag() {
         "--login-policy",
         "--fanout-max",
         "--max-topics",
+        "--warmup-ms",
     ] {
         assert!(serve.contains(flag), "{flag} missing from:\n{serve}");
     }

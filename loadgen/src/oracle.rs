@@ -26,6 +26,8 @@ pub mod verdict {
     pub const ROUTED: u8 = 0;
     pub const OFFLINE: u8 = 1;
     pub const BUSY: u8 = 3;
+    /// "No session" during the router's warm-up (--warmup-ms).
+    pub const UNKNOWN: u8 = 4;
 }
 
 /// Wire reason values (`fb::Reason`).
@@ -303,7 +305,11 @@ fn judge(
     let mut outcome_offline = false;
     let mut outcome_busy = false;
     match first_verdict {
-        Some((verdict::OFFLINE, reason::NO_SESSION | reason::NO_SUCH_DEVICE, at_ns)) => {
+        Some((
+            verdict::OFFLINE | verdict::UNKNOWN,
+            reason::NO_SESSION | reason::NO_SUCH_DEVICE,
+            at_ns,
+        )) => {
             let contradicted =
                 candidates().any(|device| presence(device, at_ns) == Presence::Present);
             wrong_verdict |= delivered || contradicted;

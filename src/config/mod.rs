@@ -19,6 +19,7 @@ use crate::limits::{
     HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
     OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT,
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
+    WARMUP_MS_DEFAULT,
 };
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
@@ -161,6 +162,13 @@ pub struct ServeArgs {
     /// Rejected (TopicsFull).
     #[arg(long, default_value_t = TOPICS_MAX_DEFAULT, value_name = "N")]
     pub max_topics: u64,
+
+    /// For this long after the router starts, a Route to a user with no
+    /// session gets verdict Unknown (retry later) instead of Offline, so
+    /// that nodes do not store messages as offline merely because the
+    /// router restarted and they have not resynced yet. 0 turns it off.
+    #[arg(long, default_value_t = WARMUP_MS_DEFAULT, value_name = "MS")]
+    pub warmup_ms: u32,
 }
 
 /// The validated configuration of one router.
@@ -192,6 +200,8 @@ pub struct Config {
     pub fanout_max: u32,
     /// Topics in the router, at least one per shard.
     pub topics_max: u64,
+    /// How long after start "no session" means Unknown.
+    pub warmup: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -210,6 +220,7 @@ impl fmt::Debug for Config {
             .field("login_policy", &self.login_policy)
             .field("fanout_max", &self.fanout_max)
             .field("topics_max", &self.topics_max)
+            .field("warmup", &self.warmup)
             .finish()
     }
 }
@@ -346,6 +357,7 @@ impl Config {
             login_policy: args.login_policy,
             fanout_max: args.fanout_max,
             topics_max: args.max_topics,
+            warmup: Duration::from_millis(u64::from(args.warmup_ms)),
         })
     }
 }

@@ -87,6 +87,8 @@ pub struct Shard {
     node_connections: RefCell<Vec<Option<Rc<Connection>>>>,
     /// Every open connection of this shard, including ones being replaced.
     open_connections: RefCell<Vec<Rc<Connection>>>,
+    /// Until then, "no session" is answered Unknown (`--warmup-ms`).
+    warm_until: std::time::Instant,
     /// Session snapshots in progress (see `sync`).
     syncs: RefCell<sync::Syncs>,
     /// The topics this shard owns.
@@ -151,6 +153,7 @@ impl Shard {
             node_epochs: RefCell::new(vec![0; nodes_max]),
             node_connections: RefCell::new(vec![None; nodes_max]),
             open_connections: RefCell::new(Vec::new()),
+            warm_until: std::time::Instant::now() + config.warmup,
             syncs: RefCell::new(sync::Syncs::default()),
             topics: RefCell::new(Topics::new(config.topics_per_shard_max())),
             fanout_jobs: RefCell::new(HashMap::new()),
@@ -1270,8 +1273,17 @@ impl route::Effects for ShardEffects<'_> {
         verdict: fb::Verdict,
         reason: fb::Reason,
     ) {
-        self.shard
-            .send_status(sender, message_id, verdict, reason, Class::Response);
+        let shard = self.shard;
+        let no_session = matches!(reason, fb::Reason::NoSession | fb::Reason::NoSuchDevice);
+        let verdict = if verdict == fb::Verdict::Offline
+            && no_session
+            && std::time::Instant::now() < shard.warm_until
+        {
+            fb::Verdict::Unknown
+        } else {
+            verdict
+        };
+        shard.send_status(sender, message_id, verdict, reason, Class::Response);
     }
 }
 

@@ -113,14 +113,15 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Platform {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_VERDICT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_VERDICT: u8 = 3;
+pub const ENUM_MAX_VERDICT: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_VERDICT: [Verdict; 4] = [
+pub const ENUM_VALUES_VERDICT: [Verdict; 5] = [
   Verdict::Routed,
   Verdict::Offline,
   Verdict::Rejected,
   Verdict::Busy,
+  Verdict::Unknown,
 ];
 
 /// The outcome of one Route, reported to the sender's node in a Status.
@@ -137,14 +138,19 @@ impl Verdict {
   pub const Rejected: Self = Self(2);
   /// Every destination node was too slow to take it; nothing was delivered.
   pub const Busy: Self = Self(3);
+  /// The recipient has no session, but the router started less than
+  /// --warmup-ms ago and nodes may not have resynced yet: retry later
+  /// rather than store the message as offline.
+  pub const Unknown: Self = Self(4);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_MAX: u8 = 4;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Routed,
     Self::Offline,
     Self::Rejected,
     Self::Busy,
+    Self::Unknown,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -153,6 +159,7 @@ impl Verdict {
       Self::Offline => Some("Offline"),
       Self::Rejected => Some("Rejected"),
       Self::Busy => Some("Busy"),
+      Self::Unknown => Some("Unknown"),
       _ => None,
     }
   }

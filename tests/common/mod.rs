@@ -29,6 +29,8 @@ pub fn start_router_with(shards: usize, adjust: impl FnOnce(&mut ServeArgs)) -> 
     // Test nodes that wait for one frame must not get a heartbeat Ping
     // instead; the liveness tests set their own interval.
     args.heartbeat_ms = imrouter::limits::HEARTBEAT_MS_MAX;
+    // Tests expect Offline from the start; the warm-up has its own test.
+    args.warmup_ms = 0;
     adjust(&mut args);
     Router::start(Config::from_args(&args).expect("valid test config")).expect("router starts")
 }

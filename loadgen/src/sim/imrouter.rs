@@ -185,7 +185,10 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
             let id = status.message_id();
             let at_ns = node.worker.now_ns();
             if id & message_id::PROBE != 0 {
-                if status.verdict() == fb::Verdict::Offline {
+                if matches!(
+                    status.verdict(),
+                    fb::Verdict::Offline | fb::Verdict::Unknown
+                ) {
                     node.on_probe_verdict(message_id::seq(id), at_ns);
                 } else {
                     error(node, format!("a probe got {:?}", status.verdict()));
