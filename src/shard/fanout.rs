@@ -247,12 +247,10 @@ impl Shard {
             let mut reached = false;
             {
                 let table = self.table.borrow();
-                let epochs = self.node_epochs.borrow();
                 let mut devices_by_node: Vec<(NodeId, Vec<String>)> = Vec::new();
                 for session in table.sessions(user.as_bytes()) {
-                    let state = self.directory.state(session.node);
-                    if state.connections == 0 || state.epoch != epochs[session.node.0 as usize] {
-                        continue; // A dead node's session, not purged here yet.
+                    if self.live_state(session.node).is_none() {
+                        continue;
                     }
                     let device = String::from_utf8_lossy(session.device).into_owned();
                     match devices_by_node.iter_mut().find(|(n, _)| *n == session.node) {

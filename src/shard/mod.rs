@@ -230,14 +230,33 @@ impl Shard {
 
     /// A verified SessionOpen or SessionClose whose ids were checked.
     pub(crate) fn on_session_op(&self, sender: Sender, kind: EntryKind, user: &str, frame: &[u8]) {
-        let owner = self.owner_of(user);
+        // SAFETY: the caller verified `frame`.
+        if let Some(envelope) = unsafe { self.here_or_forward(user, kind, sender, frame) } {
+            self.apply_session_op(sender, kind, envelope);
+        }
+    }
+
+    /// When this shard owns `key` (a user or topic id), the frame's
+    /// envelope, to apply here; otherwise the frame is forwarded to the
+    /// owner as a `kind` entry and `None` is returned.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must have passed verification (see `envelope_unchecked`).
+    unsafe fn here_or_forward<'f>(
+        &self,
+        key: &str,
+        kind: EntryKind,
+        sender: Sender,
+        frame: &'f [u8],
+    ) -> Option<fb::Envelope<'f>> {
+        let owner = self.owner_of(key);
         if owner != self.index {
             self.forward(owner, kind, sender, frame);
-            return;
+            return None;
         }
-        // SAFETY: the caller verified `frame`.
-        let envelope = unsafe { envelope_unchecked(frame) };
-        self.apply_session_op(sender, kind, envelope);
+        // SAFETY: the caller's contract.
+        Some(unsafe { envelope_unchecked(frame) })
     }
 
     /// A Broadcast from `sender`'s connection: one copy for every other
@@ -326,14 +345,11 @@ impl Shard {
 
     /// A verified Subscribe or Unsubscribe whose topic was checked.
     pub(crate) fn on_topic_op(&self, sender: Sender, topic: &str, frame: &[u8]) {
-        let owner = self.owner_of(topic);
-        if owner != self.index {
-            self.forward(owner, EntryKind::TopicOp, sender, frame);
-            return;
-        }
         // SAFETY: the caller verified `frame`.
-        let envelope = unsafe { envelope_unchecked(frame) };
-        self.apply_topic_op(sender, envelope);
+        let here = unsafe { self.here_or_forward(topic, EntryKind::TopicOp, sender, frame) };
+        if let Some(envelope) = here {
+            self.apply_topic_op(sender, envelope);
+        }
     }
 
     fn apply_topic_op(&self, sender: Sender, envelope: fb::Envelope<'_>) {
@@ -409,14 +425,12 @@ impl Shard {
 
     /// A verified Locate whose user id was checked.
     pub(crate) fn on_locate(&self, sender: Sender, user: &str, frame: &[u8]) {
-        let owner = self.owner_of(user);
-        if owner != self.index {
-            self.forward(owner, EntryKind::Locate, sender, frame);
-            return;
-        }
         // SAFETY: the caller verified `frame`.
-        let envelope = unsafe { envelope_unchecked(frame) };
-        self.locate_here(sender, envelope);
+        if let Some(envelope) =
+            unsafe { self.here_or_forward(user, EntryKind::Locate, sender, frame) }
+        {
+            self.locate_here(sender, envelope);
+        }
     }
 
     fn forward(&self, owner: usize, kind: EntryKind, sender: Sender, frame: &[u8]) {
@@ -532,17 +546,25 @@ impl Shard {
         outcome
     }
 
+    /// The state of `node` if the sessions this shard holds of it are live:
+    /// it is connected and they belong to its current epoch (a dead node's
+    /// sessions may not have been purged here yet).
+    fn live_state(&self, node: NodeId) -> Option<node::NodeState> {
+        let state = self.directory.state(node);
+        let live =
+            state.connections != 0 && state.epoch == self.node_epochs.borrow()[node.0 as usize];
+        live.then_some(state)
+    }
+
     /// Answers a Locate with the user's sessions on live nodes.
     fn locate_here(&self, sender: Sender, envelope: fb::Envelope<'_>) {
         let locate = envelope.body_as_locate().expect("a Locate entry");
         let user = locate.user();
         let mut found: Vec<(String, String, fb::Platform)> = Vec::new();
         {
-            let epochs = self.node_epochs.borrow();
             for session in self.table.borrow().sessions(user.as_bytes()) {
-                let state = self.directory.state(session.node);
-                if state.connections == 0 || state.epoch != epochs[session.node.0 as usize] {
-                    continue; // A dead node's session, not purged here yet.
+                if self.live_state(session.node).is_none() {
+                    continue;
                 }
                 found.push((
                     self.directory.name(session.node),
@@ -625,10 +647,13 @@ impl Shard {
         picked.sort_by_key(|&(node, _)| node);
         for group in picked.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
-            let state = self.directory.state(node);
-            let live = state.epoch == self.node_epochs.borrow()[node.0 as usize];
-            let shard = state.delivery_shard(self.index).filter(|_| live);
-            let Some(shard) = shard.filter(|&shard| !state.is_congested_on(shard)) else {
+            let state = self.live_state(node);
+            let shard = state.and_then(|state| {
+                state
+                    .delivery_shard(self.index)
+                    .filter(|&shard| !state.is_congested_on(shard))
+            });
+            let (Some(state), Some(shard)) = (state, shard) else {
                 let counter = &self.counters.carbons_skipped;
                 counter.set(counter.get() + 1);
                 continue;
