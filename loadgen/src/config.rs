@@ -103,6 +103,13 @@ pub struct Args {
     #[arg(long)]
     pub ack: bool,
 
+    /// Fanout scenario: group sizes, one picked per message. Each group
+    /// also lists --offline-ratio as many offline users. Big groups need
+    /// the router's --max-frame-bytes to fit them (about 20 bytes per
+    /// member: 524288 for 10,000).
+    #[arg(long, default_value = "10,100,1000,10000", value_name = "LIST")]
+    pub group_sizes: String,
+
     /// CPUs for the generator's threads, one thread each ("1" or "2,3").
     /// Default: every CPU this process may run on.
     #[arg(long, value_name = "LIST")]
@@ -141,6 +148,7 @@ pub enum Target {
 pub enum ScenarioName {
     Chat,
     Churn,
+    Fanout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +185,8 @@ pub struct Plan {
     pub to_device_ratio: f64,
     pub churn_rate: Rate,
     pub ack: bool,
+    /// Fanout group sizes (leaked once: the oracle's parameters are Copy).
+    pub group_sizes: &'static [u32],
     /// One generator thread per CPU.
     pub cpus: Vec<usize>,
     pub json: Option<PathBuf>,
@@ -274,6 +284,20 @@ impl Plan {
                 "--scenario churn needs a fixed --rate (the oracle must know the schedule)".into(),
             );
         }
+        let group_sizes: Vec<u32> = args
+            .group_sizes
+            .split(',')
+            .map(|size| size.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|sizes: &Vec<u32>| !sizes.is_empty() && sizes.iter().all(|&s| s > 0))
+            .ok_or_else(|| {
+                PlanError(format!(
+                    "--group-sizes must be positive numbers separated by commas, not {:?}",
+                    args.group_sizes
+                ))
+            })?;
+        let group_sizes: &'static [u32] = group_sizes.leak();
         let available = imrouter::config::available_cpus();
         let cpus = match &args.cpus {
             Some(list) => {
@@ -314,6 +338,7 @@ impl Plan {
             seed: args.seed,
             router_pid: args.router_pid,
             quiet: args.quiet,
+            group_sizes,
         })
     }
 
@@ -328,6 +353,7 @@ impl Plan {
         match self.scenario {
             ScenarioName::Chat => "chat",
             ScenarioName::Churn => "churn",
+            ScenarioName::Fanout => "fanout",
         }
     }
 }

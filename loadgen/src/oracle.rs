@@ -37,6 +37,8 @@ pub mod reason {
     pub const NO_SUCH_DEVICE: u16 = 2;
     pub const DESTINATION_BUSY: u16 = 4;
     pub const PARTIAL: u16 = 5;
+    /// A Fanout while the router coordinates too many.
+    pub const ROUTER_BUSY: u16 = 9;
 }
 
 /// No `to_device`.
@@ -53,6 +55,8 @@ pub struct Sent {
     pub to_device: u8,
     /// Sent after the warm-up: counted in throughput.
     pub measured: bool,
+    /// A Fanout (its recipients are `workload::Group::of` its id).
+    pub fanout: bool,
 }
 
 /// One thing a node received about a message.
@@ -78,6 +82,11 @@ pub enum ObservedKind {
     },
     /// A Status received by the sender.
     Verdict { verdict: u8, reason: u16 },
+    /// A Fanout's Deliver received by `node`; `ok` when it listed exactly
+    /// the members (and devices) that node hosts.
+    FanoutDeliver { node: u32, ok: bool, intact: bool },
+    /// A Fanout's Status; `ok` when its verdict and offline list were right.
+    FanoutVerdict { ok: bool },
 }
 
 /// A session change, as logged by the node that sent it.
@@ -194,6 +203,9 @@ pub struct CheckParams {
     pub population: Population,
     /// Every Route asked for a verdict.
     pub ack: bool,
+    /// Fanout group sizes and offline share (see `workload::Group`).
+    pub group_sizes: &'static [u32],
+    pub offline_ratio: f64,
     /// The end of the drain: messages not resolved by then are lost.
     pub end_ns: u64,
 }
@@ -221,6 +233,10 @@ pub fn check(
                 cursor += 1;
             }
             tally.sent += 1;
+            if message.fanout {
+                judge_fanout(params, id, message, &observed[start..cursor], &mut tally);
+                continue;
+            }
             judge(
                 params,
                 message,
@@ -355,6 +371,72 @@ fn judge(
             tally.offline += 1;
         } else if outcome_busy {
             tally.busy += 1;
+        }
+        tally.measured_ok += u64::from(message.measured);
+    }
+}
+
+/// A Fanout: one Deliver, right, at every node hosting a member; none
+/// elsewhere; one right Status.
+fn judge_fanout(
+    params: &CheckParams,
+    id: u64,
+    message: &Sent,
+    observed: &[Observed],
+    tally: &mut Tally,
+) {
+    let population = &params.population;
+    let group =
+        crate::workload::Group::of(id, population, params.group_sizes, params.offline_ratio);
+    let expected = group.destination_nodes(population);
+    let mut copies = vec![0u32; population.nodes as usize];
+    let (mut misrouted, mut corrupted, mut verdicts, mut wrong_verdict) = (false, false, 0, false);
+    let mut busy = false;
+    for o in observed {
+        match o.kind {
+            ObservedKind::FanoutDeliver { node, ok, intact } => {
+                match copies.get_mut(node as usize) {
+                    Some(count) => *count += 1,
+                    None => misrouted = true,
+                }
+                misrouted |= !ok || !expected.get(node as usize).copied().unwrap_or(false);
+                corrupted |= !intact;
+            }
+            ObservedKind::FanoutVerdict { ok } => {
+                verdicts += 1;
+                wrong_verdict |= !ok;
+            }
+            // Too many Fanouts in progress at the router: nothing delivered.
+            ObservedKind::Verdict {
+                verdict: verdict::BUSY,
+                reason: reason::ROUTER_BUSY,
+            } => {
+                verdicts += 1;
+                busy = true;
+            }
+            ObservedKind::Verdict { .. } => {
+                verdicts += 1;
+                wrong_verdict = true;
+            }
+            ObservedKind::Deliver { .. } => misrouted = true,
+        }
+    }
+    let delivered_any = copies.iter().any(|&c| c > 0);
+    wrong_verdict |= busy && delivered_any;
+    let duplicated = copies.iter().any(|&c| c > 1) || verdicts > 1;
+    let lost = verdicts == 0 || (!busy && expected.iter().zip(&copies).any(|(&e, &c)| e && c == 0));
+    tally.lost += u64::from(lost);
+    tally.duplicated += u64::from(duplicated);
+    tally.misrouted += u64::from(misrouted);
+    tally.wrong_verdict += u64::from(wrong_verdict);
+    tally.corrupted += u64::from(corrupted);
+    if !(lost || duplicated || misrouted || wrong_verdict || corrupted) {
+        if busy {
+            tally.busy += 1;
+        } else if group.size > 0 {
+            tally.delivered += 1;
+        } else {
+            tally.offline += 1;
         }
         tally.measured_ok += u64::from(message.measured);
     }

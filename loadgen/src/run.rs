@@ -312,6 +312,8 @@ fn judge(
     let params = CheckParams {
         population: plan.population,
         ack: plan.ack,
+        group_sizes: plan.group_sizes,
+        offline_ratio: plan.offline_ratio,
         end_ns: shared.clock.now_ns(),
     };
     let timelines = Timelines::new(changes);

@@ -36,6 +36,84 @@ fn id_with_prefix(prefix: u8, number: u32) -> [u8; 16] {
     id
 }
 
+/// The recipients of a Fanout, derived from its message id alone, so that
+/// every node can recompute them: `size` online users from `start` and
+/// `offline` never-online users from `offline_start` (both wrapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub start: u32,
+    pub size: u32,
+    pub offline_start: u32,
+    pub offline: u32,
+}
+
+impl Group {
+    /// The group of Fanout `id`: a size picked from `sizes`, and
+    /// `offline_ratio` of that many offline members on top.
+    pub fn of(id: u64, population: &Population, sizes: &[u32], offline_ratio: f64) -> Group {
+        let mut h = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let size = sizes[(h % sizes.len() as u64) as usize].min(population.users);
+        let offline =
+            ((f64::from(size) * offline_ratio).round() as u32).min(population.offline_users);
+        Group {
+            start: ((h >> 8) % u64::from(population.users)) as u32,
+            size,
+            offline_start: ((h >> 36) % u64::from(population.offline_users)) as u32,
+            offline,
+        }
+    }
+
+    /// The online members, as user indexes.
+    pub fn members(self, population: &Population) -> impl Iterator<Item = u32> {
+        let users = population.users;
+        (0..self.size).map(move |k| (self.start + k) % users)
+    }
+
+    /// The offline members, as offline-user indexes.
+    pub fn offline_members(self, population: &Population) -> impl Iterator<Item = u32> {
+        let offline_users = population.offline_users;
+        (0..self.offline).map(move |k| (self.offline_start + k) % offline_users)
+    }
+
+    /// The devices of online members that node `node` hosts: (user, device
+    /// mask), by user.
+    pub fn hosted_on(self, population: &Population, node: u32) -> Vec<(u32, u64)> {
+        let mut hosted: Vec<(u32, u64)> = self
+            .members(population)
+            .filter_map(|user| {
+                let mask = (0..population.devices_per_user)
+                    .filter(|&device| population.node_of(user, device) == node)
+                    .fold(0u64, |mask, device| mask | 1 << device);
+                (mask != 0).then_some((user, mask))
+            })
+            .collect();
+        hosted.sort_unstable();
+        hosted
+    }
+
+    /// Which nodes host at least one device of an online member.
+    pub fn destination_nodes(self, population: &Population) -> Vec<bool> {
+        let mut hit = vec![false; population.nodes as usize];
+        let mut left = population.nodes;
+        'members: for user in self.members(population) {
+            for device in 0..population.devices_per_user {
+                let node = population.node_of(user, device) as usize;
+                if !hit[node] {
+                    hit[node] = true;
+                    left -= 1;
+                    if left == 0 {
+                        break 'members;
+                    }
+                }
+            }
+        }
+        hit
+    }
+}
+
 /// Device `d` of a user is called `d<d>`.
 pub fn device_id(device: u8) -> String {
     format!("d{device}")

@@ -11,6 +11,8 @@ fn params(ack: bool) -> CheckParams {
     CheckParams {
         population: POPULATION,
         ack,
+        group_sizes: &[4],
+        offline_ratio: 0.5,
         end_ns: 1_000_000,
     }
 }
@@ -22,6 +24,7 @@ fn online(user: u32, to_device: u8) -> Sent {
         offline: false,
         to_device,
         measured: true,
+        fanout: false,
     }
 }
 
@@ -276,4 +279,94 @@ fn observations_nobody_sent_are_counted() {
         &Timelines::default(),
     );
     assert_eq!((tally.delivered, tally.unknown), (1, 1));
+}
+
+fn fanout_sent() -> Sent {
+    Sent {
+        fanout: true,
+        ..online(0, ALL_DEVICES)
+    }
+}
+
+fn fanout_copy(node: u32, ok: bool) -> Observed {
+    Observed {
+        id: message_id::new(0, 0),
+        at_ns: 300,
+        kind: ObservedKind::FanoutDeliver {
+            node,
+            ok,
+            intact: true,
+        },
+    }
+}
+
+fn fanout_verdict(ok: bool) -> Observed {
+    Observed {
+        id: message_id::new(0, 0),
+        at_ns: 400,
+        kind: ObservedKind::FanoutVerdict { ok },
+    }
+}
+
+/// Fanout: one right copy per destination node and one right Status is
+/// a delivery; a missing node is lost, a second copy duplicated, a wrong
+/// list misrouted.
+#[test]
+fn fanouts_need_one_right_copy_per_destination_node() {
+    let group = crate::workload::Group::of(message_id::new(0, 0), &POPULATION, &[4], 0.5);
+    assert_eq!((group.size, group.offline), (4, 2));
+    let nodes: Vec<u32> = group
+        .destination_nodes(&POPULATION)
+        .iter()
+        .enumerate()
+        .filter(|(_, &hit)| hit)
+        .map(|(n, _)| n as u32)
+        .collect();
+    assert_eq!(nodes, [0, 1, 2], "4 users x 2 devices reach all 3 nodes");
+    let good: Vec<Observed> = nodes
+        .iter()
+        .map(|&n| fanout_copy(n, true))
+        .chain([fanout_verdict(true)])
+        .collect();
+    let tally = run(
+        false,
+        vec![fanout_sent()],
+        good.clone(),
+        &Timelines::default(),
+    );
+    assert_eq!(
+        (tally.delivered, tally.has_faults()),
+        (1, false),
+        "{tally:?}"
+    );
+
+    let missing = good[1..].to_vec();
+    assert_eq!(
+        run(false, vec![fanout_sent()], missing, &Timelines::default()).lost,
+        1
+    );
+    let mut twice = good.clone();
+    twice.push(fanout_copy(0, true));
+    assert_eq!(
+        run(false, vec![fanout_sent()], twice, &Timelines::default()).duplicated,
+        1
+    );
+    let mut wrong = good.clone();
+    wrong[0] = fanout_copy(0, false);
+    assert_eq!(
+        run(false, vec![fanout_sent()], wrong, &Timelines::default()).misrouted,
+        1
+    );
+    let mut bad_status = good;
+    bad_status[3] = fanout_verdict(false);
+    assert_eq!(
+        run(
+            false,
+            vec![fanout_sent()],
+            bad_status,
+            &Timelines::default()
+        )
+        .wrong_verdict,
+        1
+    );
 }

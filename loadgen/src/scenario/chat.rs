@@ -19,15 +19,32 @@ use crate::sim::{Schedule, SimNode};
 const BURST_MAX: u64 = 256;
 
 pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
+    drive(node, schedule, SimNode::send_message).await
+}
+
+/// Sends with `send` (a message due at a time, measured or not) on the
+/// plan's schedule: open loop at `--rate`, or closed loop with `--window`.
+pub(super) async fn drive(node: Rc<SimNode>, schedule: Schedule, send: fn(&SimNode, u64, bool)) {
     match node.plan().rate {
         Rate::PerSecond(rate) => {
-            open_loop(&node, schedule, rate / node.plan().population.nodes as f64).await
+            open_loop(
+                &node,
+                schedule,
+                rate / node.plan().population.nodes as f64,
+                send,
+            )
+            .await
         }
-        Rate::Max => closed_loop(&node, schedule).await,
+        Rate::Max => closed_loop(&node, schedule, send).await,
     }
 }
 
-async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
+async fn open_loop(
+    node: &SimNode,
+    schedule: Schedule,
+    rate_per_node: f64,
+    send: fn(&SimNode, u64, bool),
+) {
     let interval_ns = 1e9 / rate_per_node;
     let due = |k: u64| schedule.start_ns + (k as f64 * interval_ns) as u64;
     let mut k = 0u64;
@@ -38,7 +55,7 @@ async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
         }
         let mut burst = 0;
         while due(k) <= now && due(k) < schedule.end_ns && burst < BURST_MAX {
-            node.send_message(due(k), due(k) >= schedule.measure_from_ns);
+            send(node, due(k), due(k) >= schedule.measure_from_ns);
             k += 1;
             burst += 1;
         }
@@ -56,7 +73,7 @@ async fn open_loop(node: &SimNode, schedule: Schedule, rate_per_node: f64) {
     }
 }
 
-async fn closed_loop(node: &SimNode, schedule: Schedule) {
+async fn closed_loop(node: &SimNode, schedule: Schedule, send: fn(&SimNode, u64, bool)) {
     let window = u64::from(node.plan().window);
     loop {
         let now = node.worker.now_ns();
@@ -65,7 +82,7 @@ async fn closed_loop(node: &SimNode, schedule: Schedule) {
         }
         let mut burst = 0;
         while node.in_flight_events() < window && burst < BURST_MAX {
-            node.send_message(now, now >= schedule.measure_from_ns);
+            send(node, now, now >= schedule.measure_from_ns);
             burst += 1;
         }
         for link in &node.links {

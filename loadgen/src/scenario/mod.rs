@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod churn;
+pub mod fanout;
 
 use std::rc::Rc;
 
@@ -15,5 +16,6 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
     match node.plan().scenario {
         ScenarioName::Chat => chat::run(node, schedule).await,
         ScenarioName::Churn => churn::run(node, schedule).await,
+        ScenarioName::Fanout => fanout::run(node, schedule).await,
     }
 }

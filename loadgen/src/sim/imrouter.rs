@@ -159,6 +159,24 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
         Err(e) => return error(node, format!("the router sent a bad frame: {e}")),
     };
     match envelope.body_type() {
+        fb::Body::Deliver
+            if envelope
+                .body_as_deliver()
+                .expect("checked")
+                .recipients()
+                .is_some() =>
+        {
+            fanout_deliver(node, envelope.body_as_deliver().expect("checked"));
+        }
+        fb::Body::Status
+            if envelope
+                .body_as_status()
+                .expect("checked")
+                .offline_users()
+                .is_some() =>
+        {
+            fanout_status(node, envelope.body_as_status().expect("checked"));
+        }
         fb::Body::Deliver => {
             let deliver = envelope.body_as_deliver().expect("checked");
             let id = deliver.message_id();
@@ -203,6 +221,9 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
             } else {
                 let sent = node.sent.borrow();
                 match sent.get(message_id::seq(id) as usize) {
+                    Some(message) if message_id::node(id) == node.index && message.fanout => {
+                        node.fanout_events(id)
+                    }
                     Some(message) if message_id::node(id) == node.index => {
                         node.expected_for(message)
                     }
@@ -258,4 +279,95 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
         }
         other => error(node, format!("unexpected frame {other:?}")),
     }
+}
+
+/// The Fanout this node sent or received `id` of: its group.
+fn group_of(node: &SimNode, id: u64) -> workload::Group {
+    let plan = node.plan();
+    workload::Group::of(id, &plan.population, plan.group_sizes, plan.offline_ratio)
+}
+
+/// A Fanout's Deliver: it must list exactly the group members this node
+/// hosts, each with exactly the devices it hosts.
+fn fanout_deliver(node: &SimNode, deliver: fb::Deliver<'_>) {
+    let id = deliver.message_id();
+    let payload = deliver.payload().map(|p| p.bytes()).unwrap_or(&[]);
+    let (due_ns, intact) = match workload::read_payload(payload) {
+        Some((due_ns, payload_id)) => (due_ns, payload_id == id),
+        None => (0, false),
+    };
+    let population = node.plan().population;
+    let expected = group_of(node, id).hosted_on(&population, node.index);
+    let mut devices = deliver.devices().into_iter().flatten();
+    let counts = deliver.recipient_device_counts();
+    let mut listed: Vec<(u32, u64)> = Vec::new();
+    let mut ok = counts.is_some_and(|c| c.len() == deliver.recipients().map_or(0, |r| r.len()));
+    for (i, user) in deliver.recipients().into_iter().flatten().enumerate() {
+        let count = counts.map_or(0, |c| if i < c.len() { c.get(i) } else { 0 });
+        let mask = (0..count).fold(0u64, |mask, _| {
+            match devices.next().and_then(workload::parse_device_id) {
+                Some(d) if d < 63 => mask | 1 << d,
+                _ => mask | 1 << 63,
+            }
+        });
+        match workload::parse_user_id(user.as_bytes()) {
+            Some(user) => listed.push((user, mask)),
+            None => ok = false,
+        }
+    }
+    listed.sort_unstable();
+    ok &= listed == expected;
+    let at_ns = node.worker.now_ns();
+    node.worker.record_latency(due_ns, at_ns);
+    WorkerStats::add(&node.worker.stats.delivered, 1);
+    node.worker.observe(
+        Observed {
+            id,
+            at_ns,
+            kind: ObservedKind::FanoutDeliver {
+                node: node.index,
+                ok,
+                intact,
+            },
+        },
+        1,
+    );
+}
+
+/// A Fanout's Status: Routed (Partial when the group has offline members)
+/// or Offline when it has no online member, listing exactly the offline
+/// members.
+fn fanout_status(node: &SimNode, status: fb::Status<'_>) {
+    let id = status.message_id();
+    let population = node.plan().population;
+    let group = group_of(node, id);
+    let (verdict, reason) = match (group.size, group.offline) {
+        (0, _) => (fb::Verdict::Offline, fb::Reason::NoSession),
+        (_, 0) => (fb::Verdict::Routed, fb::Reason::None),
+        _ => (fb::Verdict::Routed, fb::Reason::Partial),
+    };
+    let mut expected: Vec<[u8; 16]> = group
+        .offline_members(&population)
+        .map(workload::offline_user_id)
+        .collect();
+    expected.sort_unstable();
+    let mut listed: Vec<&[u8]> = status
+        .offline_users()
+        .into_iter()
+        .flatten()
+        .map(str::as_bytes)
+        .collect();
+    listed.sort_unstable();
+    let ok = status.verdict() == verdict
+        && status.reason() == reason
+        && listed.len() == expected.len()
+        && listed.iter().zip(&expected).all(|(a, b)| *a == &b[..]);
+    node.worker.observe(
+        Observed {
+            id,
+            at_ns: node.worker.now_ns(),
+            kind: ObservedKind::FanoutVerdict { ok },
+        },
+        1,
+    );
 }

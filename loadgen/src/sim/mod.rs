@@ -489,6 +489,7 @@ impl SimNode {
             offline,
             to_device,
             measured,
+            fanout: false,
         };
         let events = self.expected_for(&sent);
         self.expected_events
@@ -497,6 +498,73 @@ impl SimNode {
             .0
             .store(self.expected_events.get(), Ordering::Relaxed);
         self.sent.borrow_mut().push(sent);
+        WorkerStats::add(&self.worker.stats.sent, 1);
+    }
+
+    /// Events Fanout `id` causes: one Deliver per destination node, and the
+    /// Status.
+    pub fn fanout_events(&self, id: u64) -> u64 {
+        let plan = self.plan();
+        let group = workload::Group::of(id, &plan.population, plan.group_sizes, plan.offline_ratio);
+        let destinations = group.destination_nodes(&plan.population);
+        destinations.iter().filter(|&&hit| hit).count() as u64 + 1
+    }
+
+    /// Sends one Fanout due at `due_ns` to the group its id picks.
+    pub fn send_fanout(&self, due_ns: u64, measured: bool) {
+        let plan = self.plan();
+        let population = plan.population;
+        let seq = self.sent.borrow().len() as u64;
+        let id = message_id::new(self.index, seq);
+        let group = workload::Group::of(id, &population, plan.group_sizes, plan.offline_ratio);
+        let ids: Vec<[u8; 16]> = group
+            .members(&population)
+            .map(workload::user_id)
+            .chain(
+                group
+                    .offline_members(&population)
+                    .map(workload::offline_user_id),
+            )
+            .collect();
+        let to_users: Vec<&str> = ids
+            .iter()
+            .map(|id| std::str::from_utf8(id).expect("ascii"))
+            .collect();
+        let mut payload = self.payload.borrow_mut();
+        workload::fill_payload(&mut payload, plan.payload_bytes, due_ns, id);
+        {
+            let mut encoder = self.encoder.borrow_mut();
+            let frame = encoder.fanout(&::imrouter::wire::FanoutFrame {
+                message_id: id,
+                from_user: &self.from_user,
+                from_device: "d0",
+                to_users: &to_users,
+                flags: 0,
+                payload: &payload,
+            });
+            self.links[0].push(frame);
+        }
+        let sent_ns = self.worker.now_ns();
+        if measured {
+            let _ = self
+                .worker
+                .send_lateness
+                .borrow_mut()
+                .record(sent_ns.saturating_sub(due_ns).max(1));
+        }
+        self.expected_events
+            .set(self.expected_events.get() + self.fanout_events(id));
+        self.worker.shared.expected_events[self.index as usize]
+            .0
+            .store(self.expected_events.get(), Ordering::Relaxed);
+        self.sent.borrow_mut().push(Sent {
+            sent_ns,
+            user: 0,
+            offline: false,
+            to_device: ALL_DEVICES,
+            measured,
+            fanout: true,
+        });
         WorkerStats::add(&self.worker.stats.sent, 1);
     }
 
