@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use imrouter::table::LoginPolicy;
 
 use crate::workload::{Population, PAYLOAD_HEADER_BYTES};
 
@@ -110,6 +111,11 @@ pub struct Args {
     #[arg(long, default_value = "10,100,1000,10000", value_name = "LIST")]
     pub group_sizes: String,
 
+    /// Policy scenario: the router's --login-policy, which the final
+    /// sessions are checked against.
+    #[arg(long, value_enum, default_value_t = LoginPolicy::SameDeviceKick)]
+    pub login_policy: LoginPolicy,
+
     /// CPUs for the generator's threads, one thread each ("1" or "2,3").
     /// Default: every CPU this process may run on.
     #[arg(long, value_name = "LIST")]
@@ -149,6 +155,7 @@ pub enum ScenarioName {
     Chat,
     Churn,
     Fanout,
+    Policy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -187,6 +194,7 @@ pub struct Plan {
     pub ack: bool,
     /// Fanout group sizes (leaked once: the oracle's parameters are Copy).
     pub group_sizes: &'static [u32],
+    pub login_policy: LoginPolicy,
     /// One generator thread per CPU.
     pub cpus: Vec<usize>,
     pub json: Option<PathBuf>,
@@ -339,6 +347,7 @@ impl Plan {
             router_pid: args.router_pid,
             quiet: args.quiet,
             group_sizes,
+            login_policy: args.login_policy,
         })
     }
 
@@ -354,6 +363,7 @@ impl Plan {
             ScenarioName::Chat => "chat",
             ScenarioName::Churn => "churn",
             ScenarioName::Fanout => "fanout",
+            ScenarioName::Policy => "policy",
         }
     }
 }

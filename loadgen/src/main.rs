@@ -18,6 +18,7 @@
 
 mod config;
 mod oracle;
+mod policy;
 mod report;
 mod run;
 mod scenario;

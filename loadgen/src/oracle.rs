@@ -182,6 +182,11 @@ pub struct Tally {
     pub unknown: u64,
     /// Measured (post warm-up) messages with a right outcome.
     pub measured_ok: u64,
+    /// Policy scenario: contested users, Kicks received, and users whose
+    /// final sessions or Kicks contradict the opens or the login policy.
+    pub contested_users: u64,
+    pub kicks: u64,
+    pub policy_violations: u64,
 }
 
 impl Tally {
@@ -193,6 +198,7 @@ impl Tally {
             + self.wrong_verdict
             + self.corrupted
             + self.unknown
+            + self.policy_violations
             > 0
     }
 }

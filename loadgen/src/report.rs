@@ -156,6 +156,7 @@ pub fn summary(plan: &Plan, results: &Results) -> String {
         ("wrong_verdict", t.wrong_verdict),
         ("corrupted", t.corrupted),
         ("unknown", t.unknown),
+        ("policy_violations", t.policy_violations),
     ] {
         let _ = writeln!(
             out,
@@ -263,6 +264,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
             "  \"sent\": {},\n  \"delivered\": {},\n  \"offline\": {},\n  \"busy\": {},\n",
             "  \"lost\": {},\n  \"duplicated\": {},\n  \"misrouted\": {},\n  \"wrong_verdict\": {},\n",
             "  \"corrupted\": {},\n  \"unknown\": {},\n",
+            "  \"contested_users\": {},\n  \"kicks\": {},\n  \"policy_violations\": {},\n",
             "  \"throughput_msgs_per_s\": {:.1},\n  \"throughput_msgs_per_s_per_shard\": {:.1},\n",
             "  \"latency_us\": {{\"p50\": {:.1}, \"p90\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}, \"max\": {:.1}}},\n",
             "  \"session_ops_per_s\": {:.1},\n  \"router_rss_bytes\": {},\n  \"rss_bytes_per_session\": {},\n",
@@ -294,6 +296,9 @@ pub fn json(plan: &Plan, results: &Results) -> String {
         t.wrong_verdict,
         t.corrupted,
         t.unknown,
+        t.contested_users,
+        t.kicks,
+        t.policy_violations,
         results.throughput(plan),
         results.throughput(plan) / results.shards.max(1) as f64,
         results.latency_us(0.5),

@@ -1,6 +1,7 @@
 //! Running a plan: generator threads, the start barrier, progress lines,
 //! the drain, and the oracle over the collected logs.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ struct WorkerResult {
     latency: Histogram<u64>,
     send_lateness: Histogram<u64>,
     shard_count: usize,
+    /// Policy scenario: (node, user, device) kicks, and node 0's Located.
+    kicks: Vec<(u32, u32, u8)>,
+    located: HashMap<u32, Vec<(u32, u8, u8)>>,
 }
 
 /// A failed run, with a message for the user.
@@ -299,7 +303,11 @@ fn judge(
     let mut send_lateness =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let mut shards = 1;
+    let mut kicks = Vec::new();
+    let mut located = HashMap::new();
     for result in results {
+        kicks.extend(result.kicks);
+        located.extend(result.located);
         for (node, log) in result.sent {
             sent_by_node[node as usize] = log;
         }
@@ -317,7 +325,22 @@ fn judge(
         end_ns: shared.clock.now_ns(),
     };
     let timelines = Timelines::new(changes);
-    let tally = oracle::check(&params, &sent_by_node, observed, &timelines);
+    let mut tally = oracle::check(&params, &sent_by_node, observed, &timelines);
+    let mut errors = errors;
+    if plan.scenario == ScenarioName::Policy {
+        let contested = crate::policy::contested_count(plan.population.users);
+        let verdict = crate::policy::judge(
+            plan.login_policy,
+            contested,
+            plan.population.nodes,
+            &kicks,
+            &located,
+        );
+        tally.policy_violations = verdict.violations;
+        tally.contested_users = verdict.users;
+        tally.kicks = verdict.kicks;
+        errors.extend(verdict.first);
+    }
     Ok(Results {
         tally,
         shards,
@@ -386,7 +409,18 @@ async fn worker_main(
     let mut sent = Vec::new();
     let mut changes = Vec::new();
     let mut shard_count = 1;
+    let mut kicks = Vec::new();
+    let mut located = HashMap::new();
     for node in &sim_nodes {
+        let mut policy = node.policy.borrow_mut();
+        kicks.extend(
+            policy
+                .kicks
+                .drain(..)
+                .map(|(user, device)| (node.index, user, device)),
+        );
+        located.extend(policy.located.drain());
+        drop(policy);
         shard_count = shard_count.max(node.shard_count);
         sent.push((node.index, std::mem::take(&mut *node.sent.borrow_mut())));
         let churn = node.churn.borrow();
@@ -412,6 +446,8 @@ async fn worker_main(
         latency,
         send_lateness,
         shard_count,
+        kicks,
+        located,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod churn;
 pub mod fanout;
+pub mod policy;
 
 use std::rc::Rc;
 
@@ -17,5 +18,6 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
         ScenarioName::Chat => chat::run(node, schedule).await,
         ScenarioName::Churn => churn::run(node, schedule).await,
         ScenarioName::Fanout => fanout::run(node, schedule).await,
+        ScenarioName::Policy => policy::run(node, schedule).await,
     }
 }

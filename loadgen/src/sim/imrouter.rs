@@ -265,6 +265,52 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
                 format!("Error {:?}: {}", e.code(), e.text().unwrap_or("")),
             );
         }
+        fb::Body::Kick
+            if node.plan().scenario == crate::config::ScenarioName::Policy
+                && envelope
+                    .body_as_kick()
+                    .and_then(|k| k.user())
+                    .and_then(|u| crate::policy::parse_contested_id(u.as_bytes()))
+                    .is_some() =>
+        {
+            let kick = envelope.body_as_kick().expect("checked");
+            let user = crate::policy::parse_contested_id(kick.user().unwrap_or("").as_bytes());
+            let device = kick.device().and_then(workload::parse_device_id);
+            match (user, device) {
+                (Some(user), Some(device)) => node.policy.borrow_mut().kicks.push((user, device)),
+                _ => error(node, "a Kick of an unknown contested session".into()),
+            }
+            node.worker
+                .shared
+                .last_observed_ns
+                .store(node.worker.now_ns(), std::sync::atomic::Ordering::Relaxed);
+        }
+        fb::Body::Located => {
+            let located = envelope.body_as_located().expect("checked");
+            let user = crate::policy::parse_contested_id(located.user().unwrap_or("").as_bytes());
+            let Some(user) = user else {
+                return error(node, "a Located for an unknown user".into());
+            };
+            let sessions = located
+                .sessions()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let node_index = s
+                        .node()
+                        .and_then(|n| n.strip_prefix("loadgen-"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(u32::MAX);
+                    let device = s
+                        .device()
+                        .and_then(workload::parse_device_id)
+                        .unwrap_or(u8::MAX);
+                    (node_index, device, s.platform().0)
+                })
+                .collect();
+            node.policy.borrow_mut().located.insert(user, sessions);
+            node.policy_changed.notify_all();
+        }
         fb::Body::Kick => {
             let kick = envelope.body_as_kick().expect("checked");
             error(

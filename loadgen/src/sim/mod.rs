@@ -83,6 +83,8 @@ pub struct Shared {
     pub errors: Mutex<Vec<String>>,
     /// Time of the last observation anywhere, for the drain's quiet test.
     pub last_observed_ns: AtomicU64,
+    /// Policy scenario: nodes whose contested opens are confirmed.
+    pub policy_confirmed: AtomicU64,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Shared {
             failed: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
             last_observed_ns: AtomicU64::new(0),
+            policy_confirmed: AtomicU64::new(0),
         }
     }
 
@@ -333,6 +336,19 @@ pub struct SimNode {
     pub probes_outstanding: Cell<u64>,
     pub probes_changed: Broadcast,
     pub churn: RefCell<ChurnState>,
+    /// Policy scenario: what this node saw, and a signal for each Located.
+    pub policy: RefCell<PolicyLog>,
+    pub policy_changed: Broadcast,
+}
+
+/// Policy scenario: the Kicks a node received for contested users, and
+/// (node 0) the Located answers.
+#[derive(Default)]
+pub struct PolicyLog {
+    /// (user, device).
+    pub kicks: Vec<(u32, u8)>,
+    /// user -> [(node, device, platform)].
+    pub located: HashMap<u32, Vec<(u32, u8, u8)>>,
 }
 
 impl SimNode {
@@ -373,6 +389,8 @@ impl SimNode {
             probes_outstanding: Cell::new(0),
             probes_changed: Broadcast::default(),
             churn: RefCell::new(ChurnState::default()),
+            policy: RefCell::new(PolicyLog::default()),
+            policy_changed: Broadcast::default(),
         }
     }
 
@@ -508,6 +526,33 @@ impl SimNode {
         let group = workload::Group::of(id, &plan.population, plan.group_sizes, plan.offline_ratio);
         let destinations = group.destination_nodes(&plan.population);
         destinations.iter().filter(|&&hit| hit).count() as u64 + 1
+    }
+
+    /// Sends a SessionOpen of `user` (any id) for device `device`, waiting
+    /// for room on the link first.
+    pub async fn send_raw_open(
+        &self,
+        user: &[u8],
+        device: u8,
+        platform: ::imrouter::wire::fb::Platform,
+        seq: u64,
+    ) {
+        let link = self.link_for(user).clone();
+        if link.backlog() >= LINK_BACKLOG_MAX {
+            link.wait_for_room().await;
+        }
+        let user = std::str::from_utf8(user).expect("ascii ids");
+        let device = workload::device_id(device);
+        let mut encoder = self.encoder.borrow_mut();
+        link.push(encoder.session_open_seq(user, &device, platform, seq));
+        WorkerStats::add(&self.worker.stats.session_ops, 1);
+    }
+
+    /// Sends Locate(`user`) with `query_id`.
+    pub fn send_locate(&self, user: &[u8], query_id: u64) {
+        let user_str = std::str::from_utf8(user).expect("ascii ids");
+        let mut encoder = self.encoder.borrow_mut();
+        self.link_for(user).push(encoder.locate(query_id, user_str));
     }
 
     /// Sends one Fanout due at `due_ns` to the group its id picks.
