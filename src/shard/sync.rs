@@ -232,6 +232,9 @@ impl Shard {
     /// snapshot is arriving also updates what the snapshot lists.
     pub(crate) fn note_sync_op(&self, node: NodeId, user: &[u8], device: &[u8], open: bool) {
         let mut syncs = self.syncs.borrow_mut();
+        if syncs.receiving.is_empty() {
+            return; // The common case: no snapshot in flight, no hashing.
+        }
         if let Some(receiving) = syncs.receiving.get_mut(&node) {
             if open {
                 receiving.listed.insert(key(user, device));

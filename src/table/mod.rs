@@ -28,8 +28,6 @@ pub mod topics;
 
 use hashbrown::HashTable;
 
-use crate::limits::SESSIONS_PER_USER_MAX_CEILING;
-
 use slab::Slab;
 use stored_id::{Spill, StoredId};
 
@@ -162,6 +160,8 @@ pub struct Table {
     limits: TableLimits,
     /// Sessions the last `open` removed under the login policy.
     evicted: Vec<Evicted>,
+    /// Scratch for `open`: the sessions the login policy replaces.
+    conflicts: Vec<u32>,
 }
 
 impl Table {
@@ -176,6 +176,7 @@ impl Table {
             node_heads: vec![NIL; limits.nodes_max],
             limits,
             evicted: Vec::new(),
+            conflicts: Vec::with_capacity(limits.sessions_per_user_max),
         }
     }
 
@@ -208,7 +209,9 @@ impl Table {
             (node.0 as usize) < self.node_heads.len(),
             "node id out of range"
         );
-        self.evicted.clear();
+        if !self.evicted.is_empty() {
+            self.evicted.clear();
+        }
         let hash = self.hasher.hash_one(user);
         let Some(user_index) = self.find_user(hash, user) else {
             if self.sessions.len() >= self.limits.sessions_max {
@@ -228,11 +231,12 @@ impl Table {
         };
 
         // One pass over the user's sessions: the one this open takes over
-        // (if any), and the ones the policy makes it replace.
+        // (if any), and the ones the policy makes it replace (kept in a
+        // reused buffer: nothing is allocated or cleared per open).
         let policy = self.limits.login_policy;
         let mut same = None;
-        let mut conflicts = [NIL; SESSIONS_PER_USER_MAX_CEILING as usize];
-        let mut conflict_count = 0;
+        let conflicts = &mut self.conflicts;
+        conflicts.clear();
         let mut count = 0;
         let mut cursor = self.users.get(user_index).first_session;
         while cursor != NIL {
@@ -250,12 +254,12 @@ impl Table {
             if takes_over {
                 same = Some(cursor);
             } else if conflicts_with_new {
-                conflicts[conflict_count] = cursor;
-                conflict_count += 1;
+                conflicts.push(cursor);
             }
             count += 1;
             cursor = session.user_next;
         }
+        let conflict_count = conflicts.len();
 
         let outcome = match same {
             Some(index) => {
@@ -285,7 +289,8 @@ impl Table {
         };
         // Removed after the new session is in place, so the user record
         // (and the collected indexes) stay valid.
-        for &index in &conflicts[..conflict_count] {
+        for i in 0..conflict_count {
+            let index = self.conflicts[i];
             let session = self.sessions.get(index);
             self.evicted.push(Evicted {
                 node: session.node,
