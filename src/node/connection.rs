@@ -89,6 +89,9 @@ pub struct Connection {
     /// them between checks to tell a quiet connection (no clock per frame).
     reads: Cell<u64>,
     frames_queued: Cell<u64>,
+    /// The reader waits for cross-core room (backpressure), not for the
+    /// node: the heartbeat does not count that time as silence.
+    read_paused: Cell<bool>,
     /// Why the connection is closing, for the NodeEvent if it was the
     /// node's last: the first reason set wins.
     leave_reason: Cell<Option<fb::LeftReason>>,
@@ -131,6 +134,7 @@ impl Connection {
             writer_done: Signal::default(),
             reads: Cell::new(0),
             frames_queued: Cell::new(0),
+            read_paused: Cell::new(false),
             leave_reason: Cell::new(None),
             pending_reports: RefCell::new(HashMap::default()),
         }
@@ -150,6 +154,14 @@ impl Connection {
     /// Why the connection closed (`Closed` when nothing else was said).
     pub fn leave_reason(&self) -> fb::LeftReason {
         self.leave_reason.get().unwrap_or(fb::LeftReason::Closed)
+    }
+
+    pub(crate) fn set_read_paused(&self, paused: bool) {
+        self.read_paused.set(paused);
+    }
+
+    pub fn read_paused(&self) -> bool {
+        self.read_paused.get()
     }
 
     /// Reads from the node that returned data so far.

@@ -465,7 +465,7 @@ async fn keep_alive(shard: Rc<Shard>, connection: Rc<Connection>) {
         if connection.is_closing() {
             return;
         }
-        if connection.reads() == reads {
+        if connection.reads() == reads && !connection.read_paused() {
             silent += interval;
         } else {
             silent = std::time::Duration::ZERO;
@@ -570,8 +570,12 @@ async fn read_frames(
         // Let the flusher and the other connections of this shard run.
         glommio::executor().yield_now().await;
         if !shard.has_room_for_reading() {
+            // Backpressure: the router, not the node, stops reading, so
+            // this time does not count as the node's silence.
+            connection.set_read_paused(true);
             let room = shard.room.wait_until(|| shard.has_room_for_reading());
             or(room, connection.closed()).await;
+            connection.set_read_paused(false);
         }
         match connection.read(input.spare()).await {
             Ok(None) => return ReadEnd::ClosedByRouter,
