@@ -824,3 +824,64 @@ fn a_malformed_session_sync_is_refused() {
     let (code, _) = node.wire.error_then_close().expect("an Error frame");
     assert_eq!(code, fb::ErrorCode::InvalidField);
 }
+
+/// A snapshot whose sessions all live on one shard still keeps a session
+/// the node opened on its connection while the snapshot was in flight,
+/// on another shard; and empty platform/seq vectors mean defaults.
+#[test]
+fn an_open_during_a_snapshot_survives_on_a_shard_the_snapshot_does_not_touch() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut node = Node::connect(addr, "gateway");
+    let mut asker = Node::connect(addr, "asker");
+    let on0 = user_on_shard("snap", 0, 2);
+    let on1 = user_on_shard("late", 1, 2);
+    // Batch 1, built by hand with empty `platforms` and `seqs` vectors.
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let u = builder.create_string(&on0);
+    let d = builder.create_string("phone");
+    let users = Some(builder.create_vector(&[u]));
+    let devices = Some(builder.create_vector(&[d]));
+    let platforms = Some(builder.create_vector::<u8>(&[]));
+    let seqs = Some(builder.create_vector::<u64>(&[]));
+    let sync = fb::SessionSync::create(
+        &mut builder,
+        &fb::SessionSyncArgs {
+            generation: 3,
+            users,
+            devices,
+            platforms,
+            seqs,
+            last: false,
+        },
+    );
+    let envelope = fb::Envelope::create(
+        &mut builder,
+        &fb::EnvelopeArgs {
+            body_type: fb::Body::SessionSync,
+            body: Some(sync.as_union_value()),
+        },
+    );
+    builder.finish_size_prefixed(envelope, Some("IMR1"));
+    node.wire.send(builder.finished_data());
+    // A login while the snapshot is in flight, on a shard it does not touch.
+    node.open(&on1, "web");
+    let last = node.encoder.session_sync(3, &[], true).to_vec();
+    node.wire.send(&last);
+    match node.recv() {
+        Frame::SessionSyncAck {
+            generation,
+            added,
+            removed,
+        } => assert_eq!((generation, added, removed), (3, 1, 0)),
+        other => panic!("expected SessionSyncAck, got {other:?}"),
+    }
+    assert_eq!(
+        asker.locate(&on0),
+        [session("gateway", "phone", fb::Platform::Other)]
+    );
+    assert_eq!(
+        asker.locate(&on1),
+        [session("gateway", "web", fb::Platform::Mobile)]
+    );
+}

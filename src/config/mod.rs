@@ -140,7 +140,8 @@ pub struct ServeArgs {
     /// A connection on which the node sent nothing (not even a Pong) for
     /// this long is dead: it is closed with NodeTimeout and, if it was the
     /// node's last, the node's sessions are removed. Checked once per
-    /// heartbeat. Default: 3 heartbeats. Catches half-open TCP connections.
+    /// heartbeat. Default: 3 heartbeats; at least 2. Catches half-open TCP
+    /// connections.
     #[arg(long, value_name = "MS")]
     pub node_timeout_ms: Option<u32>,
 
@@ -193,7 +194,7 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// Heartbeat interval, `HEARTBEAT_MS_MIN` to `HEARTBEAT_MS_MAX` ms.
     pub heartbeat: Duration,
-    /// Silence after which a node is dead, at least one heartbeat.
+    /// Silence after which a node is dead, at least two heartbeats.
     pub node_timeout: Duration,
     pub login_policy: LoginPolicy,
     /// Recipients per Fanout, 1 to `FANOUT_MAX_CEILING`.
@@ -323,9 +324,11 @@ impl Config {
             .node_timeout_ms
             .map(u64::from)
             .unwrap_or(u64::from(args.heartbeat_ms) * u64::from(NODE_TIMEOUT_HEARTBEATS_DEFAULT));
-        if node_timeout_ms < u64::from(args.heartbeat_ms) {
+        // At least two intervals: the first check that finds the node quiet
+        // pings it, and it needs an interval to answer.
+        if node_timeout_ms < 2 * u64::from(args.heartbeat_ms) {
             return Err(ConfigError::new(format!(
-                "--node-timeout-ms must be at least --heartbeat-ms ({})",
+                "--node-timeout-ms must be at least twice --heartbeat-ms ({})",
                 args.heartbeat_ms
             )));
         }

@@ -398,8 +398,10 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             senior: membership.senior.as_deref(),
             membership_seq: membership.seq,
         });
+        // Queued like a Deliver: a Welcome listing many nodes may be larger
+        // than a small --out-buffer-bytes, and must still go out.
         connection
-            .push_control(welcome)
+            .push_deliver(welcome)
             .expect("a new connection takes its Welcome");
     }
     shard.announce(&attached.events, Some(attached.node));

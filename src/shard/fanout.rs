@@ -354,7 +354,7 @@ impl Shard {
             {
                 let mut encoder = self.encoder.borrow_mut();
                 let frame = encoder.deliver_recipients(&message, &recipients);
-                self.send_frame(shard, node, epoch, Class::Bounce, frame);
+                self.send_message_frame(shard, node, epoch, Class::Bounce, frame);
             }
             delivered += 1;
             let counter = &self.counters.fanout_delivers_out;

@@ -118,6 +118,9 @@ pub enum EntryKind {
     SyncEnd = 17,
     /// Response: one shard's counts for snapshot `token` (see `sync`).
     SyncDone = 18,
+    /// Response or Bounce: as `Frame`, but a message the router decided to
+    /// deliver: queued like a Deliver, never refused for size.
+    DeliverFrame = 19,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -148,6 +151,7 @@ impl EntryKind {
             16 => EntryKind::SyncBatch,
             17 => EntryKind::SyncEnd,
             18 => EntryKind::SyncDone,
+            19 => EntryKind::DeliverFrame,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -454,7 +454,7 @@ impl Shard {
                 let open = envelope
                     .body_as_session_open()
                     .expect("a SessionOpen entry");
-                self.open_here(
+                let outcome = self.open_here(
                     sender,
                     open.user(),
                     open.device(),
@@ -465,7 +465,7 @@ impl Shard {
                     sender.node,
                     open.user().as_bytes(),
                     open.device().as_bytes(),
-                    true,
+                    Some(outcome),
                 );
             }
             EntryKind::SessionClose => {
@@ -482,7 +482,7 @@ impl Shard {
                 if outcome == CloseOutcome::Removed {
                     drop(table);
                     let (user, device) = (close.user().as_bytes(), close.device().as_bytes());
-                    self.note_sync_op(sender.node, user, device, false);
+                    self.note_sync_op(sender.node, user, device, None);
                 } else if outcome == CloseOutcome::Stale {
                     let counter = &self.counters.session_closes_stale;
                     counter.set(counter.get() + 1);
@@ -601,6 +601,7 @@ impl Shard {
             let counter = &self.counters.sessions_purged;
             counter.set(counter.get() + purged as u64);
             self.topics.borrow_mut().purge_node(node);
+            self.forget_sync(node);
             epochs[node.0 as usize] = epoch;
         }
         epoch >= seen
@@ -738,6 +739,36 @@ impl Shard {
             self.outboxes
                 .borrow_mut()
                 .push(shard, class, &header, frame);
+        }
+    }
+
+    /// As `send_frame`, for a message the router decided to deliver (a
+    /// Fanout's Deliver): queued like a Deliver, not refused for size.
+    fn send_message_frame(
+        &self,
+        shard: usize,
+        node: NodeId,
+        epoch: u32,
+        class: Class,
+        frame: &[u8],
+    ) {
+        if shard == self.index {
+            self.write_message_here(node, epoch, frame);
+        } else {
+            let header = EntryHeader::new(EntryKind::DeliverFrame, node, epoch);
+            self.outboxes
+                .borrow_mut()
+                .push(shard, class, &header, frame);
+        }
+    }
+
+    fn write_message_here(&self, node: NodeId, epoch: u32, frame: &[u8]) {
+        let queued = self
+            .connection_for(node, epoch)
+            .is_some_and(|connection| connection.push_deliver(frame).is_ok());
+        if !queued {
+            let counter = &self.counters.frames_undeliverable;
+            counter.set(counter.get() + 1);
         }
     }
 
@@ -1093,6 +1124,9 @@ impl Shard {
                     self.apply_report(&report, header.flags & FLAG_QUEUED != 0);
                 }
                 EntryKind::Frame => self.write_here(header.node, header.epoch, frame),
+                EntryKind::DeliverFrame => {
+                    self.write_message_here(header.node, header.epoch, frame)
+                }
             }
         }
     }

@@ -20,7 +20,15 @@ use std::collections::{HashMap, HashSet};
 
 use crate::limits::{DEVICE_ID_BYTES_MAX, USER_ID_BYTES_MAX};
 use crate::route::Sender;
-use crate::table::NodeId;
+use crate::table::{NodeId, OpenOutcome};
+
+/// Whether the table holds the session after an open with this outcome.
+fn holds(outcome: OpenOutcome) -> bool {
+    matches!(
+        outcome,
+        OpenOutcome::Added | OpenOutcome::Refreshed | OpenOutcome::Replaced { .. }
+    )
+}
 use crate::wire::fb;
 
 use super::link::{Class, EntryHeader, EntryKind};
@@ -28,6 +36,8 @@ use super::Shard;
 
 /// A snapshot being received by an owner shard.
 pub(crate) struct Receiving {
+    /// The node's epoch (process and connection generation) it belongs to.
+    epoch: u32,
     generation: u64,
     /// The (user, device) keys the snapshot listed so far.
     listed: HashSet<Vec<u8>>,
@@ -134,18 +144,26 @@ impl Shard {
         let users = sync.users().into_iter().flatten();
         let devices = sync.devices().into_iter().flatten();
         for (i, (user, device)) in users.zip(devices).enumerate() {
-            let platform = sync.platforms().map_or(0, |v| v.get(i));
-            let seq = sync.seqs().map_or(0, |v| v.get(i));
+            // `check` made every present, non-empty vector as long as
+            // `users`; an empty one means "all default".
+            let platform = sync
+                .platforms()
+                .filter(|v| !v.is_empty())
+                .map_or(0, |v| v.get(i));
+            let seq = sync
+                .seqs()
+                .filter(|v| !v.is_empty())
+                .map_or(0, |v| v.get(i));
             let batch = &mut batches[self.owner_of(user)];
             put_str(batch, user);
             put_str(batch, device);
             batch.push(platform);
             batch.extend_from_slice(&seq.to_le_bytes());
         }
+        // Every shard hears of every batch, even with no session of its own,
+        // so that each knows the snapshot is in flight from its first
+        // batch on (SessionOpens behind it on this connection count).
         for (owner, batch) in batches.iter().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
             if owner == self.index {
                 self.apply_sync_batch(sender, generation, batch);
             } else {
@@ -192,6 +210,19 @@ impl Shard {
         if !self.observe_epoch(sender.node, sender.epoch) {
             return;
         }
+        {
+            let mut syncs = self.syncs.borrow_mut();
+            let fresh = || Receiving {
+                epoch: sender.epoch,
+                generation,
+                listed: HashSet::new(),
+                added: 0,
+            };
+            let receiving = syncs.receiving.entry(sender.node).or_insert_with(fresh);
+            if receiving.generation != generation || receiving.epoch != sender.epoch {
+                *receiving = fresh();
+            }
+        }
         for session in decode_batch(batch) {
             let outcome = self.open_here(
                 sender,
@@ -203,41 +234,49 @@ impl Shard {
             let mut syncs = self.syncs.borrow_mut();
             let receiving = syncs
                 .receiving
-                .entry(sender.node)
-                .or_insert_with(|| Receiving {
-                    generation,
-                    listed: HashSet::new(),
-                    added: 0,
-                });
-            if receiving.generation != generation {
-                *receiving = Receiving {
-                    generation,
-                    listed: HashSet::new(),
-                    added: 0,
-                };
+                .get_mut(&sender.node)
+                .expect("created above");
+            // Only what the table now holds is listed: a refused open
+            // (session or table limit) neither counts nor grows the set,
+            // which so stays within the node's sessions here.
+            if holds(outcome) {
+                receiving
+                    .listed
+                    .insert(key(session.user.as_bytes(), session.device.as_bytes()));
             }
-            receiving
-                .listed
-                .insert(key(session.user.as_bytes(), session.device.as_bytes()));
-            if matches!(
-                outcome,
-                crate::table::OpenOutcome::Added | crate::table::OpenOutcome::Replaced { .. }
-            ) {
+            if matches!(outcome, OpenOutcome::Added | OpenOutcome::Replaced { .. }) {
                 receiving.added += 1;
             }
         }
     }
 
-    /// On an owner: a SessionOpen or SessionClose of a node while its
-    /// snapshot is arriving also updates what the snapshot lists.
-    pub(crate) fn note_sync_op(&self, node: NodeId, user: &[u8], device: &[u8], open: bool) {
+    /// Forgets a node's snapshot in progress (its sessions died).
+    pub(crate) fn forget_sync(&self, node: NodeId) {
+        let mut syncs = self.syncs.borrow_mut();
+        if !syncs.receiving.is_empty() {
+            syncs.receiving.remove(&node);
+        }
+    }
+
+    /// On an owner: a SessionOpen (`Some(outcome)`) or SessionClose
+    /// (`None`) of a node while its snapshot is arriving also updates what
+    /// the snapshot lists.
+    pub(crate) fn note_sync_op(
+        &self,
+        node: NodeId,
+        user: &[u8],
+        device: &[u8],
+        open: Option<OpenOutcome>,
+    ) {
         let mut syncs = self.syncs.borrow_mut();
         if syncs.receiving.is_empty() {
             return; // The common case: no snapshot in flight, no hashing.
         }
         if let Some(receiving) = syncs.receiving.get_mut(&node) {
-            if open {
-                receiving.listed.insert(key(user, device));
+            if let Some(outcome) = open {
+                if holds(outcome) {
+                    receiving.listed.insert(key(user, device));
+                }
             } else {
                 receiving.listed.remove(&key(user, device));
             }
@@ -247,13 +286,21 @@ impl Shard {
     /// On an owner: the snapshot is complete; drop what it did not list.
     pub(crate) fn apply_sync_end(&self, sender: Sender, generation: u64, origin: usize) {
         let receiving = self.syncs.borrow_mut().receiving.remove(&sender.node);
-        let (listed, added) = match receiving {
-            Some(r) if r.generation == generation => (r.listed, r.added),
-            // No session of the snapshot is owned here: none of the node's
-            // sessions here stays.
-            _ => (HashSet::new(), 0),
+        let matching = receiving
+            .as_ref()
+            .is_some_and(|r| r.generation == generation && r.epoch == sender.epoch);
+        let (listed, added, reconcile) = match receiving {
+            Some(r) if matching => (r.listed, r.added, true),
+            // Another snapshot (a newer generation) is arriving: leave it
+            // and this shard's sessions alone.
+            Some(other) => {
+                self.syncs.borrow_mut().receiving.insert(sender.node, other);
+                (HashSet::new(), 0, false)
+            }
+            // Every batch reaches every shard, so this is a stale end.
+            None => (HashSet::new(), 0, false),
         };
-        let removed = if self.observe_epoch(sender.node, sender.epoch) {
+        let removed = if reconcile && self.observe_epoch(sender.node, sender.epoch) {
             self.table
                 .borrow_mut()
                 .retain_node(sender.node, |user, device| {
