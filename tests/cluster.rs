@@ -885,3 +885,27 @@ fn an_open_during_a_snapshot_survives_on_a_shard_the_snapshot_does_not_touch() {
         [session("gateway", "web", fb::Platform::Mobile)]
     );
 }
+
+/// While a shard-direct node's lowest-shard connection is closing (the
+/// router lingers until the node closes its side), frames sent to every
+/// node once go to its other, live connection instead of being lost.
+#[test]
+fn a_broadcast_reaches_a_node_whose_lowest_connection_is_closing() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut sender = Node::connect(addr, "sender");
+    let mut direct0 = Node::connect_to_shard(addr, "direct", 0);
+    let mut direct1 = Node::connect_to_shard(addr, "direct", 1);
+    let goodbye = direct0.encoder.goodbye("this connection only").to_vec();
+    direct0.wire.send(&goodbye);
+    // The router flushed and shut its side: the connection is closing, and
+    // stays registered while the router waits for ours.
+    while direct0.wire.recv().is_some() {}
+    let frame = sender.encoder.broadcast("", b"still there?").to_vec();
+    sender.wire.send(&frame);
+    assert_eq!(
+        expect_broadcast(&mut direct1),
+        ("sender".to_string(), b"still there?".to_vec())
+    );
+    drop(direct0);
+}

@@ -253,6 +253,8 @@ impl Connection {
         if self.congested.replace(false) {
             self.directory.set_congested(self.node, self.shard, false);
         }
+        self.directory
+            .mark_closing(self.node, self.shard, self.ticket);
         self.writer_wake.notify();
         if let Some(waker) = self.reader_waker.take() {
             waker.wake();

@@ -39,6 +39,9 @@ struct NodeEntry {
     connections: AtomicU64,
     /// Bit `s`: that connection's output buffer is over its soft limit.
     congested: AtomicU64,
+    /// Bit `s`: that connection is closing (its bit in `connections` goes
+    /// when it is unregistered, up to a linger later).
+    closing: AtomicU64,
 }
 
 /// What routing needs to know about a node, read in one go.
@@ -47,6 +50,7 @@ pub struct NodeState {
     pub epoch: u32,
     pub connections: u64,
     pub congested: u64,
+    pub closing: u64,
 }
 
 impl NodeState {
@@ -64,6 +68,15 @@ impl NodeState {
         } else {
             None
         }
+    }
+
+    /// The shard that writes frames sent to every node once (NodeEvents,
+    /// Broadcasts) to this node: its lowest-numbered connection that is not
+    /// closing.
+    #[inline]
+    pub fn fan_out_shard(&self) -> Option<usize> {
+        let live = self.connections & !self.closing;
+        (live != 0).then(|| live.trailing_zeros() as usize)
     }
 
     #[inline]
@@ -274,6 +287,18 @@ impl Directory {
             epoch: entry.epoch.load(Ordering::Acquire),
             connections: entry.connections.load(Ordering::Acquire),
             congested: entry.congested.load(Ordering::Relaxed),
+            closing: entry.closing.load(Ordering::Acquire),
+        }
+    }
+
+    /// Marks the connection registered under `ticket` on `shard` as
+    /// closing (nothing if another connection took its place).
+    pub fn mark_closing(&self, node: NodeId, shard: usize, ticket: u64) {
+        let registry = self.registry.lock().expect("directory lock");
+        if registry.records[node.0 as usize].tickets[shard] == ticket {
+            self.entries[node.0 as usize]
+                .closing
+                .fetch_or(1 << shard, Ordering::AcqRel);
         }
     }
 
@@ -340,6 +365,7 @@ impl Directory {
             }
             record.tickets.fill(0);
             entry.congested.store(0, Ordering::Relaxed);
+            entry.closing.store(0, Ordering::Relaxed);
             entry.epoch.fetch_add(1, Ordering::AcqRel);
             Superseded::PreviousIncarnation { connections }
         } else if record.tickets[shard] != 0 {
@@ -356,6 +382,7 @@ impl Directory {
         record.tickets[shard] = ticket;
         self.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
         entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
+        entry.closing.fetch_and(!(1 << shard), Ordering::AcqRel);
         entry
             .connections
             .store(record.connection_mask(), Ordering::Release);
@@ -446,6 +473,7 @@ impl Directory {
         self.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
         let entry = &self.entries[node.0 as usize];
         entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
+        entry.closing.fetch_and(!(1 << shard), Ordering::AcqRel);
         let mask = record.connection_mask();
         if mask != 0 {
             entry.connections.store(mask, Ordering::Release);
@@ -581,6 +609,7 @@ mod tests {
             epoch: 1,
             connections: 0b1010,
             congested: 0,
+            closing: 0,
         };
         assert_eq!(state.delivery_shard(3), Some(3));
         assert_eq!(state.delivery_shard(0), Some(1));

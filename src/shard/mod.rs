@@ -322,9 +322,7 @@ impl Shard {
                 continue;
             }
             let state = self.directory.state(connection.node);
-            if state.connections.trailing_zeros() as usize != self.index
-                || state.epoch != connection.epoch
-            {
+            if state.fan_out_shard() != Some(self.index) || state.epoch != connection.epoch {
                 continue; // Another shard writes this node's copy.
             }
             // Membership events are rare and small, and a node must not be
