@@ -635,14 +635,20 @@ impl Shard {
     /// listing those devices, with the CARBON flag. Best effort, no
     /// verdict: a congested or departed node is skipped and counted.
     fn carbons_here(&self, message: &Message<'_>) {
+        // Fixed arrays, as in `route::route`: nothing allocated per message.
         const CEILING: usize = crate::limits::SESSIONS_PER_USER_MAX_CEILING as usize;
+        const EMPTY: (NodeId, &[u8]) = (NodeId(0), &[]);
         let table = self.table.borrow();
-        let mut picked: Vec<(NodeId, &[u8])> = Vec::with_capacity(CEILING);
+        let mut picked = [EMPTY; CEILING];
+        let mut picked_count = 0;
         for session in table.sessions(message.from_user.as_bytes()) {
             if session.device != message.from_device.as_bytes() {
-                picked.push((session.node, session.device));
+                // The table holds at most `sessions_per_user_max` per user.
+                picked[picked_count] = (session.node, session.device);
+                picked_count += 1;
             }
         }
+        let picked = &mut picked[..picked_count];
         picked.sort_by_key(|&(node, _)| node);
         for group in picked.chunk_by(|a, b| a.0 == b.0) {
             let node = group[0].0;
@@ -657,14 +663,18 @@ impl Shard {
                 counter.set(counter.get() + 1);
                 continue;
             };
-            let devices: Vec<&[u8]> = group.iter().map(|&(_, device)| device).collect();
+            let mut devices = [&[][..]; CEILING];
+            for (slot, &(_, device)) in devices.iter_mut().zip(group) {
+                *slot = device;
+            }
+            let devices = &devices[..group.len()];
             let mut encoder = self.deliver_encoder.borrow_mut();
             let frame = encoder.deliver(&crate::wire::DeliverFrame {
                 message_id: message.message_id,
                 from_user: message.from_user,
                 from_device: message.from_device,
                 to_user: message.to_user,
-                devices: &devices,
+                devices,
                 flags: ROUTE_FLAG_CARBON,
                 payload: message.payload,
             });
