@@ -16,13 +16,17 @@
 //! - [`shard`]: thread-per-core execution. One pinned glommio executor per
 //!   shard, the user-to-shard function ([`shard::placement`]), and the
 //!   cross-core links: bounded crossbeam channels carrying batches, with a
-//!   doorbell so an idle shard sleeps.
-//! - [`table`]: the location table of one shard (user to sessions), plain
-//!   data with no I/O.
+//!   doorbell so an idle shard sleeps; and the multi-shard operations built
+//!   on them: Fanout coordination (`shard::fanout`) and session resync
+//!   (`shard::sync`).
+//! - [`table`]: the location table of one shard (user to sessions, with the
+//!   login policy) and its topic table, plain data with no I/O.
 //! - [`route`]: routing decisions, sans-IO: given a message, the table and a
 //!   view of the nodes, what to deliver where and which verdict to give.
-//! - [`node`]: node connections (accept, handshake, read, bounded output)
-//!   and the node directory shared by the shards.
+//! - [`node`]: node connections (accept, handshake, heartbeats, read,
+//!   bounded output), the node directory shared by the shards (epochs,
+//!   membership, the senior node), and a small blocking client for the
+//!   command line (`imrouter locate`).
 //! - [`metrics`]: per-shard counters, gathered on demand.
 //! - [`config`]: command-line flags to a validated [`config::Config`].
 //! - [`limits`]: every bound, with its reason.
