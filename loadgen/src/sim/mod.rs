@@ -493,16 +493,8 @@ impl SimNode {
             }
             Target::Nats => nats::publish(link, &to_user, &payload),
         }
-        let sent_ns = self.worker.now_ns();
-        if measured {
-            let _ = self
-                .worker
-                .send_lateness
-                .borrow_mut()
-                .record(sent_ns.saturating_sub(due_ns).max(1));
-        }
         let sent = Sent {
-            sent_ns,
+            sent_ns: self.worker.now_ns(),
             user,
             offline,
             to_device,
@@ -510,6 +502,19 @@ impl SimNode {
             fanout: false,
         };
         let events = self.expected_for(&sent);
+        self.log_sent(sent, due_ns, events);
+    }
+
+    /// Logs a message just sent: how late it left, the events it should
+    /// cause (for the window and the drain), and the message itself.
+    fn log_sent(&self, sent: Sent, due_ns: u64, events: u64) {
+        if sent.measured {
+            let _ = self
+                .worker
+                .send_lateness
+                .borrow_mut()
+                .record(sent.sent_ns.saturating_sub(due_ns).max(1));
+        }
         self.expected_events
             .set(self.expected_events.get() + events);
         self.worker.shared.expected_events[self.index as usize]
@@ -589,28 +594,15 @@ impl SimNode {
             });
             self.links[0].push(frame);
         }
-        let sent_ns = self.worker.now_ns();
-        if measured {
-            let _ = self
-                .worker
-                .send_lateness
-                .borrow_mut()
-                .record(sent_ns.saturating_sub(due_ns).max(1));
-        }
-        self.expected_events
-            .set(self.expected_events.get() + self.fanout_events(id));
-        self.worker.shared.expected_events[self.index as usize]
-            .0
-            .store(self.expected_events.get(), Ordering::Relaxed);
-        self.sent.borrow_mut().push(Sent {
-            sent_ns,
+        let sent = Sent {
+            sent_ns: self.worker.now_ns(),
             user: 0,
             offline: false,
             to_device: ALL_DEVICES,
             measured,
             fanout: true,
-        });
-        WorkerStats::add(&self.worker.stats.sent, 1);
+        };
+        self.log_sent(sent, due_ns, self.fanout_events(id));
     }
 
     /// Sends SessionOpen (`open`) or SessionClose for device `device` of
