@@ -909,3 +909,34 @@ fn a_broadcast_reaches_a_node_whose_lowest_connection_is_closing() {
     );
     drop(direct0);
 }
+
+/// A Fanout recipient whose node is going away when its Deliver arrives is
+/// reported offline to the sender, not lost: the Status waits for every
+/// destination's outcome.
+#[test]
+fn a_fanout_recipient_on_a_closing_node_is_reported_offline() {
+    let router = start_router(2);
+    let addr = router.local_addr();
+    let mut staying = Node::connect(addr, "staying");
+    let mut leaving = Node::connect(addr, "leaving");
+    let mut sender = Node::connect(addr, "sender");
+    staying.open_confirmed("uma", "phone");
+    leaving.open_confirmed("vic", "phone");
+    let goodbye = leaving.encoder.goodbye("going").to_vec();
+    leaving.wire.send(&goodbye);
+    // The router flushed and shut its side; the connection is closing but
+    // still registered (its sessions still resolve) while it lingers.
+    while leaving.wire.recv().is_some() {}
+    send_fanout(&mut sender, 9, &["uma", "vic"], b"to both");
+    assert_eq!(fanout_deliver(&mut staying).0, 9);
+    assert_eq!(
+        fanout_status(&mut sender),
+        (
+            9,
+            fb::Verdict::Routed,
+            fb::Reason::Partial,
+            vec!["vic".to_string()]
+        )
+    );
+    drop(leaving);
+}

@@ -9,9 +9,13 @@
 //!    node, the users and their devices there, plus the users with no live
 //!    session (`FanoutResolved`, Response class);
 //! 3. once every owner has answered, the coordinator merges the answers per
-//!    node, writes one Deliver per node listing that node's recipients
-//!    (Bounce class, which causes no further cross-core work), and one
-//!    Status to the sender listing the recipients that got nothing.
+//!    node and sends one Deliver per node listing that node's recipients
+//!    (Response class, to the shard of the node's connection);
+//! 4. each of those shards reports whether it could queue the Deliver
+//!    (`FanoutReport`, Bounce class, which causes no further cross-core
+//!    work), and once all have, the coordinator sends the sender one Status
+//!    listing the recipients that got nothing, those of a node that went
+//!    away in the meantime included.
 //!
 //! Every step that is proportional to the list runs in a task that yields
 //! every `FANOUT_CHUNK` recipients, so a list of 100,000 users never holds a
@@ -30,7 +34,7 @@ use crate::route::Sender;
 use crate::table::NodeId;
 use crate::wire::{envelope_unchecked, fb, FanoutFrame};
 
-use super::link::{Class, EntryHeader, EntryKind};
+use super::link::{Class, EntryHeader, EntryKind, FLAG_QUEUED};
 use super::Shard;
 
 /// A Fanout this shard coordinates.
@@ -45,6 +49,18 @@ pub(crate) struct Job {
 
 /// Users with their devices on one node: (user, [device]).
 pub(crate) type NodeUsers = Vec<(String, Vec<String>)>;
+
+/// A Fanout whose Delivers are on their way: the Status waits for every
+/// destination's outcome, so that recipients on a node that went away in
+/// the meantime are reported offline rather than lost.
+pub(crate) struct Delivering {
+    sender: Sender,
+    message_id: u64,
+    /// Destination nodes that have not reported, with their recipients.
+    pending: HashMap<NodeId, Vec<String>>,
+    delivered: usize,
+    offline: Vec<String>,
+}
 
 /// One owner's answer, decoded.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -333,54 +349,140 @@ impl Shard {
             }
             yield_now().await;
         }
-        let mut delivered = 0;
+        // Which nodes get a Deliver, decided before any is sent, so that
+        // every outcome (some are immediate, on this shard) finds them.
+        let mut targets: Vec<(NodeId, u32, usize, NodeUsers)> = Vec::new();
         for (node, epoch, users) in nodes {
             let state = self.directory.state(node);
             let shard = state
                 .delivery_shard(self.index)
                 .filter(|&shard| state.epoch == epoch && !state.is_congested_on(shard));
-            let Some(shard) = shard else {
+            match shard {
+                Some(shard) => targets.push((node, epoch, shard, users)),
                 // Gone or congested since the lookup: its recipients are
                 // told to the sender as offline.
-                offline.extend(users.into_iter().map(|(user, _)| user));
-                continue;
-            };
+                None => offline.extend(users.into_iter().map(|(user, _)| user)),
+            }
+        }
+        let delivering = Delivering {
+            sender: job.sender,
+            message_id: message.message_id,
+            pending: targets
+                .iter()
+                .map(|(node, _, _, users)| (*node, users.iter().map(|(u, _)| u.clone()).collect()))
+                .collect(),
+            delivered: 0,
+            offline,
+        };
+        if delivering.pending.is_empty() {
+            return self.finish_status(delivering);
+        }
+        self.fanout_delivering
+            .borrow_mut()
+            .insert(token, delivering);
+        for (node, epoch, shard, users) in targets {
             let recipients: Vec<(&str, Vec<&str>)> = users
                 .iter()
                 .map(|(user, devices)| {
                     (user.as_str(), devices.iter().map(String::as_str).collect())
                 })
                 .collect();
-            {
+            let queued_here = {
                 let mut encoder = self.encoder.borrow_mut();
                 let frame = encoder.deliver_recipients(&message, &recipients);
-                self.send_message_frame(shard, node, epoch, Class::Bounce, frame);
-            }
-            delivered += 1;
+                if shard == self.index {
+                    Some(self.write_message_here(node, epoch, frame))
+                } else {
+                    let header = EntryHeader {
+                        origin_shard: self.index as u8,
+                        token,
+                        ..EntryHeader::new(EntryKind::FanoutDeliver, node, epoch)
+                    };
+                    self.outboxes
+                        .borrow_mut()
+                        .push(shard, Class::Response, &header, frame);
+                    None
+                }
+            };
             let counter = &self.counters.fanout_delivers_out;
             counter.set(counter.get() + 1);
+            if let Some(queued) = queued_here {
+                self.fanout_delivered(token, node, queued);
+            }
+            self.request_flush();
             yield_now().await;
         }
+    }
+
+    /// On the shard that queued (or failed to queue) a Fanout Deliver: the
+    /// outcome, to the coordinator.
+    pub(crate) fn report_fanout_deliver(
+        &self,
+        coordinator: usize,
+        token: u64,
+        node: NodeId,
+        queued: bool,
+    ) {
+        if coordinator == self.index {
+            return self.fanout_delivered(token, node, queued);
+        }
+        let header = EntryHeader {
+            token,
+            flags: if queued { FLAG_QUEUED } else { 0 },
+            ..EntryHeader::new(EntryKind::FanoutReport, node, 0)
+        };
+        // Bounce: the coordinator's handling causes no cross-core work.
+        self.outboxes
+            .borrow_mut()
+            .push(coordinator, Class::Bounce, &header, &[]);
+    }
+
+    /// On the coordinator: one node's outcome; the Status once all are in.
+    pub(crate) fn fanout_delivered(&self, token: u64, node: NodeId, queued: bool) {
+        let done = {
+            let mut all = self.fanout_delivering.borrow_mut();
+            let Some(delivering) = all.get_mut(&token) else {
+                return;
+            };
+            let Some(users) = delivering.pending.remove(&node) else {
+                return;
+            };
+            if queued {
+                delivering.delivered += 1;
+            } else {
+                // The node went away before its Deliver was queued.
+                delivering.offline.extend(users);
+            }
+            if !delivering.pending.is_empty() {
+                return;
+            }
+            all.remove(&token)
+        };
+        if let Some(delivering) = done {
+            self.finish_status(delivering);
+        }
+    }
+
+    /// The Fanout's one Status, to the sender (whose connection is here).
+    fn finish_status(&self, delivering: Delivering) {
         let counter = &self.counters.fanout_recipients_offline;
-        counter.set(counter.get() + offline.len() as u64);
-        let (verdict, reason) = match (delivered, offline.is_empty()) {
+        counter.set(counter.get() + delivering.offline.len() as u64);
+        let (verdict, reason) = match (delivering.delivered, delivering.offline.is_empty()) {
             (0, _) => (fb::Verdict::Offline, fb::Reason::NoSession),
             (_, true) => (fb::Verdict::Routed, fb::Reason::None),
             (_, false) => (fb::Verdict::Routed, fb::Reason::Partial),
         };
-        let offline: Vec<&str> = offline.iter().map(String::as_str).collect();
+        let offline: Vec<&str> = delivering.offline.iter().map(String::as_str).collect();
+        let sender = delivering.sender;
         let mut encoder = self.encoder.borrow_mut();
-        let frame = encoder.status_offline(message.message_id, verdict, reason, &offline);
-        // The coordinator is the sender's shard.
+        let frame = encoder.status_offline(delivering.message_id, verdict, reason, &offline);
         self.send_frame(
-            job.sender.shard,
-            job.sender.node,
-            job.sender.epoch,
+            sender.shard,
+            sender.node,
+            sender.epoch,
             Class::Bounce,
             frame,
         );
-        drop(encoder);
-        self.request_flush();
     }
 }
 

@@ -118,9 +118,12 @@ pub enum EntryKind {
     SyncEnd = 17,
     /// Response: one shard's counts for snapshot `token` (see `sync`).
     SyncDone = 18,
-    /// Response or Bounce: as `Frame`, but a message the router decided to
-    /// deliver: queued like a Deliver, never refused for size.
-    DeliverFrame = 19,
+    /// Response: a Fanout's Deliver for `node`/`epoch`, queued like a
+    /// Deliver; the outcome goes back to `origin_shard` for Fanout `token`.
+    FanoutDeliver = 19,
+    /// Bounce: whether the Fanout Deliver for `node` was queued (`flags`
+    /// has `FLAG_QUEUED`), for the Fanout `token` coordinated here.
+    FanoutReport = 20,
 }
 
 /// `EntryHeader::flags`: the sender asked for an ACK.
@@ -151,7 +154,8 @@ impl EntryKind {
             16 => EntryKind::SyncBatch,
             17 => EntryKind::SyncEnd,
             18 => EntryKind::SyncDone,
-            19 => EntryKind::DeliverFrame,
+            19 => EntryKind::FanoutDeliver,
+            20 => EntryKind::FanoutReport,
             // Batches are written only by `push_entry` in this process.
             other => panic!("corrupt batch: entry kind {other}"),
         }

@@ -93,8 +93,10 @@ pub struct Shard {
     syncs: RefCell<sync::Syncs>,
     /// The topics this shard owns.
     topics: RefCell<Topics>,
-    /// Fanouts this shard coordinates, by token.
+    /// Fanouts this shard coordinates, by token: being resolved, and
+    /// waiting for their Delivers' outcomes.
     fanout_jobs: RefCell<HashMap<u64, fanout::Job>>,
+    fanout_delivering: RefCell<HashMap<u64, fanout::Delivering>>,
     next_fanout_token: Cell<u64>,
     /// Sockets accepted or adopted and not yet closed (handshaking or open).
     pub(crate) sockets: Cell<usize>,
@@ -157,6 +159,7 @@ impl Shard {
             syncs: RefCell::new(sync::Syncs::default()),
             topics: RefCell::new(Topics::new(config.topics_per_shard_max())),
             fanout_jobs: RefCell::new(HashMap::new()),
+            fanout_delivering: RefCell::new(HashMap::new()),
             next_fanout_token: Cell::new(1),
             sockets: Cell::new(0),
             outboxes: RefCell::new(Outboxes::new(shard_count)),
@@ -750,27 +753,10 @@ impl Shard {
         }
     }
 
-    /// As `send_frame`, for a message the router decided to deliver (a
-    /// Fanout's Deliver): queued like a Deliver, not refused for size.
-    fn send_message_frame(
-        &self,
-        shard: usize,
-        node: NodeId,
-        epoch: u32,
-        class: Class,
-        frame: &[u8],
-    ) {
-        if shard == self.index {
-            self.write_message_here(node, epoch, frame);
-        } else {
-            let header = EntryHeader::new(EntryKind::DeliverFrame, node, epoch);
-            self.outboxes
-                .borrow_mut()
-                .push(shard, class, &header, frame);
-        }
-    }
-
-    fn write_message_here(&self, node: NodeId, epoch: u32, frame: &[u8]) {
+    /// Queues a message the router decided to deliver (a Fanout's Deliver)
+    /// to `node`'s connection here if it is still at `epoch`: like a
+    /// Deliver, not refused for size. Returns whether it was queued.
+    fn write_message_here(&self, node: NodeId, epoch: u32, frame: &[u8]) -> bool {
         let queued = self
             .connection_for(node, epoch)
             .is_some_and(|connection| connection.push_deliver(frame).is_ok());
@@ -778,6 +764,7 @@ impl Shard {
             let counter = &self.counters.frames_undeliverable;
             counter.set(counter.get() + 1);
         }
+        queued
     }
 
     /// Writes a Status or Kick to `node`'s connection on this shard, if it
@@ -1132,9 +1119,20 @@ impl Shard {
                     self.apply_report(&report, header.flags & FLAG_QUEUED != 0);
                 }
                 EntryKind::Frame => self.write_here(header.node, header.epoch, frame),
-                EntryKind::DeliverFrame => {
-                    self.write_message_here(header.node, header.epoch, frame)
+                EntryKind::FanoutDeliver => {
+                    let queued = self.write_message_here(header.node, header.epoch, frame);
+                    self.report_fanout_deliver(
+                        header.origin_shard as usize,
+                        header.token,
+                        header.node,
+                        queued,
+                    );
                 }
+                EntryKind::FanoutReport => self.fanout_delivered(
+                    header.token,
+                    header.node,
+                    header.flags & FLAG_QUEUED != 0,
+                ),
             }
         }
     }
