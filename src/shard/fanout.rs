@@ -162,7 +162,10 @@ impl Shard {
         {
             return refuse(fb::Verdict::Rejected, fb::Reason::InvalidSender);
         }
-        if self.fanout_jobs.borrow().len() >= FANOUT_JOBS_MAX {
+        // Fanouts being resolved and those waiting for their Delivers'
+        // outcomes both count against the bound.
+        let in_progress = self.fanout_jobs.borrow().len() + self.fanout_delivering.borrow().len();
+        if in_progress >= FANOUT_JOBS_MAX {
             return refuse(fb::Verdict::Busy, fb::Reason::RouterBusy);
         }
         let token = self.next_fanout_token.get();
@@ -476,13 +479,7 @@ impl Shard {
         let sender = delivering.sender;
         let mut encoder = self.encoder.borrow_mut();
         let frame = encoder.status_offline(delivering.message_id, verdict, reason, &offline);
-        self.send_frame(
-            sender.shard,
-            sender.node,
-            sender.epoch,
-            Class::Bounce,
-            frame,
-        );
+        self.send_to(sender, Class::Bounce, frame);
     }
 }
 

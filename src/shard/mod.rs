@@ -582,13 +582,7 @@ impl Shard {
             .collect();
         let mut encoder = self.encoder.borrow_mut();
         let frame = encoder.located(locate.query_id(), user, &sessions);
-        self.send_frame(
-            sender.shard,
-            sender.node,
-            sender.epoch,
-            Class::Response,
-            frame,
-        );
+        self.send_to(sender, Class::Response, frame);
     }
 
     /// Records that `node`'s sessions from `epoch` on are the live ones,
@@ -716,13 +710,7 @@ impl Shard {
         self.counters.kicks.set(self.counters.kicks.get() + 1);
         let mut encoder = self.encoder.borrow_mut();
         let frame = encoder.kick(user, device, reason);
-        self.send_frame(
-            sender.shard,
-            sender.node,
-            sender.epoch,
-            Class::Response,
-            frame,
-        );
+        self.send_to(sender, Class::Response, frame);
     }
 
     // ----- Delivery side ---------------------------------------------------
@@ -738,6 +726,11 @@ impl Shard {
     ) {
         let mut encoder = self.encoder.borrow_mut();
         let frame = encoder.status(message_id, verdict, reason);
+        self.send_to(sender, class, frame);
+    }
+
+    /// Writes `frame` to the connection a request came in on.
+    fn send_to(&self, sender: Sender, class: Class, frame: &[u8]) {
         self.send_frame(sender.shard, sender.node, sender.epoch, class, frame);
     }
 

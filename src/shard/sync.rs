@@ -349,13 +349,7 @@ impl Shard {
             let sender = committing.sender;
             let mut encoder = self.encoder.borrow_mut();
             let frame = encoder.session_sync_ack(generation, committing.added, committing.removed);
-            self.send_frame(
-                sender.shard,
-                sender.node,
-                sender.epoch,
-                Class::Bounce,
-                frame,
-            );
+            self.send_to(sender, Class::Bounce, frame);
         }
     }
 }

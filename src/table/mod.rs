@@ -209,9 +209,7 @@ impl Table {
             (node.0 as usize) < self.node_heads.len(),
             "node id out of range"
         );
-        if !self.evicted.is_empty() {
-            self.evicted.clear();
-        }
+        self.evicted.clear();
         let hash = self.hasher.hash_one(user);
         let Some(user_index) = self.find_user(hash, user) else {
             if self.sessions.len() >= self.limits.sessions_max {
