@@ -154,9 +154,18 @@ pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(
 /// Protocol versions this router speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Default `--warmup-ms`: the reconnect grace nodes get (5 s), the time a
-/// node has to reconnect and resync after a router start.
-pub const WARMUP_MS_DEFAULT: u32 = 5000;
+/// Default `--reconnect-grace-ms`: how long the sessions of a node whose
+/// connection was lost (no Goodbye) stay suspended, their messages parked,
+/// waiting for the same process to reconnect.
+pub const RECONNECT_GRACE_MS_DEFAULT: u32 = 5000;
+
+/// Longest `--reconnect-grace-ms` (10 minutes).
+pub const RECONNECT_GRACE_MS_MAX: u32 = 600_000;
+
+/// Default `--park-bytes-max`: bytes one suspended connection may hold for
+/// its node (parked frames plus frames sent but not acknowledged). One more
+/// ends the grace at once: every parked message is answered Offline.
+pub const PARK_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
 
 /// Default `--max-topics`: distinct topics in the router (split evenly over
 /// the shards). A topic costs its id plus 8 bytes per subscribed node,

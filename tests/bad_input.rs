@@ -67,6 +67,8 @@ fn cases() -> Vec<Case> {
             incarnation: 1,
             auth_token: None,
             shard: None,
+            acks: false,
+            received: 0,
         })
         .to_vec();
     let no_such_shard = encoder
@@ -76,6 +78,8 @@ fn cases() -> Vec<Case> {
             incarnation: 1,
             auth_token: None,
             shard: Some(9),
+            acks: false,
+            received: 0,
         })
         .to_vec();
     let deliver = encoder
@@ -283,6 +287,8 @@ fn wrong_or_missing_auth_token_is_refused() {
                 incarnation: 1,
                 auth_token: token,
                 shard: None,
+                acks: false,
+                received: 0,
             })
             .to_vec();
         wire.send(&hello);
@@ -297,6 +303,8 @@ fn wrong_or_missing_auth_token_is_refused() {
             incarnation: 1,
             auth_token: Some("s3cret"),
             shard: None,
+            acks: false,
+            received: 0,
         })
         .to_vec();
     wire.send(&hello);

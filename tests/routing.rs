@@ -359,7 +359,7 @@ fn a_late_session_close_never_removes_a_newer_open() {
 /// resynced yet: for --warmup-ms the verdict is Unknown, not Offline.
 #[test]
 fn during_the_warm_up_no_session_is_unknown_not_offline() {
-    let router = start_router_with(1, |args| args.warmup_ms = 600_000);
+    let router = start_router_with(1, |args| args.warmup_ms = Some(600_000));
     let mut node = Node::connect(router.local_addr(), "early");
     let id = node.route_to("nobody-yet", None, b"?", 0);
     assert_eq!(

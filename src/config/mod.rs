@@ -17,9 +17,9 @@ use crate::limits::{
     AUTH_TOKEN_BYTES_MAX, FANOUT_MAX_CEILING, FANOUT_MAX_DEFAULT, FRAME_BYTES_MAX_CEILING,
     FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX,
     HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
-    OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, READ_BUFFER_BYTES_MIN, SESSIONS_MAX_DEFAULT,
+    OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, PARK_BYTES_MAX_DEFAULT, READ_BUFFER_BYTES_MIN,
+    RECONNECT_GRACE_MS_DEFAULT, RECONNECT_GRACE_MS_MAX, SESSIONS_MAX_DEFAULT,
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
-    WARMUP_MS_DEFAULT,
 };
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
@@ -168,8 +168,22 @@ pub struct ServeArgs {
     /// session gets verdict Unknown (retry later) instead of Offline, so
     /// that nodes do not store messages as offline merely because the
     /// router restarted and they have not resynced yet. 0 turns it off.
-    #[arg(long, default_value_t = WARMUP_MS_DEFAULT, value_name = "MS")]
-    pub warmup_ms: u32,
+    /// Default: --reconnect-grace-ms.
+    #[arg(long, value_name = "MS")]
+    pub warmup_ms: Option<u32>,
+
+    /// A connection lost without a Goodbye (closed, failed, timed out)
+    /// leaves its node's sessions suspended this long: messages for them
+    /// are parked and delivered in order when the same node process
+    /// reconnects; when it does not, each parked message is answered
+    /// Offline and the sessions are removed. 0: remove them at once.
+    #[arg(long, default_value_t = RECONNECT_GRACE_MS_DEFAULT, value_name = "MS")]
+    pub reconnect_grace_ms: u32,
+
+    /// Bytes one suspended connection may park for its node (plus what was
+    /// sent but not acknowledged). One more ends its grace at once.
+    #[arg(long, default_value_t = PARK_BYTES_MAX_DEFAULT, value_name = "N")]
+    pub park_bytes_max: usize,
 }
 
 /// The validated configuration of one router.
@@ -203,6 +217,10 @@ pub struct Config {
     pub topics_max: u64,
     /// How long after start "no session" means Unknown.
     pub warmup: Duration,
+    /// How long a lost connection stays suspended; zero: no suspension.
+    pub reconnect_grace: Duration,
+    /// Bytes a suspended connection may hold.
+    pub park_bytes_max: usize,
 }
 
 impl fmt::Debug for Config {
@@ -222,6 +240,8 @@ impl fmt::Debug for Config {
             .field("fanout_max", &self.fanout_max)
             .field("topics_max", &self.topics_max)
             .field("warmup", &self.warmup)
+            .field("reconnect_grace", &self.reconnect_grace)
+            .field("park_bytes_max", &self.park_bytes_max)
             .finish()
     }
 }
@@ -342,6 +362,16 @@ impl Config {
                 "--fanout-max must be 1 to {FANOUT_MAX_CEILING}"
             )));
         }
+        if args.reconnect_grace_ms > RECONNECT_GRACE_MS_MAX {
+            return Err(ConfigError::new(format!(
+                "--reconnect-grace-ms must be at most {RECONNECT_GRACE_MS_MAX}"
+            )));
+        }
+        if args.park_bytes_max < args.max_frame_bytes as usize + 4 {
+            return Err(ConfigError::new(
+                "--park-bytes-max must hold at least one frame of --max-frame-bytes".to_string(),
+            ));
+        }
         let auth_token = match &args.auth_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -360,7 +390,11 @@ impl Config {
             login_policy: args.login_policy,
             fanout_max: args.fanout_max,
             topics_max: args.max_topics,
-            warmup: Duration::from_millis(u64::from(args.warmup_ms)),
+            warmup: Duration::from_millis(u64::from(
+                args.warmup_ms.unwrap_or(args.reconnect_grace_ms),
+            )),
+            reconnect_grace: Duration::from_millis(u64::from(args.reconnect_grace_ms)),
+            park_bytes_max: args.park_bytes_max,
         })
     }
 }

@@ -64,6 +64,23 @@ counters! {
     connections_timed_out,
     /// Connections the node closed with Goodbye.
     connections_goodbye,
+    /// Connections lost without a Goodbye whose stream was suspended
+    /// (--reconnect-grace-ms).
+    connections_suspended,
+    /// Connections that took over a suspended (or replaced) stream.
+    connections_resumed,
+    /// Suspended connections given up: the grace ran out.
+    suspensions_expired,
+    /// Suspended connections given up because the park filled up.
+    suspensions_park_full,
+    /// Bytes queued again for resuming connections (unacknowledged plus
+    /// parked).
+    resume_bytes_replayed,
+    /// Message outcomes answered not delivered because a suspended
+    /// connection was given up.
+    parked_messages_failed,
+    /// Ack frames from nodes.
+    acks_in,
     /// Pings the router sent to quiet connections.
     pings_sent,
     /// Locate queries answered by this shard (as the user's owner).

@@ -58,6 +58,8 @@ impl Client {
                 incarnation,
                 auth_token,
                 shard: None,
+                acks: false,
+                received: 0,
             })
             .to_vec();
         client.stream.write_all(&hello)?;

@@ -22,11 +22,37 @@
 //!   `SlowConsumer`: only a node that keeps sending but never reads gets
 //!   there, and it cannot be told anything else.
 //!
+//!
+//! # The stream, suspension and resumption
+//!
+//! Everything queued after the Welcome is one byte *stream* per
+//! connection, numbered from offset 0 and continued, not restarted, when a
+//! connection of the same node process resumes it. The stream outlives its
+//! socket:
+//!
+//! - A node that set `Hello.acks` acknowledges the offset it has processed
+//!   (Ack frames). Written bytes are kept in `retained` until acknowledged,
+//!   and the verdicts of the messages in them wait for the Ack (`deferred`):
+//!   `Routed` then means the node has the message.
+//! - When the socket is lost without a Goodbye the connection is
+//!   *suspended* ([`suspend`]): no socket, but frames are still queued
+//!   (parked) up to `--park-bytes-max`, and their verdicts deferred.
+//! - A new connection of the same process on this shard takes the stream
+//!   over ([`take_over`]): it first writes the unacknowledged bytes from the
+//!   offset the node says it processed, then what was parked, in order.
+//! - When nobody takes it over in time (or the park fills up), the shard
+//!   answers every deferred message as not delivered.
+//!
+//! Frames that are not part of the stream: the Welcome (written first) and
+//! a closing Error frame (written last).
+//!
 //! [`push_deliver`]: Connection::push_deliver
 //! [`push_control`]: Connection::push_control
+//! [`suspend`]: Connection::suspend
+//! [`take_over`]: Connection::take_over
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -40,6 +66,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::limits::{OUT_BUFFER_HARD_FACTOR, PENDING_REPORTS_MAX};
+use crate::route::{Plan, Sender};
 use crate::shard::signal::Signal;
 use crate::table::NodeId;
 use crate::wire::fb;
@@ -60,6 +87,43 @@ pub enum PushError {
     OverHardLimit,
 }
 
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Reading and writing.
+    Open,
+    /// The socket is gone; frames are parked for a resuming connection.
+    Suspended,
+    /// Ending for good: nothing more is queued.
+    Closing,
+}
+
+/// A message outcome that waits for the node's Ack (or for a suspended
+/// connection to be resumed or given up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// A Route's Deliver: report to the sender as in `route::verdict`.
+    Route {
+        sender: Sender,
+        message_id: u64,
+        token: u64,
+        plan: Plan,
+    },
+    /// A Fanout's Deliver: report to the coordinating shard.
+    Fanout { coordinator: usize, token: u64 },
+}
+
+/// What a connection taking over a stream must settle at once.
+pub struct TakeOver {
+    /// Outcomes now known to be delivered (the node says it has them, or
+    /// the node does not acknowledge and they are queued again).
+    pub delivered: Vec<Deferred>,
+    /// The stream offset the new connection starts at.
+    pub offset: u64,
+    /// Bytes queued again: unacknowledged plus parked.
+    pub replayed: usize,
+}
+
 /// A node's connection to this shard, after its Hello/Welcome.
 pub struct Connection {
     pub node: NodeId,
@@ -71,15 +135,35 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     shard: usize,
     directory: Arc<Directory>,
-    stream: RefCell<TcpStream>,
+    /// The socket; taken (closed) when the connection is suspended.
+    stream: RefCell<Option<TcpStream>>,
+    /// The node sends Acks (see the module docs).
+    acks: bool,
+    /// The Welcome, written before the stream.
+    preamble: RefCell<Vec<u8>>,
     /// Frames queued and not yet taken by the writer.
     output: RefCell<Vec<u8>>,
     /// Bytes the writer is writing right now.
     in_flight: Cell<usize>,
+    /// Stream offset of the first byte of `retained` (with acks), or of
+    /// the first byte not yet written (without).
+    stream_base: Cell<u64>,
+    /// With acks: bytes written and not yet acknowledged.
+    retained: RefCell<VecDeque<u8>>,
+    /// Outcomes waiting for the stream offset at which their frame ends.
+    deferred: RefCell<VecDeque<(u64, Deferred)>>,
+    /// The Error frame written after the stream when closing.
+    farewell: RefCell<Vec<u8>>,
     soft_limit: usize,
     hard_limit: usize,
+    /// Bytes a suspended connection may hold (--park-bytes-max).
+    park_limit: usize,
     congested: Cell<bool>,
-    closing: Cell<bool>,
+    state: Cell<LinkState>,
+    /// The park filled up while suspended.
+    park_overflowed: Cell<bool>,
+    /// Wakes the grace task when a suspended connection stops being one.
+    state_changed: Signal,
     /// The Error frame queued when the hard limit is passed.
     slow_consumer_error: Rc<[u8]>,
     writer_wake: Signal,
@@ -98,6 +182,8 @@ pub struct Connection {
     /// Messages this connection sent to several nodes whose destinations
     /// have not all reported yet: token -> (reports missing, copies queued).
     pending_reports: RefCell<HashMap<u64, (u8, u8), ahash::RandomState>>,
+    /// The writer's last write failed.
+    write_failed: Cell<bool>,
 }
 
 impl Connection {
@@ -110,7 +196,9 @@ impl Connection {
         shard: usize,
         directory: Arc<Directory>,
         stream: TcpStream,
+        acks: bool,
         soft_limit: usize,
+        park_limit: usize,
         slow_consumer_error: Rc<[u8]>,
     ) -> Self {
         Connection {
@@ -121,13 +209,22 @@ impl Connection {
             peer: stream.peer_addr().ok(),
             shard,
             directory,
-            stream: RefCell::new(stream),
+            stream: RefCell::new(Some(stream)),
+            acks,
+            preamble: RefCell::new(Vec::new()),
             output: RefCell::new(Vec::new()),
             in_flight: Cell::new(0),
+            stream_base: Cell::new(0),
+            retained: RefCell::new(VecDeque::new()),
+            deferred: RefCell::new(VecDeque::new()),
+            farewell: RefCell::new(Vec::new()),
             soft_limit,
             hard_limit: soft_limit * OUT_BUFFER_HARD_FACTOR,
+            park_limit,
             congested: Cell::new(false),
-            closing: Cell::new(false),
+            state: Cell::new(LinkState::Open),
+            park_overflowed: Cell::new(false),
+            state_changed: Signal::default(),
             slow_consumer_error,
             writer_wake: Signal::default(),
             reader_waker: Cell::new(None),
@@ -137,11 +234,150 @@ impl Connection {
             read_paused: Cell::new(false),
             leave_reason: Cell::new(None),
             pending_reports: RefCell::new(HashMap::default()),
+            write_failed: Cell::new(false),
         }
     }
 
+    /// Whether the connection stopped reading and writing (suspended or
+    /// closing).
     pub fn is_closing(&self) -> bool {
-        self.closing.get()
+        self.state.get() != LinkState::Open
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state.get()
+    }
+
+    /// Whether frames may still be queued (open or suspended).
+    pub fn accepts(&self) -> bool {
+        self.state.get() != LinkState::Closing
+    }
+
+    /// Whether the node acknowledges the stream.
+    pub fn acks(&self) -> bool {
+        self.acks
+    }
+
+    /// Whether an outcome of a frame queued now must wait (see `defer`).
+    pub fn defers_reports(&self) -> bool {
+        self.acks || self.state.get() == LinkState::Suspended
+    }
+
+    /// The stream offset of the next byte queued.
+    pub fn stream_end(&self) -> u64 {
+        let unwritten = if self.acks { 0 } else { self.in_flight.get() };
+        self.stream_base.get()
+            + (self.retained.borrow().len() + unwritten + self.output.borrow().len()) as u64
+    }
+
+    /// The stream offset this connection started at (its Welcome's).
+    pub fn stream_offset(&self) -> u64 {
+        self.stream_base.get()
+    }
+
+    /// Sets the Welcome, written before the stream.
+    pub fn set_preamble(&self, welcome: &[u8]) {
+        *self.preamble.borrow_mut() = welcome.to_vec();
+        self.writer_wake.notify();
+    }
+
+    /// Makes the outcome of the frame just queued wait until the node
+    /// acknowledges it, or the suspended connection is resumed or given up.
+    pub fn defer(&self, outcome: Deferred) {
+        let end = self.stream_end();
+        self.deferred.borrow_mut().push_back((end, outcome));
+    }
+
+    /// Takes every deferred outcome (the connection is given up).
+    pub fn take_deferred(&self) -> Vec<Deferred> {
+        self.deferred
+            .borrow_mut()
+            .drain(..)
+            .map(|(_, outcome)| outcome)
+            .collect()
+    }
+
+    /// The node acknowledged `received` stream bytes: forgets them and
+    /// moves the outcomes they settle into `delivered`.
+    pub fn ack(&self, received: u64, delivered: &mut Vec<Deferred>) -> Result<(), String> {
+        if !self.acks {
+            return Err("Ack on a connection whose Hello did not set acks".into());
+        }
+        let base = self.stream_base.get();
+        let mut retained = self.retained.borrow_mut();
+        let written = base + retained.len() as u64;
+        if received > written {
+            return Err(format!(
+                "Ack of stream offset {received}; only {written} bytes were sent"
+            ));
+        }
+        if received <= base {
+            return Ok(()); // Nothing new (or an old Ack overtaken).
+        }
+        retained.drain(..(received - base) as usize);
+        drop(retained);
+        self.stream_base.set(received);
+        let mut deferred = self.deferred.borrow_mut();
+        while deferred.front().is_some_and(|&(end, _)| end <= received) {
+            let (_, outcome) = deferred.pop_front().expect("front checked");
+            delivered.push(outcome);
+        }
+        drop(deferred);
+        self.uncongest_if_drained();
+        Ok(())
+    }
+
+    fn uncongest_if_drained(&self) {
+        if self.congested.get() && self.queued_bytes() < self.soft_limit / 2 {
+            self.congested.set(false);
+            self.directory.set_congested(self.node, self.shard, false);
+        }
+    }
+
+    /// Continues the stream of `old`, a connection of the same node process
+    /// on this shard (suspended, or open and being replaced); `received` is
+    /// what the node says it processed. `old` ends, and must not be queued
+    /// to afterwards. Call before anything is queued here.
+    pub fn take_over(&self, old: &Connection, received: u64) -> TakeOver {
+        let old_base = old.stream_base.get();
+        let retained = std::mem::take(&mut *old.retained.borrow_mut());
+        let old_written = old_base + retained.len() as u64;
+        // Where the new stream starts: what the node processed, when it
+        // acknowledges (never before what it acknowledged, never past what
+        // was sent); else everything written counts as received.
+        let from = if old.acks && self.acks {
+            received.clamp(old_base, old_written)
+        } else if old.acks {
+            old_written
+        } else {
+            old_base + old.in_flight.get() as u64
+        };
+        let mut output = self.output.borrow_mut();
+        debug_assert!(output.is_empty(), "take_over before anything is queued");
+        let skip = (from - old_base) as usize;
+        output.extend(retained.iter().skip(skip));
+        output.append(&mut old.output.borrow_mut());
+        let replayed = output.len();
+        drop(output);
+        self.stream_base.set(from);
+
+        let mut delivered = Vec::new();
+        for (end, outcome) in old.deferred.borrow_mut().drain(..) {
+            if end <= from || !self.acks {
+                delivered.push(outcome);
+            } else {
+                self.deferred.borrow_mut().push_back((end, outcome));
+            }
+        }
+        *self.pending_reports.borrow_mut() = std::mem::take(&mut *old.pending_reports.borrow_mut());
+        old.in_flight.set(0);
+        old.set_leave_reason(fb::LeftReason::Replaced);
+        old.end();
+        TakeOver {
+            delivered,
+            offset: from,
+            replayed,
+        }
     }
 
     /// Records why the connection closes, unless a reason was recorded.
@@ -174,16 +410,46 @@ impl Connection {
         self.frames_queued.get()
     }
 
-    /// Bytes queued for the node: appended plus being written.
+    /// Bytes queued for the node: appended plus being written, plus (with
+    /// acks) written and not acknowledged.
     pub fn queued_bytes(&self) -> usize {
-        self.output.borrow().len() + self.in_flight.get()
+        let sent = if self.acks {
+            self.retained.borrow().len()
+        } else {
+            self.in_flight.get()
+        };
+        self.output.borrow().len() + sent
+    }
+
+    /// With acks: bytes written and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.retained.borrow().len()
+    }
+
+    /// Whether the park filled up (the suspension ended early).
+    pub fn park_overflowed(&self) -> bool {
+        self.park_overflowed.get()
+    }
+
+    /// A suspended connection's room: false (and the suspension ends) when
+    /// `bytes` more would pass `--park-bytes-max`.
+    fn park_room(&self, bytes: usize) -> bool {
+        if self.queued_bytes() + bytes <= self.park_limit {
+            return true;
+        }
+        self.park_overflowed.set(true);
+        self.end();
+        false
     }
 
     /// Queues a Deliver decided by an owner shard. Never refused for size
-    /// (see the module docs); refused only when the connection is closing.
+    /// (see the module docs) while open; parked while suspended; refused
+    /// when closing or when the park is full.
     pub fn push_deliver(&self, frame: &[u8]) -> Result<(), PushError> {
-        if self.closing.get() {
-            return Err(PushError::Closed);
+        match self.state.get() {
+            LinkState::Closing => return Err(PushError::Closed),
+            LinkState::Suspended if !self.park_room(frame.len()) => return Err(PushError::Closed),
+            _ => {}
         }
         self.append(frame);
         Ok(())
@@ -192,8 +458,16 @@ impl Connection {
     /// Queues a Status, Kick, Pong or Welcome. Past the hard limit the
     /// connection is closed as a slow consumer instead.
     pub fn push_control(&self, frame: &[u8]) -> Result<(), PushError> {
-        if self.closing.get() {
-            return Err(PushError::Closed);
+        match self.state.get() {
+            LinkState::Closing => return Err(PushError::Closed),
+            LinkState::Suspended => {
+                if !self.park_room(frame.len()) {
+                    return Err(PushError::Closed);
+                }
+                self.append(frame);
+                return Ok(());
+            }
+            LinkState::Open => {}
         }
         if self.queued_bytes() + frame.len() > self.hard_limit {
             self.set_leave_reason(fb::LeftReason::Slow);
@@ -209,6 +483,9 @@ impl Connection {
         let queued = self.queued_bytes() + frame.len();
         self.output.borrow_mut().extend_from_slice(frame);
         self.frames_queued.set(self.frames_queued.get() + 1);
+        if self.state.get() == LinkState::Suspended {
+            return; // Parked: bounded by the park, not congestion.
+        }
         if queued > self.soft_limit && !self.congested.get() {
             self.congested.set(true);
             self.directory.set_congested(self.node, self.shard, true);
@@ -242,13 +519,33 @@ impl Connection {
 
     /// Starts closing: queues `error` (bypassing the limits) as the last
     /// frame, and stops the reader. The writer flushes what is queued and
-    /// shuts the socket's write side down. Closing twice does nothing.
+    /// shuts the socket's write side down. Closing twice does nothing; a
+    /// suspended connection just ends.
     pub fn close(&self, error: Option<&[u8]>) {
-        if self.closing.replace(true) {
-            return;
+        match self.state.get() {
+            LinkState::Closing => return,
+            LinkState::Suspended => return self.end(),
+            LinkState::Open => {}
         }
+        self.stop(LinkState::Closing, error);
+    }
+
+    /// Suspends an open connection whose socket is lost (or is being given
+    /// up): the reader and writer stop (the writer after `error`, if any,
+    /// which is not part of the stream), and frames queued from now on are
+    /// parked. Returns false if the connection was not open.
+    pub fn suspend(&self, error: Option<&[u8]>) -> bool {
+        if self.state.get() != LinkState::Open {
+            return false;
+        }
+        self.stop(LinkState::Suspended, error);
+        true
+    }
+
+    fn stop(&self, state: LinkState, error: Option<&[u8]>) {
+        self.state.set(state);
         if let Some(error) = error {
-            self.output.borrow_mut().extend_from_slice(error);
+            self.farewell.borrow_mut().extend_from_slice(error);
         }
         if self.congested.replace(false) {
             self.directory.set_congested(self.node, self.shard, false);
@@ -256,20 +553,55 @@ impl Connection {
         self.directory
             .mark_closing(self.node, self.shard, self.ticket);
         self.writer_wake.notify();
+        self.state_changed.notify();
         if let Some(waker) = self.reader_waker.take() {
             waker.wake();
         }
+    }
+
+    /// Ends a connection for good without writing anything more (a
+    /// suspended one given up or taken over, or an open one taken over).
+    fn end(&self) {
+        match self.state.get() {
+            LinkState::Closing => {}
+            LinkState::Suspended => {
+                self.state.set(LinkState::Closing);
+                self.state_changed.notify();
+            }
+            LinkState::Open => {
+                self.output.borrow_mut().clear();
+                self.stop(LinkState::Closing, None);
+            }
+        }
+    }
+
+    /// Completes when a suspended connection is no longer suspended.
+    pub(crate) async fn until_not_suspended(&self) {
+        while self.state.get() == LinkState::Suspended {
+            self.state_changed.wait().await;
+        }
+    }
+
+    /// Closes the socket (of a suspended connection whose writer is done).
+    pub(crate) fn drop_socket(&self) {
+        self.stream.borrow_mut().take();
     }
 
     /// Reads into `buf`. `Ok(None)` means the router is closing the
     /// connection and the reader should stop.
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         poll_fn(|cx| {
-            if self.closing.get() {
+            if self.is_closing() {
                 return Poll::Ready(Ok(None));
             }
+            if self.write_failed.get() {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
             let mut stream = self.stream.borrow_mut();
-            match Pin::new(&mut *stream).poll_read(cx, buf) {
+            let Some(stream) = stream.as_mut() else {
+                return Poll::Ready(Ok(None));
+            };
+            match Pin::new(stream).poll_read(cx, buf) {
                 Poll::Ready(result) => {
                     if let Ok(1..) = result {
                         self.reads.set(self.reads.get() + 1);
@@ -288,7 +620,7 @@ impl Connection {
     /// Completes when the connection starts closing.
     pub(crate) async fn closed(&self) {
         poll_fn(|cx| {
-            if self.closing.get() {
+            if self.is_closing() {
                 Poll::Ready(())
             } else {
                 self.reader_waker.set(Some(cx.waker().clone()));
@@ -302,9 +634,11 @@ impl Connection {
     pub(crate) async fn discard_until_closed(&self) {
         let mut sink = [0u8; 4096];
         loop {
-            let read =
-                poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, &mut sink))
-                    .await;
+            let read = poll_fn(|cx| match self.stream.borrow_mut().as_mut() {
+                Some(stream) => Pin::new(stream).poll_read(cx, &mut sink),
+                None => Poll::Ready(Ok(0)),
+            })
+            .await;
             if !matches!(read, Ok(1..)) {
                 return;
             }
@@ -313,9 +647,11 @@ impl Connection {
 
     async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let written =
-                poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, bytes))
-                    .await?;
+            let written = poll_fn(|cx| match self.stream.borrow_mut().as_mut() {
+                Some(stream) => Pin::new(stream).poll_write(cx, bytes),
+                None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            })
+            .await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -325,7 +661,14 @@ impl Connection {
     }
 
     fn shutdown_write(&self) {
-        let fd = self.stream.borrow().as_raw_fd();
+        let Some(fd) = self
+            .stream
+            .borrow()
+            .as_ref()
+            .map(|stream| stream.as_raw_fd())
+        else {
+            return;
+        };
         // SAFETY: `fd` is the open socket `stream` owns. A failure (the peer
         // already reset the connection) leaves nothing to do.
         unsafe {
@@ -336,34 +679,66 @@ impl Connection {
     /// Flushes `output` until the connection closes; counts bytes written
     /// into `bytes_out`.
     pub(crate) async fn run_writer(self: Rc<Self>, bytes_out: impl Fn(usize)) {
+        let preamble = std::mem::take(&mut *self.preamble.borrow_mut());
+        if self.write_all(&preamble).await.is_err() {
+            return self.writer_failed();
+        }
         let mut spare = Vec::new();
         loop {
-            while self.output.borrow().is_empty() {
-                if self.closing.get() {
+            loop {
+                let state = self.state.get();
+                let empty = self.output.borrow().is_empty();
+                // Suspended: what is queued stays for a resuming connection.
+                if state == LinkState::Suspended || (empty && state == LinkState::Closing) {
+                    let farewell = std::mem::take(&mut *self.farewell.borrow_mut());
+                    let _ = self.write_all(&farewell).await;
                     self.shutdown_write();
                     self.writer_done.notify();
                     return;
                 }
+                if !empty {
+                    break;
+                }
                 self.writer_wake.wait().await;
             }
             std::mem::swap(&mut *self.output.borrow_mut(), &mut spare);
-            self.in_flight.set(spare.len());
+            if self.acks {
+                // Kept until acknowledged, from before the write on: a
+                // resuming connection replays it whatever became of it.
+                self.retained.borrow_mut().extend(spare.iter());
+            } else {
+                self.in_flight.set(spare.len());
+            }
             let written = self.write_all(&spare).await;
             bytes_out(spare.len());
-            self.in_flight.set(0);
+            if !self.acks && self.in_flight.get() != 0 {
+                self.stream_base
+                    .set(self.stream_base.get() + spare.len() as u64);
+                self.in_flight.set(0);
+            }
             spare.clear();
             if spare.capacity() > SPARE_CAPACITY_KEPT {
                 spare = Vec::new();
             }
             if written.is_err() {
-                self.close(None);
-                self.writer_done.notify();
-                return;
+                return self.writer_failed();
             }
-            if self.congested.get() && self.queued_bytes() < self.soft_limit / 2 {
-                self.congested.set(false);
-                self.directory.set_congested(self.node, self.shard, false);
-            }
+            self.uncongest_if_drained();
         }
+    }
+
+    /// The socket failed under the writer: the reader finds out and
+    /// decides (suspension or close).
+    fn writer_failed(&self) {
+        if let Some(waker) = self.reader_waker.take() {
+            waker.wake();
+        }
+        self.write_failed.set(true);
+        self.writer_done.notify();
+    }
+
+    /// Whether a write failed (the socket is lost).
+    pub fn write_failed(&self) -> bool {
+        self.write_failed.get()
     }
 }

@@ -326,6 +326,18 @@ impl Directory {
         })
     }
 
+    /// Where a plain connection of node `name` (process `incarnation`)
+    /// should be served to resume a stream: the lowest shard on which that
+    /// process still has a connection (open or suspended).
+    pub fn resume_shard(&self, name: &str, incarnation: u64) -> Option<usize> {
+        let registry = self.registry.lock().expect("directory lock");
+        let record = &registry.records[registry.by_name.get(name)?.0 as usize];
+        if record.incarnation != incarnation {
+            return None;
+        }
+        record.tickets.iter().position(|&ticket| ticket != 0)
+    }
+
     /// Registers a connection of node `name` (process `incarnation`) served
     /// by `shard`.
     pub fn attach(

@@ -17,7 +17,7 @@ mod serve;
 
 use std::os::fd::OwnedFd;
 
-pub use connection::{Connection, PushError};
+pub use connection::{Connection, Deferred, LinkState, PushError, TakeOver};
 pub use directory::{
     Attached, Detached, Directory, Membership, MembershipEvent, NodeState, Superseded,
 };
@@ -28,6 +28,10 @@ pub(crate) use serve::{accept_loop, adopt};
 pub struct HelloInfo {
     pub node_name: Box<str>,
     pub incarnation: u64,
+    /// The node acknowledges the stream.
+    pub acks: bool,
+    /// On a resume: stream bytes the node processed.
+    pub received: u64,
 }
 
 /// A connection on its way from the shard that read its Hello to the shard

@@ -19,7 +19,7 @@ use crate::shard::Shard;
 use crate::wire::{check, fb, Check, FrameError, WelcomeFrame};
 
 use super::directory::Superseded;
-use super::{Connection, Handoff, HelloInfo};
+use super::{Connection, Handoff, HelloInfo, LinkState};
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying
 /// again, so the failure does not spin.
@@ -181,7 +181,14 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
         Err((code, text)) => return refuse(&shard, stream, code, &text).await,
     };
     input.start = hello_len;
-    let target = wanted_shard.unwrap_or_else(|| shard.directory.placement(shard.index));
+    // A plain connection goes where its process's stream is, to resume it.
+    let target = wanted_shard
+        .or_else(|| {
+            shard
+                .directory
+                .resume_shard(&hello.node_name, hello.incarnation)
+        })
+        .unwrap_or_else(|| shard.directory.placement(shard.index));
     if target == shard.index {
         serve(shard, stream, hello, input).await;
     } else {
@@ -280,6 +287,8 @@ fn parse_hello(
     let info = HelloInfo {
         node_name: name.into(),
         incarnation: hello.incarnation(),
+        acks: hello.acks(),
+        received: hello.received(),
     };
     Ok((info, wanted))
 }
@@ -366,7 +375,15 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             return refuse(&shard, stream, fb::ErrorCode::RouterFull, &text).await;
         }
     };
-    settle_superseded(&shard, attached.node, attached.epoch, &attached.superseded);
+    // The same process's connection on this shard (suspended, or open and
+    // overtaken by this reconnect): this one continues its stream.
+    let resumed_from = match attached.superseded {
+        Superseded::SameShard { ticket } => shard.connection_with_ticket(attached.node, ticket),
+        _ => None,
+    };
+    if resumed_from.is_none() {
+        settle_superseded(&shard, attached.node, attached.epoch, &attached.superseded);
+    }
     let connection = Rc::new(Connection::new(
         attached.node,
         attached.epoch,
@@ -375,9 +392,29 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
         shard.index,
         shard.directory.clone(),
         stream,
+        hello.acks,
         shard.config.out_buffer_bytes,
+        shard.config.park_bytes_max,
         shard.slow_consumer_error.clone(),
     ));
+    if let Some(old) = &resumed_from {
+        let take_over = connection.take_over(old, hello.received);
+        let counters = &shard.counters;
+        counters
+            .connections_resumed
+            .set(counters.connections_resumed.get() + 1);
+        counters
+            .resume_bytes_replayed
+            .set(counters.resume_bytes_replayed.get() + take_over.replayed as u64);
+        shard.settle(attached.node, take_over.delivered, true);
+        crate::log!(
+            "shard {}: node {} resumed its stream at offset {} ({} bytes queued again)",
+            shard.index,
+            connection.node_name,
+            take_over.offset,
+            take_over.replayed
+        );
+    }
     {
         let membership = &attached.membership;
         let nodes: Vec<(&str, u64)> = membership
@@ -397,13 +434,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
             nodes: &nodes,
             senior: membership.senior.as_deref(),
             membership_seq: membership.seq,
+            resumed: resumed_from.is_some(),
+            stream_offset: connection.stream_offset(),
+            reconnect_grace_ms: shard.config.reconnect_grace.as_millis() as u32,
         });
-        // Queued like a Deliver: a Welcome listing many nodes may be larger
-        // than a small --out-buffer-bytes, and must still go out.
-        connection
-            .push_deliver(welcome)
-            .expect("a new connection takes its Welcome");
+        // Written before the stream, whatever its size.
+        connection.set_preamble(welcome);
     }
+    drop(resumed_from);
     shard.announce(&attached.events, Some(attached.node));
     shard.register_connection(&connection);
     crate::log!(
@@ -424,6 +462,40 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
     let keep_alive = glommio::spawn_local(keep_alive(shard.clone(), connection.clone()));
     let end = read_frames(&shard, &connection, &mut input).await;
     drop(keep_alive);
+    let suspended = match &end {
+        // Lost without a Goodbye: keep the stream for a reconnect.
+        ReadEnd::PeerClosed | ReadEnd::Failed(_) | ReadEnd::PeerError(_) => {
+            !shard.config.reconnect_grace.is_zero() && connection.suspend(None)
+        }
+        // The heartbeat suspended it (NodeTimeout).
+        ReadEnd::ClosedByRouter => connection.state() == LinkState::Suspended,
+        _ => false,
+    };
+    if suspended {
+        let why = match &end {
+            ReadEnd::Failed(error) => format!("read failed: {error}"),
+            ReadEnd::PeerError(text) => text.clone(),
+            ReadEnd::ClosedByRouter => "timed out".into(),
+            _ => "closed by the node".into(),
+        };
+        or(
+            connection.writer_done.wait(),
+            glommio::timer::sleep(CLOSE_LINGER),
+        )
+        .await;
+        drop(writer);
+        connection.drop_socket();
+        let counter = &shard.counters.connections_suspended;
+        counter.set(counter.get() + 1);
+        crate::log!(
+            "shard {}: node {} connection lost ({why}); suspended for {} ms",
+            shard.index,
+            connection.node_name,
+            shard.config.reconnect_grace.as_millis()
+        );
+        glommio::spawn_local(grace(shard, connection)).detach();
+        return;
+    }
     let (linger, why) = finish_reading(&shard, &connection, end);
     // Let the writer send what is queued (an Error frame last), then wait
     // for the node to close its side, so our close cannot reset the
@@ -447,6 +519,48 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: HelloInfo, mut input:
         shard.index,
         connection.node_name
     );
+}
+
+/// Waits out a suspended connection's grace: when it is neither resumed
+/// nor closed by then (or its park filled up), every outcome parked on it
+/// is answered not delivered, and it is unregistered (its node's sessions
+/// are purged if it was the node's last connection).
+async fn grace(shard: Rc<Shard>, connection: Rc<Connection>) {
+    or(
+        connection.until_not_suspended(),
+        glommio::timer::sleep(shard.config.reconnect_grace),
+    )
+    .await;
+    let expired = connection.state() == LinkState::Suspended;
+    if expired {
+        connection.close(None);
+    }
+    let counters = &shard.counters;
+    if connection.park_overflowed() {
+        counters
+            .suspensions_park_full
+            .set(counters.suspensions_park_full.get() + 1);
+    } else if expired {
+        counters
+            .suspensions_expired
+            .set(counters.suspensions_expired.get() + 1);
+    }
+    let outcomes = connection.take_deferred();
+    if expired || connection.park_overflowed() {
+        crate::log!(
+            "shard {}: node {} did not resume{}; {} parked messages answered offline",
+            shard.index,
+            connection.node_name,
+            if expired {
+                " in time"
+            } else {
+                " before its park filled up"
+            },
+            outcomes.len()
+        );
+    }
+    shard.settle(connection.node, outcomes, false);
+    shard.unregister_connection(&connection);
 }
 
 /// The heartbeat of one connection: every `--heartbeat-ms`, a Ping when
@@ -481,10 +595,18 @@ async fn keep_alive(shard: Rc<Shard>, connection: Rc<Connection>) {
                 silent.as_millis()
             );
             connection.set_leave_reason(fb::LeftReason::Timeout);
-            shard.close_connection(&connection, Some((fb::ErrorCode::NodeTimeout, &text)));
+            if shard.config.reconnect_grace.is_zero() {
+                shard.close_connection(&connection, Some((fb::ErrorCode::NodeTimeout, &text)));
+            } else {
+                // Maybe only this TCP connection is dead: keep the stream.
+                let mut encoder = shard.encoder.borrow_mut();
+                connection.suspend(Some(encoder.error(fb::ErrorCode::NodeTimeout, &text)));
+            }
             return;
         }
-        if !silent.is_zero() || connection.frames_queued() == queued {
+        // Also asks a node that acknowledges for an Ack of what it has.
+        let unacked = connection.unacked_bytes() > 0;
+        if !silent.is_zero() || connection.frames_queued() == queued || unacked {
             nonce += 1;
             let pushed = connection.push_control(shard.encoder.borrow_mut().ping(nonce));
             match pushed {
@@ -631,6 +753,15 @@ fn handle_frame(shard: &Rc<Shard>, connection: &Connection, frame: &[u8]) -> Res
             }
         }
         fb::Body::Pong => {}
+        fb::Body::Ack => {
+            let received = envelope
+                .body_as_ack()
+                .expect("body type checked")
+                .received();
+            shard
+                .on_ack(connection, received)
+                .map_err(|text| ReadEnd::Refused(fb::ErrorCode::InvalidField, text))?;
+        }
         fb::Body::Error => {
             let error = envelope.body_as_error().expect("body type checked");
             let code = error.code().variant_name().unwrap_or("unknown code");

@@ -394,7 +394,7 @@ impl Shard {
                 let mut encoder = self.encoder.borrow_mut();
                 let frame = encoder.deliver_recipients(&message, &recipients);
                 if shard == self.index {
-                    Some(self.write_message_here(node, epoch, frame))
+                    self.write_message_here(node, epoch, frame, self.index, token)
                 } else {
                     let header = EntryHeader {
                         origin_shard: self.index as u8,

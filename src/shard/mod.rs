@@ -746,18 +746,76 @@ impl Shard {
         }
     }
 
-    /// Queues a message the router decided to deliver (a Fanout's Deliver)
-    /// to `node`'s connection here if it is still at `epoch`: like a
-    /// Deliver, not refused for size. Returns whether it was queued.
-    fn write_message_here(&self, node: NodeId, epoch: u32, frame: &[u8]) -> bool {
-        let queued = self
-            .connection_for(node, epoch)
+    /// Queues a Fanout's Deliver (coordinated by shard `coordinator` under
+    /// `token`) to `node`'s connection here if it is still at `epoch`: like
+    /// a Deliver, not refused for size. Returns whether it was queued, or
+    /// `None` when the outcome waits for the node's Ack (or its resumption).
+    fn write_message_here(
+        &self,
+        node: NodeId,
+        epoch: u32,
+        frame: &[u8],
+        coordinator: usize,
+        token: u64,
+    ) -> Option<bool> {
+        let connection = self.connection_for(node, epoch);
+        let queued = connection
+            .as_ref()
             .is_some_and(|connection| connection.push_deliver(frame).is_ok());
         if !queued {
             let counter = &self.counters.frames_undeliverable;
             counter.set(counter.get() + 1);
+            return Some(false);
         }
-        queued
+        let connection = connection.expect("queued");
+        if connection.defers_reports() {
+            connection.defer(node::Deferred::Fanout { coordinator, token });
+            return None;
+        }
+        Some(true)
+    }
+
+    /// Settles outcomes that waited on `node`'s connection here: delivered
+    /// (acknowledged, or queued to a resuming connection) or not.
+    pub(crate) fn settle(&self, node: NodeId, outcomes: Vec<node::Deferred>, delivered: bool) {
+        if !delivered {
+            let counter = &self.counters.parked_messages_failed;
+            counter.set(counter.get() + outcomes.len() as u64);
+        }
+        for outcome in outcomes {
+            match outcome {
+                node::Deferred::Route {
+                    sender,
+                    message_id,
+                    token,
+                    plan,
+                } => {
+                    let report = ReportTo {
+                        sender,
+                        message_id,
+                        token,
+                        plan,
+                    };
+                    self.report_outcome(report, delivered, Class::Bounce);
+                }
+                node::Deferred::Fanout { coordinator, token } => {
+                    self.report_fanout_deliver(coordinator, token, node, delivered)
+                }
+            }
+        }
+        self.request_flush();
+    }
+
+    /// An Ack from the node on `connection`.
+    pub(crate) fn on_ack(&self, connection: &Connection, received: u64) -> Result<(), String> {
+        let counter = &self.counters.acks_in;
+        counter.set(counter.get() + 1);
+        let mut delivered = Vec::new();
+        connection.ack(received, &mut delivered)?;
+        if !delivered.is_empty() {
+            self.settle(connection.node, delivered, true);
+        }
+        Ok(())
     }
 
     /// Writes a Status or Kick to `node`'s connection on this shard, if it
@@ -783,16 +841,31 @@ impl Shard {
     /// message's plan asks for it (in `class`, if the sender's connection
     /// is on another shard).
     fn deliver_here(&self, node: NodeId, epoch: u32, report: ReportTo, frame: &[u8], class: Class) {
-        let queued = match self.connection_for(node, epoch) {
-            Some(connection) => connection.push_deliver(frame).is_ok(),
-            None => false,
-        };
+        let connection = self.connection_for(node, epoch);
+        let queued = connection
+            .as_ref()
+            .is_some_and(|connection| connection.push_deliver(frame).is_ok());
         let counter = if queued {
             &self.counters.delivers_out
         } else {
             &self.counters.delivers_node_gone
         };
         counter.set(counter.get() + 1);
+        if let Some(connection) = connection.filter(|c| queued && c.defers_reports()) {
+            connection.defer(node::Deferred::Route {
+                sender: report.sender,
+                message_id: report.message_id,
+                token: report.token,
+                plan: report.plan,
+            });
+            return;
+        }
+        self.report_outcome(report, queued, class);
+    }
+
+    /// Reports one destination's outcome to the message's sender, when its
+    /// plan needs it (in `class`, if the sender's connection is elsewhere).
+    fn report_outcome(&self, report: ReportTo, queued: bool, class: Class) {
         if !report.plan.must_report(queued) {
             return;
         }
@@ -859,7 +932,7 @@ impl Shard {
     fn connection_for(&self, node: NodeId, epoch: u32) -> Option<Rc<Connection>> {
         self.node_connections.borrow()[node.0 as usize]
             .as_ref()
-            .filter(|connection| connection.epoch == epoch && !connection.is_closing())
+            .filter(|connection| connection.epoch == epoch && connection.accepts())
             .cloned()
     }
 
@@ -1113,13 +1186,17 @@ impl Shard {
                 }
                 EntryKind::Frame => self.write_here(header.node, header.epoch, frame),
                 EntryKind::FanoutDeliver => {
-                    let queued = self.write_message_here(header.node, header.epoch, frame);
-                    self.report_fanout_deliver(
-                        header.origin_shard as usize,
-                        header.token,
+                    let coordinator = header.origin_shard as usize;
+                    let queued = self.write_message_here(
                         header.node,
-                        queued,
+                        header.epoch,
+                        frame,
+                        coordinator,
+                        header.token,
                     );
+                    if let Some(queued) = queued {
+                        self.report_fanout_deliver(coordinator, header.token, header.node, queued);
+                    }
                 }
                 EntryKind::FanoutReport => self.fanout_delivered(
                     header.token,

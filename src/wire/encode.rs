@@ -13,6 +13,10 @@ pub struct HelloFrame<'a> {
     pub auth_token: Option<&'a str>,
     /// Shard-direct: the shard that must serve this connection.
     pub shard: Option<u16>,
+    /// The node sends Acks (stream resumption without loss).
+    pub acks: bool,
+    /// On a resume: the stream bytes received so far.
+    pub received: u64,
 }
 
 /// Fields of a `Welcome` frame.
@@ -29,6 +33,9 @@ pub struct WelcomeFrame<'a> {
     pub nodes: &'a [(&'a str, u64)],
     pub senior: Option<&'a str>,
     pub membership_seq: u64,
+    pub resumed: bool,
+    pub stream_offset: u64,
+    pub reconnect_grace_ms: u32,
 }
 
 /// Fields of a `Fanout` frame (and of the Delivers it causes).
@@ -134,6 +141,8 @@ impl Encoder {
                 incarnation: frame.incarnation,
                 auth_token,
                 shard: frame.shard.map_or(-1, |shard| shard as i16),
+                acks: frame.acks,
+                received: frame.received,
             },
         );
         self.finish(fb::Body::Hello, body.as_union_value())
@@ -165,6 +174,9 @@ impl Encoder {
                 nodes,
                 senior,
                 membership_seq: frame.membership_seq,
+                resumed: frame.resumed,
+                stream_offset: frame.stream_offset,
+                reconnect_grace_ms: frame.reconnect_grace_ms,
             },
         );
         self.finish(fb::Body::Welcome, body.as_union_value())
@@ -374,6 +386,13 @@ impl Encoder {
         self.builder.reset();
         let body = fb::Pong::create(&mut self.builder, &fb::PongArgs { nonce });
         self.finish(fb::Body::Pong, body.as_union_value())
+    }
+
+    /// An Ack: the node received and processed `received` stream bytes.
+    pub fn ack(&mut self, received: u64) -> &[u8] {
+        self.builder.reset();
+        let body = fb::Ack::create(&mut self.builder, &fb::AckArgs { received });
+        self.finish(fb::Body::Ack, body.as_union_value())
     }
 
     pub fn locate(&mut self, query_id: u64, user: &str) -> &[u8] {
@@ -705,6 +724,8 @@ mod tests {
                     incarnation: 1,
                     auth_token: None,
                     shard: Some(3),
+                    acks: false,
+                    received: 0,
                 })
                 .to_vec(),
             encoder.session_open("u", "d", fb::Platform::Web).to_vec(),

@@ -807,10 +807,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 22;
+pub const ENUM_MAX_BODY: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 23] = [
+pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -834,6 +834,7 @@ pub const ENUM_VALUES_BODY: [Body; 23] = [
   Body::Publish,
   Body::SessionSync,
   Body::SessionSyncAck,
+  Body::Ack,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -864,9 +865,10 @@ impl Body {
   pub const Publish: Self = Self(20);
   pub const SessionSync: Self = Self(21);
   pub const SessionSyncAck: Self = Self(22);
+  pub const Ack: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 22;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -891,6 +893,7 @@ impl Body {
     Self::Publish,
     Self::SessionSync,
     Self::SessionSyncAck,
+    Self::Ack,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -918,6 +921,7 @@ impl Body {
       Self::Publish => Some("Publish"),
       Self::SessionSync => Some("SessionSync"),
       Self::SessionSyncAck => Some("SessionSyncAck"),
+      Self::Ack => Some("Ack"),
       _ => None,
     }
   }
@@ -996,6 +1000,8 @@ impl<'a> Hello<'a> {
   pub const VT_INCARNATION: ::flatbuffers::VOffsetT = 8;
   pub const VT_AUTH_TOKEN: ::flatbuffers::VOffsetT = 10;
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ACKS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1007,11 +1013,13 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    builder.add_received(args.received);
     builder.add_incarnation(args.incarnation);
     if let Some(x) = args.auth_token { builder.add_auth_token(x); }
     if let Some(x) = args.node_name { builder.add_node_name(x); }
     builder.add_shard(args.shard);
     builder.add_protocol_version(args.protocol_version);
+    builder.add_acks(args.acks);
     builder.finish()
   }
 
@@ -1055,6 +1063,28 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i16>(Hello::VT_SHARD, Some(-1)).unwrap()}
   }
+  /// The node acknowledges what it receives (Ack frames): the router keeps
+  /// every frame it sent until acknowledged, replays the unacknowledged ones
+  /// when the connection resumes, and gives a message's verdict only once
+  /// its Deliver is acknowledged. See PROTOCOL.md, "Reconnect and resume".
+  #[inline]
+  pub fn acks(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Hello::VT_ACKS, Some(false)).unwrap()}
+  }
+  /// On a reconnect of the same incarnation: the stream bytes this node
+  /// received and processed over the connection being resumed (the
+  /// `stream_offset` of its Welcome plus every byte after it). Only read
+  /// when `acks` is set.
+  #[inline]
+  pub fn received(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Hello::VT_RECEIVED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1068,6 +1098,8 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<u64>("incarnation", Self::VT_INCARNATION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("auth_token", Self::VT_AUTH_TOKEN, false)?
      .visit_field::<i16>("shard", Self::VT_SHARD, false)?
+     .visit_field::<bool>("acks", Self::VT_ACKS, false)?
+     .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
      .finish();
     Ok(())
   }
@@ -1078,6 +1110,8 @@ pub struct HelloArgs<'a> {
     pub incarnation: u64,
     pub auth_token: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard: i16,
+    pub acks: bool,
+    pub received: u64,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1088,6 +1122,8 @@ impl<'a> Default for HelloArgs<'a> {
       incarnation: 0,
       auth_token: None,
       shard: -1,
+      acks: false,
+      received: 0,
     }
   }
 }
@@ -1118,6 +1154,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<i16>(Hello::VT_SHARD, shard, -1);
   }
   #[inline]
+  pub fn add_acks(&mut self, acks: bool) {
+    self.fbb_.push_slot::<bool>(Hello::VT_ACKS, acks, false);
+  }
+  #[inline]
+  pub fn add_received(&mut self, received: u64) {
+    self.fbb_.push_slot::<u64>(Hello::VT_RECEIVED, received, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -1141,6 +1185,8 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("incarnation", &self.incarnation());
       ds.field("auth_token", &self.auth_token());
       ds.field("shard", &self.shard());
+      ds.field("acks", &self.acks());
+      ds.field("received", &self.received());
       ds.finish()
   }
 }
@@ -1171,6 +1217,9 @@ impl<'a> Welcome<'a> {
   pub const VT_NODES: ::flatbuffers::VOffsetT = 18;
   pub const VT_SENIOR: ::flatbuffers::VOffsetT = 20;
   pub const VT_MEMBERSHIP_SEQ: ::flatbuffers::VOffsetT = 22;
+  pub const VT_RESUMED: ::flatbuffers::VOffsetT = 24;
+  pub const VT_STREAM_OFFSET: ::flatbuffers::VOffsetT = 26;
+  pub const VT_RECONNECT_GRACE_MS: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1182,8 +1231,10 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_stream_offset(args.stream_offset);
     builder.add_membership_seq(args.membership_seq);
     builder.add_router_id(args.router_id);
+    builder.add_reconnect_grace_ms(args.reconnect_grace_ms);
     if let Some(x) = args.senior { builder.add_senior(x); }
     if let Some(x) = args.nodes { builder.add_nodes(x); }
     builder.add_max_frame_bytes(args.max_frame_bytes);
@@ -1192,6 +1243,7 @@ impl<'a> Welcome<'a> {
     builder.add_slot_count(args.slot_count);
     builder.add_shard_count(args.shard_count);
     builder.add_protocol_version(args.protocol_version);
+    builder.add_resumed(args.resumed);
     builder.finish()
   }
 
@@ -1274,6 +1326,33 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Welcome::VT_MEMBERSHIP_SEQ, Some(0)).unwrap()}
   }
+  /// This connection continues the stream of a connection of the same
+  /// incarnation that was lost (or replaced): what was parked or not
+  /// acknowledged follows, in order. False: a new stream; the node's
+  /// sessions may be gone, and it should resync them.
+  #[inline]
+  pub fn resumed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Welcome::VT_RESUMED, Some(false)).unwrap()}
+  }
+  /// The stream offset of the first byte after this Welcome.
+  #[inline]
+  pub fn stream_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_STREAM_OFFSET, Some(0)).unwrap()}
+  }
+  /// How long a lost connection's sessions stay suspended (--reconnect-grace-ms).
+  #[inline]
+  pub fn reconnect_grace_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Welcome::VT_RECONNECT_GRACE_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1292,6 +1371,9 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeInfo>>>>("nodes", Self::VT_NODES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("senior", Self::VT_SENIOR, false)?
      .visit_field::<u64>("membership_seq", Self::VT_MEMBERSHIP_SEQ, false)?
+     .visit_field::<bool>("resumed", Self::VT_RESUMED, false)?
+     .visit_field::<u64>("stream_offset", Self::VT_STREAM_OFFSET, false)?
+     .visit_field::<u32>("reconnect_grace_ms", Self::VT_RECONNECT_GRACE_MS, false)?
      .finish();
     Ok(())
   }
@@ -1307,6 +1389,9 @@ pub struct WelcomeArgs<'a> {
     pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeInfo<'a>>>>>,
     pub senior: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub membership_seq: u64,
+    pub resumed: bool,
+    pub stream_offset: u64,
+    pub reconnect_grace_ms: u32,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1322,6 +1407,9 @@ impl<'a> Default for WelcomeArgs<'a> {
       nodes: None,
       senior: None,
       membership_seq: 0,
+      resumed: false,
+      stream_offset: 0,
+      reconnect_grace_ms: 0,
     }
   }
 }
@@ -1372,6 +1460,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Welcome::VT_MEMBERSHIP_SEQ, membership_seq, 0);
   }
   #[inline]
+  pub fn add_resumed(&mut self, resumed: bool) {
+    self.fbb_.push_slot::<bool>(Welcome::VT_RESUMED, resumed, false);
+  }
+  #[inline]
+  pub fn add_stream_offset(&mut self, stream_offset: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_STREAM_OFFSET, stream_offset, 0);
+  }
+  #[inline]
+  pub fn add_reconnect_grace_ms(&mut self, reconnect_grace_ms: u32) {
+    self.fbb_.push_slot::<u32>(Welcome::VT_RECONNECT_GRACE_MS, reconnect_grace_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1399,6 +1499,109 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("nodes", &self.nodes());
       ds.field("senior", &self.senior());
       ds.field("membership_seq", &self.membership_seq());
+      ds.field("resumed", &self.resumed());
+      ds.field("stream_offset", &self.stream_offset());
+      ds.field("reconnect_grace_ms", &self.reconnect_grace_ms());
+      ds.finish()
+  }
+}
+pub enum AckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Node to router: the node has received and processed the first
+/// `received` bytes of the stream (counted from offset 0 of the first
+/// connection of this incarnation, across resumes; Welcome frames excluded).
+/// Must fall on a frame boundary and never go back. Only with Hello.acks.
+pub struct Ack<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Ack<'a> {
+  type Inner = Ack<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Ack<'a> {
+  pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Ack { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AckArgs
+  ) -> ::flatbuffers::WIPOffset<Ack<'bldr>> {
+    let mut builder = AckBuilder::new(_fbb);
+    builder.add_received(args.received);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn received(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Ack::VT_RECEIVED, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Ack<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AckArgs {
+    pub received: u64,
+}
+impl<'a> Default for AckArgs {
+  #[inline]
+  fn default() -> Self {
+    AckArgs {
+      received: 0,
+    }
+  }
+}
+
+pub struct AckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_received(&mut self, received: u64) {
+    self.fbb_.push_slot::<u64>(Ack::VT_RECEIVED, received, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AckBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Ack<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Ack<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Ack");
+      ds.field("received", &self.received());
       ds.finish()
   }
 }
@@ -4914,6 +5117,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_ack(&self) -> Option<Ack<'a>> {
+    if self.body_type() == Body::Ack {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Ack::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -4946,6 +5164,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Publish => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Publish>>("Body::Publish", pos),
           Body::SessionSync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSync>>("Body::SessionSync", pos),
           Body::SessionSyncAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSyncAck>>("Body::SessionSyncAck", pos),
+          Body::Ack => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ack>>("Body::Ack", pos),
           _ => Ok(()),
         }
      })?
@@ -5149,6 +5368,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::SessionSyncAck => {
           if let Some(x) = self.body_as_session_sync_ack() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Ack => {
+          if let Some(x) = self.body_as_ack() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

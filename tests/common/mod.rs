@@ -29,8 +29,11 @@ pub fn start_router_with(shards: usize, adjust: impl FnOnce(&mut ServeArgs)) -> 
     // Test nodes that wait for one frame must not get a heartbeat Ping
     // instead; the liveness tests set their own interval.
     args.heartbeat_ms = imrouter::limits::HEARTBEAT_MS_MAX;
-    // Tests expect Offline from the start; the warm-up has its own test.
-    args.warmup_ms = 0;
+    // Tests expect Offline from the start, and a lost connection's sessions
+    // gone at once; the warm-up and the reconnect grace have their own
+    // tests.
+    args.warmup_ms = Some(0);
+    args.reconnect_grace_ms = 0;
     adjust(&mut args);
     Router::start(Config::from_args(&args).expect("valid test config")).expect("router starts")
 }
@@ -47,6 +50,8 @@ pub enum Frame {
         nodes: Vec<String>,
         senior: String,
         membership_seq: u64,
+        resumed: bool,
+        stream_offset: u64,
     },
     NodeEvent {
         seq: u64,
@@ -142,6 +147,8 @@ impl Frame {
                         .unwrap_or_default(),
                     senior: w.senior().unwrap_or("").to_string(),
                     membership_seq: w.membership_seq(),
+                    resumed: w.resumed(),
+                    stream_offset: w.stream_offset(),
                 }
             }
             fb::Body::NodeEvent => {
@@ -292,6 +299,9 @@ impl Frame {
 pub struct Wire {
     pub stream: TcpStream,
     input: Vec<u8>,
+    /// Bytes of the frames returned so far (a node's stream offset once
+    /// set to its Welcome's `stream_offset`).
+    pub bytes_in: u64,
 }
 
 impl Wire {
@@ -302,6 +312,7 @@ impl Wire {
         Wire {
             stream,
             input: Vec::new(),
+            bytes_in: 0,
         }
     }
 
@@ -315,6 +326,7 @@ impl Wire {
             if let Check::Complete(len) = wire::check(&self.input, u32::MAX) {
                 let frame = Frame::decode(&self.input[..len]);
                 self.input.drain(..len);
+                self.bytes_in += len as u64;
                 return Some(frame);
             }
             let mut chunk = [0u8; 64 * 1024];
@@ -362,10 +374,23 @@ pub struct Node {
     pub encoder: Encoder,
     pub shard: u16,
     pub shard_count: u16,
+    /// Welcome said this connection resumed a lost one's stream.
+    pub resumed: bool,
     next_message_id: u64,
 }
 
 pub fn hello_frame(name: &str, incarnation: u64, shard: Option<u16>) -> Vec<u8> {
+    hello_resuming(name, incarnation, shard, false, 0)
+}
+
+/// A Hello that sets `acks` and, on a reconnect, the bytes received.
+pub fn hello_resuming(
+    name: &str,
+    incarnation: u64,
+    shard: Option<u16>,
+    acks: bool,
+    received: u64,
+) -> Vec<u8> {
     Encoder::new()
         .hello(&HelloFrame {
             protocol_version: 1,
@@ -373,6 +398,8 @@ pub fn hello_frame(name: &str, incarnation: u64, shard: Option<u16>) -> Vec<u8> 
             incarnation,
             auth_token: None,
             shard,
+            acks,
+            received,
         })
         .to_vec()
 }
@@ -393,8 +420,13 @@ impl Node {
         incarnation: u64,
         shard: Option<u16>,
     ) -> Node {
+        Node::connect_hello(addr, name, &hello_frame(name, incarnation, shard))
+    }
+
+    /// Connects with `hello`; `wire.bytes_in` then counts the stream offset.
+    pub fn connect_hello(addr: SocketAddr, name: &str, hello: &[u8]) -> Node {
         let mut wire = Wire::connect(addr);
-        wire.send(&hello_frame(name, incarnation, shard));
+        wire.send(hello);
         match wire.recv() {
             Some(Frame::Welcome {
                 shard,
@@ -403,10 +435,14 @@ impl Node {
                 nodes,
                 senior,
                 membership_seq,
+                resumed,
+                stream_offset,
                 ..
             }) => {
                 assert_eq!(slot_count, 16384);
+                wire.bytes_in = stream_offset;
                 Node {
+                    resumed,
                     name: name.to_string(),
                     wire,
                     events: Default::default(),
@@ -577,6 +613,12 @@ impl Node {
         std::iter::from_fn(|| self.wire.recv()).collect()
     }
 
+    /// Acknowledges every frame read so far (a node that set `acks`).
+    pub fn ack(&mut self) {
+        let frame = self.encoder.ack(self.wire.bytes_in).to_vec();
+        self.wire.send(&frame);
+    }
+
     /// Sends a Ping and returns every frame that arrived before its Pong.
     pub fn ping(&mut self, nonce: u64) -> Vec<Frame> {
         let frame = self.encoder.ping(nonce).to_vec();
@@ -670,4 +712,16 @@ pub fn route_until_offline(sender: &mut Node, user: &str) {
         }
     }
     panic!("{user} never went offline");
+}
+
+/// Polls `condition` until it holds (10 s at most).
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

@@ -58,6 +58,8 @@ async fn handshake(
             incarnation,
             auth_token: None,
             shard,
+            acks: false,
+            received: 0,
         })
         .to_vec();
     stream
