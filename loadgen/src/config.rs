@@ -142,6 +142,18 @@ pub struct Args {
     /// No progress lines.
     #[arg(long)]
     pub quiet: bool,
+
+    /// The router's --reconnect-grace-ms. The failover scenario's first
+    /// cut lasts a quarter of it, its second one second longer than it.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub reconnect_grace_ms: u64,
+
+    /// Restart scenario: the shell command that starts the router
+    /// (`sh -c CMD`, listening on --router). The generator starts it,
+    /// kills it (SIGKILL) while traffic flows, starts it again, and stops
+    /// it at the end.
+    #[arg(long, value_name = "CMD")]
+    pub router_cmd: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +168,8 @@ pub enum ScenarioName {
     Churn,
     Fanout,
     Policy,
+    Failover,
+    Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,6 +216,10 @@ pub struct Plan {
     pub seed: u64,
     pub router_pid: Option<u32>,
     pub quiet: bool,
+    /// Nodes acknowledge what they receive (Hello.acks): failover, restart.
+    pub acks: bool,
+    pub reconnect_grace_ms: u64,
+    pub router_cmd: Option<String>,
 }
 
 #[derive(Debug)]
@@ -292,6 +310,28 @@ impl Plan {
                 "--scenario churn needs a fixed --rate (the oracle must know the schedule)".into(),
             );
         }
+        let reconnects = matches!(
+            args.scenario,
+            ScenarioName::Failover | ScenarioName::Restart
+        );
+        if reconnects && (args.shard_direct || !matches!(rate, Rate::PerSecond(_))) {
+            return err(
+                "--scenario failover and restart need a fixed --rate and no --shard-direct".into(),
+            );
+        }
+        if args.scenario == ScenarioName::Failover
+            && args.duration + args.warmup < 2.5 * (args.reconnect_grace_ms as f64 / 1e3 + 1.5)
+        {
+            return err(format!(
+                "--scenario failover needs --warmup plus --duration of at least {:.1} s with \
+                 --reconnect-grace-ms {} (room for both cuts)",
+                2.5 * (args.reconnect_grace_ms as f64 / 1e3 + 1.5),
+                args.reconnect_grace_ms
+            ));
+        }
+        if args.scenario == ScenarioName::Restart && args.router_cmd.is_none() {
+            return err("--scenario restart needs --router-cmd".into());
+        }
         let group_sizes: Vec<u32> = args
             .group_sizes
             .split(',')
@@ -348,6 +388,9 @@ impl Plan {
             quiet: args.quiet,
             group_sizes,
             login_policy: args.login_policy,
+            acks: reconnects,
+            reconnect_grace_ms: args.reconnect_grace_ms,
+            router_cmd: args.router_cmd,
         })
     }
 
@@ -364,6 +407,8 @@ impl Plan {
             ScenarioName::Churn => "churn",
             ScenarioName::Fanout => "fanout",
             ScenarioName::Policy => "policy",
+            ScenarioName::Failover => "failover",
+            ScenarioName::Restart => "restart",
         }
     }
 }

@@ -37,6 +37,9 @@ pub mod reason {
     pub const NO_SUCH_DEVICE: u16 = 2;
     pub const DESTINATION_BUSY: u16 = 4;
     pub const PARTIAL: u16 = 5;
+    /// Every destination node's connection was gone (or given up after
+    /// its reconnect grace) before the Deliver reached it.
+    pub const NODE_GONE: u16 = 3;
     /// A Fanout while the router coordinates too many.
     pub const ROUTER_BUSY: u16 = 9;
 }
@@ -187,6 +190,10 @@ pub struct Tally {
     pub contested_users: u64,
     pub kicks: u64,
     pub policy_violations: u64,
+    /// Neither delivered nor answered, but the sender's own connection
+    /// failed within `LINK_FAILURE_WINDOW_NS` after sending it: the sender
+    /// sees that failure as the outcome (failover, restart).
+    pub link_failed: u64,
 }
 
 impl Tally {
@@ -216,12 +223,18 @@ pub struct CheckParams {
     pub end_ns: u64,
 }
 
-/// Checks every message. `sent[node]` is that node's log (index = seq).
+/// A message without any outcome counts as `link_failed`, not `lost`, when
+/// its sender's connection went down at most this long after it was sent.
+pub const LINK_FAILURE_WINDOW_NS: u64 = 2_000_000_000;
+
+/// Checks every message. `sent[node]` is that node's log (index = seq);
+/// `failures[node]`, when given, the times its connection went down.
 pub fn check(
     params: &CheckParams,
     sent: &[Vec<Sent>],
     mut observed: Vec<Observed>,
     timelines: &Timelines,
+    failures: &[Vec<u64>],
 ) -> Tally {
     observed.retain(|o| o.id & message_id::PROBE == 0);
     observed.sort_by_key(|o| (o.id, o.at_ns));
@@ -239,6 +252,16 @@ pub fn check(
                 cursor += 1;
             }
             tally.sent += 1;
+            if start == cursor
+                && failures.get(node).is_some_and(|times| {
+                    times.iter().any(|&down| {
+                        down >= message.sent_ns && down - message.sent_ns <= LINK_FAILURE_WINDOW_NS
+                    })
+                })
+            {
+                tally.link_failed += 1;
+                continue;
+            }
             if message.fanout {
                 judge_fanout(params, id, message, &observed[start..cursor], &mut tally);
                 continue;
@@ -332,6 +355,15 @@ fn judge(
             reason::NO_SESSION | reason::NO_SUCH_DEVICE,
             at_ns,
         )) => {
+            let contradicted =
+                candidates().any(|device| presence(device, at_ns) == Presence::Present);
+            wrong_verdict |= delivered || contradicted;
+            outcome_offline = true;
+            excused = true;
+        }
+        // Parked for a node that did not come back in time: right only if
+        // none of the recipient's sessions was surely there when answered.
+        Some((verdict::OFFLINE, reason::NODE_GONE, at_ns)) => {
             let contradicted =
                 candidates().any(|device| presence(device, at_ns) == Presence::Present);
             wrong_verdict |= delivered || contradicted;

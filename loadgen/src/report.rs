@@ -33,6 +33,8 @@ pub struct Results {
     pub sessions: u64,
     /// Protocol errors seen while running.
     pub errors: Vec<String>,
+    /// Failover and restart: what happened to the connections.
+    pub reconnects: Vec<String>,
 }
 
 impl Results {
@@ -222,6 +224,17 @@ pub fn summary(plan: &Plan, results: &Results) -> String {
             group(results.sessions)
         );
     }
+    if t.link_failed > 0 || !results.reconnects.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<16}{:>14}  (no outcome; the sender's own connection failed right after)",
+            "link_failed",
+            group(t.link_failed)
+        );
+    }
+    for line in &results.reconnects {
+        let _ = writeln!(out, "  reconnect: {line}");
+    }
     for error in results.errors.iter().take(10) {
         let _ = writeln!(out, "  error: {error}");
     }
@@ -265,6 +278,7 @@ pub fn json(plan: &Plan, results: &Results) -> String {
             "  \"lost\": {},\n  \"duplicated\": {},\n  \"misrouted\": {},\n  \"wrong_verdict\": {},\n",
             "  \"corrupted\": {},\n  \"unknown\": {},\n",
             "  \"contested_users\": {},\n  \"kicks\": {},\n  \"policy_violations\": {},\n",
+            "  \"link_failed\": {},\n  \"reconnects\": {},\n",
             "  \"throughput_msgs_per_s\": {:.1},\n  \"throughput_msgs_per_s_per_shard\": {:.1},\n",
             "  \"latency_us\": {{\"p50\": {:.1}, \"p90\": {:.1}, \"p99\": {:.1}, \"p999\": {:.1}, \"max\": {:.1}}},\n",
             "  \"session_ops_per_s\": {:.1},\n  \"router_rss_bytes\": {},\n  \"rss_bytes_per_session\": {},\n",
@@ -299,6 +313,8 @@ pub fn json(plan: &Plan, results: &Results) -> String {
         t.contested_users,
         t.kicks,
         t.policy_violations,
+        t.link_failed,
+        results.reconnects.len(),
         results.throughput(plan),
         results.throughput(plan) / results.shards.max(1) as f64,
         results.latency_us(0.5),

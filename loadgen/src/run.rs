@@ -38,6 +38,8 @@ struct WorkerResult {
     /// Policy scenario: (node, user, device) kicks, and node 0's Located.
     kicks: Vec<(u32, u32, u8)>,
     located: HashMap<u32, Vec<(u32, u8, u8)>>,
+    /// (node, times its connection went down).
+    failures: Vec<(u32, Vec<u64>)>,
 }
 
 /// A failed run, with a message for the user.
@@ -57,6 +59,10 @@ pub fn run(plan: Plan) -> Result<Results, RunError> {
     let plan = Arc::new(plan);
     let nodes = plan.population.nodes;
     let shared = Arc::new(Shared::new(nodes));
+    let restarter = match &plan.router_cmd {
+        Some(command) => Some(Restarter::start(command, &plan, shared.clone())?),
+        None => None,
+    };
     let recipients = match plan.recipients {
         RecipientsName::Uniform => Recipients::Uniform {
             users: plan.population.users,
@@ -108,6 +114,9 @@ pub fn run(plan: Plan) -> Result<Results, RunError> {
             Ok(result) => results.push(result),
             Err(e) => shared.fail(format!("a generator thread failed: {e}")),
         }
+    }
+    if let Some(restarter) = restarter {
+        restarter.stop();
     }
     let setup = outcome?;
     let errors = shared.errors.lock().expect("errors lock").clone();
@@ -305,9 +314,13 @@ fn judge(
     let mut shards = 1;
     let mut kicks = Vec::new();
     let mut located = HashMap::new();
+    let mut failures: Vec<Vec<u64>> = vec![Vec::new(); nodes];
     for result in results {
         kicks.extend(result.kicks);
         located.extend(result.located);
+        for (node, times) in result.failures {
+            failures[node as usize] = times;
+        }
         for (node, log) in result.sent {
             sent_by_node[node as usize] = log;
         }
@@ -325,8 +338,25 @@ fn judge(
         end_ns: shared.clock.now_ns(),
     };
     let timelines = Timelines::new(changes);
-    let mut tally = oracle::check(&params, &sent_by_node, observed, &timelines);
+    let mut tally = oracle::check(&params, &sent_by_node, observed, &timelines, &failures);
     let mut errors = errors;
+    let reconnects = shared.reconnect_log.lock().expect("log").clone();
+    // The scenario's events must all have happened, or the run proved
+    // nothing about them.
+    let count = |pattern: &str| reconnects.iter().filter(|l| l.contains(pattern)).count();
+    match plan.scenario {
+        ScenarioName::Failover if count("cut ") != 2 => {
+            errors.push("failover: the two cuts did not both happen".into())
+        }
+        ScenarioName::Restart if count("router killed") != 1 || count("reconnected") != nodes => {
+            errors.push(format!(
+                "restart: {} kill(s), {} of {nodes} nodes reconnected",
+                count("router killed"),
+                count("reconnected")
+            ))
+        }
+        _ => {}
+    }
     if plan.scenario == ScenarioName::Policy {
         let contested = crate::policy::contested_count(plan.population.users);
         let verdict = crate::policy::judge(
@@ -355,6 +385,7 @@ fn judge(
         router_system_cpu_s: setup.router_system_cpu_s,
         sessions: setup.sessions,
         errors,
+        reconnects,
     })
 }
 
@@ -411,7 +442,10 @@ async fn worker_main(
     let mut shard_count = 1;
     let mut kicks = Vec::new();
     let mut located = HashMap::new();
+    let mut failures = Vec::new();
     for node in &sim_nodes {
+        failures.push((node.index, node.failures.borrow().clone()));
+        changes.extend(node.extra_changes.borrow().iter().copied());
         let mut policy = node.policy.borrow_mut();
         kicks.extend(
             policy
@@ -448,6 +482,111 @@ async fn worker_main(
         shard_count,
         kicks,
         located,
+        failures,
+    }
+}
+
+/// Restart scenario: runs the router (`sh -c "exec CMD"`), kills it while
+/// traffic flows and starts it again, and stops it at the end.
+struct Restarter {
+    thread: std::thread::JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// How long a (re)started router may take to accept connections.
+const ROUTER_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Restarter {
+    fn start(command: &str, plan: &Plan, shared: Arc<Shared>) -> Result<Restarter, RunError> {
+        let (command, router) = (command.to_string(), plan.router);
+        // Started again until it says it is ready: right after a SIGKILL
+        // the old process's listening socket can outlive it for a moment
+        // (its io_uring is torn down asynchronously), and the new one
+        // fails to bind.
+        let spawn = move || -> Result<std::process::Child, RunError> {
+            use std::io::BufRead;
+            let started = Instant::now();
+            loop {
+                let mut child = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("exec {command}"))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| RunError(format!("--router-cmd: {e}")))?;
+                let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped"));
+                let mut line = String::new();
+                let mut ready = false;
+                while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                    eprint!("{line}");
+                    if line.contains("ready: listening on") {
+                        ready = true;
+                        break;
+                    }
+                    line.clear();
+                }
+                if ready {
+                    // Keep draining its log so that it never blocks on it.
+                    std::thread::spawn(move || {
+                        let mut line = String::new();
+                        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                            line.clear();
+                        }
+                    });
+                    return Ok(child);
+                }
+                let _ = child.wait();
+                if started.elapsed() > ROUTER_START_TIMEOUT {
+                    return Err(RunError(format!(
+                        "--router-cmd: the router did not start listening on {router} within {} s",
+                        ROUTER_START_TIMEOUT.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let mut child = spawn()?;
+        let span_ns = ((plan.warmup_s + plan.duration_s) * 1e9) as u64;
+        let thread_shared = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let shared = thread_shared;
+            let finished =
+                || shared.finished.load(Ordering::SeqCst) || shared.failed.load(Ordering::SeqCst);
+            let mut killed = false;
+            while !finished() {
+                let start_ns = shared.start_ns.load(Ordering::SeqCst);
+                if !killed && start_ns != 0 && shared.clock.now_ns() >= start_ns + span_ns * 2 / 5 {
+                    killed = true;
+                    shared
+                        .killed_ns
+                        .store(shared.clock.now_ns(), Ordering::SeqCst);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let line = format!(
+                        "router killed (SIGKILL) at {:.2} s and started again",
+                        (shared.clock.now_ns() - start_ns) as f64 / 1e9
+                    );
+                    match spawn() {
+                        Ok(again) => child = again,
+                        Err(e) => {
+                            shared.fail(e.0);
+                            return;
+                        }
+                    }
+                    shared.reconnect_log.lock().expect("log").push(line);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+        Ok(Restarter { thread, shared })
+    }
+
+    /// Stops the router (the run is over).
+    fn stop(self) {
+        self.shared.finished.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
     }
 }
 
@@ -456,8 +595,10 @@ async fn run_node(worker: Rc<Worker>, index: u32) -> Result<Rc<SimNode>, String>
     let plan = worker.plan.clone();
     let node = match plan.target {
         Target::Imrouter => {
-            let (links, shard_count) = sim::imrouter::connect(&worker, index).await?;
-            Rc::new(SimNode::new(index, worker.clone(), links, shard_count))
+            let (links, shard_count, incarnation) = sim::imrouter::connect(&worker, index).await?;
+            let node = Rc::new(SimNode::new(index, worker.clone(), links, shard_count));
+            node.incarnation.set(incarnation);
+            node
         }
         Target::Nats => {
             let link = sim::nats::connect(&worker, index).await?;

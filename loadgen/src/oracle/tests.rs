@@ -55,7 +55,7 @@ fn user_4_copies(seq: u64) -> Vec<Observed> {
 }
 
 fn run(ack: bool, sent: Vec<Sent>, observed: Vec<Observed>, timelines: &Timelines) -> Tally {
-    check(&params(ack), &[sent], observed, timelines)
+    check(&params(ack), &[sent], observed, timelines, &[])
 }
 
 #[test]
@@ -369,4 +369,59 @@ fn fanouts_need_one_right_copy_per_destination_node() {
         .wrong_verdict,
         1
     );
+}
+
+#[test]
+fn node_gone_is_right_only_when_the_sessions_may_have_gone() {
+    // User 4, device 0 (node 1): a parked message answered NodeGone.
+    let gone = vec![status(0, verdict::OFFLINE, reason::NODE_GONE)];
+    let tally = run(
+        false,
+        vec![online(4, 0)],
+        gone.clone(),
+        &Timelines::default(),
+    );
+    assert_eq!(tally.wrong_verdict, 1, "the session never went away");
+    // Node 1 lost its connection at 150 and its sessions were purged.
+    let session = POPULATION.session_index(4, 0);
+    let purged = Timelines::new([
+        SessionChange {
+            session,
+            open: false,
+            sent_ns: 150,
+            confirmed_ns: 900,
+        },
+        SessionChange {
+            session,
+            open: true,
+            sent_ns: 950,
+            confirmed_ns: 990,
+        },
+    ]);
+    let tally = run(false, vec![online(4, 0)], gone, &purged);
+    assert_eq!((tally.offline, tally.lost, tally.wrong_verdict), (1, 0, 0));
+}
+
+#[test]
+fn no_outcome_right_before_the_senders_connection_failed_is_link_failed() {
+    let sent = vec![online(4, 0)];
+    let tally = check(
+        &params(false),
+        &[sent.clone()],
+        vec![],
+        &Timelines::default(),
+        &[vec![300]],
+    );
+    assert_eq!((tally.link_failed, tally.lost), (1, 0));
+    assert!(!tally.has_faults());
+    // A failure long after the message does not excuse it.
+    let late = 100 + LINK_FAILURE_WINDOW_NS + 1;
+    let tally = check(
+        &params(false),
+        &[sent],
+        vec![],
+        &Timelines::default(),
+        &[vec![late]],
+    );
+    assert_eq!((tally.link_failed, tally.lost), (0, 1));
 }

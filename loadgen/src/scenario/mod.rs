@@ -4,8 +4,10 @@
 
 pub mod chat;
 pub mod churn;
+pub mod failover;
 pub mod fanout;
 pub mod policy;
+pub mod restart;
 
 use std::rc::Rc;
 
@@ -19,5 +21,7 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
         ScenarioName::Churn => churn::run(node, schedule).await,
         ScenarioName::Fanout => fanout::run(node, schedule).await,
         ScenarioName::Policy => policy::run(node, schedule).await,
+        ScenarioName::Failover => failover::run(node, schedule).await,
+        ScenarioName::Restart => restart::run(node, schedule).await,
     }
 }

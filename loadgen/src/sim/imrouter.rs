@@ -2,6 +2,8 @@
 //! `wire` module (one codec for both sides).
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -9,22 +11,29 @@ use imrouter::limits::FRAME_BYTES_MAX_CEILING;
 use imrouter::wire::{self, fb, Check, Encoder, HelloFrame, Verifier};
 
 use super::{Link, SimNode, Worker, WorkerStats};
-use crate::oracle::{Observed, ObservedKind};
+use crate::oracle::{Observed, ObservedKind, SessionChange};
 use crate::workload::{self, message_id};
 
 /// Connects node `index`: one connection, or one per router shard when
 /// shard-direct. Returns the links and the router's shard count.
-pub async fn connect(worker: &Worker, index: u32) -> Result<(Vec<Rc<Link>>, usize), String> {
+pub async fn connect(worker: &Worker, index: u32) -> Result<(Vec<Rc<Link>>, usize, u64), String> {
     let plan = &worker.plan;
     let incarnation = plan.seed ^ worker.now_ns() ^ (u64::from(index) << 40);
     let name = format!("loadgen-{index}");
     let wanted = plan.shard_direct.then_some(0);
-    let (first, welcome) = handshake(plan.router, &name, incarnation, wanted).await?;
+    let hello = |shard| Hello {
+        name: &name,
+        incarnation,
+        shard,
+        acks: plan.acks,
+        received: 0,
+    };
+    let (first, welcome) = handshake(plan.router, &hello(wanted)).await?;
     let shard_count = welcome.shard_count as usize;
     let mut links = vec![Link::new(first)];
     if plan.shard_direct {
         for shard in 1..shard_count as u16 {
-            let (stream, welcome) = handshake(plan.router, &name, incarnation, Some(shard)).await?;
+            let (stream, welcome) = handshake(plan.router, &hello(Some(shard))).await?;
             if welcome.shard != shard {
                 return Err(format!(
                     "{name}: asked for shard {shard}, served by {}",
@@ -34,20 +43,29 @@ pub async fn connect(worker: &Worker, index: u32) -> Result<(Vec<Rc<Link>>, usiz
             links.push(Link::new(stream));
         }
     }
-    Ok((links, shard_count))
+    Ok((links, shard_count, incarnation))
+}
+
+struct Hello<'a> {
+    name: &'a str,
+    incarnation: u64,
+    shard: Option<u16>,
+    acks: bool,
+    received: u64,
 }
 
 struct Welcome {
     shard: u16,
     shard_count: u16,
+    resumed: bool,
+    stream_offset: u64,
 }
 
 async fn handshake(
     router: std::net::SocketAddr,
-    name: &str,
-    incarnation: u64,
-    shard: Option<u16>,
+    hello: &Hello<'_>,
 ) -> Result<(TcpStream, Welcome), String> {
+    let name = hello.name;
     let mut stream = TcpStream::connect(router)
         .await
         .map_err(|e| format!("{name}: connect to {router}: {e}"))?;
@@ -55,11 +73,11 @@ async fn handshake(
         .hello(&HelloFrame {
             protocol_version: imrouter::limits::PROTOCOL_VERSION,
             node_name: name,
-            incarnation,
+            incarnation: hello.incarnation,
             auth_token: None,
-            shard,
-            acks: false,
-            received: 0,
+            shard: hello.shard,
+            acks: hello.acks,
+            received: hello.received,
         })
         .to_vec();
     stream
@@ -99,8 +117,147 @@ async fn handshake(
         Welcome {
             shard: welcome.shard(),
             shard_count: welcome.shard_count(),
+            resumed: welcome.resumed(),
+            stream_offset: welcome.stream_offset(),
         },
     ))
+}
+
+/// How long a node keeps trying to reconnect (the restart scenario waits
+/// for a router process to come back).
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reconnects `node`'s single link (the same process: same incarnation,
+/// acknowledging what it processed), starts its reader and writer, and
+/// resyncs the node's sessions when the router did not resume the stream.
+/// `down_ns`: when the sessions may have started to vanish. Returns
+/// whether the stream was resumed.
+pub async fn reconnect(node: Rc<SimNode>, link: Rc<Link>, down_ns: u64) -> Result<bool, String> {
+    let plan = node.plan().clone();
+    let name = format!("loadgen-{}", node.index);
+    let hello = Hello {
+        name: &name,
+        incarnation: node.incarnation.get(),
+        shard: None,
+        acks: plan.acks,
+        received: link.received.get(),
+    };
+    let started = std::time::Instant::now();
+    let (stream, welcome) = loop {
+        // A Welcome that does not come is a failed attempt too (a socket
+        // of a killed router can accept for a moment without answering).
+        let attempt = futures_lite::future::or(handshake(plan.router, &hello), async {
+            glommio::timer::sleep(WELCOME_TIMEOUT).await;
+            Err(format!(
+                "{name}: no Welcome within {} s",
+                WELCOME_TIMEOUT.as_secs()
+            ))
+        });
+        match attempt.await {
+            Ok(connected) => break connected,
+            Err(_)
+                if started.elapsed() < RECONNECT_FOR
+                    && !node.worker.shared.finished.load(Relaxed) =>
+            {
+                glommio::timer::sleep(RECONNECT_PAUSE).await;
+            }
+            Err(e) => return Err(format!("reconnecting: {e}")),
+        }
+    };
+    let welcome_ns = node.worker.now_ns();
+    if welcome.resumed && welcome.stream_offset != hello.received {
+        return Err(format!(
+            "{name}: resumed at stream offset {}, not at the {} bytes it processed",
+            welcome.stream_offset, hello.received
+        ));
+    }
+    link.reopen(stream, welcome.stream_offset);
+    glommio::spawn_local(link.clone().run_writer()).detach();
+    glommio::spawn_local(run_reader(node.clone(), link.clone())).detach();
+    if !welcome.resumed {
+        // The router dropped this node's sessions somewhere in
+        // [down_ns, welcome_ns]; the node puts them back.
+        let population = plan.population;
+        let closes: Vec<SessionChange> = population
+            .sessions_of(node.index)
+            .map(|(user, device)| SessionChange {
+                session: population.session_index(user, device),
+                open: false,
+                sent_ns: down_ns,
+                confirmed_ns: welcome_ns,
+            })
+            .collect();
+        node.extra_changes.borrow_mut().extend(closes);
+        resync(&node, &link).await?;
+    }
+    Ok(welcome.resumed)
+}
+
+/// Sends the node's whole session list (SessionSync) and waits for its
+/// SessionSyncAck; logs the re-opens for the oracle.
+async fn resync(node: &SimNode, link: &Link) -> Result<(), String> {
+    const BATCH: usize = 1000;
+    let population = node.plan().population;
+    let sessions: Vec<(u32, u8)> = population.sessions_of(node.index).collect();
+    let generation = node.sync_acked.get() + 1;
+    let sent_ns = node.worker.now_ns();
+    let ids: Vec<([u8; 16], String)> = sessions
+        .iter()
+        .map(|&(user, device)| (workload::user_id(user), workload::device_id(device)))
+        .collect();
+    let chunks: Vec<_> = ids.chunks(BATCH).collect();
+    let mut encoder = Encoder::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let batch: Vec<(&str, &str, fb::Platform, u64)> = chunk
+            .iter()
+            .map(|(user, device)| {
+                (
+                    std::str::from_utf8(user).expect("ascii"),
+                    device.as_str(),
+                    fb::Platform::Mobile,
+                    0,
+                )
+            })
+            .collect();
+        let last = i + 1 == chunks.len();
+        link.push(encoder.session_sync(generation, &batch, last));
+        link.wait_for_room().await;
+    }
+    if chunks.is_empty() {
+        link.push(encoder.session_sync(generation, &[], true));
+    }
+    let acked = node
+        .sync_changed
+        .wait_until(|| node.sync_acked.get() >= generation || link.is_closed());
+    futures_lite::future::or(
+        async {
+            acked.await;
+            Ok(())
+        },
+        async {
+            glommio::timer::sleep(RECONNECT_FOR).await;
+            Err(format!("node {}: no SessionSyncAck", node.index))
+        },
+    )
+    .await?;
+    if node.sync_acked.get() < generation {
+        return Err(format!(
+            "node {}: the connection ended during its resync",
+            node.index
+        ));
+    }
+    let confirmed_ns = node.worker.now_ns();
+    node.extra_changes
+        .borrow_mut()
+        .extend(sessions.iter().map(|&(user, device)| SessionChange {
+            session: population.session_index(user, device),
+            open: true,
+            sent_ns,
+            confirmed_ns,
+        }));
+    Ok(())
 }
 
 /// Reads and handles frames until the connection closes.
@@ -108,27 +265,55 @@ pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
     let verifier = Verifier::new(FRAME_BYTES_MAX_CEILING);
     let mut buf = vec![0u8; 2 * (FRAME_BYTES_MAX_CEILING as usize).min(1 << 20)];
     let (mut start, mut end) = (0, 0);
+    let mut encoder = Encoder::new();
     loop {
         let read = link.read(&mut buf[end..]).await;
         match read {
             Ok(0) | Err(_) => {
                 link.close();
-                if !node
-                    .worker
-                    .shared
-                    .finished
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
+                link.set_down();
+                let shared = &node.worker.shared;
+                if link.expect_end.get() || shared.finished.load(Relaxed) {
+                    // A cut, or the end of the run.
+                } else if node.plan().scenario == crate::config::ScenarioName::Restart {
+                    // The router died: reconnect (to the restarted one).
+                    let down_ns = node.worker.now_ns();
+                    node.failures.borrow_mut().push(down_ns);
+                    let killed_ns = shared.killed_ns.load(Relaxed);
+                    let since = if killed_ns != 0 {
+                        killed_ns.min(down_ns)
+                    } else {
+                        down_ns
+                    };
+                    let (node, link) = (node.clone(), link.clone());
+                    glommio::spawn_local(async move {
+                        match reconnect(node.clone(), link, since).await {
+                            Ok(resumed) => node.worker.shared.reconnect_log.lock().expect("log").push(format!(
+                                "node {}: reconnected after {:.2} s, resumed={resumed}, resynced={}",
+                                node.index,
+                                (node.worker.now_ns() - down_ns) as f64 / 1e9,
+                                !resumed
+                            )),
+                            Err(e) => error(&node, e),
+                        }
+                    })
+                    .detach();
+                } else {
                     error(&node, "the router closed the connection".into());
                 }
+                link.ended.notify_all();
                 return;
             }
             Ok(n) => end += n,
         }
+        let discard = link.discard.get();
         loop {
             match wire::check(&buf[start..end], FRAME_BYTES_MAX_CEILING) {
                 Check::Complete(len) => {
-                    handle(&node, &link, &verifier, &buf[start..start + len]);
+                    if !discard {
+                        handle(&node, &link, &verifier, &buf[start..start + len]);
+                        link.received.set(link.received.get() + len as u64);
+                    }
                     start += len;
                 }
                 Check::Incomplete => break,
@@ -138,6 +323,10 @@ pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
                     return;
                 }
             }
+        }
+        if node.plan().acks && !discard && link.received.get() > link.acked.get() {
+            link.acked.set(link.received.get());
+            link.push(encoder.ack(link.received.get()));
         }
         buf.copy_within(start..end, 0);
         end -= start;
@@ -260,6 +449,12 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
         }
         // Membership and broadcasts concern real nodes, not the workload.
         fb::Body::Pong | fb::Body::NodeEvent | fb::Body::Broadcast => {}
+        fb::Body::SessionSyncAck => {
+            let ack = envelope.body_as_session_sync_ack().expect("checked");
+            node.sync_acked
+                .set(node.sync_acked.get().max(ack.generation()));
+            node.sync_changed.notify_all();
+        }
         fb::Body::Error => {
             let e = envelope.body_as_error().expect("checked");
             error(

@@ -85,6 +85,11 @@ pub struct Shared {
     pub last_observed_ns: AtomicU64,
     /// Policy scenario: nodes whose contested opens are confirmed.
     pub policy_confirmed: AtomicU64,
+    /// Restart scenario: when the router was killed (0: not yet).
+    pub killed_ns: AtomicU64,
+    /// Failover and restart: what happened to the connections, for the
+    /// summary.
+    pub reconnect_log: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -101,6 +106,8 @@ impl Shared {
             errors: Mutex::new(Vec::new()),
             last_observed_ns: AtomicU64::new(0),
             policy_confirmed: AtomicU64::new(0),
+            killed_ns: AtomicU64::new(0),
+            reconnect_log: Mutex::new(Vec::new()),
         }
     }
 
@@ -222,6 +229,19 @@ pub struct Link {
     wake: Signal,
     pub room: Broadcast,
     closed: Cell<bool>,
+    /// Stream bytes received and processed (imrouter: the offset a
+    /// resuming Hello and an Ack carry), and the last offset acknowledged.
+    pub received: Cell<u64>,
+    pub acked: Cell<u64>,
+    /// The connection is cut or failed and not yet reconnected: nothing is
+    /// sent on it.
+    down: Cell<bool>,
+    /// Frames read from now on are dropped unprocessed (a cut under way).
+    pub discard: Cell<bool>,
+    /// The connection is expected to end (a deliberate cut).
+    pub expect_end: Cell<bool>,
+    /// Rung when the reader ends.
+    pub ended: Broadcast,
 }
 
 impl Link {
@@ -234,7 +254,48 @@ impl Link {
             wake: Signal::default(),
             room: Broadcast::default(),
             closed: Cell::new(false),
+            received: Cell::new(0),
+            acked: Cell::new(0),
+            down: Cell::new(false),
+            discard: Cell::new(false),
+            expect_end: Cell::new(false),
+            ended: Broadcast::default(),
         })
+    }
+
+    /// Puts a new connection under this link (after a cut or failure):
+    /// nothing queued for the old one is sent.
+    pub fn reopen(&self, stream: TcpStream, offset: u64) {
+        let _ = stream.set_nodelay(true);
+        *self.stream.borrow_mut() = stream;
+        self.out.borrow_mut().clear();
+        self.in_flight.set(0);
+        self.closed.set(false);
+        self.received.set(offset);
+        self.acked.set(offset);
+        self.discard.set(false);
+        self.expect_end.set(false);
+        self.down.set(false);
+        self.room.notify_all();
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.get()
+    }
+
+    pub fn set_down(&self) {
+        self.down.set(true);
+    }
+
+    /// Shuts the connection's write side down (the router reads to the end
+    /// of what was sent, then sees it closed).
+    pub fn shutdown_write(&self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.borrow().as_raw_fd();
+        // SAFETY: `fd` is the open socket `stream` owns.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_WR);
+        }
     }
 
     pub fn push(&self, bytes: &[u8]) {
@@ -339,6 +400,16 @@ pub struct SimNode {
     /// Policy scenario: what this node saw, and a signal for each Located.
     pub policy: RefCell<PolicyLog>,
     pub policy_changed: Broadcast,
+    /// This node process's incarnation (kept across reconnects).
+    pub incarnation: Cell<u64>,
+    /// When this node's connection went down (cut or failed).
+    pub failures: RefCell<Vec<u64>>,
+    /// Session changes the router made (a purge after a lost connection)
+    /// and resyncs, for the oracle.
+    pub extra_changes: RefCell<Vec<SessionChange>>,
+    /// The last SessionSync generation acknowledged, and its signal.
+    pub sync_acked: Cell<u64>,
+    pub sync_changed: Broadcast,
 }
 
 /// Policy scenario: the Kicks a node received for contested users, and
@@ -391,6 +462,11 @@ impl SimNode {
             churn: RefCell::new(ChurnState::default()),
             policy: RefCell::new(PolicyLog::default()),
             policy_changed: Broadcast::default(),
+            incarnation: Cell::new(0),
+            failures: RefCell::new(Vec::new()),
+            extra_changes: RefCell::new(Vec::new()),
+            sync_acked: Cell::new(0),
+            sync_changed: Broadcast::default(),
         }
     }
 
@@ -432,8 +508,12 @@ impl SimNode {
         u64::from(population.node_count(sent.user, mask)) + u64::from(self.plan().ack)
     }
 
-    /// Picks a recipient and sends one message due at `due_ns`.
+    /// Picks a recipient and sends one message due at `due_ns` (none while
+    /// the node's connection is down: it would be a message never sent).
     pub fn send_message(&self, due_ns: u64, measured: bool) {
+        if self.links.iter().any(|link| link.is_down()) {
+            return;
+        }
         let plan = self.plan();
         let population = plan.population;
         let (offline, user, to_device) = {
