@@ -407,7 +407,7 @@ fn no_outcome_right_before_the_senders_connection_failed_is_link_failed() {
     let sent = vec![online(4, 0)];
     let tally = check(
         &params(false),
-        &[sent.clone()],
+        std::slice::from_ref(&sent),
         vec![],
         &Timelines::default(),
         &[vec![300]],
