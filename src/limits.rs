@@ -134,11 +134,13 @@ pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Messages to recipients on several nodes that one connection may have
-/// waiting for their destinations' reports (about 40 bytes each). Reports
-/// arrive as soon as the destination shards process their batches, so the
-/// number waiting is bounded by what the cross-core channels hold; a
-/// connection that passes this anyway is closed with `RouterFull` rather
-/// than let its verdicts go untracked.
+/// waiting for their destinations' reports (about 40 bytes each). A report
+/// arrives when the destination shard queued the Deliver, or, for a node
+/// that acknowledges its stream, when it acknowledged it (within about a
+/// heartbeat), or for a suspended node when it resumed or its grace ended
+/// (what it may park is bounded by --park-bytes-max). A connection that
+/// passes this anyway is closed with `RouterFull` rather than let its
+/// verdicts go untracked.
 pub const PENDING_REPORTS_MAX: usize = 1 << 20;
 
 /// How long a shard runs tasks before it reaps I/O completions again.
