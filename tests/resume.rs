@@ -16,6 +16,18 @@ fn suspended(router: &imrouter::shard::RunningRouter) -> u64 {
     router.metrics().connections_suspended
 }
 
+/// Connects node-a, and node-b (process 7) with bob's phone, whose
+/// connection is then lost; returns node-a once the router suspended node-b.
+fn alice_and_lost_bob(router: &imrouter::shard::RunningRouter) -> Node {
+    let addr = router.local_addr();
+    let alice = Node::connect(addr, "node-a");
+    let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
+    bob_node.open_confirmed("bob", "phone");
+    drop(bob_node); // The TCP connection is lost; no Goodbye.
+    wait_until("the router suspends node-b", || suspended(router) == 1);
+    alice
+}
+
 /// Reconnects `name` (process `incarnation`), acknowledging `received`.
 fn reconnect(
     addr: std::net::SocketAddr,
@@ -35,11 +47,7 @@ fn reconnect(
 fn a_lost_connection_resumes_within_the_grace_and_gets_what_was_parked() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 30_000);
     let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
-    bob_node.open_confirmed("bob", "phone");
-    drop(bob_node); // The TCP connection is lost; no Goodbye.
-    wait_until("the router suspends node-b", || suspended(&router) == 1);
+    let mut alice = alice_and_lost_bob(&router);
 
     let ids: Vec<u64> = (0..3)
         .map(|i| alice.route_to("bob", None, format!("m{i}").as_bytes(), ROUTE_FLAG_ACK))
@@ -82,11 +90,7 @@ fn a_lost_connection_resumes_within_the_grace_and_gets_what_was_parked() {
 fn when_the_grace_runs_out_parked_messages_are_answered_offline() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 300);
     let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
-    bob_node.open_confirmed("bob", "phone");
-    drop(bob_node);
-    wait_until("the router suspends node-b", || suspended(&router) == 1);
+    let mut alice = alice_and_lost_bob(&router);
     let parked: Vec<u64> = (0..2)
         .map(|_| alice.route_to("bob", None, b"parked", 0))
         .collect();
@@ -180,12 +184,7 @@ fn a_full_park_ends_the_grace_early() {
         args.max_frame_bytes = 4096;
         args.park_bytes_max = 8192;
     });
-    let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
-    bob_node.open_confirmed("bob", "phone");
-    drop(bob_node);
-    wait_until("the router suspends node-b", || suspended(&router) == 1);
+    let mut alice = alice_and_lost_bob(&router);
     let payload = [7u8; 1000];
     let ids: Vec<u64> = (0..12)
         .map(|_| alice.route_to("bob", None, &payload, ROUTE_FLAG_ACK))
@@ -231,11 +230,7 @@ fn a_timed_out_connection_is_suspended_not_purged() {
 fn a_new_process_during_the_grace_fails_what_was_parked_at_once() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 60_000);
     let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
-    bob_node.open_confirmed("bob", "phone");
-    drop(bob_node);
-    wait_until("the router suspends node-b", || suspended(&router) == 1);
+    let mut alice = alice_and_lost_bob(&router);
     let id = alice.route_to("bob", None, b"parked", ROUTE_FLAG_ACK);
     assert!(alice.ping(1).is_empty());
     // node-b restarted: its old sessions and parked messages are dead.
