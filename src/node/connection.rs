@@ -253,11 +253,6 @@ impl Connection {
         self.state.get() != LinkState::Closing
     }
 
-    /// Whether the node acknowledges the stream.
-    pub fn acks(&self) -> bool {
-        self.acks
-    }
-
     /// Whether an outcome of a frame queued now must wait (see `defer`).
     pub fn defers_reports(&self) -> bool {
         self.acks || self.state.get() == LinkState::Suspended
@@ -735,10 +730,5 @@ impl Connection {
         }
         self.write_failed.set(true);
         self.writer_done.notify();
-    }
-
-    /// Whether a write failed (the socket is lost).
-    pub fn write_failed(&self) -> bool {
-        self.write_failed.get()
     }
 }
