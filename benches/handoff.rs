@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_lite::AsyncReadExt;
-use imrouter::shard::link::{self, push_entry, Class, EntryHeader, EntryKind, Inbox, ShardLink};
+use imrouter::core::batch::{push_entry, Class, EntryHeader, EntryKind};
+use imrouter::shard::link::{self, Inbox, ShardLink};
 use imrouter::table::NodeId;
 
 const ENTRIES: u64 = 256;

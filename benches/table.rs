@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use imrouter::shard::placement::slot_for_user;
+use imrouter::placement::slot_for_user;
 use imrouter::table::{LoginPolicy, NodeId, Table, TableLimits};
 
 const SESSIONS: usize = 1_000_000;

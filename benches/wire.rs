@@ -4,8 +4,13 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imrouter::route;
-use imrouter::wire::{check, Check, DeliverFrame, Encoder, RouteFrame, Verifier};
+use imrouter::wire::{
+    check, Check, DeliverFrame, Encoder, Request, RequestLimits, RouteFrame, Verifier,
+};
+
+const LIMITS: RequestLimits = RequestLimits {
+    fanout_max: 100_000,
+};
 
 const PAYLOADS: [usize; 2] = [64, 4096];
 
@@ -34,8 +39,10 @@ fn verify_and_decode(c: &mut Criterion) {
                 let Check::Complete(len) = check(black_box(frame), 64 * 1024) else {
                     unreachable!()
                 };
-                let envelope = verifier.verify(&frame[..len]).unwrap();
-                let message = route::message_from(envelope.body_as_route().unwrap()).unwrap();
+                let frame = verifier.verify(&frame[..len]).unwrap();
+                let Ok(Request::Route(message)) = Request::parse(frame, &LIMITS) else {
+                    unreachable!()
+                };
                 black_box((message.to_user.len(), message.payload.len()))
             })
         });

@@ -35,16 +35,20 @@
 //! README's architecture section draws the path of a message.
 
 pub mod config;
+pub mod core;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod route;
+pub mod server;
 pub mod shard;
 pub mod table;
+pub mod time;
 pub mod wire;
 
 pub use config::Config;
-pub use shard::{Router, RunningRouter, StartError};
+pub use server::{Router, RunningRouter, StartError};
 
 /// Writes one line to standard error, prefixed with the program name.
 #[macro_export]

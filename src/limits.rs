@@ -120,6 +120,12 @@ pub const BATCH_POOL_MAX: usize = 3 * LINK_BATCHES_MAX;
 /// from exhausting memory (each costs its read buffer).
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
 
+/// Sockets one shard holds in their handshake (accepted, Hello not read
+/// yet). Each costs a task and a 1 KiB buffer for at most `HELLO_TIMEOUT`;
+/// beyond it a new socket is refused with `RouterFull`, so a flood of
+/// silent sockets cannot exhaust memory.
+pub const HANDSHAKES_PER_SHARD_MAX: usize = 1024;
+
 /// How long a new connection may take to send its Hello. A socket that
 /// says nothing holds a connection slot and a read buffer; this frees them.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -129,6 +135,12 @@ pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// closes its side: closing a socket with unread input resets it, and the
 /// reset can destroy the Error frame before the node reads it.
 pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long starting retries binding an address in use: a router killed
+/// a moment ago keeps its listening socket bound for a few milliseconds
+/// (5-14 ms seen), so an immediate restart would fail without it. A real
+/// conflict (another process serving there) still fails, a bit later.
+pub const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long a stopping shard waits for its connections to flush and close.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -142,6 +154,29 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 /// passes this anyway is closed with `RouterFull` rather than let its
 /// verdicts go untracked.
 pub const PENDING_REPORTS_MAX: usize = 1 << 20;
+
+/// Locates one connection may have unanswered. One more pauses its reader
+/// until an answer is queued: a node that asks faster than the router
+/// answers is slowed, instead of filling the owners' queues in front of
+/// everyone else's messages.
+pub const LOCATES_IN_FLIGHT_MAX: u32 = 64;
+
+/// Fanout recipients one connection may have in flight (Fanouts whose
+/// Status is not sent yet). Past it the connection's reader pauses; a
+/// single Fanout larger than this is still accepted when nothing else of
+/// the connection is in flight.
+pub const FANOUT_RECIPIENTS_IN_FLIGHT_MAX: u64 = 100_000;
+
+/// Bytes of Broadcast and Publish frames one connection may have in flight
+/// (copies not all queued yet; a copy for a congested node waits for it).
+/// Past it the connection's reader pauses: a sender is slowed to the pace
+/// of the nodes it sends to, and they are never disconnected for it.
+/// Bounds what is held for congested nodes to this per sender and shard.
+pub const FANOUT_BYTES_IN_FLIGHT_MAX: u64 = 1024 * 1024;
+
+/// Snapshot (SessionSync) sessions one connection may have in flight (not
+/// yet applied by their owners). Past it the connection's reader pauses.
+pub const SYNC_SESSIONS_IN_FLIGHT_MAX: u64 = 16 * 1024;
 
 /// How long a shard runs tasks before it reaps I/O completions again.
 /// glommio reaps socket readiness and timers only between task-queue runs,

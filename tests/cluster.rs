@@ -611,8 +611,7 @@ fn a_large_fanout_still_makes_one_deliver_per_node() {
                 .iter()
                 .enumerate()
                 .find(|(i, u)| {
-                    i % 2 == n
-                        && imrouter::shard::placement::shard_for_user(u.as_bytes(), 2) == shard
+                    i % 2 == n && imrouter::placement::shard_for_user(u.as_bytes(), 2) == shard
                 })
                 .map(|(_, u)| u.clone())
                 .unwrap();
@@ -674,7 +673,7 @@ fn a_publish_reaches_each_subscribed_node_once() {
     let router = start_router(2);
     let addr = router.local_addr();
     let topic = "room-42";
-    let owner = imrouter::shard::placement::shard_for_user(topic.as_bytes(), 2);
+    let owner = imrouter::placement::shard_for_user(topic.as_bytes(), 2);
     let mut nodes: Vec<Node> = ["one", "two", "three", "publisher"]
         .iter()
         .map(|name| Node::connect(addr, name))

@@ -23,7 +23,7 @@ fn protocol_doc_embeds_the_current_schema() {
 /// check (spot-checked here against the implementation).
 #[test]
 fn protocol_doc_test_vectors_hold() {
-    use imrouter::shard::placement::{shard_for_user, slot_for_user, xxh64};
+    use imrouter::placement::{shard_for_user, slot_for_user, xxh64};
     let doc = include_str!("../docs/PROTOCOL.md");
     for (user, hash, slot) in [
         ("alice", 0x73a3ea485f2e6049u64, 8265u16),

@@ -12,13 +12,13 @@ use imrouter::wire::{fb, ROUTE_FLAG_ACK};
 const GONE: (fb::Verdict, fb::Reason) = (fb::Verdict::Offline, fb::Reason::NodeGone);
 const ROUTED: (fb::Verdict, fb::Reason) = (fb::Verdict::Routed, fb::Reason::None);
 
-fn suspended(router: &imrouter::shard::RunningRouter) -> u64 {
+fn suspended(router: &imrouter::RunningRouter) -> u64 {
     router.metrics().connections_suspended
 }
 
 /// Connects node-a, and node-b (process 7) with bob's phone, whose
 /// connection is then lost; returns node-a once the router suspended node-b.
-fn alice_and_lost_bob(router: &imrouter::shard::RunningRouter) -> Node {
+fn alice_and_lost_bob(router: &imrouter::RunningRouter) -> Node {
     let addr = router.local_addr();
     let alice = Node::connect(addr, "node-a");
     let mut bob_node = Node::connect_with(addr, "node-b", 7, None);

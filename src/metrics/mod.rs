@@ -1,32 +1,19 @@
 //! Counters, kept per shard and gathered on demand.
 //!
-//! Each shard counts in plain `Cell`s that only its own thread touches; there
-//! is no shared atomic on the hot path. A metrics request is a control
-//! message to every shard, each of which answers with a [`ShardMetrics`]
-//! snapshot; [`ShardMetrics::add`] sums them. `imrouter serve` prints every
-//! shard's snapshot on SIGUSR1.
+//! Each shard counts in a plain [`ShardMetrics`] inside its core, which only
+//! its own thread touches; there is no shared atomic on the hot path. A
+//! metrics request is a control message to every shard, each of which
+//! answers with a snapshot; [`ShardMetrics::add`] sums them. `imrouter
+//! serve` prints every shard's snapshot on SIGUSR1.
 
-use std::cell::Cell;
 use std::fmt;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// A snapshot of one shard's counters (or their sum over shards).
+        /// One shard's counters and gauges (or their sum over shards).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct ShardMetrics {
             $($(#[$doc])* pub $name: u64,)*
-        }
-
-        /// The live counters of one shard.
-        #[derive(Default)]
-        pub struct Counters {
-            $($(#[$doc])* pub $name: Cell<u64>,)*
-        }
-
-        impl Counters {
-            pub fn snapshot(&self) -> ShardMetrics {
-                ShardMetrics { $($name: self.$name.get(),)* }
-            }
         }
 
         impl ShardMetrics {
@@ -154,8 +141,31 @@ counters! {
     batches_received,
     /// Hand-offs that found the target channel full and were retried.
     batches_deferred,
+    /// Fan-out copies (Broadcast, Publish) held for a congested connection
+    /// until it had room, instead of dropping it or the copy.
+    copies_held,
+    /// Held copies dropped because their connection ended.
+    copies_dropped,
+    /// Times a connection's reader was paused (backpressure or budget).
+    reads_paused,
+    /// Connections whose node acknowledged nothing for --node-timeout-ms
+    /// while bytes waited for an Ack.
+    ack_timeouts,
+    /// Connections closed because their node read nothing for
+    /// --node-timeout-ms while bytes waited.
+    write_stalls,
     /// Sessions held by this shard (a gauge, filled in by the snapshot).
     sessions,
+    /// Sessions of departed nodes not purged yet (a gauge).
+    sessions_dead,
+    /// Topics owned by this shard (a gauge).
+    topics,
+    /// Bytes of fan-out copies held for congested connections (a gauge).
+    held_copy_bytes,
+    /// Fanouts this shard coordinates (a gauge).
+    fanout_jobs,
+    /// Free stream chunks kept for reuse (a gauge).
+    pool_chunks,
     /// Users with a session in this shard (a gauge).
     users,
     /// Node connections open on this shard (a gauge).

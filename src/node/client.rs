@@ -124,7 +124,8 @@ impl Client {
                 let envelope = self
                     .verifier
                     .verify(&frame)
-                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?
+                    .envelope();
                 match envelope.body_type() {
                     fb::Body::Ping => {
                         let nonce = envelope.body_as_ping().expect("checked").nonce();

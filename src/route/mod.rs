@@ -23,39 +23,11 @@
 //!   a message without ACK reports nothing, so the common path costs
 //!   nothing extra.
 
-use crate::limits::{DEVICE_ID_BYTES_MAX, SESSIONS_PER_USER_MAX_CEILING, USER_ID_BYTES_MAX};
+use crate::limits::SESSIONS_PER_USER_MAX_CEILING;
 use crate::table::{NodeId, Table};
-use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
+use crate::wire::{fb, ROUTE_FLAG_ACK};
 
-/// A Route's fields, read in place from the frame.
-pub type Message<'a> = RouteFrame<'a>;
-
-/// Reads and checks a Route at ingress. An id out of range is refused with
-/// the reason for a `Rejected` verdict.
-pub fn message_from(route: fb::Route<'_>) -> Result<Message<'_>, fb::Reason> {
-    let message = Message {
-        message_id: route.message_id(),
-        from_user: route.from_user().unwrap_or(""),
-        from_device: route.from_device().unwrap_or(""),
-        to_user: route.to_user(),
-        to_device: route.to_device(),
-        flags: route.flags(),
-        payload: route.payload().map_or(&[][..], |payload| payload.bytes()),
-    };
-    let to_device_ok = message
-        .to_device
-        .is_none_or(|device| (1..=DEVICE_ID_BYTES_MAX).contains(&device.len()));
-    if !(1..=USER_ID_BYTES_MAX).contains(&message.to_user.len()) || !to_device_ok {
-        return Err(fb::Reason::InvalidRecipient);
-    }
-    if message.from_user.len() > USER_ID_BYTES_MAX
-        || message.from_device.len() > DEVICE_ID_BYTES_MAX
-        || (message.flags & ROUTE_FLAG_CARBON != 0 && message.from_user.is_empty())
-    {
-        return Err(fb::Reason::InvalidSender);
-    }
-    Ok(message)
-}
+pub use crate::wire::Message;
 
 /// The node connection a message came in on, where its verdict goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,6 +54,14 @@ impl Broadcast {
         }
     }
 
+    /// Wakes `waker` at the next `notify_all`.
+    pub fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
     /// Waits for the next `notify_all` (always yields at least once).
     pub async fn notified(&self) {
         let seen = self.generation.get();

@@ -18,9 +18,26 @@
 //!   fits in 23 bytes and the head of the user's session chain.
 //! - `sessions`: a slab of [`SessionRecord`]s, each on two intrusive lists:
 //!   its user's chain (singly linked; a user has at most
-//!   `sessions_per_user_max` sessions) and its node's list (doubly linked),
-//!   so purging a node costs time in proportion to that node's sessions only.
+//!   `sessions_per_user_max` live sessions) and its *handle*'s list (doubly
+//!   linked).
 //! - Ids longer than their inline room live in `spill`, one heap block each.
+//!
+//! # Handles: sessions that die at once and go away in slices
+//!
+//! A session does not name its node directly but a *handle*: a small
+//! record saying which node it is and whether it is live. Each node has one
+//! live handle that new sessions join (two during a snapshot, below).
+//! When a node's sessions die (it left, or a new process of it connected),
+//! [`Table::retire_node`] marks its handles dead, in O(1): from then on
+//! its sessions are invisible to every lookup, and [`Table::purge_step`]
+//! removes them a slice at a time, so a node with 300,000 sessions never
+//! stalls its shard.
+//!
+//! A snapshot (SessionSync) works the same way: [`Table::begin_snapshot`]
+//! gives the node a fresh handle that every session the snapshot lists
+//! (and every open during it) moves to, and [`Table::end_snapshot`]
+//! retires the node's older handles, which hold exactly the sessions the
+//! snapshot did not list: no set of keys is built, nothing is walked.
 
 mod slab;
 mod stored_id;
@@ -44,7 +61,7 @@ pub const DEVICE_INLINE_BYTES: usize = 15;
 /// End of an intrusive list.
 const NIL: u32 = u32::MAX;
 
-/// One user with at least one session.
+/// One user with at least one session (live or dead).
 #[derive(Clone, Copy)]
 struct UserRecord {
     key: StoredId<USER_INLINE_BYTES>,
@@ -60,13 +77,35 @@ struct SessionRecord {
     user: u32,
     /// Next session of the same user, or `NIL`.
     user_next: u32,
-    node: NodeId,
-    /// Neighbours on the node's list, or `NIL`.
+    /// The handle (node) it belongs to.
+    handle: u32,
+    /// Neighbours on the handle's list, or `NIL`.
     node_prev: u32,
     node_next: u32,
     platform: u8,
     /// The per-session sequence assigned when it was opened.
     seq: u64,
+}
+
+/// A node's sessions of one generation (see the module docs).
+#[derive(Clone, Copy)]
+struct HandleRecord {
+    node: NodeId,
+    /// Its sessions are routed to; a dead handle's are being purged.
+    live: bool,
+    /// First session on the handle's list, or `NIL`.
+    head: u32,
+    /// Sessions on the list.
+    count: u32,
+}
+
+/// A node's live handles.
+#[derive(Clone, Default)]
+struct NodeHandles {
+    /// Where the node's new sessions go; `NIL` before its first.
+    write: u32,
+    /// During a snapshot: the handles of the sessions not listed yet.
+    older: Vec<u32>,
 }
 
 /// One session of a user, as routing sees it.
@@ -93,6 +132,16 @@ pub enum OpenOutcome {
     UserFull,
     /// The table holds `sessions_max` sessions; nothing changed.
     TableFull,
+}
+
+impl OpenOutcome {
+    /// Whether the table holds the session afterwards.
+    pub fn holds(self) -> bool {
+        matches!(
+            self,
+            OpenOutcome::Added | OpenOutcome::Refreshed | OpenOutcome::Replaced { .. }
+        )
+    }
 }
 
 /// What [`Table::close`] did.
@@ -139,9 +188,9 @@ pub struct Evicted {
 /// Sizes a table is allowed to grow to, and its login policy.
 #[derive(Debug, Clone, Copy)]
 pub struct TableLimits {
-    /// Sessions in this table; opens beyond it are refused (`TableFull`).
+    /// Live sessions in this table; opens beyond it are refused (`TableFull`).
     pub sessions_max: usize,
-    /// Sessions of one user; opens beyond it are refused (`UserFull`).
+    /// Live sessions of one user; opens beyond it are refused (`UserFull`).
     pub sessions_per_user_max: usize,
     /// Node ids are below this.
     pub nodes_max: usize,
@@ -155,8 +204,14 @@ pub struct Table {
     users: Slab<UserRecord>,
     sessions: Slab<SessionRecord>,
     spill: Spill,
-    /// First session of each node in this table, indexed by `NodeId`.
-    node_heads: Vec<u32>,
+    handles: Vec<HandleRecord>,
+    free_handles: Vec<u32>,
+    /// Each node's live handles, indexed by `NodeId`.
+    nodes: Vec<NodeHandles>,
+    /// Dead handles whose sessions are still to be purged, oldest first.
+    dead: std::collections::VecDeque<u32>,
+    /// Sessions on dead handles.
+    dead_sessions: usize,
     limits: TableLimits,
     /// Sessions the last `open` removed under the login policy.
     evicted: Vec<Evicted>,
@@ -173,21 +228,76 @@ impl Table {
             users: Slab::new(),
             sessions: Slab::new(),
             spill: Spill::default(),
-            node_heads: vec![NIL; limits.nodes_max],
+            handles: Vec::new(),
+            free_handles: Vec::new(),
+            nodes: vec![
+                NodeHandles {
+                    write: NIL,
+                    older: Vec::new()
+                };
+                limits.nodes_max
+            ],
+            dead: std::collections::VecDeque::new(),
+            dead_sessions: 0,
             limits,
             evicted: Vec::new(),
             conflicts: Vec::with_capacity(limits.sessions_per_user_max),
         }
     }
 
-    /// Sessions in the table.
+    /// Live sessions in the table.
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() - self.dead_sessions
     }
 
-    /// Users with at least one session.
+    /// Sessions of departed nodes not purged yet.
+    pub fn dead_session_count(&self) -> usize {
+        self.dead_sessions
+    }
+
+    /// Users with at least one session (live or not yet purged).
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+
+    #[inline]
+    fn is_live(&self, session: &SessionRecord) -> bool {
+        self.handles[session.handle as usize].live
+    }
+
+    #[inline]
+    fn node_of(&self, session: &SessionRecord) -> NodeId {
+        self.handles[session.handle as usize].node
+    }
+
+    /// The handle `node`'s new sessions go to, created on first use.
+    fn write_handle(&mut self, node: NodeId) -> u32 {
+        let write = self.nodes[node.0 as usize].write;
+        if write != NIL {
+            return write;
+        }
+        let handle = self.new_handle(node);
+        self.nodes[node.0 as usize].write = handle;
+        handle
+    }
+
+    fn new_handle(&mut self, node: NodeId) -> u32 {
+        let record = HandleRecord {
+            node,
+            live: true,
+            head: NIL,
+            count: 0,
+        };
+        match self.free_handles.pop() {
+            Some(handle) => {
+                self.handles[handle as usize] = record;
+                handle
+            }
+            None => {
+                self.handles.push(record);
+                u32::try_from(self.handles.len() - 1).expect("handle index fits u32")
+            }
+        }
     }
 
     /// Registers `device` of `user` at `node`, as the login policy says.
@@ -197,6 +307,8 @@ impl Table {
     /// same node it is refreshed. `SamePlatformKick` and `SingleSession`
     /// also remove the user's other sessions they conflict with, which
     /// [`Table::drain_evicted`] then lists. A refused open changes nothing.
+    /// The session joins the node's current handle (during a snapshot: it
+    /// counts as listed).
     pub fn open(
         &mut self,
         user: &[u8],
@@ -205,14 +317,11 @@ impl Table {
         node: NodeId,
         seq: u64,
     ) -> OpenOutcome {
-        assert!(
-            (node.0 as usize) < self.node_heads.len(),
-            "node id out of range"
-        );
+        assert!((node.0 as usize) < self.nodes.len(), "node id out of range");
         self.evicted.clear();
         let hash = self.hasher.hash_one(user);
         let Some(user_index) = self.find_user(hash, user) else {
-            if self.sessions.len() >= self.limits.sessions_max {
+            if self.session_count() >= self.limits.sessions_max {
                 return OpenOutcome::TableFull;
             }
             let key = StoredId::new(user, &mut self.spill);
@@ -228,20 +337,25 @@ impl Table {
             return OpenOutcome::Added;
         };
 
-        // One pass over the user's sessions: the one this open takes over
-        // (if any), and the ones the policy makes it replace (kept in a
-        // reused buffer: nothing is allocated or cleared per open).
+        // One pass over the user's live sessions: the one this open takes
+        // over (if any), and the ones the policy makes it replace (kept in
+        // a reused buffer: nothing is allocated or cleared per open).
         let policy = self.limits.login_policy;
         let mut same = None;
-        let conflicts = &mut self.conflicts;
+        let mut conflicts = std::mem::take(&mut self.conflicts);
         conflicts.clear();
         let mut count = 0;
         let mut cursor = self.users.get(user_index).first_session;
         while cursor != NIL {
-            let session = self.sessions.get(cursor);
+            let index = cursor;
+            let session = *self.sessions.get(index);
+            cursor = session.user_next;
+            if !self.is_live(&session) {
+                continue;
+            }
             let same_device = session.device.bytes(&self.spill) == device;
             let takes_over = match policy {
-                LoginPolicy::AllowAll => same_device && session.node == node,
+                LoginPolicy::AllowAll => same_device && self.node_of(&session) == node,
                 _ => same_device,
             };
             let conflicts_with_new = match policy {
@@ -250,27 +364,32 @@ impl Table {
                 LoginPolicy::SingleSession => true,
             };
             if takes_over {
-                same = Some(cursor);
+                same = Some(index);
             } else if conflicts_with_new {
-                conflicts.push(cursor);
+                conflicts.push(index);
             }
             count += 1;
-            cursor = session.user_next;
         }
         let conflict_count = conflicts.len();
+        self.conflicts = conflicts;
 
         let outcome = match same {
             Some(index) => {
-                let previous_node = self.sessions.get(index).node;
+                let previous_node = self.node_of(self.sessions.get(index));
                 let record = self.sessions.get_mut(index);
                 record.platform = platform;
                 record.seq = seq;
+                let write = self.write_handle(node);
+                if self.sessions.get(index).handle != write {
+                    // Another node's, or this node's older handle during a
+                    // snapshot: it moves to the node's current one.
+                    self.unlink_from_handle(index);
+                    self.sessions.get_mut(index).handle = write;
+                    self.link_to_handle(index);
+                }
                 if previous_node == node {
                     OpenOutcome::Refreshed
                 } else {
-                    self.unlink_from_node(index);
-                    self.sessions.get_mut(index).node = node;
-                    self.link_to_node(index);
                     OpenOutcome::Replaced { previous_node }
                 }
             }
@@ -278,7 +397,7 @@ impl Table {
                 if count - conflict_count >= self.limits.sessions_per_user_max {
                     return OpenOutcome::UserFull;
                 }
-                if self.sessions.len() - conflict_count >= self.limits.sessions_max {
+                if self.session_count() - conflict_count >= self.limits.sessions_max {
                     return OpenOutcome::TableFull;
                 }
                 self.add_session(user_index, device, platform, node, seq);
@@ -289,9 +408,9 @@ impl Table {
         // (and the collected indexes) stay valid.
         for i in 0..conflict_count {
             let index = self.conflicts[i];
-            let session = self.sessions.get(index);
+            let session = *self.sessions.get(index);
             self.evicted.push(Evicted {
-                node: session.node,
+                node: self.node_of(&session),
                 device: session.device.bytes(&self.spill).into(),
             });
             self.remove_session(index);
@@ -316,9 +435,9 @@ impl Table {
         let mut held_elsewhere = false;
         let mut cursor = self.users.get(user_index).first_session;
         while cursor != NIL {
-            let session = self.sessions.get(cursor);
-            if session.device.bytes(&self.spill) == device {
-                if session.node == node {
+            let session = *self.sessions.get(cursor);
+            if self.is_live(&session) && session.device.bytes(&self.spill) == device {
+                if self.node_of(&session) == node {
                     if seq != 0 && session.seq > seq {
                         return CloseOutcome::Stale;
                     }
@@ -337,7 +456,7 @@ impl Table {
         }
     }
 
-    /// The sessions of `user`, most recently opened first.
+    /// The live sessions of `user`, most recently opened first.
     pub fn sessions<'a>(&'a self, user: &[u8]) -> Sessions<'a> {
         let hash = self.hasher.hash_one(user);
         let cursor = match self.find_user(hash, user) {
@@ -350,51 +469,96 @@ impl Table {
         }
     }
 
-    /// Removes every session held by `node`; returns how many there were.
-    pub fn purge_node(&mut self, node: NodeId) -> usize {
+    /// Makes every session of `node` dead at once (see the module docs);
+    /// [`Table::purge_step`] removes them later. Returns how many died.
+    pub fn retire_node(&mut self, node: NodeId) -> usize {
+        let handles = std::mem::take(&mut self.nodes[node.0 as usize]);
+        let mut retired = 0;
+        for handle in handles
+            .older
+            .into_iter()
+            .chain((handles.write != NIL).then_some(handles.write))
+        {
+            retired += self.retire_handle(handle);
+        }
+        self.nodes[node.0 as usize].write = NIL;
+        retired
+    }
+
+    fn retire_handle(&mut self, handle: u32) -> usize {
+        let record = &mut self.handles[handle as usize];
+        debug_assert!(record.live);
+        record.live = false;
+        let count = record.count as usize;
+        self.dead_sessions += count;
+        self.dead.push_back(handle);
+        count
+    }
+
+    /// Whether dead sessions wait to be purged.
+    pub fn has_dead(&self) -> bool {
+        !self.dead.is_empty()
+    }
+
+    /// Removes up to `max` dead sessions; returns how many it removed.
+    pub fn purge_step(&mut self, max: usize) -> usize {
         let mut removed = 0;
-        loop {
-            let head = self.node_heads[node.0 as usize];
+        while removed < max {
+            let Some(&handle) = self.dead.front() else {
+                break;
+            };
+            let head = self.handles[handle as usize].head;
             if head == NIL {
-                return removed;
+                self.dead.pop_front();
+                self.free_handles.push(handle);
+                continue;
             }
             self.remove_session(head);
+            self.dead_sessions -= 1;
             removed += 1;
         }
+        removed
     }
 
-    /// Removes the sessions of `node` for which `keep(user, device)` is
-    /// false; returns how many. Walks the node's list only.
-    pub fn retain_node(
-        &mut self,
-        node: NodeId,
-        mut keep: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> usize {
-        let mut doomed = Vec::new();
-        let mut cursor = self.node_heads[node.0 as usize];
-        while cursor != NIL {
-            let session = self.sessions.get(cursor);
-            let user = self.users.get(session.user).key.bytes(&self.spill);
-            if !keep(user, session.device.bytes(&self.spill)) {
-                doomed.push(cursor);
-            }
-            cursor = session.node_next;
-        }
-        for &index in &doomed {
-            self.remove_session(index);
-        }
-        doomed.len()
+    /// Removes every session of `node` now; returns how many there were.
+    pub fn purge_node(&mut self, node: NodeId) -> usize {
+        let retired = self.retire_node(node);
+        while self.purge_step(usize::MAX) > 0 {}
+        retired
     }
 
-    /// Sessions `node` holds in this table. Walks the node's list.
+    /// Starts a snapshot of `node`'s sessions: from now on, what it opens
+    /// (the snapshot's sessions and any SessionOpen) is *listed*. A
+    /// snapshot started before and not ended is forgotten: its sessions
+    /// are unlisted again.
+    pub fn begin_snapshot(&mut self, node: NodeId) {
+        let write = self.nodes[node.0 as usize].write;
+        if write != NIL {
+            self.nodes[node.0 as usize].older.push(write);
+        }
+        let handle = self.new_handle(node);
+        self.nodes[node.0 as usize].write = handle;
+    }
+
+    /// Ends `node`'s snapshot: its sessions that were not listed die (and
+    /// are purged later). Returns how many.
+    pub fn end_snapshot(&mut self, node: NodeId) -> usize {
+        let older = std::mem::take(&mut self.nodes[node.0 as usize].older);
+        older
+            .into_iter()
+            .map(|handle| self.retire_handle(handle))
+            .sum()
+    }
+
+    /// Live sessions `node` holds in this table.
     pub fn node_session_count(&self, node: NodeId) -> usize {
-        let mut count = 0;
-        let mut cursor = self.node_heads[node.0 as usize];
-        while cursor != NIL {
-            count += 1;
-            cursor = self.sessions.get(cursor).node_next;
-        }
-        count
+        let handles = &self.nodes[node.0 as usize];
+        handles
+            .older
+            .iter()
+            .chain((handles.write != NIL).then_some(&handles.write))
+            .map(|&handle| self.handles[handle as usize].count as usize)
+            .sum()
     }
 
     fn find_user(&self, hash: u64, user: &[u8]) -> Option<u32> {
@@ -412,26 +576,27 @@ impl Table {
         node: NodeId,
         seq: u64,
     ) {
+        let handle = self.write_handle(node);
         let device = StoredId::new(device, &mut self.spill);
         let user_next = self.users.get(user_index).first_session;
         let session_index = self.sessions.insert(SessionRecord {
             device,
             user: user_index,
             user_next,
-            node,
+            handle,
             node_prev: NIL,
             node_next: NIL,
             platform,
             seq,
         });
         self.users.get_mut(user_index).first_session = session_index;
-        self.link_to_node(session_index);
+        self.link_to_handle(session_index);
     }
 
     /// Unlinks a session from both lists, frees it, and frees its user when
     /// that was the user's last session.
     fn remove_session(&mut self, session_index: u32) {
-        self.unlink_from_node(session_index);
+        self.unlink_from_handle(session_index);
         let session = self.sessions.remove(session_index);
         session.device.free(&mut self.spill);
 
@@ -469,38 +634,50 @@ impl Table {
         self.users.remove(user_index);
     }
 
-    fn link_to_node(&mut self, session_index: u32) {
-        let node = self.sessions.get(session_index).node.0 as usize;
-        let head = self.node_heads[node];
+    fn link_to_handle(&mut self, session_index: u32) {
+        let handle = self.sessions.get(session_index).handle as usize;
+        let head = self.handles[handle].head;
         if head != NIL {
             self.sessions.get_mut(head).node_prev = session_index;
         }
         let record = self.sessions.get_mut(session_index);
         record.node_prev = NIL;
         record.node_next = head;
-        self.node_heads[node] = session_index;
+        self.handles[handle].head = session_index;
+        self.handles[handle].count += 1;
     }
 
-    fn unlink_from_node(&mut self, session_index: u32) {
+    fn unlink_from_handle(&mut self, session_index: u32) {
         let SessionRecord {
-            node,
+            handle,
             node_prev,
             node_next,
             ..
         } = *self.sessions.get(session_index);
+        let handle = handle as usize;
         if node_prev == NIL {
-            debug_assert_eq!(self.node_heads[node.0 as usize], session_index);
-            self.node_heads[node.0 as usize] = node_next;
+            debug_assert_eq!(self.handles[handle].head, session_index);
+            self.handles[handle].head = node_next;
         } else {
             self.sessions.get_mut(node_prev).node_next = node_next;
         }
         if node_next != NIL {
             self.sessions.get_mut(node_next).node_prev = node_prev;
         }
+        self.handles[handle].count -= 1;
+    }
+
+    /// Gives memory back after a burst: the user index shrinks to what it
+    /// holds. (The slabs keep their peak size; their free slots are
+    /// reused first.)
+    pub fn shrink(&mut self) {
+        let (users, spill, hasher) = (&self.users, &self.spill, &self.hasher);
+        self.index
+            .shrink_to_fit(|&i| hasher.hash_one(users.get(i).key.bytes(spill)));
     }
 }
 
-/// Iterator over one user's sessions.
+/// Iterator over one user's live sessions.
 pub struct Sessions<'a> {
     table: &'a Table,
     cursor: u32,
@@ -510,17 +687,21 @@ impl<'a> Iterator for Sessions<'a> {
     type Item = Session<'a>;
 
     fn next(&mut self) -> Option<Session<'a>> {
-        if self.cursor == NIL {
-            return None;
+        while self.cursor != NIL {
+            let record = self.table.sessions.get(self.cursor);
+            self.cursor = record.user_next;
+            let handle = &self.table.handles[record.handle as usize];
+            if !handle.live {
+                continue;
+            }
+            return Some(Session {
+                node: handle.node,
+                device: record.device.bytes(&self.table.spill),
+                platform: record.platform,
+                seq: record.seq,
+            });
         }
-        let record = self.table.sessions.get(self.cursor);
-        self.cursor = record.user_next;
-        Some(Session {
-            node: record.node,
-            device: record.device.bytes(&self.table.spill),
-            platform: record.platform,
-            seq: record.seq,
-        })
+        None
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Encoder {
     builder: FlatBufferBuilder<'static>,
     /// The last Route or Deliver written directly.
     direct: Vec<u8>,
+    /// Scratch for the string offsets of a vector being built.
+    offsets: Vec<WIPOffset<&'static str>>,
 }
 
 impl Default for Encoder {
@@ -125,6 +127,7 @@ impl Encoder {
         Encoder {
             builder: FlatBufferBuilder::with_capacity(Self::CAPACITY_INITIAL),
             direct: Vec::with_capacity(Self::CAPACITY_INITIAL),
+            offsets: Vec::new(),
         }
     }
 
@@ -255,6 +258,19 @@ impl Encoder {
         &self.direct
     }
 
+    /// Appends a Deliver frame to `out` (a connection's stream, or a batch
+    /// for another shard): the message's one copy on its way out.
+    #[inline]
+    pub fn write_deliver(out: &mut Vec<u8>, frame: &DeliverFrame<'_>) {
+        direct::deliver(out, frame);
+    }
+
+    /// Appends a Route frame to `out`.
+    #[inline]
+    pub fn write_route(out: &mut Vec<u8>, frame: &RouteFrame<'_>) {
+        direct::route(out, frame);
+    }
+
     /// A Fanout (what a node sends).
     pub fn fanout(&mut self, frame: &FanoutFrame<'_>) -> &[u8] {
         self.builder.reset();
@@ -284,24 +300,42 @@ impl Encoder {
         frame: &FanoutFrame<'_>,
         recipients: &[(&str, Vec<&str>)],
     ) -> &[u8] {
-        self.builder.reset();
-        let b = &mut self.builder;
-        let users: Vec<_> = recipients
-            .iter()
-            .map(|(user, _)| b.create_string(user))
-            .collect();
-        let devices: Vec<_> = recipients
-            .iter()
-            .flat_map(|(_, devices)| devices.iter())
-            .map(|device| b.create_string(device))
-            .collect();
+        let users: Vec<&str> = recipients.iter().map(|(user, _)| *user).collect();
         let counts: Vec<u8> = recipients
             .iter()
             .map(|(_, devices)| u8::try_from(devices.len()).expect("at most 64 sessions per user"))
             .collect();
-        let recipients = Some(b.create_vector(&users));
-        let devices = Some(b.create_vector(&devices));
-        let recipient_device_counts = Some(b.create_vector(&counts));
+        let devices: Vec<&str> = recipients
+            .iter()
+            .flat_map(|(_, devices)| devices.iter().copied())
+            .collect();
+        self.fanout_deliver(frame, &users, &counts, &devices)
+    }
+
+    /// A Deliver of a Fanout, its recipients as parallel lists: `users`,
+    /// how many of `devices` belong to each (`counts`), and the devices in
+    /// that order.
+    pub fn fanout_deliver(
+        &mut self,
+        frame: &FanoutFrame<'_>,
+        users: &[&str],
+        counts: &[u8],
+        devices: &[&str],
+    ) -> &[u8] {
+        debug_assert_eq!(users.len(), counts.len());
+        self.builder.reset();
+        self.offsets.clear();
+        let b = &mut self.builder;
+        for user in users {
+            self.offsets.push(b.create_string(user));
+        }
+        let recipients = Some(b.create_vector(&self.offsets));
+        self.offsets.clear();
+        for device in devices {
+            self.offsets.push(b.create_string(device));
+        }
+        let devices = Some(b.create_vector(&self.offsets));
+        let recipient_device_counts = Some(b.create_vector(counts));
         let payload = Some(b.create_vector(frame.payload));
         let from_user = Some(b.create_string(frame.from_user));
         let from_device = Some(b.create_string(frame.from_device));
@@ -573,6 +607,7 @@ mod tests {
         Verifier::new(1 << 16)
             .verify(frame)
             .expect("encoder output verifies")
+            .envelope()
     }
 
     #[test]
@@ -673,6 +708,7 @@ mod tests {
             let route = ours
                 .verify(&frame)
                 .expect("our verifier accepts")
+                .envelope()
                 .body_as_route()
                 .unwrap();
             assert_eq!(route.message_id(), message_id);
@@ -700,6 +736,7 @@ mod tests {
             let deliver = ours
                 .verify(&frame)
                 .expect("our verifier accepts")
+                .envelope()
                 .body_as_deliver()
                 .unwrap();
             assert_eq!(deliver.message_id(), message_id);

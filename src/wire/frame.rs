@@ -125,8 +125,8 @@ impl Verifier {
     }
 
     /// Verifies one complete frame (length prefix included, as returned by
-    /// [`check`]) and returns its envelope, read in place.
-    pub fn verify<'a>(&self, frame: &'a [u8]) -> Result<fb::Envelope<'a>, FrameError> {
+    /// [`check`]); the [`Frame`] reads it in place from then on.
+    pub fn verify<'a>(&self, frame: &'a [u8]) -> Result<Frame<'a>, FrameError> {
         // `buffer_has_identifier` asserts on short input; a hostile peer must
         // not be able to reach that assert.
         if frame.len() < IDENTIFIED_FRAME_BYTES_MIN
@@ -137,9 +137,11 @@ impl Verifier {
         if super::fast::verify_common(frame, self.options.max_apparent_size) {
             // SAFETY: the fast path accepts only frames the flatbuffers
             // verifier accepts with these options (see `fast`).
-            return Ok(unsafe { envelope_unchecked(frame) });
+            return Ok(unsafe { Frame::assume_verified(frame) });
         }
-        self.verify_generic(frame)
+        self.verify_generic(frame)?;
+        // SAFETY: just verified.
+        Ok(unsafe { Frame::assume_verified(frame) })
     }
 
     /// The flatbuffers verifier alone (identifier already checked).
@@ -152,17 +154,91 @@ impl Verifier {
     }
 }
 
-/// Reads a frame that was verified before, without verifying it again.
+/// A frame known to be valid: it passed [`Verifier::verify`], or it is a
+/// byte-for-byte copy of one that did, or an [`super::Encoder`] built it.
 ///
-/// # Safety
-///
-/// `frame` must be a byte-for-byte copy of a frame that passed
-/// [`Verifier::verify`] or that an [`super::Encoder`] produced. Frames handed
-/// between shards satisfy this: they are copied from a verified read buffer
-/// or built by the router.
-#[inline]
-pub unsafe fn envelope_unchecked(frame: &[u8]) -> fb::Envelope<'_> {
-    flatbuffers::size_prefixed_root_unchecked::<fb::Envelope>(frame)
+/// This is the one safety boundary of the protocol code: the flatbuffers
+/// accessors behind [`Frame::envelope`] read without checking, which is
+/// sound only for valid buffers, and the only ways to get a `Frame` are
+/// the verifier and the `unsafe` [`Frame::assume_verified`], whose callers
+/// (the verifier, and the decoder of cross-shard batches, which carry
+/// copies of verified or encoded frames) state why it holds.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// Wraps bytes without verifying them.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must be a byte-for-byte copy of a frame that passed
+    /// [`Verifier::verify`] or that an [`super::Encoder`] produced.
+    #[inline]
+    pub unsafe fn assume_verified(bytes: &'a [u8]) -> Frame<'a> {
+        Frame { bytes }
+    }
+
+    /// The root table, read in place.
+    #[inline]
+    pub fn envelope(self) -> fb::Envelope<'a> {
+        // SAFETY: a `Frame` holds a valid frame (see the type's docs).
+        unsafe { flatbuffers::size_prefixed_root_unchecked::<fb::Envelope>(self.bytes) }
+    }
+
+    #[inline]
+    pub fn body_type(self) -> fb::Body {
+        self.envelope().body_type()
+    }
+
+    /// The whole frame, length prefix included.
+    #[inline]
+    pub fn bytes(self) -> &'a [u8] {
+        self.bytes
+    }
+
+    #[inline]
+    pub fn len(self) -> usize {
+        self.bytes.len()
+    }
+
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// An owned copy of a [`Frame`], for work that outlives the read buffer
+/// (a Fanout being resolved). Made only from a `Frame`, so it is valid too.
+pub struct FrameBuf {
+    bytes: Box<[u8]>,
+}
+
+impl Frame<'_> {
+    pub fn to_owned_frame(self) -> FrameBuf {
+        FrameBuf {
+            bytes: self.bytes.into(),
+        }
+    }
+}
+
+impl FrameBuf {
+    pub fn frame(&self) -> Frame<'_> {
+        // SAFETY: copied from a `Frame`, which holds a valid frame.
+        unsafe { Frame::assume_verified(&self.bytes) }
+    }
+}
+
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Frame({:?}, {} bytes)",
+            self.body_type(),
+            self.bytes.len()
+        )
+    }
 }
 
 #[cfg(test)]

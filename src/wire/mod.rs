@@ -11,9 +11,13 @@
 //! [`Verifier::verify`] then verifies the flatbuffer once, with explicit
 //! limits: the flatbuffers verifier, or for the three frames that make up
 //! nearly all traffic (Route, SessionOpen, SessionClose) a fast path that
-//! performs the same checks (`fast`, differentially tested against it). After that the envelope's fields and payload are read in place,
-//! without copying, and a frame handed to another shard is re-read with
-//! [`envelope_unchecked`] rather than verified again.
+//! performs the same checks (`fast`, proved against the schema and
+//! differentially tested against the verifier). A verified frame is a
+//! [`Frame`], the one type that reads flatbuffers without checking; its
+//! fields and payload are read in place, without copying, and a frame
+//! handed to another shard is not verified again. [`Request::parse`] turns
+//! a node's frame into a typed request or a [`PeerFault`], with every
+//! field check of the protocol in one place.
 //!
 //! Egress goes through [`Encoder`], one reusable builder per shard (and per
 //! simulated node in the load generator), so building a frame allocates
@@ -25,6 +29,7 @@ mod direct;
 mod encode;
 mod fast;
 mod frame;
+mod request;
 
 #[allow(
     unused_imports,
@@ -47,7 +52,11 @@ pub use encode::{
     DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, PublishFrame, RouteFrame,
     WelcomeFrame,
 };
-pub use frame::{check, envelope_unchecked, Check, FrameError, Verifier};
+pub use frame::{check, Check, Frame, FrameBuf, FrameError, Verifier};
+pub use request::{
+    body_name, Hello, InvalidField, Message, PeerFault, Request, RequestLimits, SessionClose,
+    SessionOpen, SessionSync,
+};
 
 /// Route flag bit 0: also send a `Status` with verdict `Routed` on success.
 /// Verdicts other than `Routed` are always sent.

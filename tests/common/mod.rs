@@ -128,7 +128,8 @@ impl Frame {
     fn decode(frame: &[u8]) -> Frame {
         let envelope = Verifier::new(16 << 20)
             .verify(frame)
-            .expect("router frames verify");
+            .expect("router frames verify")
+            .envelope();
         match envelope.body_type() {
             fb::Body::Welcome => {
                 let w = envelope.body_as_welcome().unwrap();
@@ -687,9 +688,7 @@ impl Node {
 pub fn user_on_shard(prefix: &str, shard: usize, shard_count: usize) -> String {
     (0..)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|user| {
-            imrouter::shard::placement::shard_for_user(user.as_bytes(), shard_count) == shard
-        })
+        .find(|user| imrouter::placement::shard_for_user(user.as_bytes(), shard_count) == shard)
         .unwrap()
 }
 

@@ -114,8 +114,7 @@ fn send_batch(node: &SimNode, count: u64, measured: bool) {
             open
         };
         node.send_session_op(user, device, open);
-        let shard =
-            imrouter::shard::placement::shard_for_user(&workload::user_id(user), node.shard_count);
+        let shard = imrouter::placement::shard_for_user(&workload::user_id(user), node.shard_count);
         touched[shard] = true;
     }
     let probes: Vec<u64> = touched

@@ -101,7 +101,8 @@ async fn handshake(
         .map_err(|e| format!("{name}: read Welcome: {e}"))?;
     let envelope = Verifier::new(FRAME_BYTES_MAX_CEILING)
         .verify(&frame)
-        .map_err(|e| format!("{name}: Welcome: {e}"))?;
+        .map_err(|e| format!("{name}: Welcome: {e}"))?
+        .envelope();
     if let Some(error) = envelope.body_as_error() {
         return Err(format!(
             "{name}: refused: {:?} {}",
@@ -346,7 +347,7 @@ fn error(node: &SimNode, text: String) {
 
 fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
     let envelope = match verifier.verify(frame) {
-        Ok(envelope) => envelope,
+        Ok(frame) => frame.envelope(),
         Err(e) => return error(node, format!("the router sent a bad frame: {e}")),
     };
     match envelope.body_type() {

@@ -430,8 +430,7 @@ impl SimNode {
                 (0..)
                     .map(|i| format!("probe-{index}-{i}"))
                     .find(|user| {
-                        ::imrouter::shard::placement::shard_for_user(user.as_bytes(), shard_count)
-                            == shard
+                        ::imrouter::placement::shard_for_user(user.as_bytes(), shard_count) == shard
                     })
                     .expect("some id lands on every shard")
             })
@@ -478,7 +477,7 @@ impl SimNode {
     /// shard-direct, else the only one.
     pub fn link_for(&self, user: &[u8]) -> &Rc<Link> {
         if self.links.len() > 1 {
-            &self.links[::imrouter::shard::placement::shard_for_user(user, self.shard_count)]
+            &self.links[::imrouter::placement::shard_for_user(user, self.shard_count)]
         } else {
             &self.links[0]
         }

@@ -11,12 +11,13 @@ use std::time::Duration;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::limits::{IO_MEMORY_BYTES, PREEMPT_TIMER};
+use crate::core::directory::Directory;
+use crate::core::ShardCore;
+use crate::limits::{BIND_RETRY_FOR, IO_MEMORY_BYTES, PREEMPT_TIMER};
 use crate::metrics::ShardMetrics;
-use crate::node::Directory;
-
-use super::link::{self, Control, ShardLink};
-use super::Shard;
+use crate::shard::link::{self, Control, ShardLink};
+use crate::shard::Driver;
+use crate::time::Clock;
 
 /// How long `metrics` waits for each shard's answer.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,8 +61,7 @@ impl Router {
         // shard accepts on a duplicate of it. It must stay non-blocking:
         // glommio's accept flips O_NONBLOCK around a direct accept call, and
         // duplicates share that flag.
-        let listener = std::net::TcpListener::bind(config.listen)
-            .map_err(|error| StartError(format!("bind {}: {error}", config.listen)))?;
+        let listener = bind(config.listen)?;
         listener
             .set_nonblocking(true)
             .map_err(|error| StartError(format!("listener: {error}")))?;
@@ -96,11 +96,14 @@ impl Router {
                     // the glommio stream.
                     let bell =
                         unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd.into_raw_fd()) };
-                    let shard = Rc::new(Shard::new(
-                        index, config, directory, links, inbox, router_id,
-                    ));
+                    let clock = Clock::new();
+                    let core = ShardCore::new(index, config, directory, router_id, clock.now());
+                    let driver = Rc::new(Driver::new(core, clock, links, inbox));
+                    let acceptor =
+                        glommio::spawn_local(crate::node::accept_loop(driver.clone(), listener));
                     let _ = ready_tx.send(());
-                    shard.run(listener, bell).await;
+                    driver.run(bell).await;
+                    drop(acceptor);
                 })
                 .map_err(|error| StartError(format!("shard {index}: {error}")))?;
             running.executors.push(executor);
@@ -185,6 +188,34 @@ impl RunningRouter {
 impl Drop for RunningRouter {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Binds the router's listening socket. Right after another router on
+/// the same address was killed, its socket can stay bound for a few
+/// milliseconds (its io_uring is torn down asynchronously): "address in
+/// use" is retried for `BIND_RETRY_FOR`, and said so in the log.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    let started = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_RETRY_FOR =>
+            {
+                if !logged {
+                    crate::log!(
+                        "{addr} is in use; retrying for up to {} ms (a router that just stopped may still hold it)",
+                        BIND_RETRY_FOR.as_millis()
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(StartError(format!("bind {addr}: {error}"))),
+        }
     }
 }
 

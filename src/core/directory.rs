@@ -257,7 +257,9 @@ pub enum AttachError {
 pub struct Directory {
     entries: Box<[NodeEntry]>,
     registry: Mutex<Registry>,
-    /// Connections served by each shard, for placing plain connections.
+    /// Connection slots taken on each shard (sockets served there, and
+    /// hand-offs on their way), for the per-shard bound and for placing
+    /// plain connections.
     shard_connections: Box<[AtomicU32]>,
     shard_count: usize,
 }
@@ -312,18 +314,51 @@ impl Directory {
         }
     }
 
-    /// The shard a plain (not shard-direct) connection accepted on
-    /// `accepting_shard` should be served by: the one with the fewest
-    /// connections, preferring the accepting shard on a tie.
-    pub fn placement(&self, accepting_shard: usize) -> usize {
-        let load = |shard: usize| self.shard_connections[shard].load(Ordering::Relaxed);
-        (0..self.shard_count).fold(accepting_shard, |best, shard| {
-            if load(shard) < load(best) {
-                shard
-            } else {
-                best
-            }
-        })
+    /// Reserves a connection slot on the shard that will serve a new
+    /// connection: `wanted` (shard-direct) if it has room, else, for a
+    /// plain connection, the shard with the fewest connections that has
+    /// room (`accepting_shard` on a tie). `None`: no room where it may go.
+    /// The slot is given back with [`Directory::release_slot`] when the
+    /// connection's socket is gone (or it was refused after all).
+    pub fn reserve_slot(
+        &self,
+        wanted: Option<usize>,
+        accepting_shard: usize,
+        per_shard_max: usize,
+    ) -> Option<usize> {
+        let try_reserve = |shard: usize| {
+            self.shard_connections[shard]
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                    ((count as usize) < per_shard_max).then_some(count + 1)
+                })
+                .is_ok()
+        };
+        if let Some(shard) = wanted {
+            return try_reserve(shard).then_some(shard);
+        }
+        let load = |shard: usize| self.shard_connections[shard].load(Ordering::Acquire);
+        let mut order: Vec<usize> = (0..self.shard_count).collect();
+        order.sort_by_key(|&shard| (load(shard), shard != accepting_shard, shard));
+        order.into_iter().find(|&shard| try_reserve(shard))
+    }
+
+    /// Gives back a slot [`Directory::reserve_slot`] took.
+    pub fn release_slot(&self, shard: usize) {
+        let before = self.shard_connections[shard].fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a connection slot released twice");
+    }
+
+    /// Connection slots taken on `shard`.
+    pub fn slots_taken(&self, shard: usize) -> usize {
+        self.shard_connections[shard].load(Ordering::Acquire) as usize
+    }
+
+    /// The id and current incarnation of node `name`, if it has ever
+    /// connected.
+    pub fn lookup(&self, name: &str) -> Option<(NodeId, u64)> {
+        let registry = self.registry.lock().expect("directory lock");
+        let node = *registry.by_name.get(name)?;
+        Some((node, registry.records[node.0 as usize].incarnation))
     }
 
     /// Where a plain connection of node `name` (process `incarnation`)
@@ -372,16 +407,12 @@ impl Directory {
                 .filter(|(_, &ticket)| ticket != 0)
                 .map(|(shard, &ticket)| (shard, ticket))
                 .collect();
-            for (shard, _) in &connections {
-                self.shard_connections[*shard].fetch_sub(1, Ordering::Relaxed);
-            }
             record.tickets.fill(0);
             entry.congested.store(0, Ordering::Relaxed);
             entry.closing.store(0, Ordering::Relaxed);
             entry.epoch.fetch_add(1, Ordering::AcqRel);
             Superseded::PreviousIncarnation { connections }
         } else if record.tickets[shard] != 0 {
-            self.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
             Superseded::SameShard {
                 ticket: record.tickets[shard],
             }
@@ -392,7 +423,6 @@ impl Directory {
         let joins = record.connection_mask() == 0;
         record.incarnation = incarnation;
         record.tickets[shard] = ticket;
-        self.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
         entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
         entry.closing.fetch_and(!(1 << shard), Ordering::AcqRel);
         entry
@@ -482,7 +512,6 @@ impl Directory {
             return Detached::Stale;
         }
         record.tickets[shard] = 0;
-        self.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
         let entry = &self.entries[node.0 as usize];
         entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
         entry.closing.fetch_and(!(1 << shard), Ordering::AcqRel);
@@ -678,12 +707,19 @@ mod tests {
     }
 
     #[test]
-    fn placement_picks_the_least_loaded_shard() {
+    fn slots_go_to_the_least_loaded_shard_with_room() {
         let directory = Directory::new(8, 3);
-        assert_eq!(directory.placement(2), 2);
-        directory.attach("a", 1, 0).unwrap();
-        directory.attach("b", 1, 2).unwrap();
-        assert_eq!(directory.placement(2), 1);
-        assert_eq!(directory.placement(0), 1);
+        assert_eq!(directory.reserve_slot(None, 2, 2), Some(2));
+        assert_eq!(directory.reserve_slot(None, 2, 2), Some(0));
+        assert_eq!(directory.reserve_slot(None, 0, 2), Some(1));
+        // Full where it was asked for: refused; elsewhere: placed.
+        assert_eq!(directory.reserve_slot(Some(2), 0, 1), None);
+        assert_eq!(directory.reserve_slot(None, 2, 2), Some(2));
+        assert_eq!(directory.reserve_slot(None, 2, 2), Some(0));
+        assert_eq!(directory.reserve_slot(None, 2, 2), Some(1));
+        assert_eq!(directory.reserve_slot(None, 2, 2), None, "every shard full");
+        directory.release_slot(1);
+        assert_eq!(directory.slots_taken(1), 1);
+        assert_eq!(directory.reserve_slot(None, 0, 2), Some(1));
     }
 }

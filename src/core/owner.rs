@@ -1,0 +1,640 @@
+//! The owner side of a shard: the users and topics whose slot maps here.
+//!
+//! [`Owner`] holds the location table, the topic table, the epoch of each
+//! node's sessions here, and the snapshots being received. It applies
+//! session operations and topic operations, answers Locates, and routes
+//! messages, sending every frame through [`Out`]. It reads the node
+//! directory (is a node live, where is it connected) but never changes it.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::placement;
+use crate::route::{self, Destination, Message, Plan, Sender};
+use crate::table::topics::{SubscribeError, Topics};
+use crate::table::{CloseOutcome, LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
+use crate::time::Time;
+use crate::wire::{fb, DeliverFrame, Encoder, SessionClose, SessionOpen, ROUTE_FLAG_CARBON};
+
+use super::batch::{publish_copies_body, push_entry_with, Class, EntryHeader, EntryKind};
+use super::directory::{Directory, NodeState};
+use super::out::{plan_flags, DoneTo, Out, ReportTo};
+
+/// Older handles a node may have during snapshots (see
+/// `Table::begin_snapshot`); a node starting more snapshots without
+/// ending them keeps what they listed instead.
+const SNAPSHOTS_OPEN_MAX: usize = 8;
+
+/// A snapshot being received from a node (see `core::sync`).
+#[derive(Debug, Clone, Copy)]
+pub struct Receiving {
+    /// The node's epoch it belongs to.
+    pub epoch: u32,
+    pub generation: u64,
+    /// Sessions the snapshot added (new to this shard).
+    pub added: u64,
+    pub snapshots_open: usize,
+}
+
+/// See the module docs.
+pub struct Owner {
+    index: usize,
+    shard_count: usize,
+    pub table: Table,
+    pub topics: Topics,
+    /// The epoch of the sessions this shard holds for each node; see
+    /// `directory` for what epochs are.
+    node_epochs: Vec<u32>,
+    /// Until then, "no session" is answered Unknown (`--warmup-ms`).
+    warm_until: Time,
+    login_policy: LoginPolicy,
+    /// Snapshots in progress, by node.
+    pub receiving: HashMap<NodeId, Receiving, ahash::RandomState>,
+}
+
+impl Owner {
+    pub fn new(
+        index: usize,
+        shard_count: usize,
+        limits: TableLimits,
+        topics_max: usize,
+        warm_until: Time,
+    ) -> Self {
+        Owner {
+            index,
+            shard_count,
+            table: Table::new(limits),
+            topics: Topics::new(topics_max),
+            node_epochs: vec![0; limits.nodes_max],
+            warm_until,
+            login_policy: limits.login_policy,
+            receiving: HashMap::default(),
+        }
+    }
+
+    /// The shard owning a user or topic id.
+    #[inline]
+    pub fn owner_of(&self, key: &str) -> usize {
+        placement::shard_for_user(key.as_bytes(), self.shard_count)
+    }
+
+    /// Records that `node`'s sessions from `epoch` on are the live ones,
+    /// retiring older sessions it holds. Returns false when `epoch` itself
+    /// is older than what this shard has seen (the operation is stale).
+    pub fn observe_epoch(&mut self, out: &mut Out<'_>, node: NodeId, epoch: u32) -> bool {
+        let seen = self.node_epochs[node.0 as usize];
+        if epoch > seen {
+            let retired = self.table.retire_node(node);
+            out.counters.sessions_purged += retired as u64;
+            self.topics.purge_node(node);
+            self.receiving.remove(&node);
+            self.node_epochs[node.0 as usize] = epoch;
+        }
+        epoch >= seen
+    }
+
+    /// The state of `node` if the sessions this shard holds of it are live:
+    /// it is connected and they belong to its current epoch (a dead node's
+    /// sessions may not have been retired here yet).
+    pub fn live_state(&self, directory: &Directory, node: NodeId) -> Option<NodeState> {
+        let state = directory.state(node);
+        let live = state.connections != 0 && state.epoch == self.node_epochs[node.0 as usize];
+        live.then_some(state)
+    }
+
+    // ----- Sessions ---------------------------------------------------------
+
+    /// Applies a SessionOpen; returns what the table did.
+    pub fn open(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        open: &SessionOpen<'_>,
+    ) -> OpenOutcome {
+        let outcome = self.table.open(
+            open.user.as_bytes(),
+            open.device.as_bytes(),
+            open.platform,
+            sender.node,
+            open.seq,
+        );
+        let evicted_reason = match self.login_policy {
+            LoginPolicy::SingleSession => fb::KickReason::SingleSession,
+            _ => fb::KickReason::SamePlatformElsewhere,
+        };
+        let evicted: Vec<_> = self.table.drain_evicted().collect();
+        for evicted in evicted {
+            out.counters.sessions_evicted += 1;
+            let device = String::from_utf8_lossy(&evicted.device);
+            self.kick_node(out, evicted.node, open.user, &device, evicted_reason);
+        }
+        out.counters.session_opens += 1;
+        match outcome {
+            OpenOutcome::Added | OpenOutcome::Refreshed => {}
+            OpenOutcome::Replaced { previous_node } => self.kick_node(
+                out,
+                previous_node,
+                open.user,
+                open.device,
+                fb::KickReason::ReplacedElsewhere,
+            ),
+            OpenOutcome::UserFull => kick_sender(
+                out,
+                sender,
+                open.user,
+                open.device,
+                fb::KickReason::SessionLimit,
+            ),
+            OpenOutcome::TableFull => kick_sender(
+                out,
+                sender,
+                open.user,
+                open.device,
+                fb::KickReason::RouterFull,
+            ),
+        }
+        outcome
+    }
+
+    /// Applies a SessionClose.
+    pub fn close(&mut self, out: &mut Out<'_>, sender: Sender, close: &SessionClose<'_>) {
+        let outcome = self.table.close(
+            close.user.as_bytes(),
+            close.device.as_bytes(),
+            sender.node,
+            close.seq,
+        );
+        if outcome == CloseOutcome::Stale {
+            out.counters.session_closes_stale += 1;
+        }
+        out.counters.session_closes += 1;
+    }
+
+    fn kick_node(
+        &self,
+        out: &mut Out<'_>,
+        node: NodeId,
+        user: &str,
+        device: &str,
+        reason: fb::KickReason,
+    ) {
+        let state = out.directory.state(node);
+        if state.epoch != self.node_epochs[node.0 as usize] {
+            return; // The node's sessions are dead anyway; nobody to tell.
+        }
+        if let Some(shard) = state.delivery_shard(self.index) {
+            out.counters.kicks += 1;
+            out.send(
+                shard,
+                node,
+                state.epoch,
+                Class::Response,
+                |encoder, frame| frame.extend_from_slice(encoder.kick(user, device, reason)),
+            );
+        }
+    }
+
+    /// Answers a Locate with the user's sessions on live nodes.
+    pub fn locate(&self, out: &mut Out<'_>, sender: Sender, query_id: u64, user: &str) {
+        let mut found: Vec<(String, String, fb::Platform)> = Vec::new();
+        for session in self.table.sessions(user.as_bytes()) {
+            if self.live_state(out.directory, session.node).is_none() {
+                continue;
+            }
+            found.push((
+                out.directory.name(session.node),
+                String::from_utf8_lossy(session.device).into_owned(),
+                fb::Platform(session.platform),
+            ));
+        }
+        out.counters.locates += 1;
+        let sessions: Vec<(&str, &str, fb::Platform)> = found
+            .iter()
+            .map(|(node, device, platform)| (node.as_str(), device.as_str(), *platform))
+            .collect();
+        let write = |encoder: &mut Encoder, frame: &mut Vec<u8>| {
+            frame.extend_from_slice(encoder.located(query_id, user, &sessions))
+        };
+        if sender.shard == self.index {
+            out.control_here(sender.node, sender.epoch, write);
+            give_back_locate(out, sender);
+        } else {
+            let header = EntryHeader::new(EntryKind::Located, sender.node, sender.epoch);
+            let encoder = &mut *out.encoder;
+            push_entry_with(
+                out.outboxes.batch(sender.shard, Class::Response),
+                &header,
+                |frame| write(encoder, frame),
+            );
+        }
+    }
+
+    // ----- Routing ----------------------------------------------------------
+
+    /// Routes one message owned here; `token` numbers it router-wide.
+    pub fn route(
+        &mut self,
+        out: &mut Out<'_>,
+        now: Time,
+        token: u64,
+        sender: Sender,
+        message: &Message<'_>,
+    ) {
+        let mut nodes = OwnerNodes {
+            index: self.index,
+            directory: out.directory,
+            node_epochs: &self.node_epochs,
+            stale: [NodeId(0); 4],
+            stale_count: 0,
+        };
+        let mut effects = RouteEffects {
+            out: &mut *out,
+            token,
+            warm: now < self.warm_until,
+        };
+        let outcome = route::route(&self.table, &mut nodes, &mut effects, sender, message);
+        let (stale, stale_count) = (nodes.stale, nodes.stale_count);
+        for &node in &stale[..stale_count] {
+            let epoch = out.directory.state(node).epoch;
+            self.observe_epoch(out, node, epoch);
+        }
+        match outcome.immediate {
+            None => out.counters.routes_routed += 1,
+            Some((fb::Verdict::Busy, _)) => out.counters.routes_busy += 1,
+            Some(_) => out.counters.routes_offline += 1,
+        }
+    }
+
+    /// Sends the carbon copies of `message` (the sender's user is owned
+    /// here): one Deliver per node holding another device of `from_user`,
+    /// listing those devices, with the CARBON flag. Best effort, no
+    /// verdict: a congested or departed node is skipped and counted.
+    pub fn carbons(&self, out: &mut Out<'_>, message: &Message<'_>) {
+        // Fixed arrays, as in `route::route`: nothing allocated per message.
+        const CEILING: usize = crate::limits::SESSIONS_PER_USER_MAX_CEILING as usize;
+        const EMPTY: (NodeId, &[u8]) = (NodeId(0), &[]);
+        let mut picked = [EMPTY; CEILING];
+        let mut picked_count = 0;
+        for session in self.table.sessions(message.from_user.as_bytes()) {
+            if session.device != message.from_device.as_bytes() {
+                // The table holds at most `sessions_per_user_max` per user.
+                picked[picked_count] = (session.node, session.device);
+                picked_count += 1;
+            }
+        }
+        let picked = &mut picked[..picked_count];
+        picked.sort_by_key(|&(node, _)| node);
+        for group in picked.chunk_by(|a, b| a.0 == b.0) {
+            let node = group[0].0;
+            let state = self.live_state(out.directory, node);
+            let shard = state.and_then(|state| {
+                state
+                    .delivery_shard(self.index)
+                    .filter(|&shard| !state.is_congested_on(shard))
+            });
+            let (Some(state), Some(shard)) = (state, shard) else {
+                out.counters.carbons_skipped += 1;
+                continue;
+            };
+            let mut devices = [&[][..]; CEILING];
+            for (slot, &(_, device)) in devices.iter_mut().zip(group) {
+                *slot = device;
+            }
+            let frame = DeliverFrame {
+                message_id: message.message_id,
+                from_user: message.from_user,
+                from_device: message.from_device,
+                to_user: message.to_user,
+                devices: &devices[..group.len()],
+                flags: ROUTE_FLAG_CARBON,
+                payload: message.payload,
+            };
+            if shard == self.index {
+                if let Some(id) = out.conns.for_node(node, state.epoch) {
+                    out.message_to(id, |buf| Encoder::write_deliver(buf, &frame));
+                }
+            } else {
+                let header = EntryHeader::new(EntryKind::Frame, node, state.epoch);
+                push_entry_with(out.outboxes.batch(shard, Class::Response), &header, |buf| {
+                    Encoder::write_deliver(buf, &frame)
+                });
+            }
+            out.counters.carbons_out += 1;
+        }
+    }
+
+    // ----- Topics -----------------------------------------------------------
+
+    /// Applies a Subscribe.
+    pub fn subscribe(&mut self, out: &mut Out<'_>, sender: Sender, topic: &str, request_id: u64) {
+        if !self.observe_epoch(out, sender.node, sender.epoch) {
+            return; // From a connection whose node is already gone.
+        }
+        let result = self
+            .topics
+            .subscribe(topic.as_bytes(), sender.node, sender.epoch);
+        if let Err(SubscribeError::Full) = result {
+            out.counters.subscribes_refused += 1;
+            let (verdict, reason) = (fb::Verdict::Rejected, fb::Reason::TopicsFull);
+            out.status(sender, request_id, verdict, reason, Class::Response);
+        }
+    }
+
+    pub fn unsubscribe(&mut self, out: &mut Out<'_>, sender: Sender, topic: &str) {
+        if !self.observe_epoch(out, sender.node, sender.epoch) {
+            return;
+        }
+        self.topics.unsubscribe(topic.as_bytes(), sender.node);
+    }
+
+    /// Sends a Publish (re-encoded with its sender's name) to every node
+    /// subscribed to its topic but the sender: one entry per shard that
+    /// holds subscribers' connections, listing them. Each of those shards
+    /// reports when its copies are queued (`done`, one part of as many as
+    /// there are such shards).
+    pub fn publish(
+        &self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        topic: &str,
+        frame: &[u8],
+        token: u64,
+        units: u64,
+    ) {
+        out.counters.publishes += 1;
+        let mut by_shard: Vec<Vec<(NodeId, u32)>> = vec![Vec::new(); self.shard_count];
+        for &(node, epoch) in self.topics.subscribers(topic.as_bytes()) {
+            if node == sender.node {
+                continue;
+            }
+            let state = out.directory.state(node);
+            // The copy goes where the node's Broadcasts go: its first
+            // connection that is not closing.
+            let Some(shard) = state.fan_out_shard().filter(|_| state.epoch == epoch) else {
+                continue; // The node is gone; its subscriptions go with it.
+            };
+            by_shard[shard].push((node, epoch));
+        }
+        let parts = by_shard.iter().filter(|list| !list.is_empty()).count();
+        let done = DoneTo {
+            sender,
+            token,
+            parts: u8::try_from(parts.max(1)).expect("shards fit u8"),
+            units,
+        };
+        if parts == 0 {
+            return out.done(done, super::batch::CreditKind::FanOutBytes);
+        }
+        for (shard, subscribers) in by_shard.iter().enumerate() {
+            if subscribers.is_empty() {
+                continue;
+            }
+            out.counters.publish_copies_out += subscribers.len() as u64;
+            if shard == self.index {
+                let frame: Rc<[u8]> = frame.into();
+                copies_here(out, &frame, subscribers.iter().copied(), done);
+            } else {
+                let header = EntryHeader {
+                    origin_shard: sender.shard as u8,
+                    origin_node: sender.node,
+                    origin_epoch: sender.epoch,
+                    fanout: done.parts,
+                    message_id: units,
+                    token,
+                    ..EntryHeader::new(EntryKind::PublishCopies, sender.node, sender.epoch)
+                };
+                push_entry_with(out.outboxes.batch(shard, Class::Response), &header, |buf| {
+                    publish_copies_body(buf, frame, subscribers)
+                });
+            }
+        }
+    }
+
+    // ----- Snapshots --------------------------------------------------------
+
+    /// Applies sessions of `node`'s snapshot `generation`; returns how
+    /// many were applied.
+    pub fn sync_sessions<'s>(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        generation: u64,
+        sessions: impl Iterator<Item = SessionOpen<'s>>,
+    ) {
+        if !self.observe_epoch(out, sender.node, sender.epoch) {
+            return;
+        }
+        let current = self.receiving.get(&sender.node).copied();
+        let fresh = current.is_none_or(|r| r.generation != generation || r.epoch != sender.epoch);
+        if fresh {
+            let snapshots_open = current.map_or(0, |r| r.snapshots_open);
+            if snapshots_open < SNAPSHOTS_OPEN_MAX {
+                self.table.begin_snapshot(sender.node);
+            }
+            self.receiving.insert(
+                sender.node,
+                Receiving {
+                    epoch: sender.epoch,
+                    generation,
+                    added: 0,
+                    snapshots_open: snapshots_open + 1,
+                },
+            );
+        }
+        for session in sessions {
+            let outcome = self.open(out, sender, &session);
+            if matches!(outcome, OpenOutcome::Added | OpenOutcome::Replaced { .. }) {
+                let receiving = self
+                    .receiving
+                    .get_mut(&sender.node)
+                    .expect("inserted above");
+                receiving.added += 1;
+            }
+        }
+    }
+
+    /// Ends `node`'s snapshot `generation`: its sessions here that the
+    /// snapshot did not list die. Returns (added, removed).
+    pub fn sync_end(&mut self, out: &mut Out<'_>, sender: Sender, generation: u64) -> (u64, u64) {
+        let Some(receiving) = self.receiving.get(&sender.node).copied() else {
+            // Every batch reaches every shard, so this is a stale end.
+            return (0, 0);
+        };
+        if receiving.generation != generation || receiving.epoch != sender.epoch {
+            // Another snapshot (a newer generation) is arriving: leave it
+            // and this shard's sessions alone.
+            return (0, 0);
+        }
+        self.receiving.remove(&sender.node);
+        if !self.observe_epoch(out, sender.node, sender.epoch) {
+            return (receiving.added, 0);
+        }
+        let removed = self.table.end_snapshot(sender.node) as u64;
+        out.counters.sessions_removed_by_sync += removed;
+        (receiving.added, removed)
+    }
+}
+
+/// Queues a fanned-out copy to each listed `(node, epoch)` whose
+/// connection is here, holding it where the connection is congested, and
+/// reports the part done (now, or when the last held copy is queued).
+pub fn copies_here(
+    out: &mut Out<'_>,
+    frame: &Rc<[u8]>,
+    targets: impl Iterator<Item = (NodeId, u32)>,
+    done: DoneTo,
+) {
+    let mut held = 0;
+    for (node, epoch) in targets {
+        let Some(id) = out.conns.for_node(node, epoch) else {
+            continue;
+        };
+        if !out.conns.get(id).is_some_and(|conn| conn.is_open()) {
+            continue;
+        }
+        if out.copy_to(id, frame, done.token) {
+            held += 1;
+        }
+    }
+    if held > 0 {
+        out.hold_copies(done.token, held, done);
+    } else {
+        out.done(done, super::batch::CreditKind::FanOutBytes);
+    }
+}
+
+/// Gives one Locate back to the budget of the connection it came from
+/// (its answer was just queued).
+pub fn give_back_locate(out: &mut Out<'_>, sender: Sender) {
+    let Some(id) = out.conns.for_node(sender.node, sender.epoch) else {
+        return;
+    };
+    let conn = out.conns.get_mut(id).expect("found");
+    let was_exhausted = conn.budget.exhausted();
+    conn.budget.locates = conn.budget.locates.saturating_sub(1);
+    if was_exhausted && !conn.budget.exhausted() {
+        out.conns.wake(id);
+    }
+}
+
+fn kick_sender(
+    out: &mut Out<'_>,
+    sender: Sender,
+    user: &str,
+    device: &str,
+    reason: fb::KickReason,
+) {
+    out.counters.kicks += 1;
+    out.send_to(sender, Class::Response, |encoder, frame| {
+        frame.extend_from_slice(encoder.kick(user, device, reason))
+    });
+}
+
+/// The owner's view of the nodes, for `route`.
+struct OwnerNodes<'a> {
+    index: usize,
+    directory: &'a Directory,
+    node_epochs: &'a [u32],
+    /// Nodes whose sessions here turned out stale, retired after routing.
+    stale: [NodeId; 4],
+    stale_count: usize,
+}
+
+impl route::Nodes for OwnerNodes<'_> {
+    fn destination(&mut self, node: NodeId) -> Destination {
+        let state = self.directory.state(node);
+        if state.epoch != self.node_epochs[node.0 as usize] {
+            if self.stale_count < self.stale.len() {
+                self.stale[self.stale_count] = node;
+                self.stale_count += 1;
+            }
+            return Destination::Gone;
+        }
+        match state.delivery_shard(self.index) {
+            None => Destination::Gone,
+            Some(shard) if state.is_congested_on(shard) => Destination::Busy,
+            Some(shard) => Destination::Deliver {
+                shard,
+                epoch: state.epoch,
+            },
+        }
+    }
+}
+
+/// Carries out routing decisions: each Deliver is encoded straight into
+/// the destination connection's stream, or into the batch for its shard.
+struct RouteEffects<'o, 'a> {
+    out: &'o mut Out<'a>,
+    /// The token of the message being routed.
+    token: u64,
+    /// The router is warming up: "no session" is Unknown.
+    warm: bool,
+}
+
+impl route::Effects for RouteEffects<'_, '_> {
+    fn deliver(
+        &mut self,
+        node: NodeId,
+        shard: usize,
+        epoch: u32,
+        sender: Sender,
+        message: &Message<'_>,
+        devices: &[&[u8]],
+        plan: Plan,
+    ) {
+        let frame = DeliverFrame {
+            message_id: message.message_id,
+            from_user: message.from_user,
+            from_device: message.from_device,
+            to_user: message.to_user,
+            devices,
+            flags: message.flags,
+            payload: message.payload,
+        };
+        let out = &mut *self.out;
+        if shard == out.index {
+            let report = ReportTo {
+                sender,
+                message_id: message.message_id,
+                token: self.token,
+                plan,
+            };
+            out.deliver_here(node, epoch, report, Class::Response, |buf| {
+                Encoder::write_deliver(buf, &frame)
+            });
+        } else {
+            let header = EntryHeader {
+                kind: EntryKind::Deliver,
+                origin_shard: sender.shard as u8,
+                fanout: plan.fanout,
+                flags: plan_flags(plan),
+                node,
+                epoch,
+                origin_node: sender.node,
+                origin_epoch: sender.epoch,
+                message_id: message.message_id,
+                token: self.token,
+            };
+            push_entry_with(out.outboxes.batch(shard, Class::Response), &header, |buf| {
+                Encoder::write_deliver(buf, &frame)
+            });
+        }
+    }
+
+    fn status(
+        &mut self,
+        sender: Sender,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+    ) {
+        let no_session = matches!(reason, fb::Reason::NoSession | fb::Reason::NoSuchDevice);
+        let verdict = if verdict == fb::Verdict::Offline && no_session && self.warm {
+            fb::Verdict::Unknown
+        } else {
+            verdict
+        };
+        self.out
+            .status(sender, message_id, verdict, reason, Class::Response);
+    }
+}
