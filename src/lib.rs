@@ -34,6 +34,7 @@
 //! docs/PROTOCOL.md specifies the protocol for node implementers; the
 //! README's architecture section draws the path of a message.
 
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod limits;

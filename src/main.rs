@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use imrouter::client::blocking::{fresh_incarnation, Connection};
+use imrouter::client::NodeConfig;
 use imrouter::config::{Cli, Command, Config, LocateArgs};
-use imrouter::node::client::Client;
 use imrouter::{log, Router};
 
 fn main() -> ExitCode {
@@ -35,10 +36,12 @@ fn locate(args: &LocateArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let token = args.auth_token()?;
     let name = format!("imrouter-locate-{}", std::process::id());
     let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
-    let mut client = Client::connect(router, &name, token.as_deref(), timeout)
+    let mut config = NodeConfig::new(name, fresh_incarnation());
+    config.auth_token = token;
+    let mut client = Connection::connect(router, config, timeout)
         .map_err(|error| format!("{router}: {error}"))?;
     let sessions = client.locate(&args.user)?;
-    client.goodbye()?;
+    client.goodbye("done")?;
     if sessions.is_empty() {
         eprintln!("{} has no session", args.user);
     }

@@ -152,7 +152,7 @@ fn a_node_that_acks_gets_again_what_it_had_not_processed() {
 
     // m2 reaches node-b, which reads it but crashes before processing it.
     let second = alice.route_to("bob", None, b"m2", ROUTE_FLAG_ACK);
-    let processed = bob_node.wire.bytes_in;
+    let processed = bob_node.wire.bytes_in();
     assert_eq!(bob_node.expect_deliver().0, second);
     drop(bob_node);
     wait_until("the router suspends node-b", || suspended(&router) == 1);
@@ -161,7 +161,8 @@ fn a_node_that_acks_gets_again_what_it_had_not_processed() {
     let mut bob_node = reconnect(addr, "node-b", 7, true, processed);
     assert!(bob_node.resumed);
     assert_eq!(
-        bob_node.wire.bytes_in, processed,
+        bob_node.wire.bytes_in(),
+        processed,
         "the stream goes on where node-b was"
     );
     assert_eq!(

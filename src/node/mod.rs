@@ -17,7 +17,6 @@
 //! writes the bytes the core gives it, hands the core the bytes it reads,
 //! and does with the socket what the core says (`SocketAction`).
 
-pub mod client;
 mod serve;
 
 pub use serve::{accept_loop, adopt};

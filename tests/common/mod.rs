@@ -11,8 +11,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use imrouter::client::{Incoming, NodeConfig, NodeCore, Welcome};
 use imrouter::config::{Config, ServeArgs};
-use imrouter::wire::{self, fb, Check, Encoder, HelloFrame, RouteFrame, Verifier};
+use imrouter::time::Time;
+use imrouter::wire::{self, fb, Encoder, HelloFrame, RouteFrame};
 use imrouter::{Router, RunningRouter};
 
 /// How long a test waits for a frame before failing.
@@ -125,45 +127,32 @@ pub enum Frame {
 }
 
 impl Frame {
-    fn decode(frame: &[u8]) -> Frame {
-        let envelope = Verifier::new(16 << 20)
-            .verify(frame)
-            .expect("router frames verify")
-            .envelope();
-        match envelope.body_type() {
-            fb::Body::Welcome => {
-                let w = envelope.body_as_welcome().unwrap();
+    /// An owned copy of what the node core handed out (`welcome` is the
+    /// core's, for a Welcome).
+    fn from_incoming(incoming: Incoming<'_>, welcome: Option<&Welcome>) -> Frame {
+        match incoming {
+            Incoming::Welcome { .. } => {
+                let w = welcome.expect("the core keeps the Welcome");
                 Frame::Welcome {
-                    shard: w.shard(),
-                    shard_count: w.shard_count(),
-                    slot_count: w.slot_count(),
-                    heartbeat_ms: w.heartbeat_ms(),
-                    nodes: w
-                        .nodes()
-                        .map(|v| {
-                            v.iter()
-                                .map(|n| n.name().unwrap_or("").to_string())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    senior: w.senior().unwrap_or("").to_string(),
-                    membership_seq: w.membership_seq(),
-                    resumed: w.resumed(),
-                    stream_offset: w.stream_offset(),
+                    shard: w.shard,
+                    shard_count: w.shard_count,
+                    slot_count: w.slot_count,
+                    heartbeat_ms: w.heartbeat_ms,
+                    nodes: w.nodes.iter().map(|(name, _)| name.clone()).collect(),
+                    senior: w.senior.clone(),
+                    membership_seq: w.membership_seq,
+                    resumed: w.resumed,
+                    stream_offset: w.stream_offset,
                 }
             }
-            fb::Body::NodeEvent => {
-                let e = envelope.body_as_node_event().unwrap();
-                Frame::NodeEvent {
-                    seq: e.seq(),
-                    kind: e.kind(),
-                    node: e.node().unwrap_or("").to_string(),
-                    reason: e.reason(),
-                    senior: e.senior().unwrap_or("").to_string(),
-                }
-            }
-            fb::Body::Deliver if envelope.body_as_deliver().unwrap().recipients().is_some() => {
-                let d = envelope.body_as_deliver().unwrap();
+            Incoming::NodeEvent(e) => Frame::NodeEvent {
+                seq: e.seq(),
+                kind: e.kind(),
+                node: e.node().unwrap_or("").to_string(),
+                reason: e.reason(),
+                senior: e.senior().unwrap_or("").to_string(),
+            },
+            Incoming::FanoutDeliver(d) => {
                 let mut all_devices = d.devices().unwrap().iter();
                 let counts = d.recipient_device_counts().unwrap();
                 let mut recipients: Vec<(String, Vec<String>)> = d
@@ -186,8 +175,7 @@ impl Frame {
                     payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
                 }
             }
-            fb::Body::Status if envelope.body_as_status().unwrap().offline_users().is_some() => {
-                let s = envelope.body_as_status().unwrap();
+            Incoming::FanoutStatus(s) => {
                 let mut offline: Vec<String> = s
                     .offline_users()
                     .unwrap()
@@ -202,74 +190,48 @@ impl Frame {
                     offline,
                 }
             }
-            fb::Body::Deliver => {
-                let d = envelope.body_as_deliver().unwrap();
-                Frame::Deliver {
-                    message_id: d.message_id(),
-                    from_user: d.from_user().unwrap_or("").to_string(),
-                    to_user: d.to_user().unwrap_or("").to_string(),
-                    devices: d
-                        .devices()
-                        .map(|v| v.iter().map(str::to_string).collect())
-                        .unwrap_or_default(),
-                    flags: d.flags(),
-                    payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
-                }
-            }
-            fb::Body::Status => {
-                let s = envelope.body_as_status().unwrap();
-                Frame::Status {
-                    message_id: s.message_id(),
-                    verdict: s.verdict(),
-                    reason: s.reason(),
-                }
-            }
-            fb::Body::Kick => {
-                let k = envelope.body_as_kick().unwrap();
-                Frame::Kick {
-                    user: k.user().unwrap_or("").to_string(),
-                    device: k.device().unwrap_or("").to_string(),
-                    reason: k.reason(),
-                }
-            }
-            fb::Body::Pong => Frame::Pong {
-                nonce: envelope.body_as_pong().unwrap().nonce(),
+            Incoming::Deliver(d) => Frame::Deliver {
+                message_id: d.message_id(),
+                from_user: d.from_user().unwrap_or("").to_string(),
+                to_user: d.to_user().unwrap_or("").to_string(),
+                devices: d
+                    .devices()
+                    .map(|v| v.iter().map(str::to_string).collect())
+                    .unwrap_or_default(),
+                flags: d.flags(),
+                payload: d.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
             },
-            fb::Body::Ping => Frame::Ping {
-                nonce: envelope.body_as_ping().unwrap().nonce(),
+            Incoming::Status { status: s, .. } => Frame::Status {
+                message_id: s.message_id(),
+                verdict: s.verdict(),
+                reason: s.reason(),
             },
-            fb::Body::Error => {
-                let e = envelope.body_as_error().unwrap();
-                Frame::Error {
-                    code: e.code(),
-                    text: e.text().unwrap_or("").to_string(),
-                }
-            }
-            fb::Body::SessionSyncAck => {
-                let a = envelope.body_as_session_sync_ack().unwrap();
-                Frame::SessionSyncAck {
-                    generation: a.generation(),
-                    added: a.added(),
-                    removed: a.removed(),
-                }
-            }
-            fb::Body::Publish => {
-                let p = envelope.body_as_publish().unwrap();
-                Frame::Publish {
-                    topic: p.topic().to_string(),
-                    from_node: p.from_node().unwrap_or("").to_string(),
-                    payload: p.payload().map(|b| b.bytes().to_vec()).unwrap_or_default(),
-                }
-            }
-            fb::Body::Broadcast => {
-                let b = envelope.body_as_broadcast().unwrap();
-                Frame::Broadcast {
-                    from_node: b.from_node().unwrap_or("").to_string(),
-                    payload: b.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
-                }
-            }
-            fb::Body::Located => {
-                let l = envelope.body_as_located().unwrap();
+            Incoming::Kick(k) => Frame::Kick {
+                user: k.user().unwrap_or("").to_string(),
+                device: k.device().unwrap_or("").to_string(),
+                reason: k.reason(),
+            },
+            Incoming::Pong { nonce } => Frame::Pong { nonce },
+            Incoming::Ping { nonce } => Frame::Ping { nonce },
+            Incoming::Error { code, text } => Frame::Error {
+                code,
+                text: text.to_string(),
+            },
+            Incoming::SessionSyncAck(a) => Frame::SessionSyncAck {
+                generation: a.generation(),
+                added: a.added(),
+                removed: a.removed(),
+            },
+            Incoming::Publish(p) => Frame::Publish {
+                topic: p.topic().to_string(),
+                from_node: p.from_node().unwrap_or("").to_string(),
+                payload: p.payload().map(|b| b.bytes().to_vec()).unwrap_or_default(),
+            },
+            Incoming::Broadcast(b) => Frame::Broadcast {
+                from_node: b.from_node().unwrap_or("").to_string(),
+                payload: b.payload().map(|p| p.bytes().to_vec()).unwrap_or_default(),
+            },
+            Incoming::Located(l) => {
                 let mut sessions: Vec<_> = l
                     .sessions()
                     .map(|v| {
@@ -291,18 +253,17 @@ impl Frame {
                     sessions,
                 }
             }
-            other => Frame::Other(other),
         }
     }
 }
 
-/// A raw connection that reads whole frames.
+/// A raw connection: frames are cut, verified and counted by a node core
+/// (the same code every node uses), which does not answer Pings on its
+/// own here: a test sees every frame.
 pub struct Wire {
     pub stream: TcpStream,
-    input: Vec<u8>,
-    /// Bytes of the frames returned so far (a node's stream offset once
-    /// set to its Welcome's `stream_offset`).
-    pub bytes_in: u64,
+    pub core: NodeCore,
+    closed: bool,
 }
 
 impl Wire {
@@ -310,11 +271,19 @@ impl Wire {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
+        let mut config = NodeConfig::new("test", 0);
+        config.answer_pings = false;
         Wire {
             stream,
-            input: Vec::new(),
-            bytes_in: 0,
+            core: NodeCore::new(config),
+            closed: false,
         }
+    }
+
+    /// Stream bytes of the frames returned so far, from the Welcome's
+    /// `stream_offset` on (what an Ack says).
+    pub fn bytes_in(&self) -> u64 {
+        self.core.received()
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -324,19 +293,34 @@ impl Wire {
     /// The next frame, or `None` when the router closed the connection.
     pub fn recv(&mut self) -> Option<Frame> {
         loop {
-            if let Check::Complete(len) = wire::check(&self.input, u32::MAX) {
-                let frame = Frame::decode(&self.input[..len]);
-                self.input.drain(..len);
-                self.bytes_in += len as u64;
-                return Some(frame);
+            let frame = match self.core.poll_incoming() {
+                None => None,
+                Some(Ok(Incoming::Welcome { .. })) => Some(None),
+                Some(Ok(incoming)) => Some(Some(Frame::from_incoming(incoming, None))),
+                Some(Err(error)) => panic!("the router sent something wrong: {error}"),
+            };
+            match frame {
+                Some(Some(frame)) => return Some(frame),
+                Some(None) => {
+                    let welcome = Incoming::Welcome { resumed: false };
+                    return Some(Frame::from_incoming(welcome, self.core.welcome()));
+                }
+                None => {}
+            }
+            if self.closed {
+                return None;
             }
             let mut chunk = [0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    assert!(self.input.is_empty(), "connection ended inside a frame");
+                    self.closed = true;
+                    assert!(
+                        self.core.poll_incoming().is_none(),
+                        "connection ended inside a frame"
+                    );
                     return None;
                 }
-                Ok(read) => self.input.extend_from_slice(&chunk[..read]),
+                Ok(read) => self.core.receive(&chunk[..read], Time::ZERO),
                 Err(error) if error.kind() == ErrorKind::ConnectionReset => return None,
                 Err(error) => {
                     panic!("read failed (timeout means the router never answered): {error}")
@@ -424,7 +408,7 @@ impl Node {
         Node::connect_hello(addr, name, &hello_frame(name, incarnation, shard))
     }
 
-    /// Connects with `hello`; `wire.bytes_in` then counts the stream offset.
+    /// Connects with `hello`; `wire.bytes_in()` then counts the stream offset.
     pub fn connect_hello(addr: SocketAddr, name: &str, hello: &[u8]) -> Node {
         let mut wire = Wire::connect(addr);
         wire.send(hello);
@@ -437,11 +421,10 @@ impl Node {
                 senior,
                 membership_seq,
                 resumed,
-                stream_offset,
                 ..
             }) => {
                 assert_eq!(slot_count, 16384);
-                wire.bytes_in = stream_offset;
+
                 Node {
                     resumed,
                     name: name.to_string(),
@@ -616,7 +599,7 @@ impl Node {
 
     /// Acknowledges every frame read so far (a node that set `acks`).
     pub fn ack(&mut self) {
-        let frame = self.encoder.ack(self.wire.bytes_in).to_vec();
+        let frame = self.encoder.ack(self.wire.bytes_in()).to_vec();
         self.wire.send(&frame);
     }
 

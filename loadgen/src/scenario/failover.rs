@@ -80,11 +80,16 @@ async fn cut(node: &Rc<SimNode>, outage_ns: u64) -> Result<(bool, u64), String> 
     let link = node.links[0].clone();
     link.set_down(); // No more messages from this node.
     link.expect_end.set(true);
-    link.discard.set(true); // Nothing read from now on is processed...
-                            // ...and everything processed so far is acknowledged.
-    let received = link.received.get();
-    link.push(::imrouter::wire::Encoder::new().ack(received));
-    link.acked.set(received);
+    // Nothing read from now on is processed, and everything processed so
+    // far is acknowledged.
+    link.discard.set(true);
+    let ack = {
+        let mut guard = link.core.borrow_mut();
+        let core = guard.as_mut().expect("an imrouter link");
+        core.flush_ack();
+        core.take_transmit()
+    };
+    link.push(&ack);
     let flushed = async {
         while link.backlog() > 0 && !link.is_closed() {
             glommio::timer::sleep(Duration::from_millis(1)).await;

@@ -1,5 +1,6 @@
 //! The imrouter target: the protocol, spoken through the router's own
-//! `wire` module (one codec for both sides).
+//! node core (`imrouter::client::NodeCore`: framing, handshake, Pings,
+//! stream offsets and Acks, resumes) and `wire` codec.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -7,12 +8,16 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use imrouter::limits::FRAME_BYTES_MAX_CEILING;
-use imrouter::wire::{self, fb, Check, Encoder, HelloFrame, Verifier};
+use imrouter::client::{Incoming, NodeConfig, NodeCore, Welcome};
+use imrouter::time::Time;
+use imrouter::wire::{fb, Encoder};
 
 use super::{Link, SimNode, Worker, WorkerStats};
 use crate::oracle::{Observed, ObservedKind, SessionChange};
 use crate::workload::{self, message_id};
+
+/// Bytes asked of the socket per read.
+const READ_BYTES: usize = 256 * 1024;
 
 /// Connects node `index`: one connection, or one per router shard when
 /// shard-direct. Returns the links and the router's shard count.
@@ -20,108 +25,71 @@ pub async fn connect(worker: &Worker, index: u32) -> Result<(Vec<Rc<Link>>, usiz
     let plan = &worker.plan;
     let incarnation = plan.seed ^ worker.now_ns() ^ (u64::from(index) << 40);
     let name = format!("loadgen-{index}");
-    let wanted = plan.shard_direct.then_some(0);
-    let hello = |shard| Hello {
-        name: &name,
-        incarnation,
-        shard,
-        acks: plan.acks,
-        received: 0,
+    let config = |shard| {
+        let mut config = NodeConfig::new(name.clone(), incarnation);
+        config.shard = shard;
+        config.acks = plan.acks;
+        config
     };
-    let (first, welcome) = handshake(plan.router, &hello(wanted)).await?;
+    let wanted = plan.shard_direct.then_some(0);
+    let mut core = NodeCore::new(config(wanted));
+    let (first, welcome) = handshake(plan.router, &mut core).await?;
     let shard_count = welcome.shard_count as usize;
-    let mut links = vec![Link::new(first)];
+    let mut links = vec![Link::new(first, Some(core))];
     if plan.shard_direct {
         for shard in 1..shard_count as u16 {
-            let (stream, welcome) = handshake(plan.router, &hello(Some(shard))).await?;
+            let mut core = NodeCore::new(config(Some(shard)));
+            let (stream, welcome) = handshake(plan.router, &mut core).await?;
             if welcome.shard != shard {
                 return Err(format!(
                     "{name}: asked for shard {shard}, served by {}",
                     welcome.shard
                 ));
             }
-            links.push(Link::new(stream));
+            links.push(Link::new(stream, Some(core)));
         }
     }
     Ok((links, shard_count, incarnation))
 }
 
-struct Hello<'a> {
-    name: &'a str,
-    incarnation: u64,
-    shard: Option<u16>,
-    acks: bool,
-    received: u64,
-}
-
-struct Welcome {
-    shard: u16,
-    shard_count: u16,
-    resumed: bool,
-    stream_offset: u64,
-}
-
+/// Connects and completes the handshake of `core` (a resume, when `core`
+/// had a stream).
 async fn handshake(
     router: std::net::SocketAddr,
-    hello: &Hello<'_>,
+    core: &mut NodeCore,
 ) -> Result<(TcpStream, Welcome), String> {
-    let name = hello.name;
+    let name = core.config().name.clone();
     let mut stream = TcpStream::connect(router)
         .await
         .map_err(|e| format!("{name}: connect to {router}: {e}"))?;
-    let hello = Encoder::new()
-        .hello(&HelloFrame {
-            protocol_version: imrouter::limits::PROTOCOL_VERSION,
-            node_name: name,
-            incarnation: hello.incarnation,
-            auth_token: None,
-            shard: hello.shard,
-            acks: hello.acks,
-            received: hello.received,
-        })
-        .to_vec();
+    core.connection_lost();
+    core.connect(Time::ZERO);
     stream
-        .write_all(&hello)
+        .write_all(&core.take_transmit())
         .await
         .map_err(|e| format!("{name}: send Hello: {e}"))?;
-    let mut prefix = [0u8; 4];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(|e| format!("{name}: read Welcome: {e}"))?;
-    let len = u32::from_le_bytes(prefix) as usize;
-    if len > FRAME_BYTES_MAX_CEILING as usize {
-        return Err(format!("{name}: a {len}-byte first frame"));
+    loop {
+        match core.poll_incoming() {
+            Some(Ok(Incoming::Welcome { .. })) => break,
+            Some(Ok(Incoming::Error { code, text })) => {
+                return Err(format!("{name}: refused: {code:?} {text}"));
+            }
+            Some(Ok(other)) => return Err(format!("{name}: expected Welcome, got {other:?}")),
+            Some(Err(e)) => return Err(format!("{name}: {e}")),
+            None => {}
+        }
+        let buffer = core.read_buffer(4096);
+        let read = stream
+            .read(buffer)
+            .await
+            .map_err(|e| format!("{name}: read Welcome: {e}"))?;
+        if read == 0 {
+            return Err(format!("{name}: the router closed before its Welcome"));
+        }
+        core.filled(read, Time::ZERO);
     }
-    let mut frame = prefix.to_vec();
-    frame.resize(4 + len, 0);
-    stream
-        .read_exact(&mut frame[4..])
-        .await
-        .map_err(|e| format!("{name}: read Welcome: {e}"))?;
-    let envelope = Verifier::new(FRAME_BYTES_MAX_CEILING)
-        .verify(&frame)
-        .map_err(|e| format!("{name}: Welcome: {e}"))?
-        .envelope();
-    if let Some(error) = envelope.body_as_error() {
-        return Err(format!(
-            "{name}: refused: {:?} {}",
-            error.code(),
-            error.text().unwrap_or("")
-        ));
-    }
-    let welcome = envelope
-        .body_as_welcome()
-        .ok_or_else(|| format!("{name}: expected Welcome, got {:?}", envelope.body_type()))?;
-    Ok((
-        stream,
-        Welcome {
-            shard: welcome.shard(),
-            shard_count: welcome.shard_count(),
-            resumed: welcome.resumed(),
-            stream_offset: welcome.stream_offset(),
-        },
-    ))
+    let welcome = core.welcome().cloned().expect("a Welcome was handed out");
+    Ok((stream, welcome))
 }
 
 /// How long a node keeps trying to reconnect (the restart scenario waits
@@ -137,44 +105,41 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(2);
 /// whether the stream was resumed.
 pub async fn reconnect(node: Rc<SimNode>, link: Rc<Link>, down_ns: u64) -> Result<bool, String> {
     let plan = node.plan().clone();
-    let name = format!("loadgen-{}", node.index);
-    let hello = Hello {
-        name: &name,
-        incarnation: node.incarnation.get(),
-        shard: None,
-        acks: plan.acks,
-        received: link.received.get(),
-    };
+    let mut core = link.take_core().expect("an imrouter link");
+    let received = core.received();
     let started = std::time::Instant::now();
-    let (stream, welcome) = loop {
+    let connected = loop {
         // A Welcome that does not come is a failed attempt too (a socket
         // of a killed router can accept for a moment without answering).
-        let attempt = futures_lite::future::or(handshake(plan.router, &hello), async {
+        let attempt = futures_lite::future::or(handshake(plan.router, &mut core), async {
             glommio::timer::sleep(WELCOME_TIMEOUT).await;
             Err(format!(
-                "{name}: no Welcome within {} s",
+                "loadgen-{}: no Welcome within {} s",
+                node.index,
                 WELCOME_TIMEOUT.as_secs()
             ))
         });
         match attempt.await {
-            Ok(connected) => break connected,
+            Ok(connected) => break Ok(connected),
             Err(_)
                 if started.elapsed() < RECONNECT_FOR
                     && !node.worker.shared.finished.load(Relaxed) =>
             {
                 glommio::timer::sleep(RECONNECT_PAUSE).await;
             }
-            Err(e) => return Err(format!("reconnecting: {e}")),
+            Err(e) => break Err(format!("reconnecting: {e}")),
         }
     };
+    link.put_core(core);
+    let (stream, welcome) = connected?;
     let welcome_ns = node.worker.now_ns();
-    if welcome.resumed && welcome.stream_offset != hello.received {
+    if welcome.resumed && plan.acks && welcome.stream_offset != received {
         return Err(format!(
-            "{name}: resumed at stream offset {}, not at the {} bytes it processed",
-            welcome.stream_offset, hello.received
+            "loadgen-{}: resumed at stream offset {}, not at the {received} bytes it processed",
+            node.index, welcome.stream_offset
         ));
     }
-    link.reopen(stream, welcome.stream_offset);
+    link.reopen(stream);
     glommio::spawn_local(link.clone().run_writer()).detach();
     glommio::spawn_local(run_reader(node.clone(), link.clone())).detach();
     if !welcome.resumed {
@@ -261,14 +226,12 @@ async fn resync(node: &SimNode, link: &Link) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads and handles frames until the connection closes.
+/// Reads and handles frames until the connection closes: bytes go
+/// straight into the link's node core, which cuts and verifies frames,
+/// answers Pings and acknowledges; the workload's checks see them typed.
 pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
-    let verifier = Verifier::new(FRAME_BYTES_MAX_CEILING);
-    let mut buf = vec![0u8; 2 * (FRAME_BYTES_MAX_CEILING as usize).min(1 << 20)];
-    let (mut start, mut end) = (0, 0);
-    let mut encoder = Encoder::new();
     loop {
-        let read = link.read(&mut buf[end..]).await;
+        let read = link.read_into_core(READ_BYTES).await;
         match read {
             Ok(0) | Err(_) => {
                 link.close();
@@ -305,35 +268,27 @@ pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
                 link.ended.notify_all();
                 return;
             }
-            Ok(n) => end += n,
+            Ok(_) => {}
         }
-        let discard = link.discard.get();
-        loop {
-            match wire::check(&buf[start..end], FRAME_BYTES_MAX_CEILING) {
-                Check::Complete(len) => {
-                    if !discard {
-                        handle(&node, &link, &verifier, &buf[start..start + len]);
-                        link.received.set(link.received.get() + len as u64);
+        if link.discard.get() {
+            continue; // A cut under way: nothing read is processed.
+        }
+        let out = {
+            let mut guard = link.core.borrow_mut();
+            let core = guard.as_mut().expect("an imrouter link");
+            while let Some(incoming) = core.poll_incoming() {
+                match incoming {
+                    Ok(incoming) => handle(&node, incoming),
+                    Err(e) => {
+                        error(&node, format!("the router sent a bad frame: {e}"));
+                        break;
                     }
-                    start += len;
-                }
-                Check::Incomplete => break,
-                Check::TooLarge(declared) => {
-                    error(&node, format!("the router sent a {declared}-byte frame"));
-                    link.close();
-                    return;
                 }
             }
-        }
-        if node.plan().acks && !discard && link.received.get() > link.acked.get() {
-            link.acked.set(link.received.get());
-            link.push(encoder.ack(link.received.get()));
-        }
-        buf.copy_within(start..end, 0);
-        end -= start;
-        start = 0;
-        if end == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+            core.take_transmit()
+        };
+        if !out.is_empty() {
+            link.push(&out);
         }
     }
 }
@@ -345,32 +300,11 @@ fn error(node: &SimNode, text: String) {
         .fail(format!("node {}: {text}", node.index));
 }
 
-fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
-    let envelope = match verifier.verify(frame) {
-        Ok(frame) => frame.envelope(),
-        Err(e) => return error(node, format!("the router sent a bad frame: {e}")),
-    };
-    match envelope.body_type() {
-        fb::Body::Deliver
-            if envelope
-                .body_as_deliver()
-                .expect("checked")
-                .recipients()
-                .is_some() =>
-        {
-            fanout_deliver(node, envelope.body_as_deliver().expect("checked"));
-        }
-        fb::Body::Status
-            if envelope
-                .body_as_status()
-                .expect("checked")
-                .offline_users()
-                .is_some() =>
-        {
-            fanout_status(node, envelope.body_as_status().expect("checked"));
-        }
-        fb::Body::Deliver => {
-            let deliver = envelope.body_as_deliver().expect("checked");
+fn handle(node: &SimNode, incoming: Incoming<'_>) {
+    match incoming {
+        Incoming::FanoutDeliver(deliver) => fanout_deliver(node, deliver),
+        Incoming::FanoutStatus(status) => fanout_status(node, status),
+        Incoming::Deliver(deliver) => {
             let id = deliver.message_id();
             let payload = deliver.payload().map(|p| p.bytes()).unwrap_or(&[]);
             let (due_ns, intact) = match workload::read_payload(payload) {
@@ -390,8 +324,7 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
             });
             node.observe_delivery(id, due_ns, user, devices, intact);
         }
-        fb::Body::Status => {
-            let status = envelope.body_as_status().expect("checked");
+        Incoming::Status { status, .. } => {
             let id = status.message_id();
             let at_ns = node.worker.now_ns();
             if id & message_id::PROBE != 0 {
@@ -441,37 +374,26 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
                 events,
             );
         }
-        fb::Body::Ping => {
-            let nonce = envelope.body_as_ping().expect("checked").nonce();
-            // On the link the Ping came on: each connection must answer
-            // its own, or the router counts it silent.
-            let pong = Encoder::new().pong(nonce).to_vec();
-            link.push(&pong);
-        }
         // Membership and broadcasts concern real nodes, not the workload.
-        fb::Body::Pong | fb::Body::NodeEvent | fb::Body::Broadcast => {}
-        fb::Body::SessionSyncAck => {
-            let ack = envelope.body_as_session_sync_ack().expect("checked");
+        Incoming::Ping { .. }
+        | Incoming::Pong { .. }
+        | Incoming::NodeEvent(_)
+        | Incoming::Broadcast(_)
+        | Incoming::Publish(_)
+        | Incoming::Welcome { .. } => {}
+        Incoming::SessionSyncAck(ack) => {
             node.sync_acked
                 .set(node.sync_acked.get().max(ack.generation()));
             node.sync_changed.notify_all();
         }
-        fb::Body::Error => {
-            let e = envelope.body_as_error().expect("checked");
-            error(
-                node,
-                format!("Error {:?}: {}", e.code(), e.text().unwrap_or("")),
-            );
-        }
-        fb::Body::Kick
+        Incoming::Error { code, text } => error(node, format!("Error {code:?}: {text}")),
+        Incoming::Kick(kick)
             if node.plan().scenario == crate::config::ScenarioName::Policy
-                && envelope
-                    .body_as_kick()
-                    .and_then(|k| k.user())
+                && kick
+                    .user()
                     .and_then(|u| crate::policy::parse_contested_id(u.as_bytes()))
                     .is_some() =>
         {
-            let kick = envelope.body_as_kick().expect("checked");
             let user = crate::policy::parse_contested_id(kick.user().unwrap_or("").as_bytes());
             let device = kick.device().and_then(workload::parse_device_id);
             match (user, device) {
@@ -483,8 +405,7 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
                 .last_observed_ns
                 .store(node.worker.now_ns(), std::sync::atomic::Ordering::Relaxed);
         }
-        fb::Body::Located => {
-            let located = envelope.body_as_located().expect("checked");
+        Incoming::Located(located) => {
             let user = crate::policy::parse_contested_id(located.user().unwrap_or("").as_bytes());
             let Some(user) = user else {
                 return error(node, "a Located for an unknown user".into());
@@ -509,8 +430,7 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
             node.policy.borrow_mut().located.insert(user, sessions);
             node.policy_changed.notify_all();
         }
-        fb::Body::Kick => {
-            let kick = envelope.body_as_kick().expect("checked");
+        Incoming::Kick(kick) => {
             error(
                 node,
                 format!(
@@ -521,7 +441,6 @@ fn handle(node: &SimNode, link: &Link, verifier: &Verifier, frame: &[u8]) {
                 ),
             );
         }
-        other => error(node, format!("unexpected frame {other:?}")),
     }
 }
 

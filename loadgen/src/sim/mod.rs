@@ -229,10 +229,9 @@ pub struct Link {
     wake: Signal,
     pub room: Broadcast,
     closed: Cell<bool>,
-    /// Stream bytes received and processed (imrouter: the offset a
-    /// resuming Hello and an Ack carry), and the last offset acknowledged.
-    pub received: Cell<u64>,
-    pub acked: Cell<u64>,
+    /// imrouter: the connection's node core (frames, Pings, stream offsets
+    /// and Acks, resumes), kept across reconnects. `None` for NATS.
+    pub core: RefCell<Option<::imrouter::client::NodeCore>>,
     /// The connection is cut or failed and not yet reconnected: nothing is
     /// sent on it.
     down: Cell<bool>,
@@ -245,7 +244,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(stream: TcpStream) -> Rc<Self> {
+    pub fn new(stream: TcpStream, core: Option<::imrouter::client::NodeCore>) -> Rc<Self> {
         let _ = stream.set_nodelay(true);
         Rc::new(Link {
             stream: RefCell::new(stream),
@@ -254,8 +253,7 @@ impl Link {
             wake: Signal::default(),
             room: Broadcast::default(),
             closed: Cell::new(false),
-            received: Cell::new(0),
-            acked: Cell::new(0),
+            core: RefCell::new(core),
             down: Cell::new(false),
             discard: Cell::new(false),
             expect_end: Cell::new(false),
@@ -265,14 +263,12 @@ impl Link {
 
     /// Puts a new connection under this link (after a cut or failure):
     /// nothing queued for the old one is sent.
-    pub fn reopen(&self, stream: TcpStream, offset: u64) {
+    pub fn reopen(&self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         *self.stream.borrow_mut() = stream;
         self.out.borrow_mut().clear();
         self.in_flight.set(0);
         self.closed.set(false);
-        self.received.set(offset);
-        self.acked.set(offset);
         self.discard.set(false);
         self.expect_end.set(false);
         self.down.set(false);
@@ -322,6 +318,30 @@ impl Link {
 
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         poll_fn(|cx| Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)).await
+    }
+
+    /// Reads straight into the link's node core (at most `max` bytes).
+    pub async fn read_into_core(&self, max: usize) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let mut guard = self.core.borrow_mut();
+            let core = guard.as_mut().expect("an imrouter link");
+            let buffer = core.read_buffer(max);
+            let read = Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buffer);
+            if let std::task::Poll::Ready(Ok(n)) = read {
+                core.filled(n, ::imrouter::time::Time::ZERO);
+            }
+            read
+        })
+        .await
+    }
+
+    /// Takes the node core out (to reconnect with it).
+    pub fn take_core(&self) -> Option<::imrouter::client::NodeCore> {
+        self.core.borrow_mut().take()
+    }
+
+    pub fn put_core(&self, core: ::imrouter::client::NodeCore) {
+        *self.core.borrow_mut() = Some(core);
     }
 
     /// Writes everything pushed, batch by batch, until the link closes.

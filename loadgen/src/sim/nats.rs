@@ -72,7 +72,7 @@ pub async fn connect(worker: &Worker, index: u32) -> Result<Rc<Link>, String> {
     if !input.is_empty() {
         return Err(format!("{name}: unexpected bytes after PONG"));
     }
-    Ok(Link::new(stream))
+    Ok(Link::new(stream, None))
 }
 
 async fn read_line(stream: &mut TcpStream, input: &mut Vec<u8>) -> Result<String, String> {

@@ -1,0 +1,802 @@
+//! The node side of one connection, sans-IO.
+//!
+//! [`NodeCore`] is the protocol state a node keeps for one connection to a
+//! router: the bytes to send, the frames received and not handled yet, the
+//! handshake, the stream offset and its acknowledgements, what a resume
+//! must present, and the Routes that wait for their verdicts. It never
+//! touches a socket or a clock: the caller writes what
+//! [`NodeCore::transmit`] returns, hands it what it reads
+//! ([`NodeCore::receive`]), and takes the router's frames one at a time
+//! ([`NodeCore::poll_incoming`]), typed, read in place.
+//!
+//! It does on its own what every node must do: it answers Pings, counts
+//! the stream bytes of the frames it hands out (the Welcome and a closing
+//! Error are not part of the stream), acknowledges them once they are
+//! handled (with `acks`), and presents the count in the Hello of a resume.
+//! The caller decides what to send and what to do with what arrives; a
+//! reconnect is [`NodeCore::connection_lost`] then [`NodeCore::connect`].
+//!
+//! Used by `imrouter locate` (`client::blocking`), the integration tests,
+//! the load generator's simulated nodes and the deterministic simulation.
+
+use std::collections::HashMap;
+
+use crate::limits::{FRAME_BYTES_MAX_CEILING, PROTOCOL_VERSION};
+use crate::time::Time;
+use crate::wire::{
+    check, fb, Check, Encoder, FanoutFrame, Frame, FrameError, HelloFrame, PublishFrame,
+    RouteFrame, Verifier, ROUTE_FLAG_ACK,
+};
+
+/// Routes waiting for a verdict a node tracks at most; more are sent but
+/// not tracked (their verdicts come back unmatched).
+pub const PENDING_VERDICTS_MAX: usize = 1 << 20;
+
+/// Who the node is and how it connects.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Random per process start.
+    pub incarnation: u64,
+    pub auth_token: Option<String>,
+    /// Shard-direct: the shard this connection asks for.
+    pub shard: Option<u16>,
+    /// Acknowledge the stream (no loss across a broken connection).
+    pub acks: bool,
+    /// The largest frame accepted from the router.
+    pub frame_bytes_max: u32,
+    /// Answer Pings (a node must; tests of a dead node turn it off).
+    pub answer_pings: bool,
+}
+
+impl NodeConfig {
+    pub fn new(name: impl Into<String>, incarnation: u64) -> Self {
+        NodeConfig {
+            name: name.into(),
+            incarnation,
+            auth_token: None,
+            shard: None,
+            acks: false,
+            frame_bytes_max: FRAME_BYTES_MAX_CEILING,
+            answer_pings: true,
+        }
+    }
+}
+
+/// What the router said in its Welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub router_id: u64,
+    pub shard_count: u16,
+    pub slot_count: u16,
+    pub shard: u16,
+    pub heartbeat_ms: u32,
+    pub max_frame_bytes: u32,
+    /// The stream continues where it was (nothing lost); else the node's
+    /// sessions may be gone: resync them.
+    pub resumed: bool,
+    pub stream_offset: u64,
+    pub reconnect_grace_ms: u32,
+    /// The live nodes (name, incarnation), sorted by name.
+    pub nodes: Vec<(String, u64)>,
+    pub senior: String,
+    pub membership_seq: u64,
+}
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No connection.
+    Idle,
+    /// The Hello is sent (or queued); no Welcome yet.
+    Handshaking,
+    /// Welcome received.
+    Live,
+    /// The router sent an Error, or broke the protocol: reconnect.
+    Failed,
+}
+
+/// A frame from the router, typed and read in place.
+#[derive(Debug, Clone, Copy)]
+pub enum Incoming<'a> {
+    /// The handshake completed ([`NodeCore::welcome`] has the details).
+    Welcome {
+        resumed: bool,
+    },
+    /// A one-to-one message (or a carbon copy), for `to_user`'s `devices`.
+    Deliver(fb::Deliver<'a>),
+    /// A Fanout's Deliver: several recipients with their devices.
+    FanoutDeliver(fb::Deliver<'a>),
+    /// The verdict on a Route (`tracked`: this node was waiting for it).
+    Status {
+        status: fb::Status<'a>,
+        tracked: bool,
+    },
+    /// The verdict on a Fanout, with its offline recipients.
+    FanoutStatus(fb::Status<'a>),
+    Kick(fb::Kick<'a>),
+    NodeEvent(fb::NodeEvent<'a>),
+    Located(fb::Located<'a>),
+    Broadcast(fb::Broadcast<'a>),
+    Publish(fb::Publish<'a>),
+    SessionSyncAck(fb::SessionSyncAck<'a>),
+    /// A Ping (already answered, unless `answer_pings` is off).
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The router refuses or closes the connection: the last frame.
+    Error {
+        code: fb::ErrorCode,
+        text: &'a str,
+    },
+}
+
+/// Something the router sent that no router may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    Frame(FrameError),
+    /// A frame before the Welcome that is not a Welcome or an Error.
+    WelcomeRequired(fb::Body),
+    /// A frame only a node sends.
+    Unexpected(fb::Body),
+    /// A resumed Welcome that does not continue where this node is.
+    ResumedElsewhere {
+        stream_offset: u64,
+        received: u64,
+    },
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Frame(error) => write!(f, "the router sent a bad frame: {error}"),
+            NodeError::WelcomeRequired(body) => {
+                write!(f, "the router answered the Hello with {:?}", body)
+            }
+            NodeError::Unexpected(body) => write!(f, "the router sent {:?}", body),
+            NodeError::ResumedElsewhere {
+                stream_offset,
+                received,
+            } => write!(
+                f,
+                "the router resumed the stream at {stream_offset}, not at the {received} bytes this node processed"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// A Route waiting for its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub sent_at: Time,
+}
+
+/// One connection's node-side protocol state. See the module docs.
+pub struct NodeCore {
+    config: NodeConfig,
+    state: State,
+    verifier: Verifier,
+    encoder: Encoder,
+    /// Bytes to write.
+    output: Vec<u8>,
+    /// Bytes read are `input[start..end]`: frames from `start` on are not
+    /// handed out yet; `input[end..]` is room for the next read.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The frame handed out last, counted once the next one is asked for
+    /// (or more bytes arrive).
+    handed: usize,
+    handed_counts: bool,
+    /// Stream bytes of the frames handled, from the first Welcome's
+    /// `stream_offset` on (what an Ack and a resume's Hello say).
+    received: u64,
+    acked: u64,
+    welcome: Option<Welcome>,
+    last_heard: Time,
+    /// Routes with ACK whose verdict has not come, by message id.
+    pending: HashMap<u64, Pending, ahash::RandomState>,
+    next_message_id: u64,
+    next_seq: u64,
+}
+
+impl NodeCore {
+    pub fn new(config: NodeConfig) -> Self {
+        NodeCore {
+            verifier: Verifier::new(config.frame_bytes_max),
+            config,
+            state: State::Idle,
+            encoder: Encoder::new(),
+            output: Vec::new(),
+            input: Vec::new(),
+            start: 0,
+            end: 0,
+            handed: 0,
+            handed_counts: false,
+            received: 0,
+            acked: 0,
+            welcome: None,
+            last_heard: Time::ZERO,
+            pending: HashMap::default(),
+            next_message_id: 1,
+            next_seq: 1,
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The last Welcome.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
+    }
+
+    /// Stream bytes of the frames handed out so far (what an Ack or the
+    /// next resume presents).
+    pub fn received(&self) -> u64 {
+        self.received
+            + if self.handed_counts {
+                self.handed as u64
+            } else {
+                0
+            }
+    }
+
+    /// Starts a connection: queues the Hello (a resume when this node
+    /// process had a stream: the router continues it if it still can).
+    pub fn connect(&mut self, now: Time) {
+        self.count_handed();
+        self.output.clear();
+        self.start = 0;
+        self.end = 0;
+        self.handed = 0;
+        self.handed_counts = false;
+        self.state = State::Handshaking;
+        self.last_heard = now;
+        let hello = self.encoder.hello(&HelloFrame {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: &self.config.name,
+            incarnation: self.config.incarnation,
+            auth_token: self.config.auth_token.as_deref(),
+            shard: self.config.shard,
+            acks: self.config.acks,
+            received: self.received,
+        });
+        self.output.extend_from_slice(hello);
+    }
+
+    /// The socket ended. What was queued and not written is dropped; Routes
+    /// waiting for verdicts stay waiting (a resume brings them).
+    pub fn connection_lost(&mut self) {
+        self.count_handed();
+        self.state = State::Idle;
+        self.output.clear();
+    }
+
+    /// Bytes to write (empty: nothing).
+    pub fn transmit(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of [`NodeCore::transmit`] were written.
+    pub fn transmitted(&mut self, n: usize) {
+        self.output.drain(..n);
+    }
+
+    /// Takes everything to write at once.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Bytes read from the socket.
+    pub fn receive(&mut self, bytes: &[u8], now: Time) {
+        let room = self.read_buffer(bytes.len());
+        room[..bytes.len()].copy_from_slice(bytes);
+        self.filled(bytes.len(), now);
+    }
+
+    /// Room for the next read, at least `min` bytes: read into it, then
+    /// say how much with [`NodeCore::filled`] (no copy in between).
+    pub fn read_buffer(&mut self, min: usize) -> &mut [u8] {
+        self.count_handed();
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.input.len() - self.end < min && self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.input.len() - self.end < min {
+            self.input.resize(self.end + min, 0);
+        }
+        &mut self.input[self.end..]
+    }
+
+    /// `n` bytes were read into [`NodeCore::read_buffer`].
+    pub fn filled(&mut self, n: usize, now: Time) {
+        self.end += n;
+        debug_assert!(self.end <= self.input.len());
+        if n > 0 {
+            self.last_heard = now;
+        }
+    }
+
+    /// When the router was last heard from.
+    pub fn last_heard(&self) -> Time {
+        self.last_heard
+    }
+
+    /// Whether the router has been silent for three heartbeats (it is
+    /// dead, or the connection is: reconnect).
+    pub fn router_silent(&self, now: Time) -> bool {
+        let Some(welcome) = &self.welcome else {
+            return false;
+        };
+        self.state == State::Live
+            && now.since(self.last_heard).as_millis() >= 3 * u128::from(welcome.heartbeat_ms)
+    }
+
+    /// Counts the frame handed out last as handled.
+    fn count_handed(&mut self) {
+        if self.handed > 0 {
+            if self.handed_counts {
+                self.received += self.handed as u64;
+            }
+            self.start += self.handed;
+            self.handed = 0;
+        }
+    }
+
+    /// The next frame from the router, or `None` when no whole frame is
+    /// buffered (then, with acks, an Ack of what was handled is queued).
+    /// A Ping is answered (after an Ack of what was handled before it)
+    /// when it is handed out, unless `NodeConfig::answer_pings` is off.
+    pub fn poll_incoming(&mut self) -> Option<Result<Incoming<'_>, NodeError>> {
+        self.count_handed();
+        let start = self.start;
+        let len = match check(&self.input[start..self.end], self.config.frame_bytes_max) {
+            Check::Complete(len) => len,
+            Check::Incomplete => {
+                self.queue_ack();
+                return None;
+            }
+            Check::TooLarge(declared) => {
+                self.state = State::Failed;
+                let max = self.config.frame_bytes_max;
+                return Some(Err(NodeError::Frame(FrameError::TooLarge {
+                    declared,
+                    max,
+                })));
+            }
+        };
+        // From here on `self.input` is borrowed by what is returned: only
+        // other fields change.
+        let frame = match self.verifier.verify(&self.input[start..start + len]) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.state = State::Failed;
+                return Some(Err(NodeError::Frame(error)));
+            }
+        };
+        let body = frame.body_type();
+        if self.state == State::Handshaking && !matches!(body, fb::Body::Welcome | fb::Body::Error)
+        {
+            self.state = State::Failed;
+            return Some(Err(NodeError::WelcomeRequired(body)));
+        }
+        self.handed = len;
+        // The Welcome and an Error frame are not part of the stream.
+        self.handed_counts = !matches!(body, fb::Body::Welcome | fb::Body::Error);
+        match body {
+            fb::Body::Ping => {
+                let nonce = frame.envelope().body_as_ping().expect("body type").nonce();
+                if self.config.answer_pings {
+                    // Counted now: the Ack sent with the Pong covers it.
+                    self.received += len as u64;
+                    self.start += len;
+                    self.handed = 0;
+                    if self.config.acks && self.state == State::Live && self.received > self.acked {
+                        self.acked = self.received;
+                        self.output
+                            .extend_from_slice(self.encoder.ack(self.received));
+                    }
+                    self.output.extend_from_slice(self.encoder.pong(nonce));
+                }
+                Some(Ok(Incoming::Ping { nonce }))
+            }
+            fb::Body::Welcome => {
+                let welcome = welcome_of(frame);
+                let resumed = welcome.resumed;
+                if welcome.resumed && self.config.acks && welcome.stream_offset != self.received {
+                    self.state = State::Failed;
+                    return Some(Err(NodeError::ResumedElsewhere {
+                        stream_offset: welcome.stream_offset,
+                        received: self.received,
+                    }));
+                }
+                self.received = welcome.stream_offset;
+                self.acked = welcome.stream_offset;
+                self.state = State::Live;
+                self.welcome = Some(welcome);
+                Some(Ok(Incoming::Welcome { resumed }))
+            }
+            _ => Some(incoming(frame, &mut self.pending, &mut self.state)),
+        }
+    }
+
+    /// With acks: queues an Ack of every frame handed out so far (those
+    /// not handed out are not acknowledged: a node that stops here gets
+    /// them again on a resume).
+    pub fn flush_ack(&mut self) {
+        self.count_handed();
+        self.queue_ack();
+    }
+
+    /// With acks: queues an Ack of what was handled, if anything new was.
+    fn queue_ack(&mut self) {
+        if self.config.acks && self.state == State::Live && self.received > self.acked {
+            self.acked = self.received;
+            let ack = self.encoder.ack(self.received);
+            self.output.extend_from_slice(ack);
+        }
+    }
+
+    // ----- Requests -----------------------------------------------------------
+
+    fn queue(&mut self, frame: &[u8]) {
+        self.output.extend_from_slice(frame);
+    }
+
+    /// A message id no other message of this node has.
+    pub fn next_message_id(&mut self) -> u64 {
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        id
+    }
+
+    /// Sends a Route (its `message_id` is the caller's); with ACK, its
+    /// verdict is tracked.
+    pub fn route(&mut self, route: &RouteFrame<'_>, now: Time) {
+        if route.flags & ROUTE_FLAG_ACK != 0 && self.pending.len() < PENDING_VERDICTS_MAX {
+            self.pending
+                .insert(route.message_id, Pending { sent_at: now });
+        }
+        Encoder::write_route(&mut self.output, route);
+    }
+
+    /// Routes with ACK whose verdict has not come.
+    pub fn pending_verdicts(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Forgets the Routes waiting for verdicts (after a reconnect that did
+    /// not resume: their verdicts are lost with the old stream) and
+    /// returns their ids.
+    pub fn take_pending(&mut self) -> Vec<u64> {
+        self.pending.drain().map(|(id, _)| id).collect()
+    }
+
+    /// Opens a session; returns its `seq`.
+    pub fn open(&mut self, user: &str, device: &str, platform: fb::Platform) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = self
+            .encoder
+            .session_open_seq(user, device, platform, seq)
+            .to_vec();
+        self.queue(&frame);
+        seq
+    }
+
+    /// Closes the session opened with `seq` (0: whichever).
+    pub fn close(&mut self, user: &str, device: &str, seq: u64) {
+        let frame = self.encoder.session_close_seq(user, device, seq).to_vec();
+        self.queue(&frame);
+    }
+
+    /// Sends a snapshot of the node's sessions (user, device, platform,
+    /// seq) as SessionSync batches of `batch` sessions.
+    pub fn sync(
+        &mut self,
+        generation: u64,
+        sessions: &[(&str, &str, fb::Platform, u64)],
+        batch: usize,
+    ) {
+        let batch = batch.max(1);
+        let chunks: Vec<_> = sessions.chunks(batch).collect();
+        if chunks.is_empty() {
+            let frame = self.encoder.session_sync(generation, &[], true).to_vec();
+            return self.queue(&frame);
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let frame = self.encoder.session_sync(generation, chunk, last).to_vec();
+            self.queue(&frame);
+        }
+    }
+
+    pub fn locate(&mut self, query_id: u64, user: &str) {
+        let frame = self.encoder.locate(query_id, user).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn subscribe(&mut self, topic: &str, request_id: u64) {
+        let frame = self.encoder.subscribe(topic, request_id).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) {
+        let frame = self.encoder.unsubscribe(topic).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn publish(&mut self, publish: &PublishFrame<'_>) {
+        let frame = self.encoder.publish(publish).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn fanout(&mut self, fanout: &FanoutFrame<'_>) {
+        let frame = self.encoder.fanout(fanout).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn broadcast(&mut self, payload: &[u8]) {
+        let frame = self.encoder.broadcast("", payload).to_vec();
+        self.queue(&frame);
+    }
+
+    pub fn ping(&mut self, nonce: u64) {
+        let frame = self.encoder.ping(nonce).to_vec();
+        self.queue(&frame);
+    }
+
+    /// Says Goodbye: a clean close (the caller then reads until the router
+    /// closes).
+    pub fn goodbye(&mut self, reason: &str) {
+        self.queue_ack();
+        let frame = self.encoder.goodbye(reason).to_vec();
+        self.queue(&frame);
+    }
+
+    /// Queues raw bytes (tests that send what no node should).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.queue(bytes);
+    }
+}
+
+fn welcome_of(frame: Frame<'_>) -> Welcome {
+    let welcome = frame.envelope().body_as_welcome().expect("body type");
+    Welcome {
+        router_id: welcome.router_id(),
+        shard_count: welcome.shard_count(),
+        slot_count: welcome.slot_count(),
+        shard: welcome.shard(),
+        heartbeat_ms: welcome.heartbeat_ms(),
+        max_frame_bytes: welcome.max_frame_bytes(),
+        resumed: welcome.resumed(),
+        stream_offset: welcome.stream_offset(),
+        reconnect_grace_ms: welcome.reconnect_grace_ms(),
+        nodes: welcome
+            .nodes()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| (n.name().unwrap_or("").to_string(), n.incarnation()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        senior: welcome.senior().unwrap_or("").to_string(),
+        membership_seq: welcome.membership_seq(),
+    }
+}
+
+/// Types a verified router frame; matches a Route's Status to its pending
+/// entry.
+fn incoming<'a>(
+    frame: Frame<'a>,
+    pending: &mut HashMap<u64, Pending, ahash::RandomState>,
+    state: &mut State,
+) -> Result<Incoming<'a>, NodeError> {
+    let envelope = frame.envelope();
+    let body = envelope.body_type();
+    Ok(match body {
+        fb::Body::Welcome => Incoming::Welcome {
+            resumed: envelope.body_as_welcome().expect("body type").resumed(),
+        },
+        fb::Body::Deliver => {
+            let deliver = envelope.body_as_deliver().expect("body type");
+            if deliver.recipients().is_some() {
+                Incoming::FanoutDeliver(deliver)
+            } else {
+                Incoming::Deliver(deliver)
+            }
+        }
+        fb::Body::Status => {
+            let status = envelope.body_as_status().expect("body type");
+            if status.offline_users().is_some() {
+                Incoming::FanoutStatus(status)
+            } else {
+                let tracked = pending.remove(&status.message_id()).is_some();
+                Incoming::Status { status, tracked }
+            }
+        }
+        fb::Body::Kick => Incoming::Kick(envelope.body_as_kick().expect("body type")),
+        fb::Body::NodeEvent => {
+            Incoming::NodeEvent(envelope.body_as_node_event().expect("body type"))
+        }
+        fb::Body::Located => Incoming::Located(envelope.body_as_located().expect("body type")),
+        fb::Body::Broadcast => {
+            Incoming::Broadcast(envelope.body_as_broadcast().expect("body type"))
+        }
+        fb::Body::Publish => Incoming::Publish(envelope.body_as_publish().expect("body type")),
+        fb::Body::SessionSyncAck => {
+            Incoming::SessionSyncAck(envelope.body_as_session_sync_ack().expect("body type"))
+        }
+        fb::Body::Pong => Incoming::Pong {
+            nonce: envelope.body_as_pong().expect("body type").nonce(),
+        },
+        fb::Body::Error => {
+            *state = State::Failed;
+            let error = envelope.body_as_error().expect("body type");
+            Incoming::Error {
+                code: error.code(),
+                text: error.text().unwrap_or(""),
+            }
+        }
+        other => {
+            *state = State::Failed;
+            return Err(NodeError::Unexpected(other));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WelcomeFrame;
+
+    fn welcome(resumed: bool, stream_offset: u64) -> Vec<u8> {
+        Encoder::new()
+            .welcome(&WelcomeFrame {
+                protocol_version: 1,
+                router_id: 9,
+                shard_count: 2,
+                slot_count: 16384,
+                shard: 1,
+                heartbeat_ms: 1000,
+                max_frame_bytes: 65536,
+                nodes: &[("n", 1)],
+                senior: Some("n"),
+                membership_seq: 3,
+                resumed,
+                stream_offset,
+                reconnect_grace_ms: 5000,
+            })
+            .to_vec()
+    }
+
+    fn drain(node: &mut NodeCore) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(incoming) = node.poll_incoming() {
+            seen.push(format!(
+                "{:?}",
+                incoming.map(|i| std::mem::discriminant(&i))
+            ));
+        }
+        seen
+    }
+
+    #[test]
+    fn handshake_pings_and_acks() {
+        let mut config = NodeConfig::new("n", 1);
+        config.acks = true;
+        let mut node = NodeCore::new(config);
+        node.connect(Time::ZERO);
+        assert_eq!(node.state(), State::Handshaking);
+        let hello = node.take_transmit();
+        assert!(!hello.is_empty());
+        let mut bytes = welcome(false, 0);
+        let ping = Encoder::new().ping(7).to_vec();
+        let status = Encoder::new()
+            .status(1, fb::Verdict::Routed, fb::Reason::None)
+            .to_vec();
+        bytes.extend_from_slice(&ping);
+        bytes.extend_from_slice(&status);
+        // Split at an awkward place.
+        node.receive(&bytes[..5], Time::ZERO);
+        assert!(node.poll_incoming().is_none());
+        node.receive(&bytes[5..], Time::ZERO);
+        node.route(
+            &RouteFrame {
+                message_id: 1,
+                from_user: "a",
+                from_device: "d",
+                to_user: "b",
+                to_device: None,
+                flags: ROUTE_FLAG_ACK,
+                payload: b"",
+            },
+            Time::ZERO,
+        );
+        node.take_transmit();
+        match node.poll_incoming() {
+            Some(Ok(Incoming::Welcome { resumed: false })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Ok(Incoming::Ping { nonce: 7 }))
+        ));
+        match node.poll_incoming() {
+            Some(Ok(Incoming::Status { tracked: true, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(node.poll_incoming().is_none());
+        assert_eq!(node.received(), (ping.len() + status.len()) as u64);
+        // Pong, then the Ack (of the Ping) before it, then the Ack of all.
+        let out = node.take_transmit();
+        let mut kinds = Vec::new();
+        let verifier = Verifier::new(1 << 20);
+        let mut rest = &out[..];
+        while let Check::Complete(len) = check(rest, 1 << 20) {
+            let frame = verifier.verify(&rest[..len]).unwrap();
+            kinds.push(frame.body_type());
+            if let Some(ack) = frame.envelope().body_as_ack() {
+                kinds.push(fb::Body(ack.received() as u8));
+            }
+            rest = &rest[len..];
+        }
+        assert_eq!(
+            kinds,
+            [
+                fb::Body::Ack,
+                fb::Body(ping.len() as u8),
+                fb::Body::Pong,
+                fb::Body::Ack,
+                fb::Body((ping.len() + status.len()) as u8)
+            ]
+        );
+        assert_eq!(node.pending_verdicts(), 0);
+        drain(&mut node);
+    }
+
+    #[test]
+    fn a_resume_that_does_not_continue_the_stream_is_an_error() {
+        let mut config = NodeConfig::new("n", 1);
+        config.acks = true;
+        let mut node = NodeCore::new(config);
+        node.connect(Time::ZERO);
+        node.receive(&welcome(false, 0), Time::ZERO);
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Ok(Incoming::Welcome { .. }))
+        ));
+        node.receive(Encoder::new().pong(1), Time::ZERO);
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Ok(Incoming::Pong { nonce: 1 }))
+        ));
+        assert!(node.poll_incoming().is_none());
+        let received = node.received();
+        node.connection_lost();
+        node.connect(Time::ZERO);
+        node.receive(&welcome(true, received + 4), Time::ZERO);
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Err(NodeError::ResumedElsewhere { .. }))
+        ));
+        assert_eq!(node.state(), State::Failed);
+    }
+}
