@@ -44,6 +44,7 @@ pub mod placement;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod table;
 pub mod time;
 pub mod wire;

@@ -91,15 +91,25 @@ fn a_node_that_stops_reading_makes_senders_get_busy_then_recovers() {
 
 #[test]
 fn a_node_that_never_reads_is_disconnected_and_others_keep_routing() {
-    let router = start_router_with(2, small_buffers);
+    let router = start_router_with(2, |args| {
+        small_buffers(args);
+        // What catches a node that does not read: it read nothing for
+        // --node-timeout-ms while bytes waited for it.
+        args.heartbeat_ms = 50;
+        args.reconnect_grace_ms = 0;
+    });
     let addr = router.local_addr();
-    let mut good_sender = Node::connect(addr, "good-sender");
-    let mut good_receiver = Node::connect(addr, "good-receiver");
-    good_receiver.open_confirmed("good-user", "phone");
 
     // This node sends Routes to an offline user and never reads: the
-    // Offline verdicts pile up in its output buffer until the hard limit.
+    // Offline verdicts pile up in its output buffer until the hard limit,
+    // where the router stops reading it; its writes block, and after
+    // --node-timeout-ms without a byte read by it, the router closes it.
     let mut silent = Node::connect(addr, "silent");
+    silent
+        .wire
+        .stream
+        .set_write_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     let mut write_failed = false;
     for _ in 0..2_000_000 {
         let frame = silent
@@ -132,7 +142,12 @@ fn a_node_that_never_reads_is_disconnected_and_others_keep_routing() {
         }
     }
     assert_eq!(router.metrics().connections_slow, 1);
+    assert_eq!(router.metrics().write_stalls, 1);
 
+    // (Connected only now: a test node answers Pings only while it reads.)
+    let mut good_sender = Node::connect(addr, "good-sender");
+    let mut good_receiver = Node::connect(addr, "good-receiver");
+    good_receiver.open_confirmed("good-user", "phone");
     let id = good_sender.route_to("good-user", None, b"unaffected", ROUTE_FLAG_ACK);
     assert_eq!(good_sender.expect_status(id).0, fb::Verdict::Routed);
     assert_eq!(good_receiver.expect_deliver().0, id);

@@ -69,6 +69,7 @@ fn cases() -> Vec<Case> {
             shard: None,
             acks: false,
             received: 0,
+            stream: 0,
         })
         .to_vec();
     let no_such_shard = encoder
@@ -80,6 +81,7 @@ fn cases() -> Vec<Case> {
             shard: Some(9),
             acks: false,
             received: 0,
+            stream: 0,
         })
         .to_vec();
     let deliver = encoder
@@ -289,6 +291,7 @@ fn wrong_or_missing_auth_token_is_refused() {
                 shard: None,
                 acks: false,
                 received: 0,
+                stream: 0,
             })
             .to_vec();
         wire.send(&hello);
@@ -305,6 +308,7 @@ fn wrong_or_missing_auth_token_is_refused() {
             shard: None,
             acks: false,
             received: 0,
+            stream: 0,
         })
         .to_vec();
     wire.send(&hello);

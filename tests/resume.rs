@@ -17,29 +17,33 @@ fn suspended(router: &imrouter::RunningRouter) -> u64 {
 }
 
 /// Connects node-a, and node-b (process 7) with bob's phone, whose
-/// connection is then lost; returns node-a once the router suspended node-b.
-fn alice_and_lost_bob(router: &imrouter::RunningRouter) -> Node {
+/// connection is then lost; returns node-a once the router suspended
+/// node-b, and node-b's stream.
+fn alice_and_lost_bob(router: &imrouter::RunningRouter) -> (Node, u64) {
     let addr = router.local_addr();
     let alice = Node::connect(addr, "node-a");
     let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
     bob_node.open_confirmed("bob", "phone");
+    let stream = bob_node.stream;
     drop(bob_node); // The TCP connection is lost; no Goodbye.
     wait_until("the router suspends node-b", || suspended(router) == 1);
-    alice
+    (alice, stream)
 }
 
-/// Reconnects `name` (process `incarnation`), acknowledging `received`.
+/// Reconnects `name` (process `incarnation`), asking to resume `stream`,
+/// acknowledging `received`.
 fn reconnect(
     addr: std::net::SocketAddr,
     name: &str,
     incarnation: u64,
     acks: bool,
     received: u64,
+    stream: u64,
 ) -> Node {
     Node::connect_hello(
         addr,
         name,
-        &hello_resuming(name, incarnation, None, acks, received),
+        &hello_resuming(name, incarnation, None, acks, received, stream),
     )
 }
 
@@ -47,7 +51,7 @@ fn reconnect(
 fn a_lost_connection_resumes_within_the_grace_and_gets_what_was_parked() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 30_000);
     let addr = router.local_addr();
-    let mut alice = alice_and_lost_bob(&router);
+    let (mut alice, stream) = alice_and_lost_bob(&router);
 
     let ids: Vec<u64> = (0..3)
         .map(|i| alice.route_to("bob", None, format!("m{i}").as_bytes(), ROUTE_FLAG_ACK))
@@ -56,7 +60,7 @@ fn a_lost_connection_resumes_within_the_grace_and_gets_what_was_parked() {
     // nothing was answered meanwhile).
     assert!(alice.ping(99).is_empty(), "no verdict while parked");
 
-    let mut bob_node = reconnect(addr, "node-b", 7, false, 0);
+    let mut bob_node = reconnect(addr, "node-b", 7, false, 0, stream);
     assert!(bob_node.resumed, "the same process resumes its stream");
     for (i, &id) in ids.iter().enumerate() {
         let (message_id, user, devices, payload) = bob_node.expect_deliver();
@@ -90,7 +94,7 @@ fn a_lost_connection_resumes_within_the_grace_and_gets_what_was_parked() {
 fn when_the_grace_runs_out_parked_messages_are_answered_offline() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 300);
     let addr = router.local_addr();
-    let mut alice = alice_and_lost_bob(&router);
+    let (mut alice, stream) = alice_and_lost_bob(&router);
     let parked: Vec<u64> = (0..2)
         .map(|_| alice.route_to("bob", None, b"parked", 0))
         .collect();
@@ -106,7 +110,7 @@ fn when_the_grace_runs_out_parked_messages_are_answered_offline() {
         "the sessions are purged"
     );
     // Too late to resume: a new stream, and the node must resync.
-    let bob_node = reconnect(addr, "node-b", 7, false, 0);
+    let bob_node = reconnect(addr, "node-b", 7, false, 0, stream);
     assert!(!bob_node.resumed);
     let metrics = router.metrics();
     assert_eq!(metrics.suspensions_expired, 1);
@@ -132,7 +136,7 @@ fn a_node_that_acks_gets_again_what_it_had_not_processed() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 30_000);
     let addr = router.local_addr();
     let mut alice = Node::connect(addr, "node-a");
-    let hello = hello_resuming("node-b", 7, None, true, 0);
+    let hello = hello_resuming("node-b", 7, None, true, 0, 0);
     let mut bob_node = Node::connect_hello(addr, "node-b", &hello);
     assert!(!bob_node.resumed);
     bob_node.open("bob", "phone");
@@ -153,12 +157,13 @@ fn a_node_that_acks_gets_again_what_it_had_not_processed() {
     // m2 reaches node-b, which reads it but crashes before processing it.
     let second = alice.route_to("bob", None, b"m2", ROUTE_FLAG_ACK);
     let processed = bob_node.wire.bytes_in();
+    let stream = bob_node.stream;
     assert_eq!(bob_node.expect_deliver().0, second);
     drop(bob_node);
     wait_until("the router suspends node-b", || suspended(&router) == 1);
     let third = alice.route_to("bob", None, b"m3", ROUTE_FLAG_ACK);
 
-    let mut bob_node = reconnect(addr, "node-b", 7, true, processed);
+    let mut bob_node = reconnect(addr, "node-b", 7, true, processed, stream);
     assert!(bob_node.resumed);
     assert_eq!(
         bob_node.wire.bytes_in(),
@@ -185,7 +190,7 @@ fn a_full_park_ends_the_grace_early() {
         args.max_frame_bytes = 4096;
         args.park_bytes_max = 8192;
     });
-    let mut alice = alice_and_lost_bob(&router);
+    let (mut alice, _) = alice_and_lost_bob(&router);
     let payload = [7u8; 1000];
     let ids: Vec<u64> = (0..12)
         .map(|_| alice.route_to("bob", None, &payload, ROUTE_FLAG_ACK))
@@ -213,13 +218,14 @@ fn a_timed_out_connection_is_suspended_not_purged() {
     let addr = router.local_addr();
     let mut bob_node = Node::connect_with(addr, "node-b", 7, None);
     bob_node.open_confirmed("bob", "phone");
+    let stream = bob_node.stream;
     // node-b goes silent (half-open: it neither reads nor answers Pings).
     wait_until("the router suspends node-b", || suspended(&router) == 1);
     assert_eq!(router.metrics().connections_timed_out, 1);
     // (Connected only now: a test node answers Pings only while it reads.)
     let mut alice = Node::connect(addr, "node-a");
     let id = alice.route_to("bob", None, b"parked", ROUTE_FLAG_ACK);
-    let mut again = reconnect(addr, "node-b", 7, false, 0);
+    let mut again = reconnect(addr, "node-b", 7, false, 0, stream);
     assert!(again.resumed);
     assert_eq!(again.expect_deliver().0, id);
     assert_eq!(alice.expect_status(id), ROUTED);
@@ -231,11 +237,11 @@ fn a_timed_out_connection_is_suspended_not_purged() {
 fn a_new_process_during_the_grace_fails_what_was_parked_at_once() {
     let router = start_router_with(2, |args| args.reconnect_grace_ms = 60_000);
     let addr = router.local_addr();
-    let mut alice = alice_and_lost_bob(&router);
+    let (mut alice, stream) = alice_and_lost_bob(&router);
     let id = alice.route_to("bob", None, b"parked", ROUTE_FLAG_ACK);
     assert!(alice.ping(1).is_empty());
     // node-b restarted: its old sessions and parked messages are dead.
-    let restarted = reconnect(addr, "node-b", 8, false, 0);
+    let restarted = reconnect(addr, "node-b", 8, false, 0, stream);
     assert!(!restarted.resumed);
     assert_eq!(alice.expect_status(id), GONE);
     let id = alice.route_to("bob", None, b"now", ROUTE_FLAG_ACK);

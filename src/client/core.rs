@@ -77,6 +77,10 @@ pub struct Welcome {
     pub resumed: bool,
     pub stream_offset: u64,
     pub reconnect_grace_ms: u32,
+    /// The node's stream bytes the router processed (a resume).
+    pub received: u64,
+    /// The stream's identity (what a resume presents).
+    pub stream: u64,
     /// The live nodes (name, incarnation), sorted by name.
     pub nodes: Vec<(String, u64)>,
     pub senior: String,
@@ -123,6 +127,11 @@ pub enum Incoming<'a> {
     /// A Ping (already answered, unless `answer_pings` is off).
     Ping {
         nonce: u64,
+    },
+    /// The router processed the node's stream up to `received` (with
+    /// acks; handled by the core).
+    Ack {
+        received: u64,
     },
     Pong {
         nonce: u64,
@@ -182,8 +191,8 @@ pub struct NodeCore {
     state: State,
     verifier: Verifier,
     encoder: Encoder,
-    /// Bytes to write.
-    output: Vec<u8>,
+    /// What the node sends.
+    out: Outgoing,
     /// Bytes read are `input[start..end]`: frames from `start` on are not
     /// handed out yet; `input[end..]` is room for the next read.
     input: Vec<u8>,
@@ -207,12 +216,13 @@ pub struct NodeCore {
 
 impl NodeCore {
     pub fn new(config: NodeConfig) -> Self {
+        let acks = config.acks;
         NodeCore {
             verifier: Verifier::new(config.frame_bytes_max),
             config,
             state: State::Idle,
             encoder: Encoder::new(),
-            output: Vec::new(),
+            out: Outgoing::new(acks),
             input: Vec::new(),
             start: 0,
             end: 0,
@@ -254,15 +264,17 @@ impl NodeCore {
 
     /// Starts a connection: queues the Hello (a resume when this node
     /// process had a stream: the router continues it if it still can).
+    /// Frames queued from now on are sent once the Welcome says where the
+    /// stream goes on.
     pub fn connect(&mut self, now: Time) {
         self.count_handed();
-        self.output.clear();
         self.start = 0;
         self.end = 0;
         self.handed = 0;
         self.handed_counts = false;
         self.state = State::Handshaking;
         self.last_heard = now;
+        self.out.connecting();
         let hello = self.encoder.hello(&HelloFrame {
             protocol_version: PROTOCOL_VERSION,
             node_name: &self.config.name,
@@ -271,31 +283,48 @@ impl NodeCore {
             shard: self.config.shard,
             acks: self.config.acks,
             received: self.received,
+            stream: self.welcome.as_ref().map_or(0, |welcome| welcome.stream),
         });
-        self.output.extend_from_slice(hello);
+        self.out.control.extend_from_slice(hello);
     }
 
-    /// The socket ended. What was queued and not written is dropped; Routes
-    /// waiting for verdicts stay waiting (a resume brings them).
+    /// The socket ended. Frames not acknowledged (with acks) wait for the
+    /// next connection; Routes waiting for verdicts stay waiting (a resume
+    /// brings them).
     pub fn connection_lost(&mut self) {
         self.count_handed();
         self.state = State::Idle;
-        self.output.clear();
+        self.out.control.clear();
     }
 
-    /// Bytes to write (empty: nothing).
+    /// Bytes to write (empty: nothing now). A frame is never split by
+    /// another.
     pub fn transmit(&self) -> &[u8] {
-        &self.output
+        self.out.transmit(self.state == State::Live)
     }
 
-    /// `n` bytes of [`NodeCore::transmit`] were written.
+    /// `n` bytes of what [`NodeCore::transmit`] returned were written.
     pub fn transmitted(&mut self, n: usize) {
-        self.output.drain(..n);
+        self.out.transmitted(n);
     }
 
-    /// Takes everything to write at once.
+    /// Takes everything there is to write at once.
     pub fn take_transmit(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.output)
+        let mut out = Vec::new();
+        loop {
+            let bytes = self.transmit();
+            if bytes.is_empty() {
+                return out;
+            }
+            let n = bytes.len();
+            out.extend_from_slice(bytes);
+            self.transmitted(n);
+        }
+    }
+
+    /// Stream bytes queued and not acknowledged by the router yet.
+    pub fn unacked_bytes(&self) -> usize {
+        self.out.stream.len()
     }
 
     /// Bytes read from the socket.
@@ -409,10 +438,11 @@ impl NodeCore {
                     self.handed = 0;
                     if self.config.acks && self.state == State::Live && self.received > self.acked {
                         self.acked = self.received;
-                        self.output
+                        self.out
+                            .control
                             .extend_from_slice(self.encoder.ack(self.received));
                     }
-                    self.output.extend_from_slice(self.encoder.pong(nonce));
+                    self.out.control.extend_from_slice(self.encoder.pong(nonce));
                 }
                 Some(Ok(Incoming::Ping { nonce }))
             }
@@ -426,11 +456,24 @@ impl NodeCore {
                         received: self.received,
                     }));
                 }
+                if let Err(error) = self.out.continue_stream(resumed, welcome.received) {
+                    self.state = State::Failed;
+                    return Some(Err(error));
+                }
                 self.received = welcome.stream_offset;
                 self.acked = welcome.stream_offset;
                 self.state = State::Live;
                 self.welcome = Some(welcome);
                 Some(Ok(Incoming::Welcome { resumed }))
+            }
+            fb::Body::Ack => {
+                let received = frame
+                    .envelope()
+                    .body_as_ack()
+                    .expect("body type")
+                    .received();
+                self.out.router_acked(received);
+                Some(Ok(Incoming::Ack { received }))
             }
             _ => Some(incoming(frame, &mut self.pending, &mut self.state)),
         }
@@ -449,14 +492,14 @@ impl NodeCore {
         if self.config.acks && self.state == State::Live && self.received > self.acked {
             self.acked = self.received;
             let ack = self.encoder.ack(self.received);
-            self.output.extend_from_slice(ack);
+            self.out.control.extend_from_slice(ack);
         }
     }
 
     // ----- Requests -----------------------------------------------------------
 
     fn queue(&mut self, frame: &[u8]) {
-        self.output.extend_from_slice(frame);
+        self.out.stream.extend_from_slice(frame);
     }
 
     /// A message id no other message of this node has.
@@ -473,7 +516,7 @@ impl NodeCore {
             self.pending
                 .insert(route.message_id, Pending { sent_at: now });
         }
-        Encoder::write_route(&mut self.output, route);
+        Encoder::write_route(&mut self.out.stream, route);
     }
 
     /// Routes with ACK whose verdict has not come.
@@ -558,8 +601,8 @@ impl NodeCore {
     }
 
     pub fn ping(&mut self, nonce: u64) {
-        let frame = self.encoder.ping(nonce).to_vec();
-        self.queue(&frame);
+        let frame = self.encoder.ping(nonce);
+        self.out.control.extend_from_slice(frame);
     }
 
     /// Says Goodbye: a clean close (the caller then reads until the router
@@ -588,6 +631,8 @@ fn welcome_of(frame: Frame<'_>) -> Welcome {
         resumed: welcome.resumed(),
         stream_offset: welcome.stream_offset(),
         reconnect_grace_ms: welcome.reconnect_grace_ms(),
+        received: welcome.received(),
+        stream: welcome.stream(),
         nodes: welcome
             .nodes()
             .map(|nodes| {
@@ -599,6 +644,158 @@ fn welcome_of(frame: Frame<'_>) -> Welcome {
             .unwrap_or_default(),
         senior: welcome.senior().unwrap_or("").to_string(),
         membership_seq: welcome.membership_seq(),
+    }
+}
+
+/// What a node sends: control frames, and its stream (see
+/// `Welcome.received`).
+struct Outgoing {
+    acks: bool,
+    /// Frames that are not part of the node's stream (the Hello, Pings,
+    /// Pongs, Acks): written before the next stream frame, never again.
+    control: Vec<u8>,
+    /// The node's stream: its other frames, from offset `base` on.
+    /// `stream[..sent]` went to the socket (and, with acks, waits for the
+    /// router's Ack); the frame being written ends at `frame_end`;
+    /// `stream[..connect_mark]` was queued before the current connection
+    /// began (its Welcome decides what of it is sent again).
+    stream: Vec<u8>,
+    base: u64,
+    sent: usize,
+    /// Where the frame being written (or the last one written) starts.
+    frame_start: usize,
+    frame_end: usize,
+    connect_mark: usize,
+}
+
+impl Outgoing {
+    fn new(acks: bool) -> Self {
+        Outgoing {
+            acks,
+            control: Vec::new(),
+            stream: Vec::new(),
+            base: 0,
+            sent: 0,
+            frame_start: 0,
+            frame_end: 0,
+            connect_mark: 0,
+        }
+    }
+
+    /// A connection begins: nothing of the stream goes out before its
+    /// Welcome.
+    fn connecting(&mut self) {
+        self.control.clear();
+        self.sent = 0;
+        self.frame_start = 0;
+        self.frame_end = 0;
+        self.connect_mark = self.stream.len();
+    }
+
+    fn transmit(&self, live: bool) -> &[u8] {
+        if self.sent < self.frame_end {
+            return &self.stream[self.sent..self.frame_end];
+        }
+        if !self.control.is_empty() {
+            return &self.control;
+        }
+        if live {
+            return &self.stream[self.sent..];
+        }
+        &[]
+    }
+
+    fn transmitted(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.sent >= self.frame_end && !self.control.is_empty() {
+            self.control.drain(..n);
+            return;
+        }
+        self.sent += n;
+        debug_assert!(self.sent <= self.stream.len());
+        // Where the frame being written ends, so that control frames wait.
+        while self.frame_end < self.sent {
+            self.frame_start = self.frame_end;
+            let prefix: [u8; 4] = self.stream[self.frame_end..self.frame_end + 4]
+                .try_into()
+                .expect("a whole prefix");
+            self.frame_end += 4 + u32::from_le_bytes(prefix) as usize;
+        }
+        if !self.acks {
+            // Nothing is sent again without acks: forget the whole frames
+            // that went out.
+            let done = if self.frame_end == self.sent {
+                self.sent
+            } else {
+                self.frame_start
+            };
+            self.forget(done);
+        }
+    }
+
+    /// Drops the first `n` bytes of the stream (whole frames, sent).
+    fn forget(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        debug_assert!(n <= self.sent);
+        self.stream.drain(..n);
+        self.base += n as u64;
+        self.sent -= n;
+        self.frame_start = self.frame_start.saturating_sub(n);
+        self.frame_end -= n;
+        self.connect_mark = self.connect_mark.saturating_sub(n);
+    }
+
+    /// The router processed the node's stream up to `received`: forget it.
+    fn router_acked(&mut self, received: u64) {
+        if !self.acks || received <= self.base {
+            return;
+        }
+        let sent_to = self.base + self.sent as u64;
+        let upto = received.min(sent_to);
+        let n = (upto - self.base) as usize;
+        // The router acknowledges whole frames it processed, so `n` is a
+        // frame boundary among what was sent.
+        self.forget(n);
+    }
+
+    /// Where the node's stream goes on after a Welcome: from what the
+    /// router processed (`received`) on a resume with acks, else a new
+    /// stream (what was queued for the old connection is not sent).
+    fn continue_stream(&mut self, resumed: bool, received: u64) -> Result<(), NodeError> {
+        let skip = if resumed && self.acks {
+            let old_end = self.base + self.connect_mark as u64;
+            if received < self.base || received > old_end || !self.is_boundary(received) {
+                return Err(NodeError::ResumedElsewhere {
+                    stream_offset: received,
+                    received: old_end,
+                });
+            }
+            (received - self.base) as usize
+        } else {
+            self.connect_mark
+        };
+        self.stream.drain(..skip);
+        self.connect_mark -= skip;
+        self.base = if resumed && self.acks { received } else { 0 };
+        self.sent = 0;
+        self.frame_start = 0;
+        self.frame_end = 0;
+        Ok(())
+    }
+
+    /// Whether stream offset `offset` starts a frame (or ends the stream).
+    fn is_boundary(&self, offset: u64) -> bool {
+        let target = (offset - self.base) as usize;
+        let mut at = 0;
+        while at < target {
+            let prefix: [u8; 4] = self.stream[at..at + 4].try_into().expect("a whole prefix");
+            at += 4 + u32::from_le_bytes(prefix) as usize;
+        }
+        at == target
     }
 }
 
@@ -683,6 +880,8 @@ mod tests {
                 resumed,
                 stream_offset,
                 reconnect_grace_ms: 5000,
+                received: 0,
+                stream: 7,
             })
             .to_vec()
     }
@@ -745,7 +944,8 @@ mod tests {
         }
         assert!(node.poll_incoming().is_none());
         assert_eq!(node.received(), (ping.len() + status.len()) as u64);
-        // Pong, then the Ack (of the Ping) before it, then the Ack of all.
+        // The Ack of the Ping before its Pong, the Ack of all, then the
+        // Route: queued while connecting, sent once the Welcome came.
         let out = node.take_transmit();
         let mut kinds = Vec::new();
         let verifier = Verifier::new(1 << 20);
@@ -765,7 +965,8 @@ mod tests {
                 fb::Body(ping.len() as u8),
                 fb::Body::Pong,
                 fb::Body::Ack,
-                fb::Body((ping.len() + status.len()) as u8)
+                fb::Body((ping.len() + status.len()) as u8),
+                fb::Body::Route,
             ]
         );
         assert_eq!(node.pending_verdicts(), 0);

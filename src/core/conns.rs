@@ -80,7 +80,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Whether the connection's reader must wait.
+    /// Whether the connection's reader must wait for its work to finish.
     pub fn exhausted(&self) -> bool {
         self.locates >= LOCATES_IN_FLIGHT_MAX
             || self.fanout_recipients >= FANOUT_RECIPIENTS_IN_FLIGHT_MAX
@@ -132,6 +132,8 @@ pub struct Conn {
     pub park_overflowed: bool,
     /// The node said Goodbye: only its Acks are still read.
     pub after_goodbye: bool,
+    /// It left the directory (it is closing, or gone).
+    pub detached: bool,
     /// Liveness, see `ShardCore::tick`.
     pub last_heard: Time,
     pub heard_since_tick: bool,
@@ -227,7 +229,8 @@ impl Conn {
 pub struct OutputLimits {
     /// Above it the connection is congested (`--out-buffer-bytes`).
     pub soft: usize,
-    /// A control frame queued above it closes the connection.
+    /// Above it the node's own reader pauses (it gets no more answers
+    /// until it reads).
     pub hard: usize,
     /// What a suspended connection may hold (`--park-bytes-max`).
     pub park: usize,
@@ -248,9 +251,6 @@ impl OutputLimits {
 pub enum PushError {
     /// The connection is closing, or its park is full.
     Closed,
-    /// The connection is over its hard limit: the node does not read. The
-    /// caller closes it as a slow consumer.
-    OverHardLimit,
 }
 
 struct Slot {
@@ -454,9 +454,11 @@ impl Conns {
         Ok(())
     }
 
-    /// Queues a control frame (Status, Kick, Pong, Ping, Located,
-    /// NodeEvent, an answer). Over the hard limit it is refused with
-    /// `OverHardLimit`: the node keeps sending but does not read.
+    /// Queues a control frame (Status, Kick, Pong, Ping, Located, an
+    /// answer): never refused for size while open. What bounds them is
+    /// that the node's own reader pauses while its buffer is over the hard
+    /// limit (`ShardCore::may_read`): a node that does not read what it
+    /// asked for is not read from.
     pub fn push_control(
         &mut self,
         id: ConnId,
@@ -476,11 +478,7 @@ impl Conns {
                     return Err(PushError::Closed);
                 }
             }
-            LinkState::Open => {
-                if conn.queued_bytes() >= limits.hard {
-                    return Err(PushError::OverHardLimit);
-                }
-            }
+            LinkState::Open => {}
         }
         self.append(id, pool, directory, shard, write);
         Ok(())
@@ -567,6 +565,7 @@ pub fn new_conn(
         held_event_bytes: 0,
         park_overflowed: false,
         after_goodbye: false,
+        detached: false,
         last_heard: now,
         heard_since_tick: true,
         // The first check after the Hello sets the baselines.

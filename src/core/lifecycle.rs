@@ -94,7 +94,10 @@ impl ShardCore {
             .and_then(|(node, _)| self.conns.of_node(node))
             .filter(|&id| {
                 self.conns.get(id).is_some_and(|conn| {
-                    conn.incarnation == hello.incarnation && conn.state != LinkState::Closing
+                    conn.incarnation == hello.incarnation
+                        && conn.state != LinkState::Closing
+                        && hello.stream != 0
+                        && conn.stream.id() == hello.stream
                 })
             });
         if let Some(old) = candidate {
@@ -131,7 +134,7 @@ impl ShardCore {
         if resumed_from.is_none() {
             self.settle_superseded(node, attached.epoch, &attached.superseded);
         }
-        let mut stream = OutputStream::new(hello.acks);
+        let mut stream = OutputStream::new(stream_id(self.router_id, attached.ticket), hello.acks);
         let mut delivered = Vec::new();
         let mut stream_offset = 0;
         let mut carried = None;
@@ -171,6 +174,8 @@ impl ShardCore {
             resumed: resumed_from.is_some(),
             stream_offset,
             reconnect_grace_ms: self.config.reconnect_grace.as_millis() as u32,
+            received: stream.peer_received,
+            stream: stream.id(),
         });
         stream.set_preamble(welcome);
         let mut conn = new_conn(
@@ -224,6 +229,19 @@ impl ShardCore {
 
     /// Closes what a new connection replaced (see `Superseded`).
     fn settle_superseded(&mut self, node: NodeId, epoch: u32, superseded: &Superseded) {
+        if let Superseded::SameShard { ticket } = superseded {
+            // The same process, on a new stream (it did not ask to resume
+            // this one, or could not): the old connection ends.
+            if let Some(old) = self.conns.with_ticket(node, *ticket) {
+                let close = Close::error(
+                    fb::ErrorCode::Replaced,
+                    "a newer connection of this node took its place",
+                    fb::LeftReason::Replaced,
+                );
+                sink!(self).close(old, close);
+            }
+            return;
+        }
         let Superseded::PreviousIncarnation { connections } = superseded else {
             return;
         };
@@ -385,10 +403,11 @@ impl ShardCore {
     pub fn may_read(&mut self, id: ConnId) -> bool {
         let room =
             self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response);
+        let hard = self.conns.limits.hard;
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
-        let may = conn.is_open() && room && !conn.budget.exhausted();
+        let may = conn.is_open() && room && !conn.budget.exhausted() && conn.queued_bytes() < hard;
         if conn.is_open() {
             if !may && !conn.read_paused {
                 self.counters.reads_paused += 1;
@@ -396,6 +415,17 @@ impl ShardCore {
             conn.read_paused = !may;
         }
         may
+    }
+
+    /// Whether [`ShardCore::may_read`] would say yes, without marking
+    /// anything (for a driver deciding what it can do).
+    pub fn can_read(&self, id: ConnId) -> bool {
+        let room =
+            self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response);
+        let hard = self.conns.limits.hard;
+        self.conns.get(id).is_some_and(|conn| {
+            conn.is_open() && room && !conn.budget.exhausted() && conn.queued_bytes() < hard
+        })
     }
 
     /// The next bytes to write to `id`'s socket (empty: nothing now).
@@ -421,10 +451,19 @@ impl ShardCore {
 
     /// `n` bytes of what [`ShardCore::writable`] returned were written.
     pub fn wrote(&mut self, id: ConnId, n: usize, now: Time) {
+        let hard = self.conns.limits.hard;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        let over_hard = conn.queued_bytes() >= hard;
         conn.stream.wrote(&mut self.pool, n);
+        if over_hard && conn.queued_bytes() < hard && conn.read_paused {
+            // Its reader waited for this.
+            self.conns.wake(id);
+        }
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
         self.counters.bytes_out += n as u64;
         if conn.is_open() {
             let mut out = sink!(self);
@@ -478,6 +517,7 @@ impl ShardCore {
     /// directory (with the node's sessions and a `Left` event, when it was
     /// the node's last connection).
     pub(super) fn unregister(&mut self, id: ConnId) {
+        self.leave_directory(id);
         let mut out = sink!(self);
         out.drop_held(id);
         let mut conn = out.conns.remove(id);
@@ -485,19 +525,35 @@ impl ShardCore {
         let node = conn.node;
         out.settle(node, outcomes, false);
         conn.stream.release(out.pool);
-        let reason = conn.leave_reason();
-        let (detached, events) = self
-            .directory
-            .detach_for(node, self.index, conn.ticket, reason);
+        self.counters.connections_closed += 1;
+        self.log.line(format!(
+            "shard {}: node {} disconnected ({:?})",
+            self.index,
+            conn.name,
+            conn.leave_reason()
+        ));
+    }
+
+    /// Takes a connection that ends for good out of the directory, once:
+    /// when it was the node's last, the node's sessions die everywhere
+    /// and every node hears it left. Done as soon as the connection starts
+    /// closing (its socket may linger a second more), so that a new
+    /// connection of the node is a new registration, with a new epoch,
+    /// that no verdict of the old one can reach.
+    pub(super) fn leave_directory(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.detached {
+            return;
+        }
+        conn.detached = true;
+        let (node, ticket, reason) = (conn.node, conn.ticket, conn.leave_reason());
+        let (detached, events) = self.directory.detach_for(node, self.index, ticket, reason);
         if let Detached::Gone { epoch } = detached {
             self.broadcast_purge(node, epoch);
         }
         self.announce(&events, None);
-        self.counters.connections_closed += 1;
-        self.log.line(format!(
-            "shard {}: node {} disconnected ({reason:?})",
-            self.index, conn.name
-        ));
     }
 
     /// Ends suspensions whose grace ran out (or whose park filled up):
@@ -550,6 +606,15 @@ impl ShardCore {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }
+}
+
+/// A stream's identity: different for every stream of every router
+/// process (its registration's ticket, mixed with the router's id).
+fn stream_id(router_id: u64, ticket: u64) -> u64 {
+    let mut z = router_id ^ ticket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
 }
 
 fn shutting_down() -> Close {

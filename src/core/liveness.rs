@@ -141,6 +141,10 @@ impl ShardCore {
                 sink!(self).close(id, close);
                 continue;
             }
+            self.ack_peer(id, true);
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
             if ping {
                 conn.ping_nonce += 1;
                 let nonce = conn.ping_nonce;

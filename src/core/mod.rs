@@ -68,6 +68,11 @@ use sync::{CommitKey, Committing};
 
 pub use conns::ConnId as Conn;
 
+/// A node that acknowledges is sent an Ack of its own stream once this
+/// many new bytes of it were processed (and at every heartbeat): what it
+/// must keep for a resend is bounded by this plus a heartbeat's worth.
+const PEER_ACK_EVERY_BYTES: u64 = 64 * 1024;
+
 /// A connection keeps a buffer for partial frames up to this size between
 /// reads; larger ones are freed once the frame is handled.
 const CARRY_BYTES_KEPT: usize = 4096;
@@ -299,7 +304,8 @@ impl ShardCore {
                 carry.extend_from_slice(&input[..take]);
                 input = &input[take..];
             }
-            self.handle_frame(id, &carry, now);
+            let body = self.handle_frame(id, &carry, now);
+            self.count_peer_frame(id, body, carry.len());
             carry.clear();
             // A small buffer is kept for the next partial frame; a large one
             // goes back, so an idle connection holds nothing big.
@@ -317,7 +323,8 @@ impl ShardCore {
             }
             match check(input, max) {
                 Check::Complete(len) => {
-                    self.handle_frame(id, &input[..len], now);
+                    let body = self.handle_frame(id, &input[..len], now);
+                    self.count_peer_frame(id, body, len);
                     input = &input[len..];
                 }
                 Check::Incomplete => {
@@ -332,7 +339,48 @@ impl ShardCore {
                 }
             }
         }
+        self.ack_peer(id, false);
         self.finish_operation(now);
+    }
+
+    /// Counts a frame of the node's stream handled (see
+    /// `OutputStream::peer_received`): every frame but Pings, Pongs and
+    /// Acks, which are not sent again on a resume.
+    fn count_peer_frame(&mut self, id: ConnId, body: fb::Body, len: usize) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        // A frame refused (or one after which the connection closed) does
+        // not count: the connection does not resume past it.
+        if conn.is_open()
+            && !matches!(
+                body,
+                fb::Body::NONE | fb::Body::Ping | fb::Body::Pong | fb::Body::Ack
+            )
+        {
+            conn.stream.peer_received += len as u64;
+        }
+    }
+
+    /// With acks: acknowledges the node's stream when enough is new (after
+    /// a read), or anything is (`always`, at a heartbeat).
+    fn ack_peer(&mut self, id: ConnId, always: bool) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !conn.stream.acks() || !conn.is_open() {
+            return;
+        }
+        let new = conn.stream.peer_received - conn.stream.peer_acked;
+        if new == 0 || (!always && new < PEER_ACK_EVERY_BYTES) {
+            return;
+        }
+        let received = conn.stream.peer_received;
+        conn.stream.peer_acked = received;
+        self.counters.acks_out += 1;
+        sink!(self).control_to(id, |encoder, out| {
+            out.extend_from_slice(encoder.ack(received))
+        });
     }
 
     /// Whether frames read on `id` are still handled: an open connection,
@@ -343,30 +391,52 @@ impl ShardCore {
         })
     }
 
-    /// Handles one whole frame read on `id`.
-    fn handle_frame(&mut self, id: ConnId, bytes: &[u8], now: Time) {
+    /// Handles one whole frame read on `id`; returns its body type (`NONE`
+    /// when it was refused).
+    fn handle_frame(&mut self, id: ConnId, bytes: &[u8], now: Time) -> fb::Body {
         self.counters.frames_in += 1;
         let Some(conn) = self.conns.get(id) else {
-            return;
+            return fb::Body::NONE;
         };
         let closing = conn.state == LinkState::Closing;
         let frame = match self.verifier.verify(bytes) {
             Ok(frame) => frame,
-            Err(error) if !closing => return self.fault(id, error.into(), now),
-            Err(_) => return,
+            Err(error) => {
+                if !closing {
+                    self.fault(id, error.into(), now);
+                }
+                return fb::Body::NONE;
+            }
         };
+        let body = frame.body_type();
         let request = match Request::parse(frame, &self.limits) {
             Ok(request) => request,
-            Err(fault) if !closing => return self.fault(id, fault, now),
-            Err(_) => return,
+            Err(fault) => {
+                if !closing {
+                    self.fault(id, fault, now);
+                }
+                return fb::Body::NONE;
+            }
         };
         if closing {
             // After a Goodbye: only Acks still count.
             if let Request::Ack { received } = request {
                 let _ = self.ack(id, received);
             }
-            return;
+            return body;
         }
+        self.handle_request(id, frame, request, now);
+        body
+    }
+
+    /// Acts on one request read on `id`.
+    fn handle_request(
+        &mut self,
+        id: ConnId,
+        frame: crate::wire::Frame<'_>,
+        request: Request<'_>,
+        now: Time,
+    ) {
         let sender = self.sender_of(id).expect("present");
         match request {
             Request::Route(message) => {
@@ -1060,14 +1130,16 @@ impl ShardCore {
             }
         }
         for (id, close) in std::mem::take(&mut self.closed) {
-            let name = self
-                .conns
-                .get(id)
-                .map_or_else(|| "?".into(), |conn| conn.name.to_string());
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
             self.log.line(format!(
-                "shard {}: closing node {name}'s connection: {}",
-                self.index, close.text
+                "shard {}: closing node {}'s connection: {}",
+                self.index, conn.name, close.text
             ));
+            if conn.state == LinkState::Closing {
+                self.leave_directory(id);
+            }
         }
     }
 

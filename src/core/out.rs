@@ -196,10 +196,8 @@ impl Out<'_> {
             .push_control(id, self.pool, self.directory, self.index, |out| {
                 write(encoder, out)
             });
-        match pushed {
-            Ok(()) => {}
-            Err(PushError::OverHardLimit) => self.close(id, Close::slow_consumer()),
-            Err(PushError::Closed) => self.counters.frames_undeliverable += 1,
+        if let Err(PushError::Closed) = pushed {
+            self.counters.frames_undeliverable += 1;
         }
     }
 
@@ -224,6 +222,7 @@ impl Out<'_> {
     ) {
         let id = self.conns.for_node(node, epoch);
         let queued = id.is_some_and(|id| self.message_to(id, write));
+
         if queued {
             self.counters.delivers_out += 1;
         } else {

@@ -253,6 +253,7 @@ impl Owner {
             warm: now < self.warm_until,
         };
         let outcome = route::route(&self.table, &mut nodes, &mut effects, sender, message);
+
         let (stale, stale_count) = (nodes.stale, nodes.stale_count);
         for &node in &stale[..stale_count] {
             let epoch = out.directory.state(node).epoch;
@@ -588,7 +589,9 @@ impl route::Effects for RouteEffects<'_, '_> {
             from_device: message.from_device,
             to_user: message.to_user,
             devices,
-            flags: message.flags,
+            // CARBON marks carbon copies only: the recipient's own Deliver
+            // never carries it, so a node can tell the two apart.
+            flags: message.flags & !ROUTE_FLAG_CARBON,
             payload: message.payload,
         };
         let out = &mut *self.out;

@@ -98,6 +98,8 @@ pub enum Deferred {
 
 /// See the module docs.
 pub struct OutputStream {
+    /// Its identity, told in the Welcome and presented by a resume.
+    id: u64,
     /// The node acknowledges the stream.
     acks: bool,
     chunks: VecDeque<Vec<u8>>,
@@ -123,12 +125,18 @@ pub struct OutputStream {
     /// Bytes written so far, stream and not (a write stall shows as no
     /// change).
     bytes_written_total: u64,
+    /// The node's own stream, the other direction: bytes of its frames
+    /// (Hellos, Pings, Pongs and Acks excluded) this router processed, and
+    /// how many of them it has acknowledged (see `Welcome.received`).
+    pub peer_received: u64,
+    pub peer_acked: u64,
 }
 
 impl OutputStream {
     /// A new stream starting at offset 0.
-    pub fn new(acks: bool) -> OutputStream {
+    pub fn new(id: u64, acks: bool) -> OutputStream {
         OutputStream {
+            id,
             acks,
             chunks: VecDeque::new(),
             front_skip: 0,
@@ -142,11 +150,18 @@ impl OutputStream {
             farewell_written: 0,
             frames_queued: 0,
             bytes_written_total: 0,
+            peer_received: 0,
+            peer_acked: 0,
         }
     }
 
     pub fn acks(&self) -> bool {
         self.acks
+    }
+
+    /// The stream's identity.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The offset of the next byte queued.
@@ -504,7 +519,7 @@ mod tests {
     #[test]
     fn preamble_stream_farewell_in_order() {
         let mut pool = BufferPool::default();
-        let mut stream = OutputStream::new(false);
+        let mut stream = OutputStream::new(1, false);
         stream.set_preamble(b"WELCOME!");
         stream.append(&mut pool, &frame(10, 1));
         stream.append(&mut pool, &frame(6, 2));
@@ -527,7 +542,7 @@ mod tests {
     #[test]
     fn acks_keep_bytes_until_acknowledged_on_a_boundary() {
         let mut pool = BufferPool::default();
-        let mut stream = OutputStream::new(true);
+        let mut stream = OutputStream::new(1, true);
         stream.append(&mut pool, &frame(10, 1));
         stream.defer(outcome(1));
         stream.append(&mut pool, &frame(20, 2));
@@ -565,7 +580,7 @@ mod tests {
     #[test]
     fn resume_replays_from_what_the_node_processed() {
         let mut pool = BufferPool::default();
-        let mut stream = OutputStream::new(true);
+        let mut stream = OutputStream::new(1, true);
         for i in 0..3 {
             stream.append(&mut pool, &frame(8, i));
             stream.defer(outcome(u64::from(i)));
@@ -596,7 +611,7 @@ mod tests {
     #[test]
     fn resume_without_acks_skips_a_half_written_frame() {
         let mut pool = BufferPool::default();
-        let mut stream = OutputStream::new(false);
+        let mut stream = OutputStream::new(1, false);
         stream.append(&mut pool, &frame(8, 1));
         stream.append(&mut pool, &frame(8, 2));
         let first = stream.writable(false).len();
@@ -614,7 +629,7 @@ mod tests {
     #[test]
     fn chunks_rotate_and_return_to_the_pool() {
         let mut pool = BufferPool::default();
-        let mut stream = OutputStream::new(true);
+        let mut stream = OutputStream::new(1, true);
         let big = frame(CHUNK_BYTES / 2 + 1, 7);
         for _ in 0..5 {
             stream.append(&mut pool, &big);

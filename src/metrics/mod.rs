@@ -68,6 +68,8 @@ counters! {
     parked_messages_failed,
     /// Ack frames from nodes.
     acks_in,
+    /// Ack frames to nodes (of their own stream).
+    acks_out,
     /// Pings the router sent to quiet connections.
     pings_sent,
     /// Locate queries answered by this shard (as the user's owner).

@@ -17,6 +17,8 @@ pub struct HelloFrame<'a> {
     pub acks: bool,
     /// On a resume: the stream bytes received so far.
     pub received: u64,
+    /// On a resume: the stream to resume (its Welcome's `stream`).
+    pub stream: u64,
 }
 
 /// Fields of a `Welcome` frame.
@@ -36,6 +38,10 @@ pub struct WelcomeFrame<'a> {
     pub resumed: bool,
     pub stream_offset: u64,
     pub reconnect_grace_ms: u32,
+    /// The node's stream bytes the router processed (a resume).
+    pub received: u64,
+    /// The stream's identity.
+    pub stream: u64,
 }
 
 /// Fields of a `Fanout` frame (and of the Delivers it causes).
@@ -146,6 +152,7 @@ impl Encoder {
                 shard: frame.shard.map_or(-1, |shard| shard as i16),
                 acks: frame.acks,
                 received: frame.received,
+                stream: frame.stream,
             },
         );
         self.finish(fb::Body::Hello, body.as_union_value())
@@ -180,6 +187,8 @@ impl Encoder {
                 resumed: frame.resumed,
                 stream_offset: frame.stream_offset,
                 reconnect_grace_ms: frame.reconnect_grace_ms,
+                received: frame.received,
+                stream: frame.stream,
             },
         );
         self.finish(fb::Body::Welcome, body.as_union_value())
@@ -763,6 +772,7 @@ mod tests {
                     shard: Some(3),
                     acks: false,
                     received: 0,
+                    stream: 0,
                 })
                 .to_vec(),
             encoder.session_open("u", "d", fb::Platform::Web).to_vec(),

@@ -1002,6 +1002,7 @@ impl<'a> Hello<'a> {
   pub const VT_SHARD: ::flatbuffers::VOffsetT = 12;
   pub const VT_ACKS: ::flatbuffers::VOffsetT = 14;
   pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 16;
+  pub const VT_STREAM: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1013,6 +1014,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    builder.add_stream(args.stream);
     builder.add_received(args.received);
     builder.add_incarnation(args.incarnation);
     if let Some(x) = args.auth_token { builder.add_auth_token(x); }
@@ -1085,6 +1087,17 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Hello::VT_RECEIVED, Some(0)).unwrap()}
   }
+  /// On a reconnect: the `stream` of the last Welcome this node received,
+  /// the stream it asks to resume (0: none). A stream is resumed only
+  /// when this matches, so a node never continues a stream whose Welcome
+  /// it did not see.
+  #[inline]
+  pub fn stream(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Hello::VT_STREAM, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -1100,6 +1113,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<i16>("shard", Self::VT_SHARD, false)?
      .visit_field::<bool>("acks", Self::VT_ACKS, false)?
      .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
+     .visit_field::<u64>("stream", Self::VT_STREAM, false)?
      .finish();
     Ok(())
   }
@@ -1112,6 +1126,7 @@ pub struct HelloArgs<'a> {
     pub shard: i16,
     pub acks: bool,
     pub received: u64,
+    pub stream: u64,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -1124,6 +1139,7 @@ impl<'a> Default for HelloArgs<'a> {
       shard: -1,
       acks: false,
       received: 0,
+      stream: 0,
     }
   }
 }
@@ -1162,6 +1178,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Hello::VT_RECEIVED, received, 0);
   }
   #[inline]
+  pub fn add_stream(&mut self, stream: u64) {
+    self.fbb_.push_slot::<u64>(Hello::VT_STREAM, stream, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -1187,6 +1207,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("shard", &self.shard());
       ds.field("acks", &self.acks());
       ds.field("received", &self.received());
+      ds.field("stream", &self.stream());
       ds.finish()
   }
 }
@@ -1220,6 +1241,8 @@ impl<'a> Welcome<'a> {
   pub const VT_RESUMED: ::flatbuffers::VOffsetT = 24;
   pub const VT_STREAM_OFFSET: ::flatbuffers::VOffsetT = 26;
   pub const VT_RECONNECT_GRACE_MS: ::flatbuffers::VOffsetT = 28;
+  pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 30;
+  pub const VT_STREAM: ::flatbuffers::VOffsetT = 32;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1231,6 +1254,8 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_stream(args.stream);
+    builder.add_received(args.received);
     builder.add_stream_offset(args.stream_offset);
     builder.add_membership_seq(args.membership_seq);
     builder.add_router_id(args.router_id);
@@ -1353,6 +1378,25 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Welcome::VT_RECONNECT_GRACE_MS, Some(0)).unwrap()}
   }
+  /// On a resume of a node that acknowledges: the bytes of the node's own
+  /// stream (its frames after its first Hello of this process on this
+  /// shard, Hellos excluded) the router processed. The node sends its
+  /// frames again from there: nothing it sent is lost or applied twice.
+  #[inline]
+  pub fn received(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_RECEIVED, Some(0)).unwrap()}
+  }
+  /// This stream's identity (never 0): what a Hello presents to resume it.
+  #[inline]
+  pub fn stream(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_STREAM, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1374,6 +1418,8 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<bool>("resumed", Self::VT_RESUMED, false)?
      .visit_field::<u64>("stream_offset", Self::VT_STREAM_OFFSET, false)?
      .visit_field::<u32>("reconnect_grace_ms", Self::VT_RECONNECT_GRACE_MS, false)?
+     .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
+     .visit_field::<u64>("stream", Self::VT_STREAM, false)?
      .finish();
     Ok(())
   }
@@ -1392,6 +1438,8 @@ pub struct WelcomeArgs<'a> {
     pub resumed: bool,
     pub stream_offset: u64,
     pub reconnect_grace_ms: u32,
+    pub received: u64,
+    pub stream: u64,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1410,6 +1458,8 @@ impl<'a> Default for WelcomeArgs<'a> {
       resumed: false,
       stream_offset: 0,
       reconnect_grace_ms: 0,
+      received: 0,
+      stream: 0,
     }
   }
 }
@@ -1472,6 +1522,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Welcome::VT_RECONNECT_GRACE_MS, reconnect_grace_ms, 0);
   }
   #[inline]
+  pub fn add_received(&mut self, received: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_RECEIVED, received, 0);
+  }
+  #[inline]
+  pub fn add_stream(&mut self, stream: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_STREAM, stream, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1502,16 +1560,21 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("resumed", &self.resumed());
       ds.field("stream_offset", &self.stream_offset());
       ds.field("reconnect_grace_ms", &self.reconnect_grace_ms());
+      ds.field("received", &self.received());
+      ds.field("stream", &self.stream());
       ds.finish()
   }
 }
 pub enum AckOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Node to router: the node has received and processed the first
-/// `received` bytes of the stream (counted from offset 0 of the first
-/// connection of this incarnation, across resumes; Welcome frames excluded).
-/// Must fall on a frame boundary and never go back. Only with Hello.acks.
+/// Either direction, only on connections whose Hello set `acks`. Node to
+/// router: the node has received and processed the first `received` bytes
+/// of the router's stream (counted from offset 0 of the first connection of
+/// this incarnation, across resumes; Welcome and Error frames excluded).
+/// Must fall on a frame boundary and never go back. Router to node: the
+/// router has processed the first `received` bytes of the node's stream
+/// (its frames after its Hellos); the node may forget them.
 pub struct Ack<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -518,6 +518,8 @@ pub struct Hello {
     pub acks: bool,
     /// On a resume: stream bytes the node processed.
     pub received: u64,
+    /// On a resume: the stream to resume (0: none).
+    pub stream: u64,
 }
 
 impl Hello {
@@ -561,6 +563,7 @@ impl Hello {
             shard,
             acks: hello.acks(),
             received: hello.received(),
+            stream: hello.stream(),
         })
     }
 }
@@ -686,6 +689,7 @@ mod tests {
                 shard: None,
                 acks: false,
                 received: 0,
+                stream: 0,
             })
             .to_vec();
         let fault = parse(&hello).unwrap_err();
@@ -710,6 +714,7 @@ mod tests {
                     shard,
                     acks: true,
                     received: 0,
+                    stream: 0,
                 })
                 .to_vec()
         };
@@ -721,7 +726,8 @@ mod tests {
                 incarnation: 7,
                 shard: Some(1),
                 acks: true,
-                received: 0
+                received: 0,
+                stream: 0
             }
         );
         assert_eq!(

@@ -54,6 +54,8 @@ pub enum Frame {
         membership_seq: u64,
         resumed: bool,
         stream_offset: u64,
+        /// The stream's identity (what a resume presents).
+        stream: u64,
     },
     NodeEvent {
         seq: u64,
@@ -85,6 +87,10 @@ pub enum Frame {
     },
     Ping {
         nonce: u64,
+    },
+    /// The router acknowledges the node's stream (nodes with acks).
+    Ack {
+        received: u64,
     },
     Error {
         code: fb::ErrorCode,
@@ -143,6 +149,7 @@ impl Frame {
                     membership_seq: w.membership_seq,
                     resumed: w.resumed,
                     stream_offset: w.stream_offset,
+                    stream: w.stream,
                 }
             }
             Incoming::NodeEvent(e) => Frame::NodeEvent {
@@ -213,6 +220,7 @@ impl Frame {
             },
             Incoming::Pong { nonce } => Frame::Pong { nonce },
             Incoming::Ping { nonce } => Frame::Ping { nonce },
+            Incoming::Ack { received } => Frame::Ack { received },
             Incoming::Error { code, text } => Frame::Error {
                 code,
                 text: text.to_string(),
@@ -361,20 +369,24 @@ pub struct Node {
     pub shard_count: u16,
     /// Welcome said this connection resumed a lost one's stream.
     pub resumed: bool,
+    /// The stream's identity, from Welcome.
+    pub stream: u64,
     next_message_id: u64,
 }
 
 pub fn hello_frame(name: &str, incarnation: u64, shard: Option<u16>) -> Vec<u8> {
-    hello_resuming(name, incarnation, shard, false, 0)
+    hello_resuming(name, incarnation, shard, false, 0, 0)
 }
 
-/// A Hello that sets `acks` and, on a reconnect, the bytes received.
+/// A Hello that sets `acks` and, on a reconnect, the bytes received and
+/// the stream to resume.
 pub fn hello_resuming(
     name: &str,
     incarnation: u64,
     shard: Option<u16>,
     acks: bool,
     received: u64,
+    stream: u64,
 ) -> Vec<u8> {
     Encoder::new()
         .hello(&HelloFrame {
@@ -385,6 +397,7 @@ pub fn hello_resuming(
             shard,
             acks,
             received,
+            stream,
         })
         .to_vec()
 }
@@ -421,12 +434,14 @@ impl Node {
                 senior,
                 membership_seq,
                 resumed,
+                stream,
                 ..
             }) => {
                 assert_eq!(slot_count, 16384);
 
                 Node {
                     resumed,
+                    stream,
                     name: name.to_string(),
                     wire,
                     events: Default::default(),
@@ -519,6 +534,7 @@ impl Node {
                     self.wire.send(&pong);
                 }
                 event @ Frame::NodeEvent { .. } => self.events.push_back(event),
+                Frame::Ack { .. } => {}
                 frame => return frame,
             }
         }

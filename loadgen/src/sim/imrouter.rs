@@ -376,6 +376,7 @@ fn handle(node: &SimNode, incoming: Incoming<'_>) {
         }
         // Membership and broadcasts concern real nodes, not the workload.
         Incoming::Ping { .. }
+        | Incoming::Ack { .. }
         | Incoming::Pong { .. }
         | Incoming::NodeEvent(_)
         | Incoming::Broadcast(_)
