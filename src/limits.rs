@@ -115,10 +115,17 @@ pub const CONTROL_QUEUE_MAX: usize = 1024;
 /// hand-offs allocates nothing.
 pub const BATCH_POOL_MAX: usize = 3 * LINK_BATCHES_MAX;
 
-/// Connections one shard serves at once. Node connections are few (one per
-/// IM node, or one per node and shard); the bound keeps a connection flood
-/// from exhausting memory (each costs its read buffer).
-pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
+/// Default for `--max-connections-per-shard`: node connections one shard
+/// serves at once (open or closing; a hand-off counts on the shard it goes
+/// to, from the moment it is placed). Node connections are few (one per IM
+/// node, or one per node and shard, and in a cluster one per router); the
+/// bound keeps a connection flood from exhausting memory. One more is
+/// placed on another shard if it may go elsewhere, else refused with
+/// `RouterFull`.
+pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 4096;
+
+/// Ceiling for `--max-connections-per-shard`.
+pub const CONNECTIONS_PER_SHARD_MAX_CEILING: usize = 1 << 20;
 
 /// Sockets one shard holds in their handshake (accepted, Hello not read
 /// yet). Each costs a task and a 1 KiB buffer for at most `HELLO_TIMEOUT`;

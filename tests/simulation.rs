@@ -80,4 +80,9 @@ fn seeds_that_found_bugs() {
     // The node core's frame bookkeeping without acks cut a frame in half
     // (a panic).
     check(248);
+    // A suspension whose park had filled up was still resumed, without the
+    // verdict it had no room for (a given-up suspension is not resumable
+    // now); and the verdicts of a node's old stream reached its new stream
+    // of the same process (verdicts now go to their stream, by its tag).
+    check(137_769);
 }

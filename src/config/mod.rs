@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::table::LoginPolicy;
 
 use crate::limits::{
-    AUTH_TOKEN_BYTES_MAX, FANOUT_MAX_CEILING, FANOUT_MAX_DEFAULT, FRAME_BYTES_MAX_CEILING,
-    FRAME_BYTES_MAX_DEFAULT, FRAME_PREFIX_BYTES, HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX,
-    HEARTBEAT_MS_MIN, NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
+    AUTH_TOKEN_BYTES_MAX, CONNECTIONS_PER_SHARD_MAX_CEILING, CONNECTIONS_PER_SHARD_MAX_DEFAULT,
+    FANOUT_MAX_CEILING, FANOUT_MAX_DEFAULT, FRAME_BYTES_MAX_CEILING, FRAME_BYTES_MAX_DEFAULT,
+    FRAME_PREFIX_BYTES, HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MAX, HEARTBEAT_MS_MIN,
+    NODES_MAX_CEILING, NODES_MAX_DEFAULT, NODE_TIMEOUT_HEARTBEATS_DEFAULT,
     OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, PARK_BYTES_MAX_DEFAULT, READ_BUFFER_BYTES_MIN,
     RECONNECT_GRACE_MS_DEFAULT, RECONNECT_GRACE_MS_MAX, SESSIONS_MAX_DEFAULT,
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
@@ -184,6 +185,12 @@ pub struct ServeArgs {
     /// sent but not acknowledged). One more ends its grace at once.
     #[arg(long, default_value_t = PARK_BYTES_MAX_DEFAULT, value_name = "N")]
     pub park_bytes_max: usize,
+
+    /// Node connections one shard serves at once (hand-offs count where
+    /// they are served). One more goes to another shard when it may, else
+    /// it is refused with RouterFull.
+    #[arg(long, default_value_t = CONNECTIONS_PER_SHARD_MAX_DEFAULT, value_name = "N")]
+    pub max_connections_per_shard: usize,
 }
 
 /// The validated configuration of one router.
@@ -221,6 +228,8 @@ pub struct Config {
     pub reconnect_grace: Duration,
     /// Bytes a suspended connection may hold.
     pub park_bytes_max: usize,
+    /// Connections one shard serves, 1 to `CONNECTIONS_PER_SHARD_MAX_CEILING`.
+    pub connections_per_shard_max: usize,
 }
 
 impl fmt::Debug for Config {
@@ -242,6 +251,7 @@ impl fmt::Debug for Config {
             .field("warmup", &self.warmup)
             .field("reconnect_grace", &self.reconnect_grace)
             .field("park_bytes_max", &self.park_bytes_max)
+            .field("connections_per_shard_max", &self.connections_per_shard_max)
             .finish()
     }
 }
@@ -372,6 +382,11 @@ impl Config {
                 "--park-bytes-max must hold at least one frame of --max-frame-bytes".to_string(),
             ));
         }
+        if !(1..=CONNECTIONS_PER_SHARD_MAX_CEILING).contains(&args.max_connections_per_shard) {
+            return Err(ConfigError::new(format!(
+                "--max-connections-per-shard must be 1 to {CONNECTIONS_PER_SHARD_MAX_CEILING}"
+            )));
+        }
         let auth_token = match &args.auth_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -395,6 +410,7 @@ impl Config {
             )),
             reconnect_grace: Duration::from_millis(u64::from(args.reconnect_grace_ms)),
             park_bytes_max: args.park_bytes_max,
+            connections_per_shard_max: args.max_connections_per_shard,
         })
     }
 }

@@ -230,6 +230,11 @@ pub struct EntryHeader {
     /// The sender of a Deliver or copy, where its outcome is reported.
     pub origin_node: NodeId,
     pub origin_epoch: u32,
+    /// The stream tag of `node`'s connection the entry is about, where it
+    /// matters (a verdict or answer for the sender; 0: any).
+    pub stream: u32,
+    /// The stream tag of the sender (`origin_*`).
+    pub origin_stream: u32,
     pub message_id: u64,
     /// Identifies one request router-wide (the shard that numbered it in
     /// the top byte, its sequence below), so that the reports of one
@@ -238,7 +243,7 @@ pub struct EntryHeader {
 }
 
 impl EntryHeader {
-    pub const BYTES: usize = 40;
+    pub const BYTES: usize = 48;
 
     /// A header with only the fields every entry has.
     pub fn new(kind: EntryKind, node: NodeId, epoch: u32) -> Self {
@@ -251,8 +256,40 @@ impl EntryHeader {
             epoch,
             origin_node: NodeId(0),
             origin_epoch: 0,
+            stream: 0,
+            origin_stream: 0,
             message_id: 0,
             token: 0,
+        }
+    }
+
+    /// A header about `sender`'s connection (its node, epoch and stream).
+    pub fn for_sender(kind: EntryKind, sender: crate::route::Sender) -> Self {
+        EntryHeader {
+            origin_shard: sender.shard as u8,
+            stream: sender.stream,
+            ..EntryHeader::new(kind, sender.node, sender.epoch)
+        }
+    }
+
+    /// The sender this entry is about (`node`, `epoch`, `stream`, from
+    /// `origin_shard`).
+    pub fn sender(&self) -> crate::route::Sender {
+        crate::route::Sender {
+            shard: self.origin_shard as usize,
+            node: self.node,
+            epoch: self.epoch,
+            stream: self.stream,
+        }
+    }
+
+    /// The sender of a Deliver or copy (`origin_*`).
+    pub fn origin(&self) -> crate::route::Sender {
+        crate::route::Sender {
+            shard: self.origin_shard as usize,
+            node: self.origin_node,
+            epoch: self.origin_epoch,
+            stream: self.origin_stream,
         }
     }
 
@@ -268,6 +305,8 @@ impl EntryHeader {
         bytes[20..24].copy_from_slice(&self.origin_epoch.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.message_id.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.token.to_le_bytes());
+        bytes[40..44].copy_from_slice(&self.stream.to_le_bytes());
+        bytes[44..48].copy_from_slice(&self.origin_stream.to_le_bytes());
     }
 }
 
@@ -357,6 +396,8 @@ impl<'a> Iterator for Entries<'a> {
             origin_epoch: u32_at(20),
             message_id: u64_at(24),
             token: u64_at(32),
+            stream: u32_at(40),
+            origin_stream: u32_at(44),
         };
         let (body, rest) = rest.split_at(body_len);
         self.rest = rest;
@@ -490,6 +531,8 @@ mod tests {
             epoch: 2,
             origin_node: NodeId(9),
             origin_epoch: 4,
+            stream: 77,
+            origin_stream: 88,
             message_id: u64::MAX - 1,
             token: 0x0300_0000_0000_0042,
         };

@@ -134,6 +134,9 @@ pub struct Conn {
     pub after_goodbye: bool,
     /// It left the directory (it is closing, or gone).
     pub detached: bool,
+    /// A suspension given up (its park filled up, or a newer process
+    /// replaced it): it is never resumed.
+    pub given_up: bool,
     /// Liveness, see `ShardCore::tick`.
     pub last_heard: Time,
     pub heard_since_tick: bool,
@@ -181,6 +184,14 @@ impl Conn {
     /// next timeout, which is now).
     fn park_full(&mut self) {
         self.park_overflowed = true;
+        self.give_up();
+    }
+
+    /// Ends a suspension at once: it cannot be resumed any more (what it
+    /// could not park is lost to it), and it ends at the shard's next
+    /// timeout, which is now.
+    pub fn give_up(&mut self) {
+        self.given_up = true;
         self.state = LinkState::Suspended { until: Time::ZERO };
     }
 
@@ -361,6 +372,16 @@ impl Conns {
         let id = self.by_node[node.0 as usize]?;
         let conn = self.get(id)?;
         (conn.epoch == epoch && conn.accepts()).then_some(id)
+    }
+
+    /// The connection a request of `sender` came in on, if it still takes
+    /// frames: its node's connection here, at its epoch, on its stream
+    /// (a resumed connection continues the stream; a newer stream of the
+    /// same node is not it).
+    pub fn for_sender(&self, sender: crate::route::Sender) -> Option<ConnId> {
+        let id = self.for_node(sender.node, sender.epoch)?;
+        let conn = self.get(id)?;
+        (sender.stream == 0 || conn.stream.tag() == sender.stream).then_some(id)
     }
 
     /// The connection of `node` registered under `ticket`, if any.
@@ -566,6 +587,7 @@ pub fn new_conn(
         park_overflowed: false,
         after_goodbye: false,
         detached: false,
+        given_up: false,
         last_heard: now,
         heard_since_tick: true,
         // The first check after the Hello sets the baselines.

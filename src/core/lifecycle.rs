@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::directory::{Detached, MembershipEvent, Superseded};
-use crate::limits::{CONNECTIONS_PER_SHARD_MAX, PROTOCOL_VERSION, SLOT_COUNT};
+use crate::limits::{PROTOCOL_VERSION, SLOT_COUNT};
 use crate::table::NodeId;
 use crate::time::Time;
 use crate::wire::{fb, Hello, NodeEventFrame, PeerFault, WelcomeFrame};
@@ -25,7 +25,7 @@ impl ShardCore {
     }
 
     /// Picks the shard that serves a connection whose Hello was read here,
-    /// and reserves its place there (`CONNECTIONS_PER_SHARD_MAX`): the
+    /// and reserves its place there (`--max-connections-per-shard`): the
     /// shard the Hello names (shard-direct), else the shard where the same
     /// node process has a connection (to resume it), else the shard with
     /// the fewest connections that has room.
@@ -37,15 +37,16 @@ impl ShardCore {
             self.directory
                 .resume_shard(&hello.node_name, hello.incarnation)
         });
+        let max = self.config.connections_per_shard_max;
         self.directory
-            .reserve_slot(wanted, self.index, CONNECTIONS_PER_SHARD_MAX)
+            .reserve_slot(wanted, self.index, max)
             .ok_or_else(|| {
                 let text = match wanted {
                     Some(shard) => format!(
-                        "shard {shard} serves {CONNECTIONS_PER_SHARD_MAX} connections already"
+                        "shard {shard} serves {max} connections already (--max-connections-per-shard)"
                     ),
                     None => format!(
-                        "every shard serves {CONNECTIONS_PER_SHARD_MAX} connections already"
+                        "every shard serves {max} connections already (--max-connections-per-shard)"
                     ),
                 };
                 Close::error(fb::ErrorCode::RouterFull, text, fb::LeftReason::Refused)
@@ -96,6 +97,7 @@ impl ShardCore {
                 self.conns.get(id).is_some_and(|conn| {
                     conn.incarnation == hello.incarnation
                         && conn.state != LinkState::Closing
+                        && !conn.given_up
                         && hello.stream != 0
                         && conn.stream.id() == hello.stream
                 })

@@ -258,6 +258,7 @@ impl ShardCore {
             shard: self.index,
             node: conn.node,
             epoch: conn.epoch,
+            stream: conn.stream.tag(),
         })
     }
 
@@ -577,10 +578,7 @@ impl ShardCore {
 
     /// Hands a frame read here to the shard that owns its user or topic.
     fn forward(&mut self, owner: usize, kind: EntryKind, sender: Sender, frame: &[u8]) {
-        let header = EntryHeader {
-            origin_shard: sender.shard as u8,
-            ..EntryHeader::new(kind, sender.node, sender.epoch)
-        };
+        let header = EntryHeader::for_sender(kind, sender);
         self.outboxes.push(owner, Class::Forward, &header, frame);
     }
 
@@ -640,10 +638,9 @@ impl ShardCore {
             );
         } else {
             let header = EntryHeader {
-                origin_shard: sender.shard as u8,
                 message_id: units,
                 token,
-                ..EntryHeader::new(EntryKind::Publish, sender.node, sender.epoch)
+                ..EntryHeader::for_sender(EntryKind::Publish, sender)
             };
             self.outboxes.push(owner, Class::Forward, &header, &frame);
         }
@@ -672,13 +669,13 @@ impl ShardCore {
             units,
         };
         let header = EntryHeader {
-            origin_shard: sender.shard as u8,
             origin_node: sender.node,
             origin_epoch: sender.epoch,
+            origin_stream: sender.stream,
             fanout: done.parts,
             message_id: units,
             token,
-            ..EntryHeader::new(EntryKind::Broadcast, sender.node, sender.epoch)
+            ..EntryHeader::for_sender(EntryKind::Broadcast, sender)
         };
         for target in (0..self.shard_count).filter(|&t| t != self.index) {
             self.outboxes.push(target, Class::Response, &header, &frame);
@@ -756,10 +753,9 @@ impl ShardCore {
                 );
             } else {
                 let header = EntryHeader {
-                    origin_shard: sender.shard as u8,
                     token: sync.generation,
                     message_id: count,
-                    ..EntryHeader::new(EntryKind::SyncBatch, sender.node, sender.epoch)
+                    ..EntryHeader::for_sender(EntryKind::SyncBatch, sender)
                 };
                 self.outboxes.push(owner, Class::Forward, &header, &body);
             }
@@ -777,9 +773,8 @@ impl ShardCore {
             );
             for shard in (0..self.shard_count).filter(|&s| s != self.index) {
                 let header = EntryHeader {
-                    origin_shard: sender.shard as u8,
                     token: sync.generation,
-                    ..EntryHeader::new(EntryKind::SyncEnd, sender.node, sender.epoch)
+                    ..EntryHeader::for_sender(EntryKind::SyncEnd, sender)
                 };
                 self.outboxes.push(shard, Class::Forward, &header, &[]);
             }
@@ -834,11 +829,7 @@ impl ShardCore {
 
     fn handle_entry(&mut self, entry: batch::Entry<'_>, now: Time) {
         let header = entry.header;
-        let sender = Sender {
-            shard: header.origin_shard as usize,
-            node: header.node,
-            epoch: header.epoch,
-        };
+        let sender = header.sender();
         // Frames in entries were verified at ingress or built here; parsing
         // them again only reads their fields.
         let request = || Request::parse(entry.frame(), &self.limits).expect("checked at ingress");
@@ -919,11 +910,7 @@ impl ShardCore {
             }
             EntryKind::Deliver => {
                 let report = ReportTo {
-                    sender: Sender {
-                        shard: header.origin_shard as usize,
-                        node: header.origin_node,
-                        epoch: header.origin_epoch,
-                    },
+                    sender: header.origin(),
                     message_id: header.message_id,
                     token: header.token,
                     plan: plan_from_flags(header.fanout, header.flags),
@@ -935,16 +922,12 @@ impl ShardCore {
             }
             EntryKind::Frame => {
                 let body = entry.body;
-                sink!(self).control_here(header.node, header.epoch, |_, buf| {
-                    buf.extend_from_slice(body)
-                });
+                sink!(self).control_here(sender, |_, buf| buf.extend_from_slice(body));
             }
             EntryKind::Located => {
                 let body = entry.body;
                 let mut out = sink!(self);
-                out.control_here(header.node, header.epoch, |_, buf| {
-                    buf.extend_from_slice(body)
-                });
+                out.control_here(sender, |_, buf| buf.extend_from_slice(body));
                 owner::give_back_locate(&mut out, sender);
             }
             EntryKind::Report => {
@@ -959,11 +942,7 @@ impl ShardCore {
             EntryKind::Broadcast => {
                 let frame: Rc<[u8]> = entry.body.into();
                 let done = DoneTo {
-                    sender: Sender {
-                        shard: header.origin_shard as usize,
-                        node: header.origin_node,
-                        epoch: header.origin_epoch,
-                    },
+                    sender: header.origin(),
                     token: header.token,
                     parts: header.fanout,
                     units: header.message_id,
@@ -974,11 +953,7 @@ impl ShardCore {
             EntryKind::PublishCopies => {
                 let frame: Rc<[u8]> = entry.frame().bytes().into();
                 let done = DoneTo {
-                    sender: Sender {
-                        shard: header.origin_shard as usize,
-                        node: header.origin_node,
-                        epoch: header.origin_epoch,
-                    },
+                    sender: header.origin(),
                     token: header.token,
                     parts: header.fanout,
                     units: header.message_id,
@@ -1097,7 +1072,7 @@ impl ShardCore {
     }
 
     fn fanout_finished(&mut self, sender: Sender, recipients: usize) {
-        let Some(id) = self.conns.for_node(sender.node, sender.epoch) else {
+        let Some(id) = self.conns.for_sender(sender) else {
             return;
         };
         let conn = self.conns.get_mut(id).expect("found");

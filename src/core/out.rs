@@ -138,25 +138,33 @@ impl Out<'_> {
         class: Class,
         write: impl FnOnce(&mut Encoder, &mut Vec<u8>),
     ) {
-        if shard == self.index {
-            self.control_here(node, epoch, write);
-        } else {
-            let header = EntryHeader::new(EntryKind::Frame, node, epoch);
-            let encoder = &mut *self.encoder;
-            push_entry_with(self.outboxes.batch(shard, class), &header, |out| {
-                write(encoder, out)
-            });
-        }
+        let to = Sender {
+            shard,
+            node,
+            epoch,
+            stream: 0,
+        };
+        self.send_to(to, class, write);
     }
 
-    /// Writes a frame to the connection a request came in on.
+    /// Writes a frame to the connection a request came in on (its
+    /// stream), here or by an entry of `class`.
     pub fn send_to(
         &mut self,
         sender: Sender,
         class: Class,
         write: impl FnOnce(&mut Encoder, &mut Vec<u8>),
     ) {
-        self.send(sender.shard, sender.node, sender.epoch, class, write);
+        let shard = sender.shard;
+        if shard == self.index {
+            self.control_here(sender, write);
+        } else {
+            let header = EntryHeader::for_sender(EntryKind::Frame, sender);
+            let encoder = &mut *self.encoder;
+            push_entry_with(self.outboxes.batch(shard, class), &header, |out| {
+                write(encoder, out)
+            });
+        }
     }
 
     /// Sends a Status to the connection a message came in on.
@@ -173,15 +181,11 @@ impl Out<'_> {
         });
     }
 
-    /// Queues a control frame to `node`'s connection here, if it is still
-    /// the one at `epoch`.
-    pub fn control_here(
-        &mut self,
-        node: NodeId,
-        epoch: u32,
-        write: impl FnOnce(&mut Encoder, &mut Vec<u8>),
-    ) {
-        let Some(id) = self.conns.for_node(node, epoch) else {
+    /// Queues a control frame to the connection of `to` here (its node at
+    /// its epoch, and its stream unless that is 0), if it still takes
+    /// frames.
+    pub fn control_here(&mut self, to: Sender, write: impl FnOnce(&mut Encoder, &mut Vec<u8>)) {
+        let Some(id) = self.conns.for_sender(to) else {
             self.counters.frames_undeliverable += 1;
             return;
         };
@@ -253,12 +257,11 @@ impl Out<'_> {
             self.apply_report(&report, queued);
         } else {
             let header = EntryHeader {
-                origin_shard: report.sender.shard as u8,
                 fanout: report.plan.fanout,
                 flags: plan_flags(report.plan) | if queued { FLAG_QUEUED } else { 0 },
                 message_id: report.message_id,
                 token: report.token,
-                ..EntryHeader::new(EntryKind::Report, report.sender.node, report.sender.epoch)
+                ..EntryHeader::for_sender(EntryKind::Report, report.sender)
             };
             self.outboxes.push(report.sender.shard, class, &header, &[]);
         }
@@ -268,7 +271,7 @@ impl Out<'_> {
     /// destination of the message has reported, write its verdict.
     pub fn apply_report(&mut self, report: &ReportTo, queued: bool) {
         let sender = report.sender;
-        let Some(id) = self.conns.for_node(sender.node, sender.epoch) else {
+        let Some(id) = self.conns.for_sender(sender) else {
             // The sender's own connection closed; it sees that failure.
             self.counters.frames_undeliverable += 1;
             return;
@@ -355,8 +358,7 @@ impl Out<'_> {
             flags: kind as u8,
             message_id: to.units,
             token: to.token,
-            origin_shard: to.sender.shard as u8,
-            ..EntryHeader::new(EntryKind::Done, to.sender.node, to.sender.epoch)
+            ..EntryHeader::for_sender(EntryKind::Done, to.sender)
         };
         self.outboxes
             .push(to.sender.shard, Class::Bounce, &header, &[]);
@@ -512,9 +514,7 @@ impl Out<'_> {
             LinkState::Suspended { .. } => {
                 // Given up: the grace ends now.
                 conn.set_leave_reason(close.reason);
-                conn.state = LinkState::Suspended {
-                    until: crate::time::Time::ZERO,
-                };
+                conn.give_up();
                 self.conns.deadlines_changed = true;
                 self.closed.push((id, close));
                 return;

@@ -216,10 +216,10 @@ impl Owner {
             frame.extend_from_slice(encoder.located(query_id, user, &sessions))
         };
         if sender.shard == self.index {
-            out.control_here(sender.node, sender.epoch, write);
+            out.control_here(sender, write);
             give_back_locate(out, sender);
         } else {
-            let header = EntryHeader::new(EntryKind::Located, sender.node, sender.epoch);
+            let header = EntryHeader::for_sender(EntryKind::Located, sender);
             let encoder = &mut *out.encoder;
             push_entry_with(
                 out.outboxes.batch(sender.shard, Class::Response),
@@ -396,13 +396,13 @@ impl Owner {
                 copies_here(out, &frame, subscribers.iter().copied(), done);
             } else {
                 let header = EntryHeader {
-                    origin_shard: sender.shard as u8,
                     origin_node: sender.node,
                     origin_epoch: sender.epoch,
+                    origin_stream: sender.stream,
                     fanout: done.parts,
                     message_id: units,
                     token,
-                    ..EntryHeader::new(EntryKind::PublishCopies, sender.node, sender.epoch)
+                    ..EntryHeader::for_sender(EntryKind::PublishCopies, sender)
                 };
                 push_entry_with(out.outboxes.batch(shard, Class::Response), &header, |buf| {
                     publish_copies_body(buf, frame, subscribers)
@@ -507,7 +507,7 @@ pub fn copies_here(
 /// Gives one Locate back to the budget of the connection it came from
 /// (its answer was just queued).
 pub fn give_back_locate(out: &mut Out<'_>, sender: Sender) {
-    let Some(id) = out.conns.for_node(sender.node, sender.epoch) else {
+    let Some(id) = out.conns.for_sender(sender) else {
         return;
     };
     let conn = out.conns.get_mut(id).expect("found");
@@ -615,6 +615,8 @@ impl route::Effects for RouteEffects<'_, '_> {
                 epoch,
                 origin_node: sender.node,
                 origin_epoch: sender.epoch,
+                stream: 0,
+                origin_stream: sender.stream,
                 message_id: message.message_id,
                 token: self.token,
             };

@@ -164,6 +164,13 @@ impl OutputStream {
         self.id
     }
 
+    /// A short form of the identity, carried with every request of the
+    /// stream between shards so that its verdict reaches this stream and
+    /// no other (never 0, which means "any stream").
+    pub fn tag(&self) -> u32 {
+        ((self.id ^ (self.id >> 32)) as u32) | 1
+    }
+
     /// The offset of the next byte queued.
     pub fn end(&self) -> u64 {
         self.end

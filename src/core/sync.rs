@@ -139,7 +139,7 @@ pub fn apply_end(
     counts.extend_from_slice(&removed.to_le_bytes());
     let header = EntryHeader {
         token: generation,
-        ..EntryHeader::new(EntryKind::SyncDone, sender.node, sender.epoch)
+        ..EntryHeader::for_sender(EntryKind::SyncDone, sender)
     };
     out.outboxes
         .push(sender.shard, Class::Response, &header, &counts);

@@ -35,6 +35,9 @@ pub struct Sender {
     pub shard: usize,
     pub node: NodeId,
     pub epoch: u32,
+    /// The connection's stream (see `OutputStream::tag`): a verdict goes
+    /// to this stream only, never to a newer stream of the same node.
+    pub stream: u32,
 }
 
 /// Where a node's sessions can be reached right now.

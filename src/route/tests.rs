@@ -49,6 +49,7 @@ const SENDER: Sender = Sender {
     shard: 0,
     node: NodeId(9),
     epoch: 1,
+    stream: 1,
 };
 
 fn message(to_user: &'static str, to_device: Option<&'static str>, flags: u32) -> Message<'static> {

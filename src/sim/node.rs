@@ -84,7 +84,7 @@ impl SimNode {
         }
     }
 
-    fn stream_id(&self) -> StreamId {
+    pub fn stream_id(&self) -> StreamId {
         (self.index, self.incarnation, self.stream)
     }
 
