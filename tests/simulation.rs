@@ -85,4 +85,9 @@ fn seeds_that_found_bugs() {
     // now); and the verdicts of a node's old stream reached its new stream
     // of the same process (verdicts now go to their stream, by its tag).
     check(137_769);
+    // The simulator's own mistake: a write to a node delayed longer than
+    // --node-timeout-ms (a network stall) made the router close it as a
+    // slow consumer, rightly, and the oracle called that a bug (it now
+    // counts such a stall as the node not reading).
+    check(281_796);
 }

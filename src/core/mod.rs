@@ -41,6 +41,8 @@ pub mod out;
 pub mod owner;
 pub mod stream;
 pub mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -267,47 +269,80 @@ impl ShardCore {
     /// Bytes read from connection `id`'s socket: every whole frame among
     /// them (and a frame started in an earlier read) is handled; a partial
     /// frame at the end is kept for the next read.
+    ///
+    /// A connection whose budget runs out stops at the next frame: the
+    /// rest is kept, unhandled, and its reader pauses
+    /// ([`ShardCore::may_read`]). When the budget comes back, the driver
+    /// hands the kept frames in by calling this with no bytes
+    /// ([`ShardCore::has_input`]) before it reads more.
     pub fn receive(&mut self, id: ConnId, bytes: &[u8], now: Time) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        self.counters.bytes_in += bytes.len() as u64;
-        conn.last_heard = now;
-        conn.heard_since_tick = true;
+        if !bytes.is_empty() {
+            self.counters.bytes_in += bytes.len() as u64;
+            conn.last_heard = now;
+            conn.heard_since_tick = true;
+        }
         let max = self.config.frame_bytes_max;
         let mut input = bytes;
         if !conn.carry.is_empty() {
-            // Complete the frame begun in an earlier read, copying only its
-            // rest: first the length prefix, then the body.
             let mut carry = std::mem::take(&mut conn.carry);
-            loop {
-                let need = match check(&carry, max) {
-                    Check::Complete(_) => break,
-                    Check::TooLarge(declared) => {
-                        self.fault(id, FrameError::TooLarge { declared, max }.into(), now);
-                        return self.finish_operation(now);
-                    }
-                    Check::Incomplete => match carry.get(..4) {
-                        Some(prefix) => {
-                            4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
-                        }
-                        None => 4,
-                    },
-                };
-                let take = (need - carry.len()).min(input.len());
-                if take == 0 {
-                    // Still partial: keep it for the next read.
+            // First the whole frames kept when the budget ran out.
+            let mut at = 0;
+            while let Check::Complete(len) = check(&carry[at..], max) {
+                if self.input_stops(id) {
+                    carry.drain(..at);
+                    carry.extend_from_slice(input);
                     if let Some(conn) = self.conns.get_mut(id) {
                         conn.carry = carry;
                     }
                     return self.finish_operation(now);
                 }
-                carry.extend_from_slice(&input[..take]);
-                input = &input[take..];
+                let body = self.handle_frame(id, &carry[at..at + len], now);
+                self.count_peer_frame(id, body, len);
+                at += len;
             }
-            let body = self.handle_frame(id, &carry, now);
-            self.count_peer_frame(id, body, carry.len());
-            carry.clear();
+            carry.drain(..at);
+            // Then the frame begun in an earlier read, copying only its
+            // rest from `input`: first the length prefix, then the body.
+            if !carry.is_empty() {
+                loop {
+                    let need = match check(&carry, max) {
+                        Check::Complete(_) => break,
+                        Check::TooLarge(declared) => {
+                            self.fault(id, FrameError::TooLarge { declared, max }.into(), now);
+                            return self.finish_operation(now);
+                        }
+                        Check::Incomplete => match carry.get(..4) {
+                            Some(prefix) => {
+                                4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
+                            }
+                            None => 4,
+                        },
+                    };
+                    let take = (need - carry.len()).min(input.len());
+                    if take == 0 {
+                        // Still partial: keep it for the next read.
+                        if let Some(conn) = self.conns.get_mut(id) {
+                            conn.carry = carry;
+                        }
+                        return self.finish_operation(now);
+                    }
+                    carry.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                }
+                if self.input_stops(id) {
+                    carry.extend_from_slice(input);
+                    if let Some(conn) = self.conns.get_mut(id) {
+                        conn.carry = carry;
+                    }
+                    return self.finish_operation(now);
+                }
+                let body = self.handle_frame(id, &carry, now);
+                self.count_peer_frame(id, body, carry.len());
+                carry.clear();
+            }
             // A small buffer is kept for the next partial frame; a large one
             // goes back, so an idle connection holds nothing big.
             if carry.capacity() <= CARRY_BYTES_KEPT {
@@ -324,6 +359,12 @@ impl ShardCore {
             }
             match check(input, max) {
                 Check::Complete(len) => {
+                    if self.input_stops(id) {
+                        if let Some(conn) = self.conns.get_mut(id) {
+                            conn.carry.extend_from_slice(input);
+                        }
+                        break;
+                    }
                     let body = self.handle_frame(id, &input[..len], now);
                     self.count_peer_frame(id, body, len);
                     input = &input[len..];
@@ -342,6 +383,26 @@ impl ShardCore {
         }
         self.ack_peer(id, false);
         self.finish_operation(now);
+    }
+
+    /// Whether `id`'s input stops before its next frame: its budget ran
+    /// out (see [`ShardCore::receive`]).
+    fn input_stops(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .is_some_and(|conn| conn.is_open() && conn.budget.exhausted())
+    }
+
+    /// Whether whole frames read from `id` wait, kept when its budget ran
+    /// out: once [`ShardCore::may_read`] allows, the driver hands them in
+    /// (`receive` with no bytes) before it reads the socket again.
+    pub fn has_input(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some_and(|conn| {
+            matches!(
+                check(&conn.carry, self.config.frame_bytes_max),
+                Check::Complete(_)
+            )
+        })
     }
 
     /// Counts a frame of the node's stream handled (see

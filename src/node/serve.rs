@@ -299,6 +299,11 @@ fn poll_turn(
         driver.room.register(cx.waker());
         return Poll::Pending;
     }
+    if driver.core().has_input(id) {
+        // Frames kept when its budget ran out come before new bytes.
+        driver.with_core(|core, now| core.receive(id, &[], now));
+        return Poll::Ready(Turn::Read);
+    }
     let mut buffer = driver.take_read_buffer();
     let read = Pin::new(&mut *stream).poll_read(cx, &mut buffer);
     let turn = match read {

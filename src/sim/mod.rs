@@ -38,7 +38,8 @@ use crate::core::directory::Directory;
 use crate::core::{Lost, ShardCore, SocketAction};
 use crate::limits::{
     BATCH_BYTES_TARGET, CLOSE_LINGER, FANOUT_BYTES_IN_FLIGHT_MAX, FANOUT_JOBS_MAX,
-    LINK_BATCHES_MAX, LOCATES_IN_FLIGHT_MAX, OUTBOX_BYTES_HIGH, SYNC_SESSIONS_IN_FLIGHT_MAX,
+    FANOUT_RECIPIENTS_IN_FLIGHT_MAX, LINK_BATCHES_MAX, LOCATES_IN_FLIGHT_MAX, OUTBOX_BYTES_HIGH,
+    SYNC_SESSIONS_IN_FLIGHT_MAX,
 };
 use crate::table::LoginPolicy;
 use crate::time::Time;
@@ -85,6 +86,8 @@ pub struct SimConfig {
     /// consumers, full parks).
     pub payload_max: usize,
     pub burst_max: u64,
+    /// Probability that a node's request is a storm of them instead.
+    pub storm: f64,
     /// `--max-connections-per-shard` (small in some runs: placement and
     /// refusals).
     pub connections_per_shard: usize,
@@ -129,6 +132,14 @@ impl SimConfig {
             work: rng.range(20..=60) as f64 / 100.0,
             payload_max: if rng.chance(0.3) { 4096 } else { 64 },
             burst_max: if rng.chance(0.3) { 16 } else { 1 },
+            storm: {
+                let mut own = Rng::new(seed ^ 0x0005_7073);
+                if own.chance(0.3) {
+                    own.range(1..=10) as f64 / 1000.0
+                } else {
+                    0.0
+                }
+            },
             connections_per_shard: {
                 // From a generator of its own, so that adding a parameter
                 // does not change the runs of existing seeds.
@@ -568,11 +579,20 @@ impl World {
             Phase::Handshake { .. } => socket.to_router.readable(now) || socket.to_router.at_end(),
             Phase::Serve { shard, conn } => {
                 let core = &self.router.cores[*shard];
+                let can_read = core.can_read(*conn);
                 (!core.writable(*conn).is_empty() && socket.to_node.room() > 0)
-                    || (socket.to_router.readable(now) && core.can_read(*conn))
-                    || socket.to_router.at_end()
                     || socket.to_node.broken
                     || core.socket_action(*conn) != SocketAction::Serve
+                    || (can_read
+                        && (socket.to_router.readable(now)
+                            || core.has_input(*conn)
+                            || socket.to_router.at_end()))
+                    // (To be marked paused, as the driver does.)
+                    || (!can_read
+                        && core
+                            .conns()
+                            .get(*conn)
+                            .is_some_and(|c| c.is_open() && !c.read_paused))
             }
             Phase::Flush { linger_until, .. } => match linger_until {
                 None => true,
@@ -711,6 +731,14 @@ impl World {
     fn router_io(&mut self, index: usize) {
         let now = self.now;
         let delay = self.delay();
+        if delay.as_millis() >= u128::from(self.config.heartbeat_ms) {
+            // A network stall of about --node-timeout-ms on the way to a
+            // node looks to the router like a node that does not read:
+            // closing it as a slow consumer is then right.
+            if let Some(node) = self.nodes.iter_mut().find(|n| n.socket == Some(index)) {
+                node.network_stalled();
+            }
+        }
         let phase = self.sockets[index].phase.clone();
         match phase {
             Phase::Handshake { shard, mut input } => {
@@ -860,11 +888,19 @@ impl World {
             core.wrote(conn, n, now);
             return;
         }
+        // As the driver: a reader that may not read is marked paused, and
+        // neither reads nor learns that the socket ended.
+        if !core.may_read(conn) {
+            return;
+        }
+        if core.has_input(conn) {
+            // Frames kept when its budget ran out come before new bytes.
+            core.receive(conn, &[], now);
+            return;
+        }
         if socket.to_router.readable(now) {
-            if core.may_read(conn) {
-                let bytes = socket.to_router.read(now, READ_BYTES);
-                core.receive(conn, &bytes, now);
-            }
+            let bytes = socket.to_router.read(now, READ_BYTES);
+            core.receive(conn, &bytes, now);
             return;
         }
         if socket.to_router.at_end() {
@@ -1045,9 +1081,13 @@ impl World {
                     ));
                 }
                 let budget = conn.budget;
-                if budget.locates > LOCATES_IN_FLIGHT_MAX + 64
-                    || budget.fan_out_bytes > FANOUT_BYTES_IN_FLIGHT_MAX + 64 * frame_max as u64
-                    || budget.sync_sessions > SYNC_SESSIONS_IN_FLIGHT_MAX + 4096
+                // (A reader stops at the frame after the one that spent
+                // its budget: one frame's worth over.)
+                if budget.locates > LOCATES_IN_FLIGHT_MAX
+                    || budget.fanout_recipients
+                        > FANOUT_RECIPIENTS_IN_FLIGHT_MAX + u64::from(config.fanout_max)
+                    || budget.fan_out_bytes > FANOUT_BYTES_IN_FLIGHT_MAX + frame_max as u64
+                    || budget.sync_sessions > SYNC_SESSIONS_IN_FLIGHT_MAX + frame_max as u64
                 {
                     found.push(format!("shard {shard}: budget past its bound: {budget:?}"));
                 }

@@ -57,6 +57,9 @@ pub struct SimNode {
     sync_generation: u64,
     users: usize,
     grace_ms: u64,
+    /// Decides and shapes storms, apart from the world's generator (so
+    /// that runs without storms are the runs they were before storms).
+    storm_rng: Rng,
 }
 
 fn protocol_incarnation(index: usize, incarnation: u32) -> u64 {
@@ -81,6 +84,7 @@ impl SimNode {
             sync_generation: 0,
             users: config.users,
             grace_ms: u64::from(config.reconnect_grace_ms),
+            storm_rng: Rng::new(config.seed ^ 0x5707_3000 ^ index as u64),
         }
     }
 
@@ -326,6 +330,9 @@ impl SimNode {
         if !rng.chance(config.work) {
             return None;
         }
+        if config.storm > 0.0 && self.storm_rng.chance(config.storm) {
+            return Some(self.storm(oracle, now));
+        }
         let user = format!("user-{}", rng.index(self.users));
         let stream = self.stream_id();
         match rng.below(100) {
@@ -445,6 +452,56 @@ impl SimNode {
         }
     }
 
+    /// Many requests at once, as a misbehaving or bursting node sends
+    /// them: more Locates than a node may have in flight, Broadcasts
+    /// larger than other nodes' buffers, or Routes that fill a
+    /// recipient's. Its own reader must pause, the nodes that read must
+    /// not be dropped, and every promise must still hold.
+    fn storm(&mut self, oracle: &mut Oracle, now: Time) -> String {
+        match self.storm_rng.below(3) {
+            0 => {
+                let count = self.storm_rng.range(65..=300);
+                for _ in 0..count {
+                    let user = format!("user-{}", self.storm_rng.index(self.users));
+                    let id = self.message_id();
+                    self.core.locate(id, &user);
+                }
+                format!("storm: {count} Locates")
+            }
+            1 => {
+                let count = self.storm_rng.range(8..=40);
+                let size = self.storm_rng.range(2_048..=12_288) as usize;
+                for _ in 0..count {
+                    self.core.broadcast(&vec![2; size]);
+                }
+                format!("storm: {count} Broadcasts of {size} bytes")
+            }
+            _ => {
+                let count = self.storm_rng.range(20..=120);
+                let user = format!("user-{}", self.storm_rng.index(self.users));
+                let payload = vec![0x5b; self.storm_rng.range(1_024..=8_192) as usize];
+                let stream = self.stream_id();
+                for _ in 0..count {
+                    let id = self.message_id();
+                    self.core.route(
+                        &RouteFrame {
+                            message_id: id,
+                            from_user: "storm",
+                            from_device: DEVICES[0],
+                            to_user: &user,
+                            to_device: None,
+                            flags: ROUTE_FLAG_ACK,
+                            payload: &payload,
+                        },
+                        now,
+                    );
+                    oracle.route_sent(id, stream, &user, true);
+                }
+                format!("storm: {count} Routes of {} bytes to {user}", payload.len())
+            }
+        }
+    }
+
     /// The process dies: its socket closes, its stream ends; a new
     /// process (the next incarnation) connects later, with no sessions.
     pub fn crash(
@@ -493,6 +550,12 @@ impl SimNode {
         self.reading_from = self.reading_from.max(until);
         self.stopped_this_stream = true;
         true
+    }
+
+    /// A write to this node took a long detour: it may be taken for a
+    /// node that does not read.
+    pub fn network_stalled(&mut self) {
+        self.stopped_this_stream = true;
     }
 
     /// Connected, reading, with nothing to send.
