@@ -360,10 +360,34 @@ fn a_late_session_close_never_removes_a_newer_open() {
 #[test]
 fn during_the_warm_up_no_session_is_unknown_not_offline() {
     let router = start_router_with(1, |args| args.warmup_ms = Some(600_000));
-    let mut node = Node::connect(router.local_addr(), "early");
+    let mut wire = Wire::connect(router.local_addr());
+    wire.send(&hello_frame("early", 1, None));
+    match wire.recv() {
+        Some(Frame::Welcome { warmup_ms, .. }) => {
+            assert!(
+                (590_000..=600_000).contains(&warmup_ms),
+                "Welcome tells the warm-up left: {warmup_ms}"
+            );
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    drop(wire);
+    let mut node = Node::connect(router.local_addr(), "early-2");
     let id = node.route_to("nobody-yet", None, b"?", 0);
     assert_eq!(
         node.expect_status(id),
         (fb::Verdict::Unknown, fb::Reason::NoSession)
     );
+}
+
+/// After the warm-up, Welcome says it is over.
+#[test]
+fn welcome_says_when_the_warm_up_is_over() {
+    let router = start_router_with(1, |args| args.warmup_ms = Some(0));
+    let mut wire = Wire::connect(router.local_addr());
+    wire.send(&hello_frame("late", 1, None));
+    match wire.recv() {
+        Some(Frame::Welcome { warmup_ms, .. }) => assert_eq!(warmup_ms, 0),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
 }

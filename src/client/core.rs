@@ -81,6 +81,9 @@ pub struct Welcome {
     pub received: u64,
     /// The stream's identity (what a resume presents).
     pub stream: u64,
+    /// The router's warm-up left (ms) when the Welcome was sent: until
+    /// then a user with no session is Unknown, not Offline.
+    pub warmup_ms: u32,
     /// The live nodes (name, incarnation), sorted by name.
     pub nodes: Vec<(String, u64)>,
     pub senior: String,
@@ -633,6 +636,7 @@ fn welcome_of(frame: Frame<'_>) -> Welcome {
         reconnect_grace_ms: welcome.reconnect_grace_ms(),
         received: welcome.received(),
         stream: welcome.stream(),
+        warmup_ms: welcome.warmup_ms(),
         nodes: welcome
             .nodes()
             .map(|nodes| {
@@ -882,6 +886,7 @@ mod tests {
                 reconnect_grace_ms: 5000,
                 received: 0,
                 stream: 7,
+                warmup_ms: 0,
             })
             .to_vec()
     }

@@ -178,6 +178,12 @@ impl ShardCore {
             reconnect_grace_ms: self.config.reconnect_grace.as_millis() as u32,
             received: stream.peer_received,
             stream: stream.id(),
+            warmup_ms: self
+                .owner
+                .warm_until()
+                .since(now)
+                .as_millis()
+                .min(u32::MAX.into()) as u32,
         });
         stream.set_preamble(welcome);
         let mut conn = new_conn(

@@ -53,6 +53,11 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// When the warm-up ends (`--warmup-ms`).
+    pub fn warm_until(&self) -> Time {
+        self.warm_until
+    }
+
     pub fn new(
         index: usize,
         shard_count: usize,

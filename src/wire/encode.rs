@@ -42,6 +42,8 @@ pub struct WelcomeFrame<'a> {
     pub received: u64,
     /// The stream's identity.
     pub stream: u64,
+    /// The warm-up left, in milliseconds.
+    pub warmup_ms: u32,
 }
 
 /// Fields of a `Fanout` frame (and of the Delivers it causes).
@@ -189,6 +191,7 @@ impl Encoder {
                 reconnect_grace_ms: frame.reconnect_grace_ms,
                 received: frame.received,
                 stream: frame.stream,
+                warmup_ms: frame.warmup_ms,
             },
         );
         self.finish(fb::Body::Welcome, body.as_union_value())

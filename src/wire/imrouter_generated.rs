@@ -1243,6 +1243,7 @@ impl<'a> Welcome<'a> {
   pub const VT_RECONNECT_GRACE_MS: ::flatbuffers::VOffsetT = 28;
   pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 30;
   pub const VT_STREAM: ::flatbuffers::VOffsetT = 32;
+  pub const VT_WARMUP_MS: ::flatbuffers::VOffsetT = 34;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1259,6 +1260,7 @@ impl<'a> Welcome<'a> {
     builder.add_stream_offset(args.stream_offset);
     builder.add_membership_seq(args.membership_seq);
     builder.add_router_id(args.router_id);
+    builder.add_warmup_ms(args.warmup_ms);
     builder.add_reconnect_grace_ms(args.reconnect_grace_ms);
     if let Some(x) = args.senior { builder.add_senior(x); }
     if let Some(x) = args.nodes { builder.add_nodes(x); }
@@ -1397,6 +1399,18 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Welcome::VT_STREAM, Some(0)).unwrap()}
   }
+  /// The router's warm-up left, in milliseconds, when this Welcome was
+  /// sent (0: over). Meanwhile a Route or Locate for a user with no
+  /// session is answered Unknown, not Offline: the nodes that hold the
+  /// user may not have reconnected yet. Retry such a message after this
+  /// long (or keep it as offline).
+  #[inline]
+  pub fn warmup_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Welcome::VT_WARMUP_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1420,6 +1434,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u32>("reconnect_grace_ms", Self::VT_RECONNECT_GRACE_MS, false)?
      .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
      .visit_field::<u64>("stream", Self::VT_STREAM, false)?
+     .visit_field::<u32>("warmup_ms", Self::VT_WARMUP_MS, false)?
      .finish();
     Ok(())
   }
@@ -1440,6 +1455,7 @@ pub struct WelcomeArgs<'a> {
     pub reconnect_grace_ms: u32,
     pub received: u64,
     pub stream: u64,
+    pub warmup_ms: u32,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1460,6 +1476,7 @@ impl<'a> Default for WelcomeArgs<'a> {
       reconnect_grace_ms: 0,
       received: 0,
       stream: 0,
+      warmup_ms: 0,
     }
   }
 }
@@ -1530,6 +1547,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Welcome::VT_STREAM, stream, 0);
   }
   #[inline]
+  pub fn add_warmup_ms(&mut self, warmup_ms: u32) {
+    self.fbb_.push_slot::<u32>(Welcome::VT_WARMUP_MS, warmup_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1562,6 +1583,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("reconnect_grace_ms", &self.reconnect_grace_ms());
       ds.field("received", &self.received());
       ds.field("stream", &self.stream());
+      ds.field("warmup_ms", &self.warmup_ms());
       ds.finish()
   }
 }

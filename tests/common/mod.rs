@@ -56,6 +56,8 @@ pub enum Frame {
         stream_offset: u64,
         /// The stream's identity (what a resume presents).
         stream: u64,
+        /// The router's warm-up left.
+        warmup_ms: u32,
     },
     NodeEvent {
         seq: u64,
@@ -150,6 +152,7 @@ impl Frame {
                     resumed: w.resumed,
                     stream_offset: w.stream_offset,
                     stream: w.stream,
+                    warmup_ms: w.warmup_ms,
                 }
             }
             Incoming::NodeEvent(e) => Frame::NodeEvent {
