@@ -58,9 +58,18 @@ pub const SESSIONS_PER_USER_MAX_DEFAULT: u32 = 16;
 pub const SESSIONS_PER_USER_MAX_CEILING: u32 = 64;
 
 /// Default for `--max-sessions`: sessions in the whole router, split evenly
-/// over the shards (users are spread evenly by the slot hash). About 90 bytes
-/// each, so the default bounds the table at roughly 1 GiB. A SessionOpen
+/// over the shards (users are spread evenly by the slot hash). A SessionOpen
 /// beyond it gets a Kick (`RouterFull`).
+///
+/// A session's cost depends on its ids: ids of up to 15 bytes are stored
+/// inline, longer ones apart. Heap bytes per session (`cargo bench --bench
+/// memory`, one device per user): 107 with an 8- or 16-byte user and a
+/// 5-byte device, 143 with 16 and 16, 220 with 36 and 36, 244 with 64 and
+/// 32, 531 with 255 and 128; 111 with four 16-byte devices per 16-byte
+/// user. So the default bounds the table at about 1.1 GB with short ids
+/// and 5.3 GB with the longest. After a burst the table gives its memory
+/// back (`Table::shrink`, run by the shard when three quarters of it are
+/// empty and it holds at most `SHRINK_USERS_MAX` users).
 pub const SESSIONS_MAX_DEFAULT: u64 = 10_000_000;
 
 /// Default for `--max-nodes`: distinct IM node names the router tracks. Each
@@ -212,8 +221,11 @@ pub const RECONNECT_GRACE_MS_MAX: u32 = 600_000;
 pub const PARK_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
 
 /// Default `--max-topics`: distinct topics in the router (split evenly over
-/// the shards). A topic costs its id plus 8 bytes per subscribed node,
-/// twice (the topic's list and the node's list).
+/// the shards). Heap bytes per topic (`cargo bench --bench memory`): 115
+/// with a 16-byte id and one subscribed node, 250 with four, 211 with a
+/// 64-byte id, 593 with a 255-byte id (the id is kept twice: the topic's
+/// entry and the subscribing node's list). The default bounds topics at
+/// about 115 MB with short ids.
 pub const TOPICS_MAX_DEFAULT: u64 = 1_000_000;
 
 /// Default `--fanout-max`: recipients one Fanout may list.
@@ -266,3 +278,18 @@ const _: () = assert!(
     DEVICE_ID_BYTES_MAX <= u8::MAX as usize,
     "id lengths are stored in a u8"
 );
+
+/// How often a shard gives back what a burst left behind: stream chunks no
+/// connection needed meanwhile, a mostly empty table, the allocator's free
+/// pages.
+pub const MEMORY_RELEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A table is shrunk after a burst (`Table::shrink`, once a second, when
+/// three quarters of it are empty) only while it holds at most this many
+/// users: the shrink rehashes them, about 10 ns each, and runs in one go.
+pub const SHRINK_USERS_MAX: usize = 100_000;
+
+/// When this many connections of a shard ended since its last release of
+/// memory, the shard returns the allocator's free pages to the system at
+/// the next release (their tasks, buffers and records were freed).
+pub const CONNECTIONS_ENDED_FOR_RELEASE: usize = 64;

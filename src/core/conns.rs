@@ -70,7 +70,7 @@ pub struct Held {
 pub struct Budget {
     /// Locates not answered yet.
     pub locates: u32,
-    /// Recipients of Fanouts whose Status is not sent yet.
+    /// Recipients of Fanouts whose Delivers are not all queued yet.
     pub fanout_recipients: u64,
     /// Bytes of Broadcast and Publish frames whose copies are not all
     /// queued yet.

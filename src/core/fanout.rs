@@ -21,7 +21,9 @@
 //! the driver yields between slices, so a list of 100,000 users never holds
 //! a shard for more than about a millisecond at a time. A shard coordinates
 //! at most `FANOUT_JOBS_MAX` Fanouts at once, and a sender's recipients in
-//! flight count against its budget (`Budget::fanout_recipients`).
+//! flight count against its budget (`Budget::fanout_recipients`) until
+//! their Delivers are queued (not until they are acknowledged: nothing a
+//! paused reader waits for may wait for Acks it cannot read).
 //!
 //! Ids travel between shards in a compact encoding of their own (a `u16`
 //! length, then the bytes), never as one `String` per recipient.
@@ -76,6 +78,8 @@ struct Job {
     targets: Vec<Target>,
     /// Deliver outcomes still awaited.
     awaiting: usize,
+    /// The sender's budget for it came back (all Delivers queued).
+    budget_returned: bool,
     delivered: usize,
     /// Recipients that got nothing, encoded ids.
     offline: Vec<u8>,
@@ -163,6 +167,7 @@ impl Fanouts {
                 answers: Vec::new(),
                 targets: Vec::new(),
                 awaiting: 0,
+                budget_returned: false,
                 delivered: 0,
                 offline: Vec::new(),
                 offline_count: 0,
@@ -267,6 +272,13 @@ impl Fanouts {
             };
             let (work, again) = job_slice(out, owner, token, &mut job, budget - done, self);
             done += work;
+            if matches!(job.phase, Phase::Delivering) && !job.budget_returned {
+                // Every Deliver is queued: the sender's budget comes back
+                // now, not when the Delivers are acknowledged (its reader
+                // may be paused for this budget, and its Acks unread).
+                job.budget_returned = true;
+                finished.push((job.sender, job.recipients));
+            }
             let finished_now = matches!(job.phase, Phase::Delivering) && job.awaiting == 0;
             if finished_now {
                 finished.push(finish(out, job));
@@ -619,7 +631,12 @@ fn finish(out: &mut Out<'_>, job: Job) -> (Sender, usize) {
     out.send_to(job.sender, Class::Bounce, |encoder, frame| {
         frame.extend_from_slice(encoder.status_offline(message_id, verdict, reason, &offline))
     });
-    (job.sender, job.recipients)
+    let budget = if job.budget_returned {
+        0
+    } else {
+        job.recipients
+    };
+    (job.sender, budget)
 }
 
 #[cfg(test)]

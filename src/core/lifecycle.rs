@@ -415,7 +415,10 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
-        let may = conn.is_open() && room && !conn.budget.exhausted() && conn.queued_bytes() < hard;
+        let may = conn.is_open()
+            && room
+            && !conn.budget.exhausted()
+            && conn.stream.unwritten_bytes() < hard;
         if conn.is_open() {
             if !may && !conn.read_paused {
                 self.counters.reads_paused += 1;
@@ -432,7 +435,10 @@ impl ShardCore {
             self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response);
         let hard = self.conns.limits.hard;
         self.conns.get(id).is_some_and(|conn| {
-            conn.is_open() && room && !conn.budget.exhausted() && conn.queued_bytes() < hard
+            conn.is_open()
+                && room
+                && !conn.budget.exhausted()
+                && conn.stream.unwritten_bytes() < hard
         })
     }
 
@@ -463,9 +469,9 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let over_hard = conn.queued_bytes() >= hard;
+        let over_hard = conn.stream.unwritten_bytes() >= hard;
         conn.stream.wrote(&mut self.pool, n);
-        if over_hard && conn.queued_bytes() < hard && conn.read_paused {
+        if over_hard && conn.stream.unwritten_bytes() < hard && conn.read_paused {
             // Its reader waited for this.
             self.conns.wake(id);
         }
@@ -475,12 +481,9 @@ impl ShardCore {
         self.counters.bytes_out += n as u64;
         if conn.is_open() {
             let mut out = sink!(self);
-            if out
-                .conns
-                .uncongest_if_drained(id, out.directory, self.index)
-            {
-                out.release_held(id);
-            }
+            out.conns
+                .uncongest_if_drained(id, out.directory, self.index);
+            out.release_held(id);
         }
         self.finish_operation(now);
     }

@@ -27,11 +27,12 @@ use crate::wire::fb;
 use super::conns::LinkState;
 use super::out::Close;
 use super::{sink, ShardCore};
+use crate::limits::{CONNECTIONS_ENDED_FOR_RELEASE, MEMORY_RELEASE_INTERVAL, SHRINK_USERS_MAX};
 
 impl ShardCore {
     /// When the shard next needs [`ShardCore::handle_timeout`].
     pub fn poll_timeout(&self) -> Time {
-        let mut next = self.next_tick;
+        let mut next = self.next_tick.min(self.next_release);
         for (_, conn) in self.conns.iter() {
             if let LinkState::Suspended { until } = conn.state {
                 if !conn.has_socket {
@@ -45,6 +46,10 @@ impl ShardCore {
     /// Runs what is due at `now`: ended suspensions, the liveness check.
     pub fn handle_timeout(&mut self, now: Time) {
         self.expire_suspensions(now);
+        if now >= self.next_release {
+            self.give_memory_back();
+            self.next_release = now + MEMORY_RELEASE_INTERVAL;
+        }
         if now >= self.next_tick {
             self.tick(now);
             let heartbeat = self.config.heartbeat;
@@ -54,6 +59,40 @@ impl ShardCore {
             }
         }
         self.finish_operation(now);
+    }
+
+    /// Once per `MEMORY_RELEASE_INTERVAL`: frees what a burst left behind
+    /// (stream chunks no connection needed since the last time, a table or topic map
+    /// mostly empty) and tells the driver when memory was given back, or
+    /// many connections ended (`take_memory_released`), so it can return
+    /// the allocator's free pages to the system.
+    fn give_memory_back(&mut self) {
+        let mut released = self.pool.trim() > 0;
+        let table = &mut self.owner.table;
+        if !table.has_dead() && table.wants_shrink() && table.user_count() <= SHRINK_USERS_MAX {
+            table.shrink();
+            released = true;
+        }
+        if self.owner.topics.wants_shrink() {
+            self.owner.topics.shrink();
+            released = true;
+        }
+        let open = self.conns.len();
+        if self.conns_at_release >= open + CONNECTIONS_ENDED_FOR_RELEASE {
+            released = true;
+        }
+        if released {
+            self.conns_at_release = open;
+            self.memory_released = true;
+        } else {
+            self.conns_at_release = self.conns_at_release.max(open);
+        }
+    }
+
+    /// Whether memory was given back since the last call: the driver may
+    /// return the allocator's free pages to the system (`malloc_trim`).
+    pub fn take_memory_released(&mut self) -> bool {
+        std::mem::take(&mut self.memory_released)
     }
 
     /// The liveness check of every open connection (see the module docs).
@@ -86,12 +125,15 @@ impl ShardCore {
             // Acks: bytes wait for an Ack and none came since the last check.
             let acked = stream.kept_from() != conn.acked_at_tick;
             let unacked = stream.unacked_bytes() > 0;
-            let unacked_since = if unacked && !acked && conn.queued_at_tick != u64::MAX {
-                *conn.unacked_since.get_or_insert(now)
-            } else {
-                conn.unacked_since = None;
-                now
-            };
+            // (While the router does not read, the node's Acks wait unread:
+            // that time does not count, as for silence.)
+            let unacked_since =
+                if unacked && !acked && !conn.read_paused && conn.queued_at_tick != u64::MAX {
+                    *conn.unacked_since.get_or_insert(now)
+                } else {
+                    conn.unacked_since = None;
+                    now
+                };
             let ping =
                 !conn.heard_since_tick || stream.frames_queued() == conn.queued_at_tick || unacked;
             conn.heard_since_tick = false;

@@ -49,7 +49,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::limits::{FANOUT_CHUNK, FANOUT_JOBS_MAX, SHARDS_MAX};
+use crate::limits::{FANOUT_CHUNK, FANOUT_JOBS_MAX, MEMORY_RELEASE_INTERVAL, SHARDS_MAX};
 use crate::metrics::ShardMetrics;
 use crate::route::Sender;
 use crate::table::{NodeId, TableLimits};
@@ -175,6 +175,12 @@ pub struct ShardCore {
     fanout_reports: Vec<(u64, NodeId, bool)>,
     fanout_answers: Vec<(u64, Vec<u8>)>,
     log: Log,
+    /// Open connections at the last release of memory (or the most since).
+    conns_at_release: usize,
+    /// Memory was given back since the driver last asked.
+    memory_released: bool,
+    /// When `give_memory_back` runs next.
+    next_release: Time,
 }
 
 impl ShardCore {
@@ -226,6 +232,9 @@ impl ShardCore {
             fanout_reports: Vec::new(),
             fanout_answers: Vec::new(),
             log: Log::default(),
+            conns_at_release: 0,
+            memory_released: false,
+            next_release: now + MEMORY_RELEASE_INTERVAL,
             directory,
             router_id,
             config,

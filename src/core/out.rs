@@ -55,7 +55,7 @@ pub struct DoneTo {
     pub units: u64,
 }
 
-/// Copies waiting in congested connections, per request.
+/// Copies waiting for connections whose sockets are behind, per request.
 #[derive(Default)]
 pub struct HeldCopies {
     /// token -> (copies still held here, where to report when none is).
@@ -100,7 +100,7 @@ impl Close {
     pub fn slow_consumer() -> Close {
         Close::error(
             fb::ErrorCode::SlowConsumer,
-            "the node stopped reading and its output buffer passed the hard limit",
+            "the node reads too slowly: the NodeEvents held for it passed --out-buffer-bytes",
             fb::LeftReason::Slow,
         )
     }
@@ -395,13 +395,15 @@ impl Out<'_> {
     }
 
     /// Queues a fanned-out copy (Broadcast, Publish) to connection `id`, or
-    /// holds it while the connection is congested (see [`Held`]). Returns
-    /// whether it was held.
+    /// holds it while the socket has a soft limit's worth still to write
+    /// (see [`Held`]; bytes waiting only for the node's Ack do not count:
+    /// the copy must not wait for a reader that may itself be paused).
+    /// Returns whether it was held.
     pub fn copy_to(&mut self, id: ConnId, frame: &Rc<[u8]>, token: u64) -> bool {
         let soft = self.conns.limits.soft;
         let conn = self.conns.get_mut(id).expect("a target connection");
         debug_assert!(conn.is_open());
-        let must_wait = !conn.held.is_empty() || conn.congested || conn.queued_bytes() >= soft;
+        let must_wait = !conn.held.is_empty() || conn.stream.unwritten_bytes() >= soft;
         if must_wait {
             conn.held_bytes += frame.len();
             conn.held.push_back(Held {
@@ -416,15 +418,14 @@ impl Out<'_> {
     }
 
     /// Queues a NodeEvent to connection `id`, behind its held copies and
-    /// held itself while the connection is congested, as a Broadcast copy
-    /// is: a node that reads slowly is not dropped because others came and
+    /// held itself while the socket is behind, as a Broadcast copy is: a node that reads slowly is not dropped because others came and
     /// went. A node whose held NodeEvents pass its soft limit does not
     /// read at all: it is closed as a slow consumer.
     pub fn event_to(&mut self, id: ConnId, frame: &Rc<[u8]>) {
         let soft = self.conns.limits.soft;
         let conn = self.conns.get_mut(id).expect("a target connection");
         debug_assert!(conn.is_open());
-        let must_wait = !conn.held.is_empty() || conn.congested || conn.queued_bytes() >= soft;
+        let must_wait = !conn.held.is_empty() || conn.stream.unwritten_bytes() >= soft;
         if !must_wait {
             self.message_to(id, |out| out.extend_from_slice(frame));
             return;
@@ -455,7 +456,7 @@ impl Out<'_> {
             let Some(conn) = self.conns.get_mut(id) else {
                 return;
             };
-            if !conn.is_open() || conn.congested || conn.queued_bytes() >= soft {
+            if !conn.is_open() || conn.stream.unwritten_bytes() >= soft {
                 return;
             }
             let Some(held) = conn.held.pop_front() else {

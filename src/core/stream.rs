@@ -53,13 +53,32 @@ pub const POOL_CHUNKS_MAX: usize = 64;
 #[derive(Default)]
 pub struct BufferPool {
     free: Vec<Vec<u8>>,
+    /// The fewest chunks the pool held since the last `trim`: that many
+    /// were not needed.
+    low_water: usize,
 }
 
 impl BufferPool {
     pub fn take(&mut self) -> Vec<u8> {
-        self.free
+        let chunk = self
+            .free
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES))
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES));
+        self.low_water = self.low_water.min(self.free.len());
+        chunk
+    }
+
+    /// Frees the chunks no connection needed since the last call (a burst
+    /// is over): the pool follows the shard's need, not its peak. Returns
+    /// how many were freed.
+    pub fn trim(&mut self) -> usize {
+        let unused = self.low_water.min(self.free.len());
+        self.free.truncate(self.free.len() - unused);
+        if self.free.is_empty() {
+            self.free = Vec::new();
+        }
+        self.low_water = self.free.len();
+        unused
     }
 
     /// Keeps an emptied chunk for reuse, unless the pool is full or the
@@ -190,6 +209,14 @@ impl OutputStream {
     /// and not acknowledged. What the output limits bound.
     pub fn queued_bytes(&self) -> usize {
         (self.end - self.kept_from) as usize
+    }
+
+    /// Queued and not written yet: what the socket has still to take.
+    /// (Unlike `queued_bytes`, it does not wait for the node's Acks: what
+    /// pauses a reader or holds a copy must not, or a reader paused for it
+    /// could never read the Acks that end the pause.)
+    pub fn unwritten_bytes(&self) -> usize {
+        (self.end - self.written) as usize + (self.preamble.len() - self.preamble_written)
     }
 
     /// Written and not acknowledged.

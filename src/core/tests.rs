@@ -39,6 +39,10 @@ impl Shard {
 
     /// A node's connection, opened (its Welcome is queued, not written).
     fn connect(&mut self, name: &str) -> ConnId {
+        self.connect_with(name, false)
+    }
+
+    fn connect_with(&mut self, name: &str, acks: bool) -> ConnId {
         let frame = self
             .encoder
             .hello(&HelloFrame {
@@ -47,7 +51,7 @@ impl Shard {
                 incarnation: 1,
                 auth_token: None,
                 shard: None,
-                acks: false,
+                acks,
                 received: 0,
                 stream: 0,
             })
@@ -102,6 +106,26 @@ impl Shard {
             self.settle();
         }
         out
+    }
+
+    /// Drains `id`'s socket; returns the stream bytes among what it wrote
+    /// (the Welcome is not part of the stream), what an Ack counts.
+    fn drain_stream(&mut self, id: ConnId) -> u64 {
+        let bytes = self.drain(id);
+        let mut at = 0;
+        let mut stream = 0;
+        while at < bytes.len() {
+            let Check::Complete(len) = check(&bytes[at..], u32::MAX) else {
+                panic!("a partial frame");
+            };
+            let frame = bytes[at..at + len].to_vec();
+            let envelope = fb::size_prefixed_root_as_envelope(&frame).expect("an envelope");
+            if envelope.body_type() != fb::Body::Welcome {
+                stream += len as u64;
+            }
+            at += len;
+        }
+        stream
     }
 
     /// The driver closes a socket it was told to flush or drop.
@@ -219,4 +243,81 @@ fn a_socket_that_takes_nothing_is_closed_after_the_timeout() {
         written.last(),
         Some(&(fb::Body::Error, Some(fb::ErrorCode::SlowConsumer)))
     );
+}
+
+/// A node that acknowledges and reads everything, with more written and
+/// not yet acknowledged than the hard limit: its reader is not paused (its
+/// Acks must be read to end the wait), and its Ack is handled (before: the
+/// reader paused on bytes that only its unread Ack could free, and the
+/// connection was timed out for not acknowledging).
+#[test]
+fn unacknowledged_bytes_do_not_pause_the_reader_that_brings_the_acks() {
+    const OUT: usize = 64 * 1024;
+    let mut shard = Shard::new(|args| {
+        args.max_frame_bytes = 16 * 1024;
+        args.out_buffer_bytes = OUT;
+    });
+    let bob = shard.connect_with("node-b", true);
+    let mut received = shard.drain_stream(bob);
+    let alice = shard.connect("node-a");
+    shard.drain(alice);
+    let payload = vec![7u8; 8 * 1024];
+    let hard = shard.core.conns().limits.hard;
+    let mut sent = 0;
+    while shard.core.conns().get(bob).unwrap().queued_bytes() < hard + OUT {
+        sent += 1;
+        assert!(
+            sent < 1000,
+            "the unacknowledged bytes never passed the hard limit"
+        );
+        // (Broadcast copies: Delivers would be answered Busy past the soft
+        // limit.)
+        let broadcast = shard.encoder.broadcast("", &payload).to_vec();
+        shard.send(alice, &broadcast);
+        received += shard.drain_stream(bob);
+    }
+    assert!(shard.core.can_read(bob), "the reader of the Acks may read");
+    assert!(shard.core.may_read(bob));
+    let ack = shard.encoder.ack(received).to_vec();
+    shard.send(bob, &ack);
+    let conn = shard.core.conns().get(bob).unwrap();
+    assert_eq!(conn.queued_bytes(), 0, "all acknowledged");
+    assert!(conn.is_open());
+}
+
+/// A Fanout's budget comes back once its Delivers are queued, before the
+/// recipient's node acknowledges them (before: the budget waited for the
+/// Acks, which a reader paused for that budget could not read).
+#[test]
+fn a_fanout_budget_does_not_wait_for_acks() {
+    let mut shard = Shard::new(|_| {});
+    let bob = shard.connect_with("node-b", true);
+    shard.drain(bob);
+    for user in ["u1", "u2", "u3"] {
+        let open = shard
+            .encoder
+            .session_open(user, "phone", fb::Platform::Web)
+            .to_vec();
+        shard.send(bob, &open);
+    }
+    let fanout = shard
+        .encoder
+        .fanout(&crate::wire::FanoutFrame {
+            message_id: 1,
+            from_user: "bob",
+            from_device: "phone",
+            to_users: &["u1", "u2", "u3"],
+            flags: crate::wire::ROUTE_FLAG_ACK,
+            payload: b"to the group",
+        })
+        .to_vec();
+    shard.send(bob, &fanout);
+    let written = frames(&shard.drain(bob));
+    assert!(written.iter().any(|(body, _)| *body == fb::Body::Deliver));
+    assert!(
+        !written.iter().any(|(body, _)| *body == fb::Body::Status),
+        "the Status waits for the Ack"
+    );
+    let conn = shard.core.conns().get(bob).unwrap();
+    assert_eq!(conn.budget.fanout_recipients, 0, "the budget came back");
 }

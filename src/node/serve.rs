@@ -26,6 +26,9 @@ const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Bytes read at a time before the Hello (a Hello is small).
 const HELLO_READ_BYTES: usize = 1024;
 
+/// Bytes of each read while a closing connection lingers.
+const LINGER_READ_BYTES: usize = 4096;
+
 /// Counts a socket in its handshake against `HANDSHAKES_PER_SHARD_MAX`.
 struct HandshakeSlot(Rc<Driver>);
 
@@ -116,7 +119,8 @@ async fn read_first_frame(
     input: &mut Vec<u8>,
     max: u32,
 ) -> Result<usize, Option<PeerFault>> {
-    let mut chunk = [0u8; HELLO_READ_BYTES];
+    // (Read straight into `input`: a buffer in this future would be kept
+    // in every connection's task for its whole life.)
     loop {
         match check(input, max) {
             Check::Complete(len) => return Ok(len),
@@ -125,7 +129,11 @@ async fn read_first_frame(
             }
             Check::Incomplete => {}
         }
-        let read = stream.read(&mut chunk).await.map_err(|_| None)?;
+        let filled = input.len();
+        input.resize(filled + HELLO_READ_BYTES, 0);
+        let read = stream.read(&mut input[filled..]).await;
+        let read = read.map_err(|_| None)?;
+        input.truncate(filled + read);
         if read == 0 {
             if input.is_empty() {
                 return Err(None);
@@ -141,7 +149,6 @@ async fn read_first_frame(
                 need,
             }));
         }
-        input.extend_from_slice(&chunk[..read]);
     }
 }
 
@@ -215,7 +222,7 @@ async fn refuse(driver: &Driver, mut stream: TcpStream, code: fb::ErrorCode, tex
     let goodbye = async {
         if stream.write_all(&frame).await.is_ok() {
             let _ = stream.shutdown(std::net::Shutdown::Write).await;
-            let mut sink = [0u8; 4096];
+            let mut sink = vec![0u8; LINGER_READ_BYTES];
             while let Ok(1..) = stream.read(&mut sink).await {}
         }
     };
@@ -365,7 +372,7 @@ async fn flush_and_linger(driver: &Rc<Driver>, id: ConnId, mut stream: TcpStream
         return;
     }
     let linger = async {
-        let mut sink = [0u8; 4096];
+        let mut sink = vec![0u8; LINGER_READ_BYTES];
         while let Ok(n @ 1..) = stream.read(&mut sink).await {
             driver.with_core(|core, now| core.receive(id, &sink[..n], now));
         }

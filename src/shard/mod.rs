@@ -300,6 +300,9 @@ impl Driver {
             }
             if self.clock.now() >= self.core.borrow().poll_timeout() {
                 self.with_core(|core, now| core.handle_timeout(now));
+                if self.core.borrow_mut().take_memory_released() {
+                    release_free_memory();
+                }
             }
         }
     }
@@ -350,5 +353,16 @@ impl Driver {
         };
         let deadline = glommio::timer::sleep(crate::limits::SHUTDOWN_GRACE);
         futures_lite::future::or(all_closed, deadline).await;
+    }
+}
+
+/// Returns the allocator's free pages to the system. Freed memory in the
+/// middle of glibc's heap stays resident until then: after a burst of
+/// connections or sessions the router's RSS would stay at its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -668,12 +668,28 @@ impl Table {
     }
 
     /// Gives memory back after a burst: the user index shrinks to what it
-    /// holds. (The slabs keep their peak size; their free slots are
-    /// reused first.)
+    /// holds, the slabs give back their free slots at the end (all of them
+    /// once empty), and so does the store of long ids. Records keep their
+    /// places. Costs a pass over the index and the free lists: for
+    /// [`Table::wants_shrink`], not for every operation.
     pub fn shrink(&mut self) {
         let (users, spill, hasher) = (&self.users, &self.spill, &self.hasher);
         self.index
             .shrink_to_fit(|&i| hasher.hash_one(users.get(i).key.bytes(spill)));
+        self.users.shrink();
+        self.sessions.shrink();
+        self.spill.shrink();
+        self.evicted.shrink_to_fit();
+        self.conflicts.shrink_to_fit();
+    }
+
+    /// Whether most of the table's memory holds nothing (fewer than a
+    /// quarter of its session slots are used, and it is not tiny): worth a
+    /// [`Table::shrink`].
+    pub fn wants_shrink(&self) -> bool {
+        const SLOTS_KEPT: usize = 1024;
+        let slots = self.sessions.slots().max(self.users.slots());
+        slots > SLOTS_KEPT && self.sessions.len() * 4 < slots
     }
 }
 

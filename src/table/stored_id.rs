@@ -78,6 +78,20 @@ impl Spill {
         self.blocks[index as usize] = Box::default();
         self.free.push(index);
     }
+
+    /// Gives back the free entries at the end (all of them when empty).
+    pub(super) fn shrink(&mut self) {
+        let mut end = self.blocks.len();
+        while end > 0 && self.blocks[end - 1].is_empty() {
+            end -= 1;
+        }
+        if end < self.blocks.len() {
+            self.blocks.truncate(end);
+            self.free.retain(|&index| (index as usize) < end);
+        }
+        self.blocks.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

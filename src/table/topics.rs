@@ -90,6 +90,22 @@ impl Topics {
         self.by_topic.get(topic).map_or(&[], Vec::as_slice)
     }
 
+    /// Gives memory back after a burst: the maps shrink to what they hold.
+    pub fn shrink(&mut self) {
+        self.by_node.retain(|_, topics| !topics.is_empty());
+        for topics in self.by_node.values_mut() {
+            topics.shrink_to_fit();
+        }
+        self.by_topic.shrink_to_fit();
+        self.by_node.shrink_to_fit();
+    }
+
+    /// Whether the maps are mostly empty (and not tiny): worth a `shrink`.
+    pub fn wants_shrink(&self) -> bool {
+        let capacity = self.by_topic.capacity();
+        capacity > 1024 && self.by_topic.len() * 4 < capacity
+    }
+
     /// Removes every subscription of `node`; returns how many.
     pub fn purge_node(&mut self, node: NodeId) -> usize {
         let Some(topics) = self.by_node.remove(&node) else {
