@@ -90,12 +90,13 @@ pub const OUT_BUFFER_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
 pub const OUT_BUFFER_BYTES_MIN: usize = 64 * 1024;
 
 /// The hard limit of an output buffer is this many times the soft limit.
-/// A Status, Kick or Pong that would pass it disconnects the node with
-/// `SlowConsumer`: the node keeps sending but does not read, and we cannot
-/// tell it anything else. Delivers never pass through this check: one that
-/// an owner shard decided before the node became congested is always
-/// queued, so the buffer can pass the soft limit by what was in flight
-/// towards the node, which the cross-core channels bound
+/// While that much waits to be written to the node's socket, the router
+/// does not read the node (its own requests' answers are what grows the
+/// buffer then); a node whose socket takes nothing for --node-timeout-ms
+/// is closed with `SlowConsumer`. Answers and control frames are always
+/// queued, and so is a Deliver an owner shard decided before the node
+/// became congested, so the buffer can pass the soft limit by what was in
+/// flight towards the node, which the cross-core channels bound
 /// (`LINK_BATCHES_MAX` batches per source shard).
 pub const OUT_BUFFER_HARD_FACTOR: usize = 2;
 

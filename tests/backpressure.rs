@@ -1,6 +1,7 @@
-//! The output path when a node stops reading (docs/PROTOCOL.md, "Slow
-//! nodes"): over the soft limit, messages for it get Busy; over the hard
-//! limit, it is disconnected. Every Route still gets exactly one verdict.
+//! The output path when a node stops reading (docs/PROTOCOL.md, "Flow
+//! control"): over the soft limit, messages for it get Busy; a node whose
+//! socket takes nothing for --node-timeout-ms is disconnected. Every Route
+//! still gets exactly one verdict.
 
 mod common;
 

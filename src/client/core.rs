@@ -186,6 +186,8 @@ impl std::error::Error for NodeError {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub sent_at: Time,
+    /// A Fanout (its Status lists the offline recipients), not a Route.
+    pub fanout: bool,
 }
 
 /// One connection's node-side protocol state. See the module docs.
@@ -516,20 +518,23 @@ impl NodeCore {
     /// verdict is tracked.
     pub fn route(&mut self, route: &RouteFrame<'_>, now: Time) {
         if route.flags & ROUTE_FLAG_ACK != 0 && self.pending.len() < PENDING_VERDICTS_MAX {
-            self.pending
-                .insert(route.message_id, Pending { sent_at: now });
+            let pending = Pending {
+                sent_at: now,
+                fanout: false,
+            };
+            self.pending.insert(route.message_id, pending);
         }
         Encoder::write_route(&mut self.out.stream, route);
     }
 
-    /// Routes with ACK whose verdict has not come.
+    /// Routes with ACK and Fanouts whose verdict has not come.
     pub fn pending_verdicts(&self) -> usize {
         self.pending.len()
     }
 
-    /// Forgets the Routes waiting for verdicts (after a reconnect that did
-    /// not resume: their verdicts are lost with the old stream) and
-    /// returns their ids.
+    /// Forgets the Routes and Fanouts waiting for verdicts (after a
+    /// reconnect that did not resume: their verdicts are lost with the old
+    /// stream) and returns their ids.
     pub fn take_pending(&mut self) -> Vec<u64> {
         self.pending.drain().map(|(id, _)| id).collect()
     }
@@ -593,7 +598,16 @@ impl NodeCore {
         self.queue(&frame);
     }
 
-    pub fn fanout(&mut self, fanout: &FanoutFrame<'_>) {
+    /// Sends a Fanout; its Status (which always comes) is tracked, so that
+    /// a refusal, which lists no offline users, is told from a Route's.
+    pub fn fanout(&mut self, fanout: &FanoutFrame<'_>, now: Time) {
+        if self.pending.len() < PENDING_VERDICTS_MAX {
+            let pending = Pending {
+                sent_at: now,
+                fanout: true,
+            };
+            self.pending.insert(fanout.message_id, pending);
+        }
         let frame = self.encoder.fanout(fanout).to_vec();
         self.queue(&frame);
     }
@@ -826,11 +840,18 @@ fn incoming<'a>(
         }
         fb::Body::Status => {
             let status = envelope.body_as_status().expect("body type");
-            if status.offline_users().is_some() {
-                Incoming::FanoutStatus(status)
-            } else {
-                let tracked = pending.remove(&status.message_id()).is_some();
-                Incoming::Status { status, tracked }
+            match pending.remove(&status.message_id()) {
+                Some(Pending { fanout: true, .. }) => Incoming::FanoutStatus(status),
+                Some(_) => Incoming::Status {
+                    status,
+                    tracked: true,
+                },
+                // Not tracked (more were waiting than the node tracks).
+                None if status.offline_users().is_some() => Incoming::FanoutStatus(status),
+                None => Incoming::Status {
+                    status,
+                    tracked: false,
+                },
             }
         }
         fb::Body::Kick => Incoming::Kick(envelope.body_as_kick().expect("body type")),
@@ -976,6 +997,41 @@ mod tests {
         );
         assert_eq!(node.pending_verdicts(), 0);
         drain(&mut node);
+    }
+
+    /// A refused Fanout's Status lists no offline users: it is still told
+    /// from a Route's by its id (before: it came out as an untracked Route
+    /// Status).
+    #[test]
+    fn a_refused_fanout_is_a_fanout_status() {
+        let mut node = NodeCore::new(NodeConfig::new("n", 1));
+        node.connect(Time::ZERO);
+        node.receive(&welcome(false, 0), Time::ZERO);
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Ok(Incoming::Welcome { .. }))
+        ));
+        let fanout = FanoutFrame {
+            message_id: 9,
+            from_user: "a",
+            from_device: "d",
+            to_users: &["b", "c"],
+            flags: 0,
+            payload: b"x",
+        };
+        node.fanout(&fanout, Time::ZERO);
+        assert_eq!(node.pending_verdicts(), 1);
+        let refused = Encoder::new()
+            .status(9, fb::Verdict::Busy, fb::Reason::RouterBusy)
+            .to_vec();
+        node.receive(&refused, Time::ZERO);
+        match node.poll_incoming() {
+            Some(Ok(Incoming::FanoutStatus(status))) => {
+                assert_eq!(status.verdict(), fb::Verdict::Busy);
+            }
+            _ => panic!("expected the Fanout's Status"),
+        }
+        assert_eq!(node.pending_verdicts(), 0);
     }
 
     #[test]

@@ -107,8 +107,10 @@ pub struct ServeArgs {
     pub max_frame_bytes: u32,
 
     /// Soft limit of each connection's output buffer, in bytes. Above it,
-    /// new messages for that node get a Busy verdict; above twice it, the
-    /// node is disconnected as a slow consumer.
+    /// new messages for that node get a Busy verdict, and Broadcast copies
+    /// wait (their sender is slowed); while twice it waits to be written,
+    /// the router stops reading that node. A node whose socket takes
+    /// nothing for --node-timeout-ms is closed as a slow consumer.
     #[arg(long, default_value_t = OUT_BUFFER_BYTES_DEFAULT, value_name = "N")]
     pub out_buffer_bytes: usize,
 
@@ -139,10 +141,12 @@ pub struct ServeArgs {
     pub heartbeat_ms: u32,
 
     /// A connection on which the node sent nothing (not even a Pong) for
-    /// this long is dead: it is closed with NodeTimeout and, if it was the
-    /// node's last, the node's sessions are removed. Checked once per
-    /// heartbeat. Default: 3 heartbeats; at least 2. Catches half-open TCP
-    /// connections.
+    /// this long, or (with acks) acknowledged nothing while bytes waited,
+    /// is dead: NodeTimeout, and it is suspended for --reconnect-grace-ms
+    /// (its sessions go when the grace ends). Also how long a socket may
+    /// take no byte before its node is closed as a slow consumer. Checked
+    /// once per heartbeat. Default: 3 heartbeats; at least 2. Catches
+    /// half-open TCP connections.
     #[arg(long, value_name = "MS")]
     pub node_timeout_ms: Option<u32>,
 

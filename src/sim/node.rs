@@ -396,14 +396,17 @@ impl SimNode {
                 to_users.sort();
                 to_users.dedup();
                 let refs: Vec<&str> = to_users.iter().map(String::as_str).collect();
-                self.core.fanout(&FanoutFrame {
-                    message_id: id,
-                    from_user: "sim",
-                    from_device: "sim",
-                    to_users: &refs,
-                    flags: 0,
-                    payload: b"group",
-                });
+                self.core.fanout(
+                    &FanoutFrame {
+                        message_id: id,
+                        from_user: "sim",
+                        from_device: "sim",
+                        to_users: &refs,
+                        flags: 0,
+                        payload: b"group",
+                    },
+                    now,
+                );
                 oracle.fanout_sent(id, stream, to_users);
                 Some(format!("fanout {id:#x}"))
             }

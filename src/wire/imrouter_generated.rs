@@ -501,7 +501,9 @@ impl ErrorCode {
   pub const UnexpectedFrame: Self = Self(7);
   /// A field is out of range: an empty or over-long id, a bad node name.
   pub const InvalidField: Self = Self(8);
-  /// The node stopped reading and its output buffer passed the hard limit.
+  /// The node's socket took nothing for --node-timeout-ms while bytes
+  /// waited, or the NodeEvents held for it passed --out-buffer-bytes. (A
+  /// node that does not read will most likely never see this frame.)
   pub const SlowConsumer: Self = Self(9);
   /// The Hello asked for a shard that does not exist.
   pub const NoSuchShard: Self = Self(10);
@@ -512,7 +514,9 @@ impl ErrorCode {
   /// The router is shutting down.
   pub const ShuttingDown: Self = Self(13);
   /// Nothing arrived from the node for --node-timeout-ms (it did not answer
-  /// the router's Pings): the router considers it dead.
+  /// the router's Pings), or, with acks, no Ack came for that long while
+  /// bytes waited for one: the router considers it dead and suspends the
+  /// connection for the grace.
   pub const NodeTimeout: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
@@ -1381,8 +1385,8 @@ impl<'a> Welcome<'a> {
     unsafe { self._tab.get::<u32>(Welcome::VT_RECONNECT_GRACE_MS, Some(0)).unwrap()}
   }
   /// On a resume of a node that acknowledges: the bytes of the node's own
-  /// stream (its frames after its first Hello of this process on this
-  /// shard, Hellos excluded) the router processed. The node sends its
+  /// stream (its frames since the Hello that started this stream; Hellos,
+  /// Pings, Pongs and Acks excluded) the router processed. The node sends its
   /// frames again from there: nothing it sent is lost or applied twice.
   #[inline]
   pub fn received(&self) -> u64 {
@@ -1400,10 +1404,11 @@ impl<'a> Welcome<'a> {
     unsafe { self._tab.get::<u64>(Welcome::VT_STREAM, Some(0)).unwrap()}
   }
   /// The router's warm-up left, in milliseconds, when this Welcome was
-  /// sent (0: over). Meanwhile a Route or Locate for a user with no
+  /// sent (0: over). Meanwhile a Route to a user (or device) with no
   /// session is answered Unknown, not Offline: the nodes that hold the
   /// user may not have reconnected yet. Retry such a message after this
-  /// long (or keep it as offline).
+  /// long (or keep it as offline). (A Locate answers an empty list, and a
+  /// Fanout lists such users as offline, warm-up or not.)
   #[inline]
   pub fn warmup_ms(&self) -> u32 {
     // Safety:
@@ -1592,8 +1597,9 @@ pub enum AckOffset {}
 
 /// Either direction, only on connections whose Hello set `acks`. Node to
 /// router: the node has received and processed the first `received` bytes
-/// of the router's stream (counted from offset 0 of the first connection of
-/// this incarnation, across resumes; Welcome and Error frames excluded).
+/// of the router's stream (counted from offset 0 at the start of the stream,
+/// the Welcome with `resumed` false, across resumes; Welcome and Error
+/// frames excluded).
 /// Must fall on a frame boundary and never go back. Router to node: the
 /// router has processed the first `received` bytes of the node's stream
 /// (its frames after its Hellos); the node may forget them.

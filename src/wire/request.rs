@@ -384,6 +384,19 @@ impl<'a> Request<'a> {
             fb::Body::Publish => {
                 let publish = envelope.body_as_publish().expect("body type");
                 check_topic(publish.topic())?;
+                let too_long = publish
+                    .from_user()
+                    .is_some_and(|user| user.len() > USER_ID_BYTES_MAX)
+                    || publish
+                        .from_device()
+                        .is_some_and(|device| device.len() > DEVICE_ID_BYTES_MAX);
+                if too_long {
+                    // As for a Route or a Fanout (before: copied as sent).
+                    return Ok(Request::Rejected {
+                        message_id: publish.message_id(),
+                        reason: fb::Reason::InvalidSender,
+                    });
+                }
                 Request::Publish(publish)
             }
             fb::Body::Fanout => fanout(envelope.body_as_fanout().expect("body type"), limits),
@@ -666,6 +679,25 @@ mod tests {
             Ok(Request::Rejected {
                 reason: fb::Reason::InvalidRecipient,
                 ..
+            })
+        ));
+        let long_user = "u".repeat(USER_ID_BYTES_MAX + 1);
+        let bytes = encoder
+            .publish(&crate::wire::PublishFrame {
+                topic: "t",
+                message_id: 5,
+                from_user: &long_user,
+                from_device: "d",
+                from_node: "",
+                flags: 0,
+                payload: b"",
+            })
+            .to_vec();
+        assert!(matches!(
+            parse(&bytes),
+            Ok(Request::Rejected {
+                message_id: 5,
+                reason: fb::Reason::InvalidSender
             })
         ));
     }
