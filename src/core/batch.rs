@@ -407,9 +407,13 @@ impl<'a> Iterator for Entries<'a> {
 
 /// Writes a PublishCopies body: the frame, then `(node, epoch)` pairs, then
 /// the frame's length.
-pub fn publish_copies_body(out: &mut Batch, frame: &[u8], subscribers: &[(NodeId, u32)]) {
+pub fn publish_copies_body(
+    out: &mut Batch,
+    frame: &[u8],
+    subscribers: impl IntoIterator<Item = (NodeId, u32)>,
+) {
     out.extend_from_slice(frame);
-    for &(node, epoch) in subscribers {
+    for (node, epoch) in subscribers {
         out.extend_from_slice(&node.0.to_le_bytes());
         out.extend_from_slice(&epoch.to_le_bytes());
     }
@@ -551,7 +555,7 @@ mod tests {
     #[test]
     fn publish_copies_carry_their_subscribers() {
         let mut body = Vec::new();
-        publish_copies_body(&mut body, b"xyz", &[(NodeId(1), 2), (NodeId(3), 4)]);
+        publish_copies_body(&mut body, b"xyz", [(NodeId(1), 2), (NodeId(3), 4)]);
         let (frame, _) = publish_copies_split(&body);
         assert_eq!(frame, b"xyz");
         let subscribers: Vec<_> = publish_copies_subscribers(&body).collect();

@@ -676,28 +676,28 @@ impl ShardCore {
     /// topic's owner. Its bytes count against the sender's budget until
     /// every copy is queued.
     fn publish(&mut self, id: ConnId, sender: Sender, publish: fb::Publish<'_>) {
-        let name = self.conns.get(id).expect("reading it").name.clone();
-        let frame = self
-            .encoder
-            .publish(&PublishFrame {
-                topic: publish.topic(),
-                message_id: publish.message_id(),
-                from_user: publish.from_user().unwrap_or(""),
-                from_device: publish.from_device().unwrap_or(""),
-                from_node: &name,
-                flags: publish.flags(),
-                payload: publish.payload().map_or(&[][..], |p| p.bytes()),
-            })
-            .to_vec();
+        let token = self.token();
+        // (Encoded with the name where it is, not a copy of it.)
+        let name = &self.conns.get(id).expect("reading it").name;
+        let frame = self.encoder.publish(&PublishFrame {
+            topic: publish.topic(),
+            message_id: publish.message_id(),
+            from_user: publish.from_user().unwrap_or(""),
+            from_device: publish.from_device().unwrap_or(""),
+            from_node: name,
+            flags: publish.flags(),
+            payload: publish.payload().map_or(&[][..], |p| p.bytes()),
+        });
         let units = frame.len() as u64;
         self.conns
             .get_mut(id)
             .expect("reading it")
             .budget
             .fan_out_bytes += units;
-        let token = self.token();
         let owner = self.owner.owner_of(publish.topic());
         if owner == self.index {
+            // Shared by the copies queued or held here.
+            let frame: Rc<[u8]> = frame.into();
             self.owner.publish(
                 &mut sink!(self),
                 sender,
@@ -712,7 +712,7 @@ impl ShardCore {
                 token,
                 ..EntryHeader::for_sender(EntryKind::Publish, sender)
             };
-            self.outboxes.push(owner, Class::Forward, &header, &frame);
+            self.outboxes.push(owner, Class::Forward, &header, frame);
         }
     }
 
@@ -723,8 +723,8 @@ impl ShardCore {
     /// until then.
     fn broadcast(&mut self, id: ConnId, sender: Sender, payload: &[u8]) {
         self.counters.broadcasts_in += 1;
-        let name = self.conns.get(id).expect("reading it").name.clone();
-        let frame: Rc<[u8]> = self.encoder.broadcast(&name, payload).into();
+        let name = &self.conns.get(id).expect("reading it").name;
+        let frame: Rc<[u8]> = self.encoder.broadcast(name, payload).into();
         let units = frame.len() as u64;
         self.conns
             .get_mut(id)
@@ -965,11 +965,12 @@ impl ShardCore {
                     .body_as_publish()
                     .expect("a Publish entry")
                     .topic();
+                let shared: Rc<[u8]> = frame.bytes().into();
                 self.owner.publish(
                     &mut sink!(self),
                     sender,
                     topic,
-                    frame.bytes(),
+                    &shared,
                     header.token,
                     header.message_id,
                 );

@@ -50,6 +50,8 @@ pub struct Owner {
     login_policy: LoginPolicy,
     /// Snapshots in progress, by node.
     pub receiving: HashMap<NodeId, Receiving, ahash::RandomState>,
+    /// Scratch for `publish`: (shard, node, epoch) of each copy.
+    publish_targets: Vec<(u16, NodeId, u32)>,
 }
 
 impl Owner {
@@ -74,6 +76,7 @@ impl Owner {
             warm_until,
             login_policy: limits.login_policy,
             receiving: HashMap::default(),
+            publish_targets: Vec::new(),
         }
     }
 
@@ -359,16 +362,19 @@ impl Owner {
     /// reports when its copies are queued (`done`, one part of as many as
     /// there are such shards).
     pub fn publish(
-        &self,
+        &mut self,
         out: &mut Out<'_>,
         sender: Sender,
         topic: &str,
-        frame: &[u8],
+        frame: &Rc<[u8]>,
         token: u64,
         units: u64,
     ) {
         out.counters.publishes += 1;
-        let mut by_shard: Vec<Vec<(NodeId, u32)>> = vec![Vec::new(); self.shard_count];
+        // The subscribers by shard, in a scratch list kept for the next
+        // Publish (no allocation per message once it has grown).
+        let mut targets = std::mem::take(&mut self.publish_targets);
+        targets.clear();
         for &(node, epoch) in self.topics.subscribers(topic.as_bytes()) {
             if node == sender.node {
                 continue;
@@ -379,9 +385,11 @@ impl Owner {
             let Some(shard) = state.fan_out_shard().filter(|_| state.epoch == epoch) else {
                 continue; // The node is gone; its subscriptions go with it.
             };
-            by_shard[shard].push((node, epoch));
+            targets.push((shard as u16, node, epoch));
         }
-        let parts = by_shard.iter().filter(|list| !list.is_empty()).count();
+        targets.sort_unstable_by_key(|&(shard, _, _)| shard);
+        let groups = || targets.chunk_by(|a, b| a.0 == b.0);
+        let parts = groups().count();
         let done = DoneTo {
             sender,
             token,
@@ -389,16 +397,15 @@ impl Owner {
             units,
         };
         if parts == 0 {
+            self.publish_targets = targets;
             return out.done(done, super::batch::CreditKind::FanOutBytes);
         }
-        for (shard, subscribers) in by_shard.iter().enumerate() {
-            if subscribers.is_empty() {
-                continue;
-            }
-            out.counters.publish_copies_out += subscribers.len() as u64;
+        for group in groups() {
+            let shard = usize::from(group[0].0);
+            let subscribers = group.iter().map(|&(_, node, epoch)| (node, epoch));
+            out.counters.publish_copies_out += group.len() as u64;
             if shard == self.index {
-                let frame: Rc<[u8]> = frame.into();
-                copies_here(out, &frame, subscribers.iter().copied(), done);
+                copies_here(out, frame, subscribers, done);
             } else {
                 let header = EntryHeader {
                     origin_node: sender.node,
@@ -414,6 +421,7 @@ impl Owner {
                 });
             }
         }
+        self.publish_targets = targets;
     }
 
     // ----- Snapshots --------------------------------------------------------

@@ -925,7 +925,14 @@ impl World {
             } else {
                 u64::from(self.config.heartbeat_ms) / 2
             };
-            Duration::from_millis(self.rng.range(1..=max))
+            let long = Duration::from_millis(self.rng.range(1..=max));
+            if self.settling {
+                // Faults stop while everything settles, long detours too
+                // (a detour past --node-timeout-ms times the node out, and
+                // it could go on for ever).
+                return Duration::from_micros(500);
+            }
+            long
         } else {
             Duration::from_micros(self.rng.range(5..=500))
         }
