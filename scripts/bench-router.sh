@@ -7,6 +7,8 @@
 #   scripts/bench-router.sh churn      # session opens and closes per second
 #   scripts/bench-router.sh memory     # resident memory per session, 1M and 10M
 #   scripts/bench-router.sh all
+#
+# ROUTER_BIN=/path/to/imrouter runs another build of the router (an A/B).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +19,7 @@ ROUTER_CPU=${ROUTER_CPU:-0}
 GENERATOR_CPU=${GENERATOR_CPU:-1}
 PORT=${PORT:-17810}
 OUT=${OUT:-$top/target/bench-router}
-router_bin=$top/target/release/imrouter
+router_bin=${ROUTER_BIN:-$top/target/release/imrouter}
 loadgen_bin=$top/target/release/imrouter-loadgen
 
 log() { printf '%s\n' "$*" >&2; }

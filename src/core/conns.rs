@@ -27,6 +27,12 @@ pub struct ConnId {
 }
 
 impl ConnId {
+    /// Its slot: unique among the connections registered at one time, so
+    /// a driver may index a table of its own with it.
+    pub fn slot(self) -> usize {
+        self.index as usize
+    }
+
     /// A compact number for logs and maps.
     pub fn as_u64(self) -> u64 {
         u64::from(self.generation) << 32 | u64::from(self.index)

@@ -26,8 +26,12 @@ use crate::wire::fb;
 
 use super::conns::LinkState;
 use super::out::Close;
+use super::stream::CHUNK_BYTES;
 use super::{sink, ShardCore};
-use crate::limits::{CONNECTIONS_ENDED_FOR_RELEASE, MEMORY_RELEASE_INTERVAL, SHRINK_USERS_MAX};
+use crate::limits::{
+    CONNECTIONS_ENDED_FOR_RELEASE, MEMORY_RELEASE_BYTES_MIN, MEMORY_RELEASE_INTERVAL,
+    SHRINK_USERS_MAX,
+};
 
 impl ShardCore {
     /// When the shard next needs [`ShardCore::handle_timeout`].
@@ -67,7 +71,9 @@ impl ShardCore {
     /// many connections ended (`take_memory_released`), so it can return
     /// the allocator's free pages to the system.
     fn give_memory_back(&mut self) {
-        let mut released = self.pool.trim() > 0;
+        // (A few chunks freed are not worth returning pages to the system:
+        // a steady flow would fault them in again.)
+        let mut released = self.pool.trim() * CHUNK_BYTES >= MEMORY_RELEASE_BYTES_MIN;
         let table = &mut self.owner.table;
         if !table.has_dead() && table.wants_shrink() && table.user_count() <= SHRINK_USERS_MAX {
             table.shrink();

@@ -49,6 +49,10 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// connections that are busy at one moment; an idle connection holds none.
 pub const POOL_CHUNKS_MAX: usize = 64;
 
+/// Free chunks `BufferPool::trim` always leaves (512 KiB): a steady flow
+/// reuses them instead of freeing and allocating them again every time.
+pub const POOL_CHUNKS_KEPT: usize = 8;
+
 /// Empty chunks for the streams of one shard.
 #[derive(Default)]
 pub struct BufferPool {
@@ -69,10 +73,12 @@ impl BufferPool {
     }
 
     /// Frees the chunks no connection needed since the last call (a burst
-    /// is over): the pool follows the shard's need, not its peak. Returns
-    /// how many were freed.
+    /// is over), but `POOL_CHUNKS_KEPT`: the pool follows the shard's need,
+    /// not its peak. Returns how many were freed.
     pub fn trim(&mut self) -> usize {
-        let unused = self.low_water.min(self.free.len());
+        let unused = self
+            .low_water
+            .min(self.free.len().saturating_sub(POOL_CHUNKS_KEPT));
         self.free.truncate(self.free.len() - unused);
         if self.free.is_empty() {
             self.free = Vec::new();

@@ -259,7 +259,10 @@ async fn serve(driver: &Rc<Driver>, id: ConnId, mut stream: TcpStream) {
             }
         }
         match poll_fn(|cx| poll_turn(driver, id, &mut stream, cx)).await {
-            Turn::Read => glommio::executor().yield_if_needed().await,
+            // Let the other connections run before reading again: at a
+            // steady rate each read then finds more (fewer, larger reads
+            // and writes: 38,400 -> 36,300 of each in 5 s at 100k msg/s).
+            Turn::Read => glommio::executor().yield_now().await,
             Turn::Changed => {}
             Turn::Lost(lost) => driver.with_core(|core, now| core.socket_lost(id, lost, now)),
         }

@@ -25,7 +25,6 @@ pub mod link;
 pub mod signal;
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Duration;
@@ -59,8 +58,9 @@ pub struct Driver {
     /// `links[t]` sends to shard `t`.
     pub links: Vec<ShardLink>,
     inbox: Inbox,
-    /// The waker of each connection's task.
-    wakers: RefCell<HashMap<ConnId, Waker>>,
+    /// The waker of each connection's task, by its slot (`ConnId::slot`):
+    /// registered on every turn, so no hashing.
+    wakers: RefCell<Vec<Option<(ConnId, Waker)>>>,
     /// Scratch for the core's wake list.
     woken: RefCell<Vec<ConnId>>,
     /// Readers waiting for outbox room.
@@ -90,7 +90,7 @@ impl Driver {
             clock,
             links,
             inbox,
-            wakers: RefCell::new(HashMap::new()),
+            wakers: RefCell::new(Vec::new()),
             woken: RefCell::new(Vec::new()),
             room: Broadcast::default(),
             flush_wanted: Signal::default(),
@@ -137,7 +137,11 @@ impl Driver {
         if !woken.is_empty() {
             let mut wakers = self.wakers.borrow_mut();
             for id in woken.drain(..) {
-                if let Some(waker) = wakers.remove(&id) {
+                let Some(entry) = wakers.get_mut(id.slot()) else {
+                    continue;
+                };
+                if entry.as_ref().is_some_and(|(held, _)| *held == id) {
+                    let (_, waker) = entry.take().expect("checked");
                     waker.wake();
                 }
             }
@@ -159,18 +163,27 @@ impl Driver {
     /// Remembers the waker of `id`'s task, woken when the core wakes `id`.
     pub fn register(&self, id: ConnId, waker: &Waker) {
         let mut wakers = self.wakers.borrow_mut();
-        match wakers.get_mut(&id) {
-            Some(held) if held.will_wake(waker) => {}
-            Some(held) => held.clone_from(waker),
-            None => {
-                wakers.insert(id, waker.clone());
+        let slot = id.slot();
+        if slot >= wakers.len() {
+            wakers.resize_with(slot + 1, || None);
+        }
+        match &mut wakers[slot] {
+            Some((held_id, held)) if *held_id == id => {
+                if !held.will_wake(waker) {
+                    held.clone_from(waker);
+                }
             }
+            entry => *entry = Some((id, waker.clone())),
         }
     }
 
     /// Forgets `id`'s task.
     pub fn unregister(&self, id: ConnId) {
-        self.wakers.borrow_mut().remove(&id);
+        if let Some(entry) = self.wakers.borrow_mut().get_mut(id.slot()) {
+            if entry.as_ref().is_some_and(|(held, _)| *held == id) {
+                *entry = None;
+            }
+        }
     }
 
     /// A read buffer, to give back with [`Driver::give_read_buffer`].
