@@ -90,6 +90,9 @@ impl Shard {
                 break;
             }
         }
+        // (The driver takes the connections to wake after every call.)
+        let mut woken = Vec::new();
+        self.core.take_wakes(&mut woken);
     }
 
     /// Everything queued for `id`'s socket, as if the socket took it all.
