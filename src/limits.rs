@@ -179,10 +179,15 @@ pub const PENDING_REPORTS_MAX: usize = 1 << 20;
 pub const LOCATES_IN_FLIGHT_MAX: u32 = 64;
 
 /// Fanout recipients one connection may have in flight (Fanouts whose
-/// Status is not sent yet). Past it the connection's reader pauses; a
-/// single Fanout larger than this is still accepted when nothing else of
-/// the connection is in flight.
+/// Delivers are not all queued yet). Past it the connection's reader
+/// pauses; a single Fanout larger than this is still accepted when nothing
+/// else of the connection is in flight.
 pub const FANOUT_RECIPIENTS_IN_FLIGHT_MAX: u64 = 100_000;
+
+/// Fanouts one connection may have in flight (the same way). Past it the
+/// connection's reader pauses, so that one sender cannot take all of a
+/// shard's `FANOUT_JOBS_MAX` and get everyone else's Fanouts refused.
+pub const FANOUTS_IN_FLIGHT_MAX: u32 = 8;
 
 /// Bytes of Broadcast and Publish frames one connection may have in flight
 /// (copies not all queued yet; a copy for a congested node waits for it).

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::limits::{
-    FANOUT_BYTES_IN_FLIGHT_MAX, FANOUT_RECIPIENTS_IN_FLIGHT_MAX, LOCATES_IN_FLIGHT_MAX,
-    OUT_BUFFER_HARD_FACTOR, PENDING_REPORTS_MAX, SYNC_SESSIONS_IN_FLIGHT_MAX,
+    FANOUTS_IN_FLIGHT_MAX, FANOUT_BYTES_IN_FLIGHT_MAX, FANOUT_RECIPIENTS_IN_FLIGHT_MAX,
+    LOCATES_IN_FLIGHT_MAX, OUT_BUFFER_HARD_FACTOR, PENDING_REPORTS_MAX,
+    SYNC_SESSIONS_IN_FLIGHT_MAX,
 };
 use crate::table::NodeId;
 use crate::time::Time;
@@ -78,6 +79,8 @@ pub struct Budget {
     pub locates: u32,
     /// Recipients of Fanouts whose Delivers are not all queued yet.
     pub fanout_recipients: u64,
+    /// Those Fanouts.
+    pub fanouts: u32,
     /// Bytes of Broadcast and Publish frames whose copies are not all
     /// queued yet.
     pub fan_out_bytes: u64,
@@ -90,6 +93,7 @@ impl Budget {
     pub fn exhausted(&self) -> bool {
         self.locates >= LOCATES_IN_FLIGHT_MAX
             || self.fanout_recipients >= FANOUT_RECIPIENTS_IN_FLIGHT_MAX
+            || self.fanouts >= FANOUTS_IN_FLIGHT_MAX
             || self.fan_out_bytes >= FANOUT_BYTES_IN_FLIGHT_MAX
             || self.sync_sessions >= SYNC_SESSIONS_IN_FLIGHT_MAX
     }

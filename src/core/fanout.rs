@@ -243,7 +243,7 @@ impl Fanouts {
             return None;
         }
         let job = self.jobs.remove(&token).expect("present");
-        Some(finish(out, job))
+        finish(out, job)
     }
 
     /// Does up to `budget` recipients' worth of work; returns how much it
@@ -281,7 +281,7 @@ impl Fanouts {
             }
             let finished_now = matches!(job.phase, Phase::Delivering) && job.awaiting == 0;
             if finished_now {
-                finished.push(finish(out, job));
+                finished.extend(finish(out, job));
                 continue;
             }
             self.jobs.insert(token, job);
@@ -609,7 +609,7 @@ fn encode_resolution(resolve: &Resolve) -> Vec<u8> {
 }
 
 /// The Fanout's one Status, to the sender (whose connection is here).
-fn finish(out: &mut Out<'_>, job: Job) -> (Sender, usize) {
+fn finish(out: &mut Out<'_>, job: Job) -> Option<(Sender, usize)> {
     out.counters.fanout_recipients_offline += job.offline_count as u64;
     let message_id = job
         .frame
@@ -631,12 +631,9 @@ fn finish(out: &mut Out<'_>, job: Job) -> (Sender, usize) {
     out.send_to(job.sender, Class::Bounce, |encoder, frame| {
         frame.extend_from_slice(encoder.status_offline(message_id, verdict, reason, &offline))
     });
-    let budget = if job.budget_returned {
-        0
-    } else {
-        job.recipients
-    };
-    (job.sender, budget)
+    // The sender's budget, unless it came back when the Delivers were
+    // queued.
+    (!job.budget_returned).then_some((job.sender, job.recipients))
 }
 
 #[cfg(test)]

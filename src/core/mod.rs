@@ -613,6 +613,7 @@ impl ShardCore {
                 let recipients = fanout.to_users().len();
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.budget.fanout_recipients += recipients as u64;
+                    conn.budget.fanouts += 1;
                 }
                 let token = self.token();
                 self.fanouts.start(
@@ -1152,6 +1153,7 @@ impl ShardCore {
             .budget
             .fanout_recipients
             .saturating_sub(recipients as u64);
+        conn.budget.fanouts = conn.budget.fanouts.saturating_sub(1);
         if was_exhausted && !conn.budget.exhausted() {
             self.conns.wake(id);
         }

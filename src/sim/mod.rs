@@ -37,9 +37,9 @@ use crate::core::conns::{ConnId, LinkState};
 use crate::core::directory::Directory;
 use crate::core::{Lost, ShardCore, SocketAction};
 use crate::limits::{
-    BATCH_BYTES_TARGET, CLOSE_LINGER, FANOUT_BYTES_IN_FLIGHT_MAX, FANOUT_JOBS_MAX,
-    FANOUT_RECIPIENTS_IN_FLIGHT_MAX, LINK_BATCHES_MAX, LOCATES_IN_FLIGHT_MAX, OUTBOX_BYTES_HIGH,
-    SYNC_SESSIONS_IN_FLIGHT_MAX,
+    BATCH_BYTES_TARGET, CLOSE_LINGER, FANOUTS_IN_FLIGHT_MAX, FANOUT_BYTES_IN_FLIGHT_MAX,
+    FANOUT_JOBS_MAX, FANOUT_RECIPIENTS_IN_FLIGHT_MAX, LINK_BATCHES_MAX, LOCATES_IN_FLIGHT_MAX,
+    OUTBOX_BYTES_HIGH, SYNC_SESSIONS_IN_FLIGHT_MAX,
 };
 use crate::table::LoginPolicy;
 use crate::time::Time;
@@ -1091,6 +1091,7 @@ impl World {
                 // (A reader stops at the frame after the one that spent
                 // its budget: one frame's worth over.)
                 if budget.locates > LOCATES_IN_FLIGHT_MAX
+                    || budget.fanouts > FANOUTS_IN_FLIGHT_MAX
                     || budget.fanout_recipients
                         > FANOUT_RECIPIENTS_IN_FLIGHT_MAX + u64::from(config.fanout_max)
                     || budget.fan_out_bytes > FANOUT_BYTES_IN_FLIGHT_MAX + frame_max as u64

@@ -456,12 +456,12 @@ impl SimNode {
     }
 
     /// Many requests at once, as a misbehaving or bursting node sends
-    /// them: more Locates than a node may have in flight, Broadcasts
-    /// larger than other nodes' buffers, or Routes that fill a
+    /// them: more Locates or Fanouts than a node may have in flight,
+    /// Broadcasts larger than other nodes' buffers, or Routes that fill a
     /// recipient's. Its own reader must pause, the nodes that read must
     /// not be dropped, and every promise must still hold.
     fn storm(&mut self, oracle: &mut Oracle, now: Time) -> String {
-        match self.storm_rng.below(3) {
+        match self.storm_rng.below(4) {
             0 => {
                 let count = self.storm_rng.range(65..=300);
                 for _ in 0..count {
@@ -478,6 +478,32 @@ impl SimNode {
                     self.core.broadcast(&vec![2; size]);
                 }
                 format!("storm: {count} Broadcasts of {size} bytes")
+            }
+            2 => {
+                let count = self.storm_rng.range(9..=40);
+                let stream = self.stream_id();
+                for _ in 0..count {
+                    let id = self.message_id() | FANOUT_ID;
+                    let mut to_users: Vec<String> = (0..self.storm_rng.range(1..=64))
+                        .map(|_| format!("user-{}", self.storm_rng.index(self.users)))
+                        .collect();
+                    to_users.sort();
+                    to_users.dedup();
+                    let refs: Vec<&str> = to_users.iter().map(String::as_str).collect();
+                    self.core.fanout(
+                        &FanoutFrame {
+                            message_id: id,
+                            from_user: "storm",
+                            from_device: "storm",
+                            to_users: &refs,
+                            flags: 0,
+                            payload: b"storm",
+                        },
+                        now,
+                    );
+                    oracle.fanout_sent(id, stream, to_users);
+                }
+                format!("storm: {count} Fanouts")
             }
             _ => {
                 let count = self.storm_rng.range(20..=120);
