@@ -159,6 +159,15 @@ pub enum NodeError {
         stream_offset: u64,
         received: u64,
     },
+    /// A resumed Welcome from which this node cannot continue its own
+    /// stream: the router processed `router_received` bytes of it, and this
+    /// node keeps bytes `kept_from..kept_to` (or the offset is not between
+    /// two frames).
+    CannotContinue {
+        router_received: u64,
+        kept_from: u64,
+        kept_to: u64,
+    },
 }
 
 impl std::fmt::Display for NodeError {
@@ -175,6 +184,14 @@ impl std::fmt::Display for NodeError {
             } => write!(
                 f,
                 "the router resumed the stream at {stream_offset}, not at the {received} bytes this node processed"
+            ),
+            NodeError::CannotContinue {
+                router_received,
+                kept_from,
+                kept_to,
+            } => write!(
+                f,
+                "the router resumed after {router_received} bytes of this node's stream; this node keeps bytes {kept_from}..{kept_to} of it"
             ),
         }
     }
@@ -325,6 +342,19 @@ impl NodeCore {
             out.extend_from_slice(bytes);
             self.transmitted(n);
         }
+    }
+
+    /// `n` bytes of stream frames (not Pings, Pongs or Acks) that the
+    /// application encoded and wrote to the socket itself, after everything
+    /// this core queued: for a sender that encodes its own frames (the load
+    /// generator). They count in the stream's offsets but are not kept, so a
+    /// resume that would need them again fails with
+    /// [`NodeError::CannotContinue`] instead of skipping them. Call it
+    /// between connections (before [`NodeCore::connect`]); anything of this
+    /// core's stream still unacknowledged is given up the same way, since
+    /// it cannot be sent again ahead of bytes written after it.
+    pub fn wrote_stream(&mut self, n: u64) {
+        self.out.wrote_elsewhere(n);
     }
 
     /// Stream bytes queued and not acknowledged by the router yet.
@@ -767,6 +797,19 @@ impl Outgoing {
         self.connect_mark = self.connect_mark.saturating_sub(n);
     }
 
+    /// See [`NodeCore::wrote_stream`].
+    fn wrote_elsewhere(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.base += self.stream.len() as u64 + n;
+        self.stream.clear();
+        self.sent = 0;
+        self.frame_start = 0;
+        self.frame_end = 0;
+        self.connect_mark = 0;
+    }
+
     /// The router processed the node's stream up to `received`: forget it.
     fn router_acked(&mut self, received: u64) {
         if !self.acks || received <= self.base {
@@ -787,9 +830,10 @@ impl Outgoing {
         let skip = if resumed && self.acks {
             let old_end = self.base + self.connect_mark as u64;
             if received < self.base || received > old_end || !self.is_boundary(received) {
-                return Err(NodeError::ResumedElsewhere {
-                    stream_offset: received,
-                    received: old_end,
+                return Err(NodeError::CannotContinue {
+                    router_received: received,
+                    kept_from: self.base,
+                    kept_to: old_end,
                 });
             }
             (received - self.base) as usize
@@ -890,6 +934,12 @@ mod tests {
     use crate::wire::WelcomeFrame;
 
     fn welcome(resumed: bool, stream_offset: u64) -> Vec<u8> {
+        welcome_after(resumed, stream_offset, 0)
+    }
+
+    /// A Welcome that says the router processed `received` bytes of the
+    /// node's stream.
+    fn welcome_after(resumed: bool, stream_offset: u64, received: u64) -> Vec<u8> {
         Encoder::new()
             .welcome(&WelcomeFrame {
                 protocol_version: 1,
@@ -905,7 +955,7 @@ mod tests {
                 resumed,
                 stream_offset,
                 reconnect_grace_ms: 5000,
-                received: 0,
+                received,
                 stream: 7,
                 warmup_ms: 0,
             })
@@ -1059,6 +1109,70 @@ mod tests {
             node.poll_incoming(),
             Some(Err(NodeError::ResumedElsewhere { .. }))
         ));
+        assert_eq!(node.state(), State::Failed);
+    }
+
+    /// Stream frames the application wrote itself count in the offsets: a
+    /// resume after them goes on from there, one that needs them again is
+    /// an error (the core does not have them).
+    #[test]
+    fn stream_written_elsewhere_counts_in_the_offsets() {
+        let route = |id| {
+            Encoder::new()
+                .route(&RouteFrame {
+                    message_id: id,
+                    from_user: "a",
+                    from_device: "d",
+                    to_user: "b",
+                    to_device: None,
+                    flags: 0,
+                    payload: b"x",
+                })
+                .to_vec()
+        };
+        let (first, second) = (route(1), route(2));
+        let written = (first.len() + second.len()) as u64;
+        let resume = |router_received| {
+            let mut config = NodeConfig::new("n", 1);
+            config.acks = true;
+            let mut node = NodeCore::new(config);
+            node.connect(Time::ZERO);
+            node.receive(&welcome(false, 0), Time::ZERO);
+            assert!(matches!(
+                node.poll_incoming(),
+                Some(Ok(Incoming::Welcome { resumed: false }))
+            ));
+            node.take_transmit(); // the Hello
+            node.wrote_stream(written);
+            node.connection_lost();
+            node.connect(Time::ZERO);
+            node.take_transmit(); // the Hello
+            node.route(
+                &RouteFrame {
+                    message_id: 3,
+                    from_user: "a",
+                    from_device: "d",
+                    to_user: "b",
+                    to_device: None,
+                    flags: 0,
+                    payload: b"y",
+                },
+                Time::ZERO,
+            );
+            node.receive(&welcome_after(true, 0, router_received), Time::ZERO);
+            let welcomed = matches!(node.poll_incoming(), Some(Ok(Incoming::Welcome { .. })));
+            (welcomed, node)
+        };
+        // The router processed both: the Route queued since is sent.
+        let (welcomed, mut node) = resume(written);
+        assert!(welcomed);
+        let sent = node.take_transmit();
+        let third = route(3);
+        assert_eq!(sent.len(), third.len(), "only the new Route goes out");
+        // The router processed only the first: the second cannot be sent
+        // again.
+        let (welcomed, node) = resume(first.len() as u64);
+        assert!(!welcomed);
         assert_eq!(node.state(), State::Failed);
     }
 }

@@ -89,7 +89,7 @@ async fn cut(node: &Rc<SimNode>, outage_ns: u64) -> Result<(bool, u64), String> 
         core.flush_ack();
         core.take_transmit()
     };
-    link.push(&ack);
+    link.push_control(&ack);
     let flushed = async {
         while link.backlog() > 0 && !link.is_closed() {
             glommio::timer::sleep(Duration::from_millis(1)).await;

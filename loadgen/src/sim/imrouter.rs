@@ -75,7 +75,8 @@ async fn handshake(
                 return Err(format!("{name}: refused: {code:?} {text}"));
             }
             Some(Ok(other)) => return Err(format!("{name}: expected Welcome, got {other:?}")),
-            Some(Err(e)) => return Err(format!("{name}: {e}")),
+            // Not a failed attempt: the router broke the protocol.
+            Some(Err(e)) => return Err(format!("{name}: {FATAL}{e}")),
             None => {}
         }
         let buffer = core.read_buffer(4096);
@@ -92,6 +93,9 @@ async fn handshake(
     Ok((stream, welcome))
 }
 
+/// Marks a handshake error that another attempt cannot cure.
+const FATAL: &str = "the router broke the protocol: ";
+
 /// How long a node keeps trying to reconnect (the restart scenario waits
 /// for a router process to come back).
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
@@ -106,6 +110,7 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn reconnect(node: Rc<SimNode>, link: Rc<Link>, down_ns: u64) -> Result<bool, String> {
     let plan = node.plan().clone();
     let mut core = link.take_core().expect("an imrouter link");
+    core.wrote_stream(link.take_stream_written());
     let received = core.received();
     let started = std::time::Instant::now();
     let connected = loop {
@@ -121,8 +126,9 @@ pub async fn reconnect(node: Rc<SimNode>, link: Rc<Link>, down_ns: u64) -> Resul
         });
         match attempt.await {
             Ok(connected) => break Ok(connected),
-            Err(_)
-                if started.elapsed() < RECONNECT_FOR
+            Err(e)
+                if !e.contains(FATAL)
+                    && started.elapsed() < RECONNECT_FOR
                     && !node.worker.shared.finished.load(Relaxed) =>
             {
                 glommio::timer::sleep(RECONNECT_PAUSE).await;
@@ -288,7 +294,7 @@ pub async fn run_reader(node: Rc<SimNode>, link: Rc<Link>) {
             core.take_transmit()
         };
         if !out.is_empty() {
-            link.push(&out);
+            link.push_control(&out);
         }
     }
 }

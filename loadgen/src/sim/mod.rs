@@ -226,6 +226,8 @@ pub struct Link {
     stream: RefCell<TcpStream>,
     out: RefCell<Vec<u8>>,
     in_flight: Cell<usize>,
+    /// Stream bytes pushed since the node core last heard of them.
+    stream_written: Cell<u64>,
     wake: Signal,
     pub room: Broadcast,
     closed: Cell<bool>,
@@ -250,6 +252,7 @@ impl Link {
             stream: RefCell::new(stream),
             out: RefCell::new(Vec::with_capacity(64 * 1024)),
             in_flight: Cell::new(0),
+            stream_written: Cell::new(0),
             wake: Signal::default(),
             room: Broadcast::default(),
             closed: Cell::new(false),
@@ -294,9 +297,26 @@ impl Link {
         }
     }
 
+    /// Queues frames of the node's stream (everything but Pings, Pongs
+    /// and Acks), encoded here rather than by the node core: counted, so
+    /// that the core knows where its stream is when it resumes.
     pub fn push(&self, bytes: &[u8]) {
+        self.stream_written
+            .set(self.stream_written.get() + bytes.len() as u64);
+        self.push_control(bytes);
+    }
+
+    /// Queues what the node core wrote (Acks and Pongs), or bytes of the
+    /// NATS protocol.
+    pub fn push_control(&self, bytes: &[u8]) {
         self.out.borrow_mut().extend_from_slice(bytes);
         self.wake.notify();
+    }
+
+    /// Stream bytes pushed since the last call (see
+    /// `NodeCore::wrote_stream`).
+    pub fn take_stream_written(&self) -> u64 {
+        self.stream_written.replace(0)
     }
 
     pub fn backlog(&self) -> usize {
