@@ -69,6 +69,7 @@
 //! README's architecture section draws the path of a message.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod limits;
