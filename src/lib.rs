@@ -38,10 +38,16 @@
 //!   ([`client::NodeCore`]: handshake, Pings, stream offsets and Acks,
 //!   resume, verdict matching), and a blocking [`client::blocking::Connection`] on
 //!   top (`imrouter locate`, tests, the load generator).
+//! - [`cluster`]: several routers as one service (in progress, see
+//!   docs/CLUSTER.md): the slot map ([`cluster::map`]), the controller's
+//!   plans for it ([`cluster::plan`]), and a router's membership in etcd
+//!   ([`cluster::member`]: lease, fence, election, hand-over), sans-IO over
+//!   the etcd requests of [`cluster::etcd`].
 //! - [`sim`]: the deterministic simulation: every shard core and many node
 //!   cores in one thread on virtual time, a seeded scheduler, injected
 //!   faults, invariants checked at every step (`imrouter-sim`,
-//!   scripts/simulate.sh).
+//!   scripts/simulate.sh); and the cluster's control plane with a fake
+//!   etcd ([`sim::control`], `imrouter-sim --control`).
 //! - [`table`]: the location table of one shard (user to sessions, with the
 //!   login policy) and its topic table, plain data.
 //! - [`route`]: routing decisions: given a message, the table and a view of

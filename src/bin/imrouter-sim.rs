@@ -3,6 +3,7 @@
 //! ```text
 //! imrouter-sim --seeds 100000 [--first 0] [--threads 2]   # many seeds
 //! imrouter-sim --seed 1234 [--trace]                        # one, replayed
+//! imrouter-sim --control --seeds 10000                      # the cluster's control plane
 //! ```
 //!
 //! Prints a line per 10,000 seeds, and for the first failing seed its
@@ -20,6 +21,7 @@ struct Args {
     seeds: u64,
     threads: usize,
     trace: bool,
+    control: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +30,7 @@ fn parse() -> Result<Args, String> {
         seeds: 1000,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         trace: false,
+        control: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,8 +49,9 @@ fn parse() -> Result<Args, String> {
                 args.seeds = 1;
             }
             "--trace" => args.trace = true,
+            "--control" => args.control = true,
             "--help" | "-h" => return Err(
-                "usage: imrouter-sim [--seeds N] [--first S] [--threads T] | --seed S [--trace]"
+                "usage: imrouter-sim [--control] [--seeds N] [--first S] [--threads T] | --seed S [--trace]"
                     .into(),
             ),
             other => return Err(format!("unknown flag {other}")),
@@ -81,6 +85,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.control {
+        return run_control(&args);
+    }
     if args.trace {
         // SAFETY (not unsafe): the simulation reads this to keep a longer trace.
         std::env::set_var("IMROUTER_SIM_TRACE", "1000000");
@@ -179,6 +186,84 @@ fn main() -> ExitCode {
         m.publishes,
         m.locates,
         m.connections_handed_off
+    );
+    ExitCode::SUCCESS
+}
+
+/// The cluster's control plane alone (`imrouter::sim::control`): routers'
+/// memberships and a fake etcd, with crashes, pauses, partitions, etcd
+/// outages, joins and drains.
+fn run_control(args: &Args) -> ExitCode {
+    use imrouter::sim::control::{self, ControlStats};
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(args.first));
+    let failed = Arc::new(Mutex::new(None::<(u64, String)>));
+    let totals = Arc::new(Mutex::new((0u64, ControlStats::default())));
+    let end = args.first + args.seeds;
+    let verbose = args.trace;
+    let workers: Vec<_> = (0..args.threads)
+        .map(|_| {
+            let (next, failed, totals) = (next.clone(), failed.clone(), totals.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end || failed.lock().expect("failed").is_some() {
+                    return;
+                }
+                match control::run_seed(seed) {
+                    Ok(stats) => {
+                        let mut totals = totals.lock().expect("totals");
+                        totals.0 += 1;
+                        let t = &mut totals.1;
+                        t.steps += stats.steps;
+                        t.crashes += stats.crashes;
+                        t.pauses += stats.pauses;
+                        t.cuts += stats.cuts;
+                        t.etcd_outages += stats.etcd_outages;
+                        t.joins += stats.joins;
+                        t.drains += stats.drains;
+                        t.epochs += stats.epochs;
+                        t.worst_gap_ms = t.worst_gap_ms.max(stats.worst_gap_ms);
+                        if totals.0 % 10_000 == 0 {
+                            eprintln!(
+                                "{} seeds clean, {:.0} s",
+                                totals.0,
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                    Err((config, error, trace)) => {
+                        let mut text =
+                            format!("seed {seed} FAILED: {error}\n  config: {config:?}\n");
+                        let keep = if verbose { trace.len() } else { 40 };
+                        for line in trace.iter().skip(trace.len().saturating_sub(keep)) {
+                            text.push_str(&format!("    {line}\n"));
+                        }
+                        text.push_str(&format!(
+                            "replay: imrouter-sim --control --seed {seed} --trace\n"
+                        ));
+                        let mut slot = failed.lock().expect("failed");
+                        if slot.as_ref().is_none_or(|(s, _)| *s > seed) {
+                            *slot = Some((seed, text));
+                        }
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if let Some((_, text)) = failed.lock().expect("failed").take() {
+        eprint!("{text}");
+        return ExitCode::FAILURE;
+    }
+    let (count, t) = totals.lock().expect("totals").clone();
+    println!(
+        "{count} control-plane seeds clean (from {}) in {:.1} s: {} steps, {} crashes, {} pauses, {} router-etcd cuts, {} etcd outages, {} joins, {} drains, {} epochs written; longest a slot went unserved: {} ms",
+        args.first,
+        started.elapsed().as_secs_f64(),
+        t.steps, t.crashes, t.pauses, t.cuts, t.etcd_outages, t.joins, t.drains, t.epochs, t.worst_gap_ms
     );
     ExitCode::SUCCESS
 }

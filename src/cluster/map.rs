@@ -474,6 +474,12 @@ impl SlotSet {
         }
     }
 
+    pub fn intersect_with(&mut self, other: &SlotSet) {
+        for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
+            *a &= b;
+        }
+    }
+
     pub fn subtract(&mut self, other: &SlotSet) {
         for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
             *a &= !b;

@@ -7,5 +7,7 @@
 //! simulation's fake etcd both carry out. docs/CLUSTER.md describes the
 //! design.
 
+pub mod etcd;
 pub mod map;
+pub mod member;
 pub mod plan;

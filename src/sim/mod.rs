@@ -22,6 +22,8 @@
 //! failing seed becomes a regression test (tests/simulation.rs), and
 //! `scripts/simulate.sh --seeds N` runs as many as asked.
 
+pub mod control;
+pub mod etcd;
 mod net;
 mod node;
 pub mod oracle;

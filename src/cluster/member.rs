@@ -1,0 +1,803 @@
+//! One router's membership in the cluster, sans-IO: its lease and
+//! registration, the fence, its view of the other routers and of the slot
+//! map (a range, then a watch), which slots it may serve now, and, while it
+//! is the controller, the map's next epoch.
+//!
+//! It asks for etcd requests ([`Member::poll_request`]) and is fed their
+//! responses ([`Member::handle`]) and the time ([`Member::tick`]); it
+//! never blocks and never reads a clock.
+//!
+//! Keys, under `/imrouter/<cluster>/`:
+//!
+//! | key | value | lease | written by |
+//! |---|---|---|---|
+//! | `routers/<id>` | `name addr shards` | the router's | the router, once |
+//! | `applied/<id>` | the newest map epoch it applied | the router's | the router |
+//! | `map` | the slot map ([`SlotMap::encode`]) | none | the controller |
+//! | `drain/<id>` | empty | none | `imrouter cluster drain` |
+//!
+//! `<id>` is the router's lease id in 16 hex digits: its [`RouterId`].
+//!
+//! **Election.** The controller is the registered router whose
+//! `routers/<id>` key has the lowest create revision: etcd's own election
+//! recipe. Every write of the map is a transaction that requires the
+//! controller's key to still exist with that create revision and the map
+//! to be at the mod revision the controller read, so a deposed or stale
+//! controller cannot write.
+//!
+//! **Fencing.** A router serves only while its lease is certainly alive:
+//! until the send time of the last keep-alive etcd answered, plus the TTL,
+//! minus a margin. etcd counts the TTL from when it received that
+//! keep-alive, later than we sent it, so the router stops before etcd can
+//! expire the lease, and the controller moves a router's slots only once
+//! etcd deleted its `routers/` key, that is, after the lease expired or
+//! was revoked.
+//!
+//! **Hand-over.** A router that gains a slot from a live router serves it
+//! only once that router has applied the new epoch (`applied/<id>`), or
+//! is gone; so at most one router serves a slot at any moment. A router
+//! that loses a slot stops serving it as soon as it sees the new map.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::etcd::{Compare, Event, Kv, LeaseId, Op, Request, Response};
+use super::map::{RouterId, RouterInfo, SlotMap, SlotSet};
+use super::plan;
+use crate::limits::SLOT_COUNT;
+use crate::time::Time;
+
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
+}
+
+/// How a router joins the cluster.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// `--cluster`: the key prefix is `/imrouter/<cluster>/`.
+    pub cluster: String,
+    /// `--name`, for operators.
+    pub name: String,
+    /// `--advertise`: where nodes reach this router.
+    pub addr: String,
+    pub shards: u16,
+    /// `--lease-ttl-ms`.
+    pub lease_ttl_ms: u64,
+    /// Slots moved per rebalancing epoch.
+    pub rebalance_batch: usize,
+    /// Least time between two rebalancing epochs.
+    pub rebalance_interval_ms: u64,
+}
+
+impl MemberConfig {
+    /// Keep-alives are sent this often (a third of the TTL).
+    pub fn keepalive_every_ms(&self) -> u64 {
+        (self.lease_ttl_ms / 3).max(1)
+    }
+
+    /// The fence's margin: a router stops serving this long before its
+    /// lease could expire (a fifth of the TTL, at least 100 ms), for
+    /// clock-rate differences and scheduling delays.
+    pub fn fence_margin_ms(&self) -> u64 {
+        (self.lease_ttl_ms / 5).max(100).min(self.lease_ttl_ms / 2)
+    }
+
+    /// A request not answered in this long is given up (and retried).
+    pub fn request_timeout_ms(&self) -> u64 {
+        (self.lease_ttl_ms / 3).max(50)
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("/imrouter/{}/", self.cluster)
+    }
+}
+
+/// What a member tells its router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// Registered under a new id (the first time, or after its lease was
+    /// lost: everything it owned is gone).
+    Registered(RouterId),
+    /// A new map (the router pushes it to its nodes).
+    Map(u64),
+    /// The lease is no longer certainly alive: serve nothing.
+    Fenced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Grant,
+    KeepAlive,
+    Register,
+    Range,
+    Watch,
+    Applied(u64),
+    WriteMap,
+}
+
+/// Which router a slot came from, for the hand-over rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    /// Nobody serves it any more (or nobody ever did).
+    Released,
+    /// This router, until it applied `epoch` (or is gone).
+    Router(RouterId, u64),
+    /// Unknown (maps were missed): every other router must have applied
+    /// `epoch` (or be gone).
+    Everyone(u64),
+}
+
+pub struct Member {
+    config: MemberConfig,
+    prefix: String,
+    next_request: u64,
+    pending: HashMap<u64, (Pending, Time)>,
+    requests: Vec<(u64, Request)>,
+    events: Vec<MemberEvent>,
+
+    lease: Option<LeaseId>,
+    /// Create revision of our `routers/` key (0: not registered yet; -1:
+    /// registered, the revision to be read: the answer to our registration
+    /// was lost and its retry found the key there).
+    registered_at: i64,
+    /// The fence: we serve strictly before this time.
+    serving_until: Option<Time>,
+    fenced_reported: bool,
+    next_keepalive: Time,
+    /// When to try again after a failure (grant, range, watch).
+    retry_at: Time,
+
+    /// Loaded (a range done) and watching from `revision + 1`.
+    loaded: bool,
+    watching: Option<u64>,
+    /// The watch answered once (it exists at etcd); until then its request
+    /// times out like any other.
+    watch_created: bool,
+    revision: i64,
+    routers: BTreeMap<RouterId, (RouterInfo, i64)>,
+    applied: BTreeMap<RouterId, u64>,
+    draining: Vec<RouterId>,
+    map: Option<SlotMap>,
+    map_mod_revision: i64,
+    from: Vec<From>,
+    /// The newest epoch we told etcd we applied.
+    applied_written: u64,
+    last_map_write: Option<Time>,
+    /// Changes whenever what [`Member::serves`] answers may change other
+    /// than by the fence's time running out.
+    version: u64,
+}
+
+impl Member {
+    pub fn new(config: MemberConfig, now: Time) -> Member {
+        let prefix = config.prefix();
+        Member {
+            config,
+            prefix,
+            next_request: 1,
+            pending: HashMap::new(),
+            requests: Vec::new(),
+            events: Vec::new(),
+            lease: None,
+            registered_at: 0,
+            serving_until: None,
+            fenced_reported: true,
+            next_keepalive: now,
+            retry_at: now,
+            loaded: false,
+            watching: None,
+            watch_created: false,
+            revision: 0,
+            routers: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            draining: Vec::new(),
+            map: None,
+            map_mod_revision: 0,
+            from: vec![From::Released; SLOT_COUNT as usize],
+            applied_written: 0,
+            last_map_write: None,
+            version: 0,
+        }
+    }
+
+    /// See the field: a cache of [`Member::serving`] is good while this
+    /// stays the same and the lease stays alive.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A line of its state, for traces.
+    pub fn describe(&self) -> String {
+        let mut pending: Vec<String> = self
+            .pending
+            .iter()
+            .map(|(id, (kind, sent))| format!("{id}:{kind:?}@{sent:?}"))
+            .collect();
+        pending.sort();
+        format!(
+            "lease {:x?} registered_at {} loaded {} watching {:?} created {} revision {} map {:?} routers {} fence {:?} retry_at {:?} keepalive {:?} pending [{}]",
+            self.lease,
+            self.registered_at,
+            self.loaded,
+            self.watching,
+            self.watch_created,
+            self.revision,
+            self.map.as_ref().map(|m| m.epoch()),
+            self.routers.len(),
+            self.serving_until,
+            self.retry_at,
+            self.next_keepalive,
+            pending.join(" ")
+        )
+    }
+
+    pub fn config(&self) -> &MemberConfig {
+        &self.config
+    }
+
+    /// Our id, once registered.
+    pub fn id(&self) -> Option<RouterId> {
+        (self.registered_at > 0).then(|| self.lease.map(|l| l as RouterId))?
+    }
+
+    pub fn map(&self) -> Option<&SlotMap> {
+        self.map.as_ref()
+    }
+
+    /// Routers registered (live leases), as last seen.
+    pub fn routers(&self) -> impl Iterator<Item = &RouterInfo> {
+        self.routers.values().map(|(info, _)| info)
+    }
+
+    /// The lease is certainly alive at `now`.
+    pub fn lease_alive(&self, now: Time) -> bool {
+        self.serving_until.is_some_and(|until| now < until)
+    }
+
+    /// We are the controller (as far as we know: our writes are fenced by
+    /// etcd anyway).
+    pub fn is_controller(&self) -> bool {
+        self.registered_at > 0
+            && self
+                .routers
+                .values()
+                .map(|(_, created)| *created)
+                .min()
+                .is_some_and(|lowest| lowest == self.registered_at)
+    }
+
+    /// Whether this router may serve `slot` at `now`: its lease is
+    /// certainly alive, the newest map it has gives it the slot, and the
+    /// slot's previous owner let go of it.
+    pub fn serves(&self, slot: u16, now: Time) -> bool {
+        let (Some(id), Some(map)) = (self.id(), &self.map) else {
+            return false;
+        };
+        self.lease_alive(now) && map.owner_id(slot) == id && self.released(slot)
+    }
+
+    /// Every slot [`Member::serves`] at `now`.
+    pub fn serving(&self, now: Time) -> SlotSet {
+        let mut set = SlotSet::empty();
+        for slot in 0..SLOT_COUNT {
+            if self.serves(slot, now) {
+                set.insert(slot);
+            }
+        }
+        set
+    }
+
+    fn released(&self, slot: u16) -> bool {
+        let gone_or_applied = |router: RouterId, epoch: u64| {
+            !self.routers.contains_key(&router)
+                || self.applied.get(&router).is_some_and(|&a| a >= epoch)
+        };
+        match self.from[slot as usize] {
+            From::Released => true,
+            From::Router(router, epoch) => gone_or_applied(router, epoch),
+            From::Everyone(epoch) => {
+                let me = self.id();
+                self.routers
+                    .keys()
+                    .all(|&router| Some(router) == me || gone_or_applied(router, epoch))
+            }
+        }
+    }
+
+    pub fn poll_request(&mut self) -> Option<(u64, Request)> {
+        if self.requests.is_empty() {
+            None
+        } else {
+            Some(self.requests.remove(0))
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<MemberEvent> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    /// The next time after `now` at which [`Member::tick`] has something
+    /// to do (`Time::NEVER`: nothing planned).
+    pub fn next_wake(&self, now: Time) -> Time {
+        let mut times = vec![self.next_keepalive, self.retry_at];
+        if let Some(until) = self.serving_until {
+            if !self.fenced_reported {
+                times.push(until);
+            }
+        }
+        let timeout = ms(self.config.request_timeout_ms());
+        for (kind, sent) in self.pending.values() {
+            if *kind != Pending::Watch || !self.watch_created {
+                times.push(*sent + timeout);
+            }
+        }
+        if let Some(last) = self.last_map_write {
+            times.push(last + ms(self.config.rebalance_interval_ms));
+        }
+        times
+            .into_iter()
+            .filter(|&time| time > now)
+            .min()
+            .unwrap_or(Time::NEVER)
+    }
+
+    fn has(&self, kind: Pending) -> bool {
+        self.pending.values().any(|(k, _)| *k == kind)
+    }
+
+    fn has_write(&self) -> bool {
+        self.pending.values().any(|(k, _)| {
+            matches!(
+                k,
+                Pending::Applied(_) | Pending::WriteMap | Pending::Register
+            )
+        })
+    }
+
+    fn send(&mut self, kind: Pending, request: Request, now: Time) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(id, (kind, now));
+        self.requests.push((id, request));
+    }
+
+    fn key(&self, what: &str, id: RouterId) -> String {
+        format!("{}{what}/{id:016x}", self.prefix)
+    }
+
+    /// Timers: keep-alives, retries, the fence, request timeouts, and the
+    /// controller's work.
+    pub fn tick(&mut self, now: Time) {
+        let timeout = ms(self.config.request_timeout_ms());
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (kind, sent))| {
+                (*kind != Pending::Watch || !self.watch_created) && now >= *sent + timeout
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.handle(id, Response::Failed("timed out".into()), now);
+        }
+        if !self.fenced_reported && !self.lease_alive(now) {
+            self.fenced_reported = true;
+            self.events.push(MemberEvent::Fenced);
+        }
+        match self.lease {
+            None => {
+                if !self.has(Pending::Grant) && now >= self.retry_at {
+                    let ttl_ms = self.config.lease_ttl_ms;
+                    self.send(Pending::Grant, Request::LeaseGrant { ttl_ms }, now);
+                }
+                return;
+            }
+            Some(lease) => {
+                if now >= self.next_keepalive && !self.has(Pending::KeepAlive) {
+                    self.next_keepalive = now + ms(self.config.keepalive_every_ms());
+                    self.send(Pending::KeepAlive, Request::LeaseKeepAlive { lease }, now);
+                }
+            }
+        }
+        if self.registered_at == 0 {
+            if !self.has(Pending::Register) && now >= self.retry_at {
+                self.register(now);
+            }
+            return;
+        }
+        if !self.loaded {
+            if !self.has(Pending::Range) && now >= self.retry_at {
+                let prefix = self.prefix.clone();
+                self.send(Pending::Range, Request::RangePrefix { prefix }, now);
+            }
+            return;
+        }
+        if self.watching.is_none() {
+            let start_revision = self.revision + 1;
+            let prefix = self.prefix.clone();
+            self.send(
+                Pending::Watch,
+                Request::Watch {
+                    prefix,
+                    start_revision,
+                },
+                now,
+            );
+            self.watching = Some(self.next_request - 1);
+            self.watch_created = false;
+        }
+        self.write(now);
+    }
+
+    fn register(&mut self, now: Time) {
+        let lease = self.lease.expect("a lease");
+        let id = lease as RouterId;
+        let key = self.key("routers", id);
+        let value = format!(
+            "{} {} {}",
+            self.config.name, self.config.addr, self.config.shards
+        );
+        self.send(
+            Pending::Register,
+            Request::Txn {
+                compares: vec![Compare::CreateRevision {
+                    key: key.clone(),
+                    equals: 0,
+                }],
+                success: vec![Op::Put { key, value, lease }],
+            },
+            now,
+        );
+    }
+
+    /// Writes: our applied epoch, then (as the controller) the map.
+    fn write(&mut self, now: Time) {
+        if self.has_write() || !self.lease_alive(now) {
+            return;
+        }
+        let (Some(id), Some(lease)) = (self.id(), self.lease) else {
+            return;
+        };
+        if let Some(map) = &self.map {
+            if map.epoch() > self.applied_written {
+                let epoch = map.epoch();
+                let key = self.key("applied", id);
+                self.send(
+                    Pending::Applied(epoch),
+                    Request::Txn {
+                        compares: vec![],
+                        success: vec![Op::Put {
+                            key,
+                            value: epoch.to_string(),
+                            lease,
+                        }],
+                    },
+                    now,
+                );
+                return;
+            }
+        }
+        if self.is_controller() {
+            if let Some(next) = self.plan(now) {
+                let map_key = format!("{}map", self.prefix);
+                let my_key = self.key("routers", id);
+                self.last_map_write = Some(now);
+                self.send(
+                    Pending::WriteMap,
+                    Request::Txn {
+                        compares: vec![
+                            Compare::CreateRevision {
+                                key: my_key,
+                                equals: self.registered_at,
+                            },
+                            Compare::ModRevision {
+                                key: map_key.clone(),
+                                equals: self.map_mod_revision,
+                            },
+                        ],
+                        success: vec![Op::Put {
+                            key: map_key,
+                            value: next.encode(),
+                            lease: 0,
+                        }],
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// The controller's next map, if one is due.
+    fn plan(&self, now: Time) -> Option<SlotMap> {
+        let live: Vec<RouterInfo> = self.routers().cloned().collect();
+        let Some(map) = &self.map else {
+            return Some(plan::initial(&live));
+        };
+        if let Some(next) = plan::without_dead(map, &live) {
+            return Some(next);
+        }
+        let interval = ms(self.config.rebalance_interval_ms);
+        if self
+            .last_map_write
+            .is_some_and(|last| now < last + interval)
+        {
+            return None;
+        }
+        // One batch at a time: every live router applied the current map.
+        let settled = self
+            .routers
+            .keys()
+            .all(|id| self.applied.get(id).is_some_and(|&a| a >= map.epoch()));
+        if !settled {
+            return None;
+        }
+        // A router receives slots once it applied a map (it is watching).
+        let may_receive = |id: RouterId| self.applied.contains_key(&id);
+        plan::rebalance_step(
+            map,
+            &live,
+            &self.draining,
+            may_receive,
+            self.config.rebalance_batch,
+        )
+    }
+
+    /// A response to request `id` (a late one, for a request given up, is
+    /// ignored).
+    pub fn handle(&mut self, id: u64, response: Response, now: Time) {
+        let Some(&(kind, sent)) = self.pending.get(&id) else {
+            return;
+        };
+        let retry = now + ms(self.config.request_timeout_ms() / 2);
+        if !matches!(response, Response::KeptAlive { ttl_ms } if ttl_ms > 0) {
+            self.version += 1;
+        }
+        match (kind, response) {
+            (Pending::Watch, Response::Events(events)) => {
+                self.watch_created = true;
+                for event in events {
+                    self.apply_event(event);
+                }
+                self.after_change(now);
+                return; // The watch goes on.
+            }
+            (Pending::Watch, _) => {
+                self.watching = None;
+                self.loaded = false; // Range again, then watch again.
+                self.retry_at = retry;
+            }
+            (Pending::Grant, Response::LeaseGranted { lease, ttl_ms }) => {
+                self.lease = Some(lease);
+                self.registered_at = 0;
+                self.set_fence(sent, ttl_ms);
+                self.next_keepalive = now + ms(self.config.keepalive_every_ms());
+            }
+            (Pending::KeepAlive, Response::KeptAlive { ttl_ms }) if ttl_ms > 0 => {
+                self.set_fence(sent, ttl_ms);
+            }
+            (Pending::KeepAlive, Response::KeptAlive { .. }) => {
+                // The lease is gone: so is everything we owned. Join again
+                // under a new id.
+                self.lost_lease(now);
+            }
+            (
+                Pending::Register,
+                Response::Txn {
+                    succeeded,
+                    revision,
+                },
+            ) => {
+                if succeeded {
+                    self.registered_at = revision;
+                    let id = self.lease.expect("a lease") as RouterId;
+                    self.events.push(MemberEvent::Registered(id));
+                } else {
+                    // The key is there: ours (it is named by our lease),
+                    // from an attempt whose answer was lost.
+                    self.registered_at = -1;
+                }
+            }
+            (Pending::Range, Response::Range { revision, kvs }) => {
+                self.load(revision, kvs);
+                self.loaded = true;
+                self.after_change(now);
+            }
+            (
+                Pending::Applied(epoch),
+                Response::Txn {
+                    succeeded: true, ..
+                },
+            ) => {
+                self.applied_written = self.applied_written.max(epoch);
+            }
+            (
+                Pending::WriteMap,
+                Response::Txn {
+                    succeeded: true, ..
+                },
+            ) => {}
+            (
+                Pending::WriteMap,
+                Response::Txn {
+                    succeeded: false, ..
+                },
+            ) => {
+                // Someone else changed the map or we are deposed: the
+                // watch tells what happened.
+            }
+            (_, _) => self.retry_at = retry,
+        }
+        self.pending.remove(&id);
+        self.tick(now);
+    }
+
+    fn set_fence(&mut self, sent: Time, ttl_ms: u64) {
+        let margin = self.config.fence_margin_ms();
+        let until = sent + ms(ttl_ms.saturating_sub(margin));
+        if self.serving_until.is_none_or(|old| until > old) {
+            self.serving_until = Some(until);
+        }
+        self.fenced_reported = false;
+    }
+
+    fn lost_lease(&mut self, now: Time) {
+        self.lease = None;
+        self.registered_at = 0;
+        self.serving_until = None;
+        if !self.fenced_reported {
+            self.fenced_reported = true;
+            self.events.push(MemberEvent::Fenced);
+        }
+        // Our old id's slots are someone else's to give away; we see the
+        // cluster afresh.
+        self.pending.clear();
+        self.watching = None;
+        self.loaded = false;
+        self.applied_written = 0;
+        self.retry_at = now;
+    }
+
+    fn load(&mut self, revision: i64, kvs: Vec<Kv>) {
+        self.routers.clear();
+        self.applied.clear();
+        self.draining.clear();
+        let had_map = self.map.take();
+        self.map_mod_revision = 0;
+        self.revision = revision;
+        let mine = self
+            .lease
+            .map(|lease| self.key("routers", lease as RouterId));
+        let unknown = self.registered_at < 0;
+        self.registered_at = 0;
+        for kv in kvs {
+            if Some(&kv.key) == mine.as_ref() {
+                self.registered_at = kv.create_revision;
+            }
+            self.apply_put(kv);
+        }
+        if unknown && self.registered_at > 0 {
+            let id = self.lease.expect("a lease") as RouterId;
+            self.events.push(MemberEvent::Registered(id));
+        }
+        // Maps may have been missed: a slot gained since the one we had
+        // (or any slot, if we had none) needs every router's hand-over.
+        if let Some(map) = &self.map {
+            let epoch = map.epoch();
+            match had_map {
+                Some(old) if old.epoch() == epoch => {}
+                Some(old) if old.epoch() + 1 == epoch => self.hand_over(&old),
+                // The first map: nobody served before it.
+                _ if epoch <= 1 => self.from.fill(From::Released),
+                _ => self.from.fill(From::Everyone(epoch)),
+            }
+        }
+    }
+
+    fn apply_event(&mut self, event: Event) {
+        self.revision = self.revision.max(event.revision());
+        match event {
+            Event::Put(kv) => {
+                let is_map = kv.key.strip_prefix(&self.prefix) == Some("map");
+                let old = if is_map { self.map.clone() } else { None };
+                self.apply_put(kv);
+                if let (Some(old), Some(new)) = (old, &self.map) {
+                    let epoch = new.epoch();
+                    if epoch == old.epoch() + 1 {
+                        self.hand_over(&old);
+                    } else if epoch > old.epoch() {
+                        self.from.fill(From::Everyone(epoch));
+                    }
+                }
+            }
+            Event::Delete { key, .. } => {
+                let Some(rest) = key.strip_prefix(&self.prefix) else {
+                    return;
+                };
+                if let Some(id) = parse_id(rest, "routers/") {
+                    self.routers.remove(&id);
+                } else if let Some(id) = parse_id(rest, "applied/") {
+                    self.applied.remove(&id);
+                } else if let Some(id) = parse_id(rest, "drain/") {
+                    self.draining.retain(|&d| d != id);
+                }
+            }
+        }
+    }
+
+    /// Records where each slot we gained from `old` to the current map
+    /// came from.
+    fn hand_over(&mut self, old: &SlotMap) {
+        let map = self.map.as_ref().expect("a map");
+        let epoch = map.epoch();
+        for slot in 0..SLOT_COUNT {
+            let before = old.owner_id(slot);
+            if map.owner_id(slot) != before {
+                self.from[slot as usize] = From::Router(before, epoch);
+            }
+        }
+    }
+
+    fn apply_put(&mut self, kv: Kv) {
+        let Some(rest) = kv.key.strip_prefix(&self.prefix) else {
+            return;
+        };
+        if let Some(id) = parse_id(rest, "routers/") {
+            let mut words = kv.value.split(' ');
+            let (Some(name), Some(addr), Some(shards)) = (words.next(), words.next(), words.next())
+            else {
+                return;
+            };
+            let Ok(shards) = shards.parse::<u16>() else {
+                return;
+            };
+            let info = RouterInfo {
+                id,
+                name: name.to_string(),
+                addr: addr.to_string(),
+                shards,
+            };
+            self.routers.insert(id, (info, kv.create_revision));
+        } else if let Some(id) = parse_id(rest, "applied/") {
+            if let Ok(epoch) = kv.value.parse::<u64>() {
+                self.applied.insert(id, epoch);
+            }
+        } else if let Some(id) = parse_id(rest, "drain/") {
+            if !self.draining.contains(&id) {
+                self.draining.push(id);
+            }
+        } else if rest == "map" {
+            if let Ok(map) = SlotMap::decode(&kv.value) {
+                if self
+                    .map
+                    .as_ref()
+                    .is_none_or(|old| map.epoch() > old.epoch())
+                {
+                    self.map = Some(map);
+                }
+            }
+            self.map_mod_revision = kv.mod_revision;
+        }
+    }
+
+    fn after_change(&mut self, _now: Time) {
+        if let Some(map) = &self.map {
+            if self
+                .events
+                .iter()
+                .all(|e| *e != MemberEvent::Map(map.epoch()))
+            {
+                self.events.push(MemberEvent::Map(map.epoch()));
+            }
+        }
+    }
+}
+
+fn parse_id(rest: &str, what: &str) -> Option<RouterId> {
+    let hex = rest.strip_prefix(what)?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
