@@ -6,6 +6,8 @@
 #   scripts/simulate.sh --seeds 100000              # seeds 0..99999
 #   scripts/simulate.sh --seeds 50000 --first 1000000
 #   scripts/simulate.sh --seed 1234 --trace         # replay one, with its trace
+#   scripts/simulate.sh --control --seeds 10000     # the cluster's control plane
+#                                                   # (routers' memberships, a fake etcd)
 #
 # Prints progress every 10,000 seeds, then a summary (steps, faults, the
 # router paths the runs went through); for the first failing seed, its

@@ -497,8 +497,13 @@ impl ControlSim {
             let mut both = set.clone();
             both.intersect_with(&seen);
             if !both.is_empty() {
+                let views: Vec<String> = self
+                    .routers
+                    .iter()
+                    .map(|r| format!("router {}: {}", r.client, r.member.describe()))
+                    .collect();
                 return Err(format!(
-                    "at {:?}: slots {:?} served by two routers (one is router {})",
+                    "at {:?}: slots {:?} served by two routers (one is router {}); {views:#?}",
                     self.now,
                     both.spans().into_iter().take(4).collect::<Vec<_>>(),
                     self.routers[at].client
