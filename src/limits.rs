@@ -304,3 +304,12 @@ pub const SHRINK_USERS_MAX: usize = 100_000;
 /// memory, the shard returns the allocator's free pages to the system at
 /// the next release (their tasks, buffers and records were freed).
 pub const CONNECTIONS_ENDED_FOR_RELEASE: usize = 64;
+
+/// Longest router name (`--name`) a slot map accepts: a label for
+/// operators, one word. A longer one makes the map invalid (refused).
+pub const ROUTER_NAME_MAX: usize = 64;
+
+/// Longest advertised router address (`--advertise`, `host:port`) a slot
+/// map accepts: a DNS name is at most 253 bytes. A longer one makes the
+/// map invalid (refused).
+pub const ROUTER_ADDR_MAX: usize = 256;

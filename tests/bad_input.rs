@@ -63,25 +63,13 @@ fn cases() -> Vec<Case> {
     let bad_version = encoder
         .hello(&HelloFrame {
             protocol_version: 99,
-            node_name: "bad",
-            incarnation: 1,
-            auth_token: None,
-            shard: None,
-            acks: false,
-            received: 0,
-            stream: 0,
+            ..HelloFrame::new("bad", 1)
         })
         .to_vec();
     let no_such_shard = encoder
         .hello(&HelloFrame {
-            protocol_version: 1,
-            node_name: "bad",
-            incarnation: 1,
-            auth_token: None,
             shard: Some(9),
-            acks: false,
-            received: 0,
-            stream: 0,
+            ..HelloFrame::new("bad", 1)
         })
         .to_vec();
     let deliver = encoder
@@ -284,14 +272,8 @@ fn wrong_or_missing_auth_token_is_refused() {
         let mut wire = Wire::connect(addr);
         let hello = Encoder::new()
             .hello(&HelloFrame {
-                protocol_version: 1,
-                node_name: "n",
-                incarnation: 1,
                 auth_token: token,
-                shard: None,
-                acks: false,
-                received: 0,
-                stream: 0,
+                ..HelloFrame::new("n", 1)
             })
             .to_vec();
         wire.send(&hello);
@@ -301,14 +283,8 @@ fn wrong_or_missing_auth_token_is_refused() {
     let mut wire = Wire::connect(addr);
     let hello = Encoder::new()
         .hello(&HelloFrame {
-            protocol_version: 1,
-            node_name: "n",
-            incarnation: 1,
             auth_token: Some("s3cret"),
-            shard: None,
-            acks: false,
-            received: 0,
-            stream: 0,
+            ..HelloFrame::new("n", 1)
         })
         .to_vec();
     wire.send(&hello);

@@ -4,8 +4,6 @@
 //! would, and the heap's live bytes are counted by a global allocator: a
 //! leak of even one byte per connection would show.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use imrouter::config::{Config, ServeArgs};
@@ -15,33 +13,12 @@ use imrouter::core::{ShardCore, SocketAction};
 use imrouter::time::Time;
 use imrouter::wire::{Encoder, HelloFrame};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        System.realloc(ptr, layout, new_size)
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::live;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 struct Shard {
     core: ShardCore,
@@ -104,16 +81,7 @@ impl Shard {
     fn serve_one(&mut self, name: &str, incarnation: u64) {
         let hello = self
             .encoder
-            .hello(&HelloFrame {
-                protocol_version: 1,
-                node_name: name,
-                incarnation,
-                auth_token: None,
-                shard: None,
-                acks: false,
-                received: 0,
-                stream: 0,
-            })
+            .hello(&HelloFrame::new(name, incarnation))
             .to_vec();
         let hello = self.core.hello(&hello).expect("a valid Hello");
         assert_eq!(self.core.place(&hello).ok(), Some(0));
@@ -135,10 +103,6 @@ impl Shard {
         self.settle();
         self.now += std::time::Duration::from_micros(10);
     }
-}
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
 }
 
 #[test]

@@ -595,10 +595,8 @@ async fn run_node(worker: Rc<Worker>, index: u32) -> Result<Rc<SimNode>, String>
     let plan = worker.plan.clone();
     let node = match plan.target {
         Target::Imrouter => {
-            let (links, shard_count, incarnation) = sim::imrouter::connect(&worker, index).await?;
-            let node = Rc::new(SimNode::new(index, worker.clone(), links, shard_count));
-            node.incarnation.set(incarnation);
-            node
+            let (links, shard_count) = sim::imrouter::connect(&worker, index).await?;
+            Rc::new(SimNode::new(index, worker.clone(), links, shard_count))
         }
         Target::Nats => {
             let link = sim::nats::connect(&worker, index).await?;

@@ -84,8 +84,7 @@ impl Connection {
         if self.closed {
             return Ok(false);
         }
-        let mut chunk = [0u8; 64 * 1024];
-        let read = match self.stream.read(&mut chunk) {
+        let read = match self.stream.read(self.core.read_buffer(64 * 1024)) {
             Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(error) => return Err(error),
@@ -95,7 +94,7 @@ impl Connection {
             return Ok(false);
         }
         let now = self.clock.now();
-        self.core.receive(&chunk[..read], now);
+        self.core.filled(read, now);
         Ok(true)
     }
 

@@ -227,7 +227,6 @@ pub struct NodeCore {
     /// Stream bytes of the frames handled, from the first Welcome's
     /// `stream_offset` on (what an Ack and a resume's Hello say).
     received: u64,
-    acked: u64,
     welcome: Option<Welcome>,
     last_heard: Time,
     /// Routes with ACK whose verdict has not come, by message id.
@@ -251,7 +250,6 @@ impl NodeCore {
             handed: 0,
             handed_counts: false,
             received: 0,
-            acked: 0,
             welcome: None,
             last_heard: Time::ZERO,
             pending: HashMap::default(),
@@ -355,11 +353,6 @@ impl NodeCore {
     /// it cannot be sent again ahead of bytes written after it.
     pub fn wrote_stream(&mut self, n: u64) {
         self.out.wrote_elsewhere(n);
-    }
-
-    /// Stream bytes queued and not acknowledged by the router yet.
-    pub fn unacked_bytes(&self) -> usize {
-        self.out.stream.len()
     }
 
     /// Bytes read from the socket.
@@ -471,12 +464,8 @@ impl NodeCore {
                     self.received += len as u64;
                     self.start += len;
                     self.handed = 0;
-                    if self.config.acks && self.state == State::Live && self.received > self.acked {
-                        self.acked = self.received;
-                        self.out
-                            .control
-                            .extend_from_slice(self.encoder.ack(self.received));
-                    }
+                    let live = self.state == State::Live;
+                    self.out.queue_ack(&mut self.encoder, self.received, live);
                     self.out.control.extend_from_slice(self.encoder.pong(nonce));
                 }
                 Some(Ok(Incoming::Ping { nonce }))
@@ -496,7 +485,7 @@ impl NodeCore {
                     return Some(Err(error));
                 }
                 self.received = welcome.stream_offset;
-                self.acked = welcome.stream_offset;
+                self.out.acked = welcome.stream_offset;
                 self.state = State::Live;
                 self.welcome = Some(welcome);
                 Some(Ok(Incoming::Welcome { resumed }))
@@ -524,11 +513,8 @@ impl NodeCore {
 
     /// With acks: queues an Ack of what was handled, if anything new was.
     fn queue_ack(&mut self) {
-        if self.config.acks && self.state == State::Live && self.received > self.acked {
-            self.acked = self.received;
-            let ack = self.encoder.ack(self.received);
-            self.out.control.extend_from_slice(ack);
-        }
+        let live = self.state == State::Live;
+        self.out.queue_ack(&mut self.encoder, self.received, live);
     }
 
     // ----- Requests -----------------------------------------------------------
@@ -659,11 +645,6 @@ impl NodeCore {
         let frame = self.encoder.goodbye(reason).to_vec();
         self.queue(&frame);
     }
-
-    /// Queues raw bytes (tests that send what no node should).
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.queue(bytes);
-    }
 }
 
 fn welcome_of(frame: Frame<'_>) -> Welcome {
@@ -699,6 +680,8 @@ fn welcome_of(frame: Frame<'_>) -> Welcome {
 /// `Welcome.received`).
 struct Outgoing {
     acks: bool,
+    /// With acks: the router's stream bytes this node acknowledged last.
+    acked: u64,
     /// Frames that are not part of the node's stream (the Hello, Pings,
     /// Pongs, Acks): written before the next stream frame, never again.
     control: Vec<u8>,
@@ -720,6 +703,7 @@ impl Outgoing {
     fn new(acks: bool) -> Self {
         Outgoing {
             acks,
+            acked: 0,
             control: Vec::new(),
             stream: Vec::new(),
             base: 0,
@@ -727,6 +711,15 @@ impl Outgoing {
             frame_start: 0,
             frame_end: 0,
             connect_mark: 0,
+        }
+    }
+
+    /// With acks, on a live connection: queues an Ack of `received`, the
+    /// router's stream bytes handled, if it says anything new.
+    fn queue_ack(&mut self, encoder: &mut Encoder, received: u64, live: bool) {
+        if self.acks && live && received > self.acked {
+            self.acked = received;
+            self.control.extend_from_slice(encoder.ack(received));
         }
     }
 

@@ -27,7 +27,7 @@
 
 use std::fmt::Write as _;
 
-use crate::limits::{SHARDS_MAX, SLOT_COUNT};
+use crate::limits::{ROUTER_ADDR_MAX, ROUTER_NAME_MAX, SHARDS_MAX, SLOT_COUNT};
 
 /// A router's identity in the cluster: its etcd lease id. A single router
 /// (no cluster) is router 1.
@@ -35,10 +35,6 @@ pub type RouterId = u64;
 
 /// The id of a router that runs alone, without etcd.
 pub const SINGLE_ROUTER: RouterId = 1;
-
-/// Longest router name and advertised address accepted in a map.
-pub const ROUTER_NAME_MAX: usize = 64;
-pub const ROUTER_ADDR_MAX: usize = 256;
 
 /// A router as the map lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,16 +65,24 @@ pub struct SlotRange {
 }
 
 impl SlotRange {
-    pub fn len(&self) -> usize {
-        (self.last - self.first) as usize + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn contains(&self, slot: u16) -> bool {
-        (self.first..=self.last).contains(&slot)
+    /// The contiguous runs of per-slot owners `(router, shard)`, given in
+    /// slot order from slot 0.
+    pub fn runs(owners: impl Iterator<Item = (RouterId, u16)>) -> Vec<SlotRange> {
+        let mut ranges: Vec<SlotRange> = Vec::new();
+        for (slot, (router, shard)) in owners.enumerate() {
+            match ranges.last_mut() {
+                Some(range) if range.router == router && range.shard == shard => {
+                    range.last = slot as u16;
+                }
+                _ => ranges.push(SlotRange {
+                    first: slot as u16,
+                    last: slot as u16,
+                    router,
+                    shard,
+                }),
+            }
+        }
+        ranges
     }
 }
 
@@ -251,22 +255,11 @@ impl SlotMap {
 
     /// Contiguous ranges, in slot order.
     pub fn ranges(&self) -> Vec<SlotRange> {
-        let mut ranges: Vec<SlotRange> = Vec::new();
-        for (slot, owner) in self.owners.iter().enumerate() {
-            let router = self.routers[owner.router as usize].id;
-            match ranges.last_mut() {
-                Some(range) if range.router == router && range.shard == owner.shard => {
-                    range.last = slot as u16;
-                }
-                _ => ranges.push(SlotRange {
-                    first: slot as u16,
-                    last: slot as u16,
-                    router,
-                    shard: owner.shard,
-                }),
-            }
-        }
-        ranges
+        SlotRange::runs(
+            self.owners
+                .iter()
+                .map(|owner| (self.routers[owner.router as usize].id, owner.shard)),
+        )
     }
 
     /// How many slots each router owns, in `routers()` order.

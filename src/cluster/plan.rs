@@ -90,20 +90,7 @@ fn owners_of(map: &SlotMap) -> Vec<(RouterId, u16)> {
 
 /// Builds the map of `epoch` from per-slot owners.
 fn build(epoch: u64, routers: Vec<RouterInfo>, owners: &[(RouterId, u16)]) -> SlotMap {
-    let mut ranges: Vec<SlotRange> = Vec::new();
-    for (slot, &(router, shard)) in owners.iter().enumerate() {
-        match ranges.last_mut() {
-            Some(range) if range.router == router && range.shard == shard => {
-                range.last = slot as u16
-            }
-            _ => ranges.push(SlotRange {
-                first: slot as u16,
-                last: slot as u16,
-                router,
-                shard,
-            }),
-        }
-    }
+    let ranges = SlotRange::runs(owners.iter().copied());
     SlotMap::from_ranges(epoch, routers, &ranges).expect("every slot has a live owner")
 }
 

@@ -283,7 +283,7 @@ impl EntryHeader {
         }
     }
 
-    /// The sender of a Deliver or copy (`origin_*`).
+    /// The sender of a Deliver (`origin_*`).
     pub fn origin(&self) -> crate::route::Sender {
         crate::route::Sender {
             shard: self.origin_shard as usize,
@@ -513,10 +513,23 @@ impl Outboxes {
             self.pool.push(batch);
         }
     }
+}
 
-    pub fn shard_count(&self) -> usize {
-        self.batches.len()
-    }
+/// Writes an id (a user or device id, at most 65,535 bytes) into an entry
+/// body: its length (u16, little-endian), then its bytes.
+pub fn put_id(out: &mut Vec<u8>, id: &[u8]) {
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id);
+}
+
+/// Reads what [`put_id`] wrote at `at`, and moves `at` past it.
+pub fn take_id<'a>(input: &'a [u8], at: &mut usize) -> &'a str {
+    let len = u16::from_le_bytes(input[*at..*at + 2].try_into().expect("2 bytes")) as usize;
+    let id = &input[*at + 2..*at + 2 + len];
+    *at += 2 + len;
+    // Ids come from verified frames (UTF-8 strings) or from the table,
+    // which holds ids from verified frames.
+    std::str::from_utf8(id).expect("ids are UTF-8")
 }
 
 #[cfg(test)]

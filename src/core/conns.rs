@@ -33,11 +33,6 @@ impl ConnId {
     pub fn slot(self) -> usize {
         self.index as usize
     }
-
-    /// A compact number for logs and maps.
-    pub fn as_u64(self) -> u64 {
-        u64::from(self.generation) << 32 | u64::from(self.index)
-    }
 }
 
 /// Where a connection is in its life.
@@ -416,11 +411,6 @@ impl Conns {
         })
     }
 
-    /// The ids of every connection (to act on each while changing them).
-    pub fn ids(&self) -> Vec<ConnId> {
-        self.iter().map(|(id, _)| id).collect()
-    }
-
     /// Slots to visit with [`Conns::id_at`]: a way to act on every
     /// connection while changing them, without collecting their ids.
     pub fn slot_count(&self) -> usize {
@@ -434,6 +424,20 @@ impl Conns {
             index: index as u32,
             generation: slot.generation,
         })
+    }
+
+    /// Gives work back to the budget of `sender`'s connection (if it is
+    /// still here), waking its reader if that ends its pause.
+    pub fn give_back(&mut self, sender: crate::route::Sender, give: impl FnOnce(&mut Budget)) {
+        let Some(id) = self.for_sender(sender) else {
+            return;
+        };
+        let conn = self.get_mut(id).expect("found");
+        let was_exhausted = conn.budget.exhausted();
+        give(&mut conn.budget);
+        if was_exhausted && !conn.budget.exhausted() {
+            self.wake(id);
+        }
     }
 
     /// Asks the driver to look at `id` (its output or its state changed).
@@ -459,10 +463,14 @@ impl Conns {
         }
     }
 
-    /// Queues a Deliver (or a copy the router decided to send): never
-    /// refused for size while open (its sender may already have its
-    /// verdict); parked while suspended, within the park.
-    pub fn push_message(
+    /// Queues a frame for `id`: a Deliver, a copy the router decided to
+    /// send, or a control frame (Status, Kick, Pong, Ping, Located, an
+    /// answer). Never refused for size while open (a Deliver's sender may
+    /// already have its verdict; what bounds control frames is that the
+    /// node's own reader pauses while its buffer is over the hard limit,
+    /// `ShardCore::may_read`: a node that does not read what it asked for
+    /// is not read from). Parked while suspended, within the park.
+    pub fn push(
         &mut self,
         id: ConnId,
         pool: &mut BufferPool,
@@ -480,36 +488,6 @@ impl Conns {
                 return Err(PushError::Closed);
             }
             _ => {}
-        }
-        self.append(id, pool, directory, shard, write);
-        Ok(())
-    }
-
-    /// Queues a control frame (Status, Kick, Pong, Ping, Located, an
-    /// answer): never refused for size while open. What bounds them is
-    /// that the node's own reader pauses while its buffer is over the hard
-    /// limit (`ShardCore::may_read`): a node that does not read what it
-    /// asked for is not read from.
-    pub fn push_control(
-        &mut self,
-        id: ConnId,
-        pool: &mut BufferPool,
-        directory: &Directory,
-        shard: usize,
-        write: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(), PushError> {
-        let limits = self.limits;
-        let conn = self.get_mut(id).ok_or(PushError::Closed)?;
-        match conn.state {
-            LinkState::Closing => return Err(PushError::Closed),
-            LinkState::Suspended { .. } => {
-                if conn.queued_bytes() >= limits.park {
-                    conn.park_full();
-                    self.deadlines_changed = true;
-                    return Err(PushError::Closed);
-                }
-            }
-            LinkState::Open => {}
         }
         self.append(id, pool, directory, shard, write);
         Ok(())

@@ -533,12 +533,12 @@ impl Directory {
         registry.records[node.0 as usize].name.to_string()
     }
 
-    /// Nodes with at least one connection.
-    pub fn connected_nodes(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|entry| entry.connections.load(Ordering::Relaxed) != 0)
-            .count()
+    /// The names of `nodes`, in order, under one lock (a Locate's answer).
+    pub fn names(&self, nodes: impl Iterator<Item = NodeId>) -> Vec<String> {
+        let registry = self.registry.lock().expect("directory lock");
+        nodes
+            .map(|node| registry.records[node.0 as usize].name.to_string())
+            .collect()
     }
 
     /// Gives `name` a node id: a new one while there is room, else the id

@@ -34,7 +34,7 @@ use crate::route::Sender;
 use crate::table::NodeId;
 use crate::wire::{fb, FanoutFrame, FrameBuf};
 
-use super::batch::{push_entry_with, Class, EntryHeader, EntryKind};
+use super::batch::{push_entry_with, put_id, take_id, Class, EntryHeader, EntryKind};
 use super::out::Out;
 use super::owner::Owner;
 
@@ -58,8 +58,8 @@ struct Target {
     node: NodeId,
     epoch: u32,
     shard: usize,
-    /// (answer index, byte range of this node's users in it, user count).
-    parts: Vec<(usize, usize, usize, usize)>,
+    /// (answer index, byte range of this node's users in it).
+    parts: Vec<(usize, usize, usize)>,
     /// Its Deliver was sent and its outcome is awaited.
     pending: bool,
 }
@@ -112,24 +112,10 @@ pub struct Fanouts {
     resolves: VecDeque<Resolve>,
 }
 
-fn put_id(out: &mut Vec<u8>, id: &[u8]) {
-    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-    out.extend_from_slice(id);
-}
-
 fn take_u32(input: &[u8], at: &mut usize) -> u32 {
     let value = u32::from_le_bytes(input[*at..*at + 4].try_into().expect("4 bytes"));
     *at += 4;
     value
-}
-
-fn take_id<'a>(input: &'a [u8], at: &mut usize) -> &'a str {
-    let len = u16::from_le_bytes(input[*at..*at + 2].try_into().expect("2 bytes")) as usize;
-    let id = &input[*at + 2..*at + 2 + len];
-    *at += 2 + len;
-    // Ids come from verified frames (UTF-8 strings) or from the table,
-    // which holds ids from verified frames.
-    std::str::from_utf8(id).expect("ids are UTF-8")
 }
 
 impl Fanouts {
@@ -385,9 +371,9 @@ fn merge(out: &mut Out<'_>, job: &mut Job) {
         for _ in 0..nodes {
             let node = NodeId(take_u32(answer, &mut at));
             let epoch = take_u32(answer, &mut at);
-            let users = take_u32(answer, &mut at) as usize;
+            let _users = take_u32(answer, &mut at);
             let len = take_u32(answer, &mut at) as usize;
-            let range = (index, at, at + len, users);
+            let range = (index, at, at + len);
             at += len;
             match targets
                 .iter_mut()
@@ -433,11 +419,11 @@ fn merge(out: &mut Out<'_>, job: &mut Job) {
 /// Appends the users of `parts` (without their devices) to `offline`.
 fn append_users(
     answers: &[Vec<u8>],
-    parts: &[(usize, usize, usize, usize)],
+    parts: &[(usize, usize, usize)],
     offline: &mut Vec<u8>,
     count: &mut usize,
 ) {
-    for &(index, start, end, _) in parts {
+    for &(index, start, end) in parts {
         let answer = &answers[index];
         let mut at = start;
         while at < end {
@@ -469,7 +455,7 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
     let mut users: Vec<&str> = Vec::new();
     let mut counts: Vec<u8> = Vec::new();
     let mut devices: Vec<&str> = Vec::new();
-    for &(index, start, end, _) in &target.parts {
+    for &(index, start, end) in &target.parts {
         let answer = &job.answers[index];
         let mut pos = start;
         while pos < end {
@@ -493,7 +479,7 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
         let id = out.conns.for_node(node, epoch);
         let queued = id.is_some_and(|id| {
             out.conns
-                .push_message(id, out.pool, out.directory, coordinator, |buf| {
+                .push(id, out.pool, out.directory, coordinator, |buf| {
                     buf.extend_from_slice(encoded)
                 })
                 .is_ok()

@@ -488,12 +488,6 @@ impl ShardCore {
         self.finish_operation(now);
     }
 
-    /// Whether everything `id`'s socket must write before it closes has
-    /// been written (for `Flush` and `Drop`).
-    pub fn flushed(&self, id: ConnId) -> bool {
-        self.writable(id).is_empty()
-    }
-
     /// The driver is done with `id`'s socket (closed it). A closing
     /// connection ends; a suspended one waits for its resume.
     pub fn socket_released(&mut self, id: ConnId, now: Time) {

@@ -542,13 +542,7 @@ impl ShardCore {
             Request::SessionOpen(open) => {
                 let owner = self.owner.owner_of(open.user);
                 if owner == self.index {
-                    let mut out = sink!(self);
-                    if self
-                        .owner
-                        .observe_epoch(&mut out, sender.node, sender.epoch)
-                    {
-                        self.owner.open(&mut out, sender, &open);
-                    }
+                    self.owner.open_checked(&mut sink!(self), sender, &open);
                 } else {
                     self.forward(owner, EntryKind::SessionOpen, sender, frame.bytes());
                 }
@@ -556,13 +550,7 @@ impl ShardCore {
             Request::SessionClose(close) => {
                 let owner = self.owner.owner_of(close.user);
                 if owner == self.index {
-                    let mut out = sink!(self);
-                    if self
-                        .owner
-                        .observe_epoch(&mut out, sender.node, sender.epoch)
-                    {
-                        self.owner.close(&mut out, sender, &close);
-                    }
+                    self.owner.close_checked(&mut sink!(self), sender, &close);
                 } else {
                     self.forward(owner, EntryKind::SessionClose, sender, frame.bytes());
                 }
@@ -740,9 +728,6 @@ impl ShardCore {
             units,
         };
         let header = EntryHeader {
-            origin_node: sender.node,
-            origin_epoch: sender.epoch,
-            origin_stream: sender.stream,
             fanout: done.parts,
             message_id: units,
             token,
@@ -923,25 +908,13 @@ impl ShardCore {
                 let Request::SessionOpen(open) = request() else {
                     unreachable!("a SessionOpen entry")
                 };
-                let mut out = sink!(self);
-                if self
-                    .owner
-                    .observe_epoch(&mut out, sender.node, sender.epoch)
-                {
-                    self.owner.open(&mut out, sender, &open);
-                }
+                self.owner.open_checked(&mut sink!(self), sender, &open);
             }
             EntryKind::SessionClose => {
                 let Request::SessionClose(close) = request() else {
                     unreachable!("a SessionClose entry")
                 };
-                let mut out = sink!(self);
-                if self
-                    .owner
-                    .observe_epoch(&mut out, sender.node, sender.epoch)
-                {
-                    self.owner.close(&mut out, sender, &close);
-                }
+                self.owner.close_checked(&mut sink!(self), sender, &close);
             }
             EntryKind::Locate => {
                 let Request::Locate { query_id, user } = request() else {
@@ -1013,23 +986,12 @@ impl ShardCore {
             }
             EntryKind::Broadcast => {
                 let frame: Rc<[u8]> = entry.body.into();
-                let done = DoneTo {
-                    sender: header.origin(),
-                    token: header.token,
-                    parts: header.fanout,
-                    units: header.message_id,
-                };
-                self.broadcast_here(&frame, header.node, done);
+                self.broadcast_here(&frame, header.node, done_to(&header));
             }
             EntryKind::NodeEvent => self.node_event_here(entry.body, header.node),
             EntryKind::PublishCopies => {
                 let frame: Rc<[u8]> = entry.frame().bytes().into();
-                let done = DoneTo {
-                    sender: header.origin(),
-                    token: header.token,
-                    parts: header.fanout,
-                    units: header.message_id,
-                };
+                let done = done_to(&header);
                 let targets = batch::publish_copies_subscribers(entry.body);
                 owner::copies_here(&mut sink!(self), &frame, targets, done);
             }
@@ -1080,10 +1042,6 @@ impl ShardCore {
             }
             EntryKind::Done => {
                 let kind = CreditKind::from_u8(header.flags);
-                let sender = Sender {
-                    shard: self.index,
-                    ..sender
-                };
                 sink!(self).apply_done(
                     sender,
                     header.token,
@@ -1144,19 +1102,10 @@ impl ShardCore {
     }
 
     fn fanout_finished(&mut self, sender: Sender, recipients: usize) {
-        let Some(id) = self.conns.for_sender(sender) else {
-            return;
-        };
-        let conn = self.conns.get_mut(id).expect("found");
-        let was_exhausted = conn.budget.exhausted();
-        conn.budget.fanout_recipients = conn
-            .budget
-            .fanout_recipients
-            .saturating_sub(recipients as u64);
-        conn.budget.fanouts = conn.budget.fanouts.saturating_sub(1);
-        if was_exhausted && !conn.budget.exhausted() {
-            self.conns.wake(id);
-        }
+        self.conns.give_back(sender, |budget| {
+            budget.fanout_recipients = budget.fanout_recipients.saturating_sub(recipients as u64);
+            budget.fanouts = budget.fanouts.saturating_sub(1);
+        });
     }
 
     /// Work queued here during an operation for this shard itself, and the
@@ -1275,5 +1224,17 @@ impl ShardCore {
     /// The connections of this shard (for checks).
     pub fn conns(&self) -> &Conns {
         &self.conns
+    }
+}
+
+/// Where the copies of a Broadcast or Publish entry report when they are
+/// all queued: its sender (the entry is about the sender's connection),
+/// the request's token, its parts and the budget it holds.
+fn done_to(header: &EntryHeader) -> DoneTo {
+    DoneTo {
+        sender: header.sender(),
+        token: header.token,
+        parts: header.fanout,
+        units: header.message_id,
     }
 }

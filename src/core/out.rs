@@ -62,16 +62,6 @@ pub struct HeldCopies {
     waiting: HashMap<u64, (u32, DoneTo), ahash::RandomState>,
 }
 
-impl HeldCopies {
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-}
-
 /// Why a connection closes, with the Error frame the node is told (if any).
 #[derive(Debug, Clone)]
 pub struct Close {
@@ -197,7 +187,7 @@ impl Out<'_> {
         let encoder = &mut *self.encoder;
         let pushed = self
             .conns
-            .push_control(id, self.pool, self.directory, self.index, |out| {
+            .push(id, self.pool, self.directory, self.index, |out| {
                 write(encoder, out)
             });
         if let Err(PushError::Closed) = pushed {
@@ -209,7 +199,7 @@ impl Out<'_> {
     /// for size while open. Returns whether it was queued.
     pub fn message_to(&mut self, id: ConnId, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.conns
-            .push_message(id, self.pool, self.directory, self.index, write)
+            .push(id, self.pool, self.directory, self.index, write)
             .is_ok()
     }
 

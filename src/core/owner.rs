@@ -112,6 +112,21 @@ impl Owner {
 
     // ----- Sessions ---------------------------------------------------------
 
+    /// A SessionOpen from `sender`'s connection: applied unless the
+    /// sender's epoch is stale (see [`Owner::observe_epoch`]).
+    pub fn open_checked(&mut self, out: &mut Out<'_>, sender: Sender, open: &SessionOpen<'_>) {
+        if self.observe_epoch(out, sender.node, sender.epoch) {
+            self.open(out, sender, open);
+        }
+    }
+
+    /// A SessionClose from `sender`'s connection, the same way.
+    pub fn close_checked(&mut self, out: &mut Out<'_>, sender: Sender, close: &SessionClose<'_>) {
+        if self.observe_epoch(out, sender.node, sender.epoch) {
+            self.close(out, sender, close);
+        }
+    }
+
     /// Applies a SessionOpen; returns what the table did.
     pub fn open(
         &mut self,
@@ -165,7 +180,7 @@ impl Owner {
     }
 
     /// Applies a SessionClose.
-    pub fn close(&mut self, out: &mut Out<'_>, sender: Sender, close: &SessionClose<'_>) {
+    fn close(&mut self, out: &mut Out<'_>, sender: Sender, close: &SessionClose<'_>) {
         let outcome = self.table.close(
             close.user.as_bytes(),
             close.device.as_bytes(),
@@ -204,21 +219,21 @@ impl Owner {
 
     /// Answers a Locate with the user's sessions on live nodes.
     pub fn locate(&self, out: &mut Out<'_>, sender: Sender, query_id: u64, user: &str) {
-        let mut found: Vec<(String, String, fb::Platform)> = Vec::new();
-        for session in self.table.sessions(user.as_bytes()) {
-            if self.live_state(out.directory, session.node).is_none() {
-                continue;
-            }
-            found.push((
-                out.directory.name(session.node),
-                String::from_utf8_lossy(session.device).into_owned(),
-                fb::Platform(session.platform),
-            ));
-        }
+        let found: Vec<_> = self
+            .table
+            .sessions(user.as_bytes())
+            .filter(|session| self.live_state(out.directory, session.node).is_some())
+            .map(|session| {
+                let device = String::from_utf8_lossy(session.device);
+                (session.node, device, fb::Platform(session.platform))
+            })
+            .collect();
+        let names = out.directory.names(found.iter().map(|(node, ..)| *node));
         out.counters.locates += 1;
         let sessions: Vec<(&str, &str, fb::Platform)> = found
             .iter()
-            .map(|(node, device, platform)| (node.as_str(), device.as_str(), *platform))
+            .zip(&names)
+            .map(|((_, device, platform), name)| (name.as_str(), device.as_ref(), *platform))
             .collect();
         let write = |encoder: &mut Encoder, frame: &mut Vec<u8>| {
             frame.extend_from_slice(encoder.located(query_id, user, &sessions))
@@ -408,9 +423,6 @@ impl Owner {
                 copies_here(out, frame, subscribers, done);
             } else {
                 let header = EntryHeader {
-                    origin_node: sender.node,
-                    origin_epoch: sender.epoch,
-                    origin_stream: sender.stream,
                     fanout: done.parts,
                     message_id: units,
                     token,
@@ -520,15 +532,9 @@ pub fn copies_here(
 /// Gives one Locate back to the budget of the connection it came from
 /// (its answer was just queued).
 pub fn give_back_locate(out: &mut Out<'_>, sender: Sender) {
-    let Some(id) = out.conns.for_sender(sender) else {
-        return;
-    };
-    let conn = out.conns.get_mut(id).expect("found");
-    let was_exhausted = conn.budget.exhausted();
-    conn.budget.locates = conn.budget.locates.saturating_sub(1);
-    if was_exhausted && !conn.budget.exhausted() {
-        out.conns.wake(id);
-    }
+    out.conns.give_back(sender, |budget| {
+        budget.locates = budget.locates.saturating_sub(1)
+    });
 }
 
 fn kick_sender(

@@ -21,7 +21,7 @@ use crate::route::Sender;
 use crate::table::NodeId;
 use crate::wire::{SessionOpen, SessionSync};
 
-use super::batch::{Class, CreditKind, EntryHeader, EntryKind};
+use super::batch::{put_id, take_id, Class, CreditKind, EntryHeader, EntryKind};
 use super::out::{DoneTo, Out};
 use super::owner::Owner;
 
@@ -36,33 +36,18 @@ pub struct Committing {
     pub removed: u64,
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn take<'a>(input: &mut &'a [u8], n: usize) -> &'a [u8] {
-    let (head, rest) = input.split_at(n);
-    *input = rest;
-    head
-}
-
-fn take_str<'a>(input: &mut &'a [u8]) -> &'a str {
-    let len = u16::from_le_bytes(take(input, 2).try_into().expect("2 bytes")) as usize;
-    // Written by `put_str` from verified (UTF-8) strings.
-    std::str::from_utf8(take(input, len)).expect("UTF-8 from a verified frame")
-}
-
 /// The sessions of a `SyncBatch` entry.
-pub fn decode_batch(mut input: &[u8]) -> impl Iterator<Item = SessionOpen<'_>> {
+pub fn decode_batch(input: &[u8]) -> impl Iterator<Item = SessionOpen<'_>> {
+    let mut at = 0;
     std::iter::from_fn(move || {
-        if input.is_empty() {
+        if at == input.len() {
             return None;
         }
-        let user = take_str(&mut input);
-        let device = take_str(&mut input);
-        let platform = take(&mut input, 1)[0];
-        let seq = u64::from_le_bytes(take(&mut input, 8).try_into().expect("8 bytes"));
+        let user = take_id(input, &mut at);
+        let device = take_id(input, &mut at);
+        let platform = input[at];
+        let seq = u64::from_le_bytes(input[at + 1..at + 9].try_into().expect("8 bytes"));
+        at += 9;
         Some(SessionOpen {
             user,
             device,
@@ -94,8 +79,8 @@ pub fn split(
         }
         let entry = &mut entries[slot];
         entry.1 += 1;
-        put_str(&mut entry.2, user);
-        put_str(&mut entry.2, device);
+        put_id(&mut entry.2, user.as_bytes());
+        put_id(&mut entry.2, device.as_bytes());
         entry.2.push(platform);
         entry.2.extend_from_slice(&seq.to_le_bytes());
     }

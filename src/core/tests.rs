@@ -46,14 +46,8 @@ impl Shard {
         let frame = self
             .encoder
             .hello(&HelloFrame {
-                protocol_version: 1,
-                node_name: name,
-                incarnation: 1,
-                auth_token: None,
-                shard: None,
                 acks,
-                received: 0,
-                stream: 0,
+                ..HelloFrame::new(name, 1)
             })
             .to_vec();
         let hello = self.core.hello(&frame).expect("a valid Hello");

@@ -272,8 +272,8 @@ impl SimNode {
                     }
                     lines.push(format!("got Error {code:?}: {text}"));
                 }
-                Incoming::Broadcast(_) => oracle.broadcasts += 1,
-                Incoming::Ping { .. }
+                Incoming::Broadcast(_)
+                | Incoming::Ping { .. }
                 | Incoming::Ack { .. }
                 | Incoming::Pong { .. }
                 | Incoming::NodeEvent(_)
@@ -301,6 +301,13 @@ impl SimNode {
         self.stream += 1;
         self.stopped_this_stream = false;
         self.core.take_pending();
+        let count = self.resync(8);
+        format!("new stream {}: resyncs {count} sessions", self.stream)
+    }
+
+    /// Sends the node's whole session list (a new SessionSync generation)
+    /// in batches of `batch`; returns how many sessions it lists.
+    fn resync(&mut self, batch: usize) -> usize {
         self.sync_generation += 1;
         let sessions: Vec<(&str, &str, fb::Platform, u64)> = self
             .sessions
@@ -314,9 +321,8 @@ impl SimNode {
                 )
             })
             .collect();
-        let count = sessions.len();
-        self.core.sync(self.sync_generation, &sessions, 8);
-        format!("new stream {}: resyncs {count} sessions", self.stream)
+        self.core.sync(self.sync_generation, &sessions, batch);
+        sessions.len()
     }
 
     /// One request from the workload.
@@ -436,20 +442,7 @@ impl SimNode {
             }
             _ => {
                 // A resync of the node's view, unprompted.
-                self.sync_generation += 1;
-                let sessions: Vec<(&str, &str, fb::Platform, u64)> = self
-                    .sessions
-                    .iter()
-                    .map(|((user, device), (seq, platform))| {
-                        (
-                            user.as_str(),
-                            device.as_str(),
-                            fb::Platform(*platform),
-                            *seq,
-                        )
-                    })
-                    .collect();
-                self.core.sync(self.sync_generation, &sessions, 3);
+                self.resync(3);
                 Some("resync".into())
             }
         }

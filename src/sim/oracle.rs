@@ -70,10 +70,8 @@ pub struct Oracle {
     /// (recipient node, incarnation, message id): processed.
     processed: std::collections::HashSet<(usize, u32, u64)>,
     pub violations: Vec<Violation>,
-    /// Counts, for the summary.
-    pub statuses: HashMap<(u8, u16), u64>,
+    /// Delivers seen, for the report.
     pub delivers: u64,
-    pub broadcasts: u64,
 }
 
 impl Oracle {
@@ -131,7 +129,6 @@ impl Oracle {
         verdict: fb::Verdict,
         reason: fb::Reason,
     ) {
-        *self.statuses.entry((verdict.0, reason.0)).or_default() += 1;
         let Some(record) = self.routes.get_mut(&id) else {
             return self.violation(format!("a Status for Route {id:#x}, never sent"));
         };

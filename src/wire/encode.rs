@@ -21,6 +21,23 @@ pub struct HelloFrame<'a> {
     pub stream: u64,
 }
 
+impl<'a> HelloFrame<'a> {
+    /// A Hello of this protocol version, nothing else set: no token, any
+    /// shard, no acks, a new stream.
+    pub fn new(node_name: &'a str, incarnation: u64) -> Self {
+        HelloFrame {
+            protocol_version: crate::limits::PROTOCOL_VERSION,
+            node_name,
+            incarnation,
+            auth_token: None,
+            shard: None,
+            acks: false,
+            received: 0,
+            stream: 0,
+        }
+    }
+}
+
 /// Fields of a `Welcome` frame.
 #[derive(Debug, Clone, Copy)]
 pub struct WelcomeFrame<'a> {
@@ -304,24 +321,6 @@ impl Encoder {
             },
         );
         self.finish(fb::Body::Fanout, body.as_union_value())
-    }
-
-    /// A Deliver of a Fanout: `recipients` are (user, devices) on one node.
-    pub fn deliver_recipients(
-        &mut self,
-        frame: &FanoutFrame<'_>,
-        recipients: &[(&str, Vec<&str>)],
-    ) -> &[u8] {
-        let users: Vec<&str> = recipients.iter().map(|(user, _)| *user).collect();
-        let counts: Vec<u8> = recipients
-            .iter()
-            .map(|(_, devices)| u8::try_from(devices.len()).expect("at most 64 sessions per user"))
-            .collect();
-        let devices: Vec<&str> = recipients
-            .iter()
-            .flat_map(|(_, devices)| devices.iter().copied())
-            .collect();
-        self.fanout_deliver(frame, &users, &counts, &devices)
     }
 
     /// A Deliver of a Fanout, its recipients as parallel lists: `users`,
@@ -768,14 +767,8 @@ mod tests {
         let frames: Vec<Vec<u8>> = vec![
             encoder
                 .hello(&HelloFrame {
-                    protocol_version: 1,
-                    node_name: "n1",
-                    incarnation: 1,
-                    auth_token: None,
                     shard: Some(3),
-                    acks: false,
-                    received: 0,
-                    stream: 0,
+                    ..HelloFrame::new("n1", 1)
                 })
                 .to_vec(),
             encoder.session_open("u", "d", fb::Platform::Web).to_vec(),

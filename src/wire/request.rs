@@ -384,13 +384,10 @@ impl<'a> Request<'a> {
             fb::Body::Publish => {
                 let publish = envelope.body_as_publish().expect("body type");
                 check_topic(publish.topic())?;
-                let too_long = publish
-                    .from_user()
-                    .is_some_and(|user| user.len() > USER_ID_BYTES_MAX)
-                    || publish
-                        .from_device()
-                        .is_some_and(|device| device.len() > DEVICE_ID_BYTES_MAX);
-                if too_long {
+                if sender_too_long(
+                    publish.from_user().unwrap_or(""),
+                    publish.from_device().unwrap_or(""),
+                ) {
                     // As for a Route or a Fanout (before: copied as sent).
                     return Ok(Request::Rejected {
                         message_id: publish.message_id(),
@@ -453,13 +450,18 @@ fn route(route: fb::Route<'_>) -> Request<'_> {
     if !(1..=USER_ID_BYTES_MAX).contains(&message.to_user.len()) || !to_device_ok {
         return rejected(fb::Reason::InvalidRecipient);
     }
-    if message.from_user.len() > USER_ID_BYTES_MAX
-        || message.from_device.len() > DEVICE_ID_BYTES_MAX
+    if sender_too_long(message.from_user, message.from_device)
         || (message.flags & ROUTE_FLAG_CARBON != 0 && message.from_user.is_empty())
     {
         return rejected(fb::Reason::InvalidSender);
     }
     Request::Route(message)
+}
+
+/// A sender's user or device id longer than any id may be (an absent or
+/// empty one is not checked here).
+fn sender_too_long(user: &str, device: &str) -> bool {
+    user.len() > USER_ID_BYTES_MAX || device.len() > DEVICE_ID_BYTES_MAX
 }
 
 fn fanout<'a>(fanout: fb::Fanout<'a>, limits: &RequestLimits) -> Request<'a> {
@@ -471,13 +473,10 @@ fn fanout<'a>(fanout: fb::Fanout<'a>, limits: &RequestLimits) -> Request<'a> {
     if users.len() > limits.fanout_max as usize {
         return rejected(fb::Reason::TooManyRecipients);
     }
-    if fanout
-        .from_user()
-        .is_some_and(|user| user.len() > USER_ID_BYTES_MAX)
-        || fanout
-            .from_device()
-            .is_some_and(|device| device.len() > DEVICE_ID_BYTES_MAX)
-    {
+    if sender_too_long(
+        fanout.from_user().unwrap_or(""),
+        fanout.from_device().unwrap_or(""),
+    ) {
         return rejected(fb::Reason::InvalidSender);
     }
     // One pass over the lengths (no UTF-8 work: the verifier did that), at
@@ -712,18 +711,7 @@ mod tests {
             parse(&bytes).unwrap_err(),
             PeerFault::UnexpectedFrame(fb::Body::Status)
         );
-        let hello = encoder
-            .hello(&HelloFrame {
-                protocol_version: 1,
-                node_name: "n",
-                incarnation: 1,
-                auth_token: None,
-                shard: None,
-                acks: false,
-                received: 0,
-                stream: 0,
-            })
-            .to_vec();
+        let hello = encoder.hello(&HelloFrame::new("n", 1)).to_vec();
         let fault = parse(&hello).unwrap_err();
         assert_eq!(fault.code(), fb::ErrorCode::UnexpectedFrame);
         assert_eq!(
@@ -740,13 +728,10 @@ mod tests {
             encoder
                 .hello(&HelloFrame {
                     protocol_version: version,
-                    node_name: name,
-                    incarnation: 7,
                     auth_token: token,
                     shard,
                     acks: true,
-                    received: 0,
-                    stream: 0,
+                    ..HelloFrame::new(name, 7)
                 })
                 .to_vec()
         };

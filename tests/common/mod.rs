@@ -321,8 +321,7 @@ impl Wire {
             if self.closed {
                 return None;
             }
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(self.core.read_buffer(64 * 1024)) {
                 Ok(0) => {
                     self.closed = true;
                     assert!(
@@ -331,7 +330,7 @@ impl Wire {
                     );
                     return None;
                 }
-                Ok(read) => self.core.receive(&chunk[..read], Time::ZERO),
+                Ok(read) => self.core.filled(read, Time::ZERO),
                 Err(error) if error.kind() == ErrorKind::ConnectionReset => return None,
                 Err(error) => {
                     panic!("read failed (timeout means the router never answered): {error}")
@@ -393,14 +392,11 @@ pub fn hello_resuming(
 ) -> Vec<u8> {
     Encoder::new()
         .hello(&HelloFrame {
-            protocol_version: 1,
-            node_name: name,
-            incarnation,
-            auth_token: None,
             shard,
             acks,
             received,
             stream,
+            ..HelloFrame::new(name, incarnation)
         })
         .to_vec()
 }

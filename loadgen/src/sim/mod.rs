@@ -440,8 +440,6 @@ pub struct SimNode {
     /// Policy scenario: what this node saw, and a signal for each Located.
     pub policy: RefCell<PolicyLog>,
     pub policy_changed: Broadcast,
-    /// This node process's incarnation (kept across reconnects).
-    pub incarnation: Cell<u64>,
     /// When this node's connection went down (cut or failed).
     pub failures: RefCell<Vec<u64>>,
     /// Session changes the router made (a purge after a lost connection)
@@ -501,7 +499,6 @@ impl SimNode {
             churn: RefCell::new(ChurnState::default()),
             policy: RefCell::new(PolicyLog::default()),
             policy_changed: Broadcast::default(),
-            incarnation: Cell::new(0),
             failures: RefCell::new(Vec::new()),
             extra_changes: RefCell::new(Vec::new()),
             sync_acked: Cell::new(0),
