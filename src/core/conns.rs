@@ -2,6 +2,7 @@
 //! budgets. Plain data changed through `&mut self`; what happens around a
 //! connection (reports, NodeEvents) is decided by the shard core.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -223,20 +224,25 @@ impl Conn {
         if fanout == 1 {
             return Ok(Some(u8::from(queued)));
         }
-        if !self.pending_reports.contains_key(&token)
-            && self.pending_reports.len() >= PENDING_REPORTS_MAX
-        {
-            return Err(());
+        // One lookup: the first report of a message inserts it, the last
+        // removes it.
+        let full = self.pending_reports.len() >= PENDING_REPORTS_MAX;
+        match self.pending_reports.entry(token) {
+            Entry::Vacant(_) if full => Err(()),
+            Entry::Vacant(vacant) => {
+                vacant.insert((fanout - 1, u8::from(queued)));
+                Ok(None)
+            }
+            Entry::Occupied(mut occupied) => {
+                let (missing, copies) = occupied.get_mut();
+                *missing -= 1;
+                *copies += u8::from(queued);
+                if *missing > 0 {
+                    return Ok(None);
+                }
+                Ok(Some(occupied.remove().1))
+            }
         }
-        let (missing, copies) = self.pending_reports.entry(token).or_insert((fanout, 0));
-        *missing -= 1;
-        *copies += u8::from(queued);
-        if *missing > 0 {
-            return Ok(None);
-        }
-        let copies = *copies;
-        self.pending_reports.remove(&token);
-        Ok(Some(copies))
     }
 }
 
