@@ -34,9 +34,12 @@
 //! was revoked.
 //!
 //! **Hand-over.** A router that gains a slot from a live router serves it
-//! only once that router has applied the new epoch (`applied/<id>`), or
-//! is gone; so at most one router serves a slot at any moment. A router
-//! that loses a slot stops serving it as soon as it sees the new map.
+//! only once that router has applied the new epoch (`applied/<id>`); if
+//! the previous owner is gone (fenced), once every live router has: the
+//! gone one may itself never have served the slot, still waiting for its
+//! own previous owner, which may be live and behind. So at most one router
+//! serves a slot at any moment. A router that loses a slot stops serving
+//! it as soon as it sees the new map.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -287,18 +290,24 @@ impl Member {
     }
 
     fn released(&self, slot: u16) -> bool {
-        let gone_or_applied = |router: RouterId, epoch: u64| {
-            !self.routers.contains_key(&router)
-                || self.applied.get(&router).is_some_and(|&a| a >= epoch)
-        };
+        let applied =
+            |router: RouterId, epoch: u64| self.applied.get(&router).is_some_and(|&a| a >= epoch);
         match self.from[slot as usize] {
             From::Released => true,
-            From::Router(router, epoch) => gone_or_applied(router, epoch),
-            From::Everyone(epoch) => {
+            From::Router(router, epoch) if self.routers.contains_key(&router) => {
+                applied(router, epoch)
+            }
+            // A previous owner that is gone serves nothing, but it may never
+            // have served this slot: it may have been waiting for its own
+            // previous owner, which may still be live and behind (a failover
+            // epoch is written without waiting for anyone). So every other
+            // live router must have applied the epoch; a router gone from
+            // our view is fenced.
+            From::Router(_, epoch) | From::Everyone(epoch) => {
                 let me = self.id();
                 self.routers
                     .keys()
-                    .all(|&router| Some(router) == me || gone_or_applied(router, epoch))
+                    .all(|&router| Some(router) == me || applied(router, epoch))
             }
         }
     }
