@@ -7,7 +7,7 @@
 //! map can never make a new process serve slots it was not given.
 //!
 //! The map is written to etcd by the controller only (see
-//! [`super::controller`]) and sent to nodes in Welcome and on every change.
+//! [`super::member`] and [`super::plan`]) and sent to nodes in Welcome and on every change.
 //! In etcd it is stored as text, one line per router and per slot range,
 //! so that `etcdctl get` shows it readably:
 //!
@@ -447,10 +447,6 @@ impl SlotSet {
 
     pub fn insert(&mut self, slot: u16) {
         self.words[slot as usize / 64] |= 1 << (slot % 64);
-    }
-
-    pub fn remove(&mut self, slot: u16) {
-        self.words[slot as usize / 64] &= !(1 << (slot % 64));
     }
 
     pub fn len(&self) -> usize {

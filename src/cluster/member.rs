@@ -41,7 +41,7 @@
 //! serves a slot at any moment. A router that loses a slot stops serving
 //! it as soon as it sees the new map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::etcd::{Compare, Event, Kv, LeaseId, Op, Request, Response};
 use super::map::{RouterId, RouterInfo, SlotMap, SlotSet};
@@ -134,8 +134,8 @@ pub struct Member {
     prefix: String,
     next_request: u64,
     pending: HashMap<u64, (Pending, Time)>,
-    requests: Vec<(u64, Request)>,
-    events: Vec<MemberEvent>,
+    requests: VecDeque<(u64, Request)>,
+    events: VecDeque<MemberEvent>,
 
     lease: Option<LeaseId>,
     /// Create revision of our `routers/` key (0: not registered yet; -1:
@@ -149,9 +149,8 @@ pub struct Member {
     /// When to try again after a failure (grant, range, watch).
     retry_at: Time,
 
-    /// Loaded (a range done) and watching from `revision + 1`.
+    /// Loaded (a range done); then watching from `revision + 1`.
     loaded: bool,
-    watching: Option<u64>,
     /// The watch answered once (it exists at etcd); until then its request
     /// times out like any other.
     watch_created: bool,
@@ -178,8 +177,8 @@ impl Member {
             prefix,
             next_request: 1,
             pending: HashMap::new(),
-            requests: Vec::new(),
-            events: Vec::new(),
+            requests: VecDeque::new(),
+            events: VecDeque::new(),
             lease: None,
             registered_at: 0,
             serving_until: None,
@@ -187,7 +186,6 @@ impl Member {
             next_keepalive: now,
             retry_at: now,
             loaded: false,
-            watching: None,
             watch_created: false,
             revision: 0,
             routers: BTreeMap::new(),
@@ -217,11 +215,10 @@ impl Member {
             .collect();
         pending.sort();
         format!(
-            "lease {:x?} registered_at {} loaded {} watching {:?} created {} revision {} map {:?} routers {} fence {:?} retry_at {:?} keepalive {:?} pending [{}]",
+            "lease {:x?} registered_at {} loaded {} watch created {} revision {} map {:?} routers {} fence {:?} retry_at {:?} keepalive {:?} pending [{}]",
             self.lease,
             self.registered_at,
             self.loaded,
-            self.watching,
             self.watch_created,
             self.revision,
             self.map.as_ref().map(|m| m.epoch()),
@@ -313,30 +310,18 @@ impl Member {
     }
 
     pub fn poll_request(&mut self) -> Option<(u64, Request)> {
-        if self.requests.is_empty() {
-            None
-        } else {
-            Some(self.requests.remove(0))
-        }
+        self.requests.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
-        }
+        self.events.pop_front()
     }
 
     /// The next time after `now` at which [`Member::tick`] has something
     /// to do (`Time::NEVER`: nothing planned).
     pub fn next_wake(&self, now: Time) -> Time {
         let mut times = vec![self.next_keepalive, self.retry_at];
-        if let Some(until) = self.serving_until {
-            if !self.fenced_reported {
-                times.push(until);
-            }
-        }
+        times.extend(self.serving_until);
         let timeout = ms(self.config.request_timeout_ms());
         for (kind, sent) in self.pending.values() {
             if *kind != Pending::Watch || !self.watch_created {
@@ -370,7 +355,7 @@ impl Member {
         let id = self.next_request;
         self.next_request += 1;
         self.pending.insert(id, (kind, now));
-        self.requests.push((id, request));
+        self.requests.push_back((id, request));
     }
 
     fn key(&self, what: &str, id: RouterId) -> String {
@@ -394,7 +379,7 @@ impl Member {
         }
         if !self.fenced_reported && !self.lease_alive(now) {
             self.fenced_reported = true;
-            self.events.push(MemberEvent::Fenced);
+            self.events.push_back(MemberEvent::Fenced);
         }
         match self.lease {
             None => {
@@ -424,7 +409,7 @@ impl Member {
             }
             return;
         }
-        if self.watching.is_none() {
+        if !self.has(Pending::Watch) {
             let start_revision = self.revision + 1;
             let prefix = self.prefix.clone();
             self.send(
@@ -435,7 +420,6 @@ impl Member {
                 },
                 now,
             );
-            self.watching = Some(self.next_request - 1);
             self.watch_created = false;
         }
         self.write(now);
@@ -570,11 +554,10 @@ impl Member {
                 for event in events {
                     self.apply_event(event);
                 }
-                self.after_change(now);
+                self.after_change();
                 return; // The watch goes on.
             }
             (Pending::Watch, _) => {
-                self.watching = None;
                 self.loaded = false; // Range again, then watch again.
                 self.retry_at = retry;
             }
@@ -602,7 +585,7 @@ impl Member {
                 if succeeded {
                     self.registered_at = revision;
                     let id = self.lease.expect("a lease") as RouterId;
-                    self.events.push(MemberEvent::Registered(id));
+                    self.events.push_back(MemberEvent::Registered(id));
                 } else {
                     // The key is there: ours (it is named by our lease),
                     // from an attempt whose answer was lost.
@@ -612,30 +595,15 @@ impl Member {
             (Pending::Range, Response::Range { revision, kvs }) => {
                 self.load(revision, kvs);
                 self.loaded = true;
-                self.after_change(now);
+                self.after_change();
             }
-            (
-                Pending::Applied(epoch),
-                Response::Txn {
-                    succeeded: true, ..
-                },
-            ) => {
+            (Pending::Applied(epoch), Response::Txn { .. }) => {
+                // (An unconditional put: it succeeded.)
                 self.applied_written = self.applied_written.max(epoch);
             }
-            (
-                Pending::WriteMap,
-                Response::Txn {
-                    succeeded: true, ..
-                },
-            ) => {}
-            (
-                Pending::WriteMap,
-                Response::Txn {
-                    succeeded: false, ..
-                },
-            ) => {
-                // Someone else changed the map or we are deposed: the
-                // watch tells what happened.
+            (Pending::WriteMap, Response::Txn { .. }) => {
+                // Written, or someone else changed the map, or we are
+                // deposed: the watch tells what happened.
             }
             (_, _) => self.retry_at = retry,
         }
@@ -658,12 +626,11 @@ impl Member {
         self.serving_until = None;
         if !self.fenced_reported {
             self.fenced_reported = true;
-            self.events.push(MemberEvent::Fenced);
+            self.events.push_back(MemberEvent::Fenced);
         }
         // Our old id's slots are someone else's to give away; we see the
         // cluster afresh.
         self.pending.clear();
-        self.watching = None;
         self.loaded = false;
         self.applied_written = 0;
         self.retry_at = now;
@@ -689,19 +656,25 @@ impl Member {
         }
         if unknown && self.registered_at > 0 {
             let id = self.lease.expect("a lease") as RouterId;
-            self.events.push(MemberEvent::Registered(id));
+            self.events.push_back(MemberEvent::Registered(id));
         }
-        // Maps may have been missed: a slot gained since the one we had
-        // (or any slot, if we had none) needs every router's hand-over.
-        if let Some(map) = &self.map {
-            let epoch = map.epoch();
-            match had_map {
-                Some(old) if old.epoch() == epoch => {}
-                Some(old) if old.epoch() + 1 == epoch => self.hand_over(&old),
-                // The first map: nobody served before it.
-                _ if epoch <= 1 => self.from.fill(From::Released),
-                _ => self.from.fill(From::Everyone(epoch)),
-            }
+        self.map_replaced(had_map);
+    }
+
+    /// Where the slots of the current map came from, after `old` was the
+    /// map: from the previous epoch, each changed slot from its previous
+    /// owner; after a gap (maps missed), from everyone; the first map,
+    /// from nobody.
+    fn map_replaced(&mut self, old: Option<SlotMap>) {
+        let Some(map) = &self.map else {
+            return;
+        };
+        let epoch = map.epoch();
+        match old {
+            Some(old) if old.epoch() >= epoch => {}
+            Some(old) if old.epoch() + 1 == epoch => self.hand_over(&old),
+            None if epoch <= 1 => self.from.fill(From::Released),
+            _ => self.from.fill(From::Everyone(epoch)),
         }
     }
 
@@ -709,16 +682,12 @@ impl Member {
         self.revision = self.revision.max(event.revision());
         match event {
             Event::Put(kv) => {
-                let is_map = kv.key.strip_prefix(&self.prefix) == Some("map");
-                let old = if is_map { self.map.clone() } else { None };
-                self.apply_put(kv);
-                if let (Some(old), Some(new)) = (old, &self.map) {
-                    let epoch = new.epoch();
-                    if epoch == old.epoch() + 1 {
-                        self.hand_over(&old);
-                    } else if epoch > old.epoch() {
-                        self.from.fill(From::Everyone(epoch));
-                    }
+                if kv.key.strip_prefix(&self.prefix) == Some("map") {
+                    let old = self.map.clone();
+                    self.apply_put(kv);
+                    self.map_replaced(old);
+                } else {
+                    self.apply_put(kv);
                 }
             }
             Event::Delete { key, .. } => {
@@ -791,14 +760,14 @@ impl Member {
         }
     }
 
-    fn after_change(&mut self, _now: Time) {
+    fn after_change(&mut self) {
         if let Some(map) = &self.map {
             if self
                 .events
                 .iter()
                 .all(|e| *e != MemberEvent::Map(map.epoch()))
             {
-                self.events.push(MemberEvent::Map(map.epoch()));
+                self.events.push_back(MemberEvent::Map(map.epoch()));
             }
         }
     }

@@ -60,11 +60,12 @@ impl Load {
         self.shards[at].iter().sum()
     }
 
-    /// The least loaded router among `eligible` (by slots per shard, so a
-    /// router with more shards takes more), and its least loaded shard.
-    fn lightest(&self, eligible: impl Fn(&RouterInfo) -> bool) -> Option<(usize, u16)> {
+    /// The least loaded router among those whose index is `eligible` (by
+    /// slots per shard, so a router with more shards takes more), and its
+    /// least loaded shard.
+    fn lightest(&self, eligible: impl Fn(usize) -> bool) -> Option<(usize, u16)> {
         let at = (0..self.routers.len())
-            .filter(|&at| eligible(&self.routers[at]))
+            .filter(|&at| eligible(at))
             .min_by(|&a, &b| {
                 // of_router(a) / shards(a) < of_router(b) / shards(b)
                 let left = self.of_router(a) * self.routers[b].shards as usize;
@@ -199,18 +200,12 @@ pub fn rebalance_step(
             break;
         };
         // ...to the least loaded taker below its share.
-        let Some((taker, shard)) = load.lightest(|router| {
-            let at = routers
-                .iter()
-                .position(|r| r.id == router.id)
-                .expect("listed");
-            takers.contains(&at) && load.of_router(at) < share(&load, at)
-        }) else {
+        // (Never the giver: it is above its share.)
+        let Some((taker, shard)) =
+            load.lightest(|at| takers.contains(&at) && load.of_router(at) < share(&load, at))
+        else {
             break;
         };
-        if taker == giver {
-            break;
-        }
         // Take a chunk from the end of the giver's most loaded shard.
         let giver_id = routers[giver].id;
         let giver_shard = (0..routers[giver].shards)

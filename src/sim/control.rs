@@ -161,14 +161,6 @@ impl ControlSim {
         sim
     }
 
-    pub fn config(&self) -> &ControlConfig {
-        &self.config
-    }
-
-    pub fn trace(&self) -> &[String] {
-        &self.trace
-    }
-
     fn log(&mut self, text: String) {
         self.trace.push(format!("{:?} {text}", self.now));
     }
@@ -343,8 +335,8 @@ impl ControlSim {
                 };
                 if !self.reachable(at) {
                     if matches!(response, Response::Events(_)) {
-                        // The watch stream broke.
-                        self.etcd.drop_watches(client);
+                        // The watch stream broke (its cut already ended
+                        // the watch at etcd).
                         self.routers[at].member.handle(
                             id,
                             Response::Failed("watch broken".into()),
@@ -394,7 +386,7 @@ impl ControlSim {
                 let at = self.rng.index(live);
                 let client = self.routers[at].client;
                 self.routers.remove(at);
-                self.etcd.drop_watches(client);
+                self.etcd.take_watches(Some(client));
                 self.stats.crashes += 1;
                 self.log(format!("router {client} crashes"));
                 if self.rng.chance(0.7) {
@@ -418,7 +410,6 @@ impl ControlSim {
                 let client = self.routers[at].client;
                 self.break_watches(Some(client));
                 self.stats.cuts += 1;
-                let client = self.routers[at].client;
                 self.log(format!("router {client} cut from etcd for {cut} ms"));
             }
             3 => {
@@ -519,24 +510,15 @@ impl ControlSim {
             served += set.len();
             seen.union_with(&set);
         }
-        if served < SLOT_COUNT as usize {
-            for slot in 0..SLOT_COUNT {
-                let since = &mut self.unserved_since[slot as usize];
-                if seen.contains(slot) {
-                    if let Some(start) = since.take() {
-                        let gap = self.now.since(start).as_millis() as u64;
-                        self.stats.worst_gap_ms = self.stats.worst_gap_ms.max(gap);
-                    }
-                } else if since.is_none() {
-                    *since = Some(self.now);
-                }
-            }
-        } else {
-            for since in &mut self.unserved_since {
+        for slot in 0..SLOT_COUNT {
+            let since = &mut self.unserved_since[slot as usize];
+            if served == SLOT_COUNT as usize || seen.contains(slot) {
                 if let Some(start) = since.take() {
                     let gap = self.now.since(start).as_millis() as u64;
                     self.stats.worst_gap_ms = self.stats.worst_gap_ms.max(gap);
                 }
+            } else if since.is_none() {
+                *since = Some(self.now);
             }
         }
         Ok(())

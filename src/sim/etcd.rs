@@ -44,16 +44,8 @@ impl FakeEtcd {
         }
     }
 
-    pub fn revision(&self) -> i64 {
-        self.revision
-    }
-
     pub fn get(&self, key: &str) -> Option<&Kv> {
         self.kvs.get(key)
-    }
-
-    pub fn lease_alive(&self, lease: LeaseId) -> bool {
-        self.leases.contains_key(&lease)
     }
 
     /// Carries out `request` at `now`. A Watch answers with the events it
@@ -221,10 +213,5 @@ impl FakeEtcd {
             !take
         });
         taken
-    }
-
-    /// Ends the watches of `client` (its connection broke).
-    pub fn drop_watches(&mut self, client: usize) {
-        self.watches.retain(|watch| watch.asker.0 != client);
     }
 }
