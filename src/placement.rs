@@ -38,6 +38,16 @@ pub fn shard_for_user(user: &[u8], shard_count: usize) -> usize {
     shard_for_slot(slot_for_user(user), shard_count)
 }
 
+/// The first id `prefix-0`, `prefix-1`, ... that lands on `shard` of
+/// `shard_count` (for tests and the load generator, which need a user on
+/// each shard).
+pub fn id_on_shard(prefix: &str, shard: usize, shard_count: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| shard_for_user(id.as_bytes(), shard_count) == shard)
+        .expect("some id lands on every shard")
+}
+
 const PRIME_1: u64 = 0x9E37_79B1_85EB_CA87;
 const PRIME_2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 const PRIME_3: u64 = 0x1656_67B1_9E37_79F9;

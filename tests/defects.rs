@@ -33,21 +33,35 @@ fn ack_at(node: &mut Node, received: u64) {
 
 // ----- Verdicts lost when an acking node ends for good ---------------------
 
-/// Delivers written to a node that acknowledges, and not acknowledged when
-/// its connection ends by a refused frame, are answered Offline/NodeGone
-/// (before: no verdict at all).
-#[test]
-fn an_acking_node_closed_for_a_bad_frame_leaves_no_verdict_behind() {
-    let router = start_router_with(1, |args| args.reconnect_grace_ms = 30_000);
+/// A router of `shards` shards with a long grace; node-a, and node-b
+/// (incarnation 7, acknowledging its stream) hosting bob.
+fn alice_and_acking_bob(shards: usize) -> (imrouter::RunningRouter, Node, Node) {
+    let router = start_router_with(shards, |args| args.reconnect_grace_ms = 30_000);
     let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob = acking_node(addr, "node-b", 7, "bob");
-    let ids: Vec<u64> = (0..2)
+    let alice = Node::connect(addr, "node-a");
+    let bob = acking_node(addr, "node-b", 7, "bob");
+    (router, alice, bob)
+}
+
+/// `n` Routes with ACK from alice to bob, each delivered to bob (read, not
+/// acknowledged); their ids.
+fn routed_and_delivered(alice: &mut Node, bob: &mut Node, n: usize) -> Vec<u64> {
+    let ids: Vec<u64> = (0..n)
         .map(|_| alice.route_to("bob", None, b"m", ROUTE_FLAG_ACK))
         .collect();
     for &id in &ids {
         assert_eq!(bob.expect_deliver().0, id);
     }
+    ids
+}
+
+/// Delivers written to a node that acknowledges, and not acknowledged when
+/// its connection ends by a refused frame, are answered Offline/NodeGone
+/// (before: no verdict at all).
+#[test]
+fn an_acking_node_closed_for_a_bad_frame_leaves_no_verdict_behind() {
+    let (router, mut alice, mut bob) = alice_and_acking_bob(1);
+    let ids = routed_and_delivered(&mut alice, &mut bob, 2);
     // Read, never acknowledged; then a frame the router refuses.
     bob.wire.send(&[0xff, 0xff, 0xff, 0xff]);
     assert_eq!(
@@ -61,17 +75,9 @@ fn an_acking_node_closed_for_a_bad_frame_leaves_no_verdict_behind() {
 /// The same when a new process of the node connects (a crash and restart).
 #[test]
 fn an_acking_node_replaced_by_a_new_process_leaves_no_verdict_behind() {
-    let router = start_router_with(2, |args| args.reconnect_grace_ms = 30_000);
-    let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob = acking_node(addr, "node-b", 7, "bob");
-    let ids: Vec<u64> = (0..2)
-        .map(|_| alice.route_to("bob", None, b"m", ROUTE_FLAG_ACK))
-        .collect();
-    for &id in &ids {
-        assert_eq!(bob.expect_deliver().0, id);
-    }
-    let _restarted = Node::connect_with(addr, "node-b", 8, None);
+    let (router, mut alice, mut bob) = alice_and_acking_bob(2);
+    let ids = routed_and_delivered(&mut alice, &mut bob, 2);
+    let _restarted = Node::connect_with(router.local_addr(), "node-b", 8, None);
     assert_eq!(alice.expect_statuses(&ids), vec![GONE; 2]);
     drop(bob);
     router.shutdown();
@@ -81,10 +87,7 @@ fn an_acking_node_replaced_by_a_new_process_leaves_no_verdict_behind() {
 /// what it acknowledged is Routed, what it did not is NodeGone.
 #[test]
 fn an_acking_node_that_says_goodbye_gets_its_verdicts_settled() {
-    let router = start_router_with(1, |args| args.reconnect_grace_ms = 30_000);
-    let addr = router.local_addr();
-    let mut alice = Node::connect(addr, "node-a");
-    let mut bob = acking_node(addr, "node-b", 7, "bob");
+    let (router, mut alice, mut bob) = alice_and_acking_bob(1);
     let ids: Vec<u64> = (0..3)
         .map(|_| alice.route_to("bob", None, b"m", ROUTE_FLAG_ACK))
         .collect();

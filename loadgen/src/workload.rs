@@ -287,6 +287,24 @@ pub fn fill_payload(payload: &mut Vec<u8>, len: usize, due_ns: u64, message_id: 
     payload.extend((PAYLOAD_HEADER_BYTES..len).map(|i| seed.wrapping_add(i as u8)));
 }
 
+/// A delivered message `id`'s payload: when it was due, and whether it is
+/// intact (its header names `id` and its filler is right); `(0, false)`
+/// when corrupted.
+pub fn delivered_payload(id: u64, payload: &[u8]) -> (u64, bool) {
+    match read_payload(payload) {
+        Some((due_ns, payload_id)) => (due_ns, payload_id == id),
+        None => (0, false),
+    }
+}
+
+/// Bit `d` for device id `d` (below 63), bit 63 for anything else.
+pub fn device_bit(device: &str) -> u64 {
+    match parse_device_id(device) {
+        Some(d) if d < 63 => 1 << d,
+        _ => 1 << 63,
+    }
+}
+
 /// Reads a payload's header and checks its filler; `None` when corrupted.
 pub fn read_payload(payload: &[u8]) -> Option<(u64, u64)> {
     if payload.len() < PAYLOAD_HEADER_BYTES {

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use crate::limits::{FRAME_BYTES_MAX_CEILING, PROTOCOL_VERSION};
 use crate::time::Time;
 use crate::wire::{
-    check, fb, Check, Encoder, FanoutFrame, Frame, FrameError, HelloFrame, PublishFrame,
-    RouteFrame, Verifier, ROUTE_FLAG_ACK,
+    check, fb, frame_need, Check, Encoder, FanoutFrame, Frame, FrameError, HelloFrame,
+    PublishFrame, RouteFrame, Verifier, ROUTE_FLAG_ACK,
 };
 
 /// Routes waiting for a verdict a node tracks at most; more are sent but
@@ -759,10 +759,8 @@ impl Outgoing {
         // Where the frame being written ends, so that control frames wait.
         while self.frame_end < self.sent {
             self.frame_start = self.frame_end;
-            let prefix: [u8; 4] = self.stream[self.frame_end..self.frame_end + 4]
-                .try_into()
-                .expect("a whole prefix");
-            self.frame_end += 4 + u32::from_le_bytes(prefix) as usize;
+            // (The stream holds whole frames.)
+            self.frame_end += frame_need(&self.stream[self.frame_end..]);
         }
         if !self.acks {
             // Nothing is sent again without acks: forget the whole frames
@@ -847,8 +845,7 @@ impl Outgoing {
         let target = (offset - self.base) as usize;
         let mut at = 0;
         while at < target {
-            let prefix: [u8; 4] = self.stream[at..at + 4].try_into().expect("a whole prefix");
-            at += 4 + u32::from_le_bytes(prefix) as usize;
+            at += frame_need(&self.stream[at..]);
         }
         at == target
     }
@@ -928,6 +925,20 @@ mod tests {
 
     fn welcome(resumed: bool, stream_offset: u64) -> Vec<u8> {
         welcome_after(resumed, stream_offset, 0)
+    }
+
+    /// A node past its handshake: a new stream, with or without acks.
+    fn live_node(acks: bool) -> NodeCore {
+        let mut config = NodeConfig::new("n", 1);
+        config.acks = acks;
+        let mut node = NodeCore::new(config);
+        node.connect(Time::ZERO);
+        node.receive(&welcome(false, 0), Time::ZERO);
+        assert!(matches!(
+            node.poll_incoming(),
+            Some(Ok(Incoming::Welcome { resumed: false }))
+        ));
+        node
     }
 
     /// A Welcome that says the router processed `received` bytes of the
@@ -1047,13 +1058,7 @@ mod tests {
     /// Status).
     #[test]
     fn a_refused_fanout_is_a_fanout_status() {
-        let mut node = NodeCore::new(NodeConfig::new("n", 1));
-        node.connect(Time::ZERO);
-        node.receive(&welcome(false, 0), Time::ZERO);
-        assert!(matches!(
-            node.poll_incoming(),
-            Some(Ok(Incoming::Welcome { .. }))
-        ));
+        let mut node = live_node(false);
         let fanout = FanoutFrame {
             message_id: 9,
             from_user: "a",
@@ -1079,15 +1084,7 @@ mod tests {
 
     #[test]
     fn a_resume_that_does_not_continue_the_stream_is_an_error() {
-        let mut config = NodeConfig::new("n", 1);
-        config.acks = true;
-        let mut node = NodeCore::new(config);
-        node.connect(Time::ZERO);
-        node.receive(&welcome(false, 0), Time::ZERO);
-        assert!(matches!(
-            node.poll_incoming(),
-            Some(Ok(Incoming::Welcome { .. }))
-        ));
+        let mut node = live_node(true);
         node.receive(Encoder::new().pong(1), Time::ZERO);
         assert!(matches!(
             node.poll_incoming(),
@@ -1126,15 +1123,7 @@ mod tests {
         let (first, second) = (route(1), route(2));
         let written = (first.len() + second.len()) as u64;
         let resume = |router_received| {
-            let mut config = NodeConfig::new("n", 1);
-            config.acks = true;
-            let mut node = NodeCore::new(config);
-            node.connect(Time::ZERO);
-            node.receive(&welcome(false, 0), Time::ZERO);
-            assert!(matches!(
-                node.poll_incoming(),
-                Some(Ok(Incoming::Welcome { resumed: false }))
-            ));
+            let mut node = live_node(true);
             node.take_transmit(); // the Hello
             node.wrote_stream(written);
             node.connection_lost();

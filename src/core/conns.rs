@@ -162,6 +162,13 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A fanned-out copy (or NodeEvent) for this connection must wait
+    /// behind others held, or while its socket has `soft` bytes still to
+    /// write.
+    pub fn must_hold(&self, soft: usize) -> bool {
+        !self.held.is_empty() || self.stream.unwritten_bytes() >= soft
+    }
+
     /// Bytes held for the node (the output limits bound this).
     pub fn queued_bytes(&self) -> usize {
         self.stream.queued_bytes()

@@ -11,7 +11,7 @@ use crate::time::Time;
 use crate::wire::{fb, Hello, NodeEventFrame, PeerFault, WelcomeFrame};
 
 use super::batch::{Class, EntryHeader, EntryKind};
-use super::conns::{new_conn, ConnId, LinkState};
+use super::conns::{new_conn, Conn, ConnId, LinkState};
 use super::out::Close;
 use super::stream::OutputStream;
 use super::{sink, Lost, ShardCore, SocketAction};
@@ -382,10 +382,7 @@ impl ShardCore {
         if conn.is_open() {
             if !conn.carry.is_empty() && matches!(lost, Lost::Closed) {
                 let have = conn.carry.len();
-                let need = match conn.carry.get(..4) {
-                    Some(prefix) => 4 + u32::from_le_bytes(prefix.try_into().expect("4")) as usize,
-                    None => 4,
-                };
+                let need = crate::wire::frame_need(&conn.carry);
                 self.fault(id, PeerFault::Truncated { have, need }, now);
             } else {
                 self.lose(id, lost, now);
@@ -409,16 +406,12 @@ impl ShardCore {
     /// count meanwhile); the connection is woken when it may read again
     /// (for the budget) or the driver retries after a flush (for room).
     pub fn may_read(&mut self, id: ConnId) -> bool {
-        let room =
-            self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response);
+        let room = self.outboxes_have_room();
         let hard = self.conns.limits.hard;
         let Some(conn) = self.conns.get_mut(id) else {
             return false;
         };
-        let may = conn.is_open()
-            && room
-            && !conn.budget.exhausted()
-            && conn.stream.unwritten_bytes() < hard;
+        let may = reader_may_read(conn, room, hard);
         if conn.is_open() {
             if !may && !conn.read_paused {
                 self.counters.reads_paused += 1;
@@ -431,15 +424,15 @@ impl ShardCore {
     /// Whether [`ShardCore::may_read`] would say yes, without marking
     /// anything (for a driver deciding what it can do).
     pub fn can_read(&self, id: ConnId) -> bool {
-        let room =
-            self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response);
-        let hard = self.conns.limits.hard;
-        self.conns.get(id).is_some_and(|conn| {
-            conn.is_open()
-                && room
-                && !conn.budget.exhausted()
-                && conn.stream.unwritten_bytes() < hard
-        })
+        let (room, hard) = (self.outboxes_have_room(), self.conns.limits.hard);
+        self.conns
+            .get(id)
+            .is_some_and(|conn| reader_may_read(conn, room, hard))
+    }
+
+    /// The outboxes a connection's frames feed have room.
+    fn outboxes_have_room(&self) -> bool {
+        self.outboxes.has_room(Class::Forward) && self.outboxes.has_room(Class::Response)
     }
 
     /// The next bytes to write to `id`'s socket (empty: nothing now).
@@ -628,4 +621,10 @@ fn shutting_down() -> Close {
         "the router is shutting down",
         fb::LeftReason::Closed,
     )
+}
+
+/// The rule of [`ShardCore::may_read`]: open, room in the outboxes, budget
+/// left, and less than the hard limit of output still to write.
+fn reader_may_read(conn: &Conn, room: bool, hard: usize) -> bool {
+    conn.is_open() && room && !conn.budget.exhausted() && conn.stream.unwritten_bytes() < hard
 }

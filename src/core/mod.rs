@@ -323,12 +323,7 @@ impl ShardCore {
                             self.fault(id, FrameError::TooLarge { declared, max }.into(), now);
                             return self.finish_operation(now);
                         }
-                        Check::Incomplete => match carry.get(..4) {
-                            Some(prefix) => {
-                                4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
-                            }
-                            None => 4,
-                        },
+                        Check::Incomplete => crate::wire::frame_need(&carry),
                     };
                     let take = (need - carry.len()).min(input.len());
                     if take == 0 {

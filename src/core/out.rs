@@ -393,8 +393,7 @@ impl Out<'_> {
         let soft = self.conns.limits.soft;
         let conn = self.conns.get_mut(id).expect("a target connection");
         debug_assert!(conn.is_open());
-        let must_wait = !conn.held.is_empty() || conn.stream.unwritten_bytes() >= soft;
-        if must_wait {
+        if conn.must_hold(soft) {
             conn.held_bytes += frame.len();
             conn.held.push_back(Held {
                 frame: frame.clone(),
@@ -415,8 +414,7 @@ impl Out<'_> {
         let soft = self.conns.limits.soft;
         let conn = self.conns.get_mut(id).expect("a target connection");
         debug_assert!(conn.is_open());
-        let must_wait = !conn.held.is_empty() || conn.stream.unwritten_bytes() >= soft;
-        if !must_wait {
+        if !conn.must_hold(soft) {
             self.message_to(id, |out| out.extend_from_slice(frame));
             return;
         }
@@ -516,19 +514,8 @@ impl Out<'_> {
         if close.reason == fb::LeftReason::Slow {
             self.counters.connections_slow += 1;
         }
-        if let Some(code) = close.code {
-            let frame = self.encoder.error(code, &close.text);
-            conn.stream.set_farewell(frame);
-        }
-        conn.state = LinkState::Closing;
-        if conn.congested {
-            conn.congested = false;
-            self.directory.set_congested(conn.node, self.index, false);
-        }
-        self.directory
-            .mark_closing(conn.node, self.index, conn.ticket);
-        self.drop_held(id);
-        self.conns.wake(id);
+        let farewell = close.code.map(|code| (code, close.text.as_str()));
+        self.stop(id, LinkState::Closing, farewell);
         self.closed.push((id, close));
     }
 
@@ -547,19 +534,28 @@ impl Out<'_> {
         if conn.state != LinkState::Open {
             return;
         }
-        if let Some((code, text)) = error {
+        self.counters.connections_suspended += 1;
+        self.conns.deadlines_changed = true;
+        self.stop(id, LinkState::Suspended { until }, error);
+    }
+
+    /// What closing and suspending an open connection share: its socket
+    /// writes `farewell` (an Error frame, not part of the stream) after
+    /// what is queued; it takes `state`; other shards stop sending to it;
+    /// its held copies are dropped; the driver is woken.
+    fn stop(&mut self, id: ConnId, state: LinkState, farewell: Option<(fb::ErrorCode, &str)>) {
+        let conn = self.conns.get_mut(id).expect("an open connection");
+        if let Some((code, text)) = farewell {
             let frame = self.encoder.error(code, text);
             conn.stream.set_farewell(frame);
         }
-        conn.state = LinkState::Suspended { until };
+        conn.state = state;
         if conn.congested {
             conn.congested = false;
             self.directory.set_congested(conn.node, self.index, false);
         }
         self.directory
             .mark_closing(conn.node, self.index, conn.ticket);
-        self.counters.connections_suspended += 1;
-        self.conns.deadlines_changed = true;
         self.drop_held(id);
         self.conns.wake(id);
     }

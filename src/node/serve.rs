@@ -138,12 +138,7 @@ async fn read_first_frame(
             if input.is_empty() {
                 return Err(None);
             }
-            let need = match input.get(..4) {
-                Some(prefix) => {
-                    4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
-                }
-                None => 4,
-            };
+            let need = crate::wire::frame_need(input);
             return Err(Some(PeerFault::Truncated {
                 have: input.len(),
                 need,

@@ -22,6 +22,18 @@ pub enum Check {
     TooLarge(u32),
 }
 
+/// Bytes the frame at the front of `buf` needs in all, length prefix
+/// included, as far as `buf` tells: the prefix alone while it is not all
+/// there. (For partial frames, after [`check`]: `Incomplete`.)
+pub fn frame_need(buf: &[u8]) -> usize {
+    match buf.get(..FRAME_PREFIX_BYTES) {
+        Some(prefix) => {
+            FRAME_PREFIX_BYTES + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize
+        }
+        None => FRAME_PREFIX_BYTES,
+    }
+}
+
 /// Looks at the length prefix at the front of `buf`, and nothing else.
 ///
 /// This is the cheap check that runs before a frame's body is buffered: a

@@ -52,7 +52,7 @@ pub use encode::{
     DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, PublishFrame, RouteFrame,
     WelcomeFrame,
 };
-pub use frame::{check, Check, Frame, FrameBuf, FrameError, Verifier};
+pub use frame::{check, frame_need, Check, Frame, FrameBuf, FrameError, Verifier};
 pub use request::{
     body_name, Hello, InvalidField, Message, PeerFault, Request, RequestLimits, SessionClose,
     SessionOpen, SessionSync,

@@ -684,10 +684,7 @@ impl Node {
 
 /// A user id owned by `shard` when the router runs `shard_count` shards.
 pub fn user_on_shard(prefix: &str, shard: usize, shard_count: usize) -> String {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|user| imrouter::placement::shard_for_user(user.as_bytes(), shard_count) == shard)
-        .unwrap()
+    imrouter::placement::id_on_shard(prefix, shard, shard_count)
 }
 
 /// Routes to `user` until the verdict is Offline. Node departure is noticed

@@ -308,20 +308,14 @@ fn handle(node: &SimNode, incoming: Incoming<'_>) {
         Incoming::Deliver(deliver) => {
             let id = deliver.message_id();
             let payload = deliver.payload().map(|p| p.bytes()).unwrap_or(&[]);
-            let (due_ns, intact) = match workload::read_payload(payload) {
-                Some((due_ns, payload_id)) => (due_ns, payload_id == id),
-                None => (0, false),
-            };
+            let (due_ns, intact) = workload::delivered_payload(id, payload);
             let user = deliver
                 .to_user()
                 .and_then(|user| workload::parse_user_id(user.as_bytes()));
             let devices = deliver.devices().map_or(0, |devices| {
-                devices.iter().fold(0u64, |mask, device| {
-                    mask | match workload::parse_device_id(device) {
-                        Some(d) if d < 63 => 1 << d,
-                        _ => 1 << 63,
-                    }
-                })
+                devices
+                    .iter()
+                    .fold(0u64, |mask, device| mask | workload::device_bit(device))
             });
             node.observe_delivery(id, due_ns, user, devices, intact);
         }
@@ -457,10 +451,7 @@ fn group_of(node: &SimNode, id: u64) -> workload::Group {
 fn fanout_deliver(node: &SimNode, deliver: fb::Deliver<'_>) {
     let id = deliver.message_id();
     let payload = deliver.payload().map(|p| p.bytes()).unwrap_or(&[]);
-    let (due_ns, intact) = match workload::read_payload(payload) {
-        Some((due_ns, payload_id)) => (due_ns, payload_id == id),
-        None => (0, false),
-    };
+    let (due_ns, intact) = workload::delivered_payload(id, payload);
     let population = node.plan().population;
     let expected = group_of(node, id).hosted_on(&population, node.index);
     let mut devices = deliver.devices().into_iter().flatten();
@@ -470,10 +461,8 @@ fn fanout_deliver(node: &SimNode, deliver: fb::Deliver<'_>) {
     for (i, user) in deliver.recipients().into_iter().flatten().enumerate() {
         let count = counts.map_or(0, |c| if i < c.len() { c.get(i) } else { 0 });
         let mask = (0..count).fold(0u64, |mask, _| {
-            match devices.next().and_then(workload::parse_device_id) {
-                Some(d) if d < 63 => mask | 1 << d,
-                _ => mask | 1 << 63,
-            }
+            // (A device missing from the list is wrong too: bit 63.)
+            mask | devices.next().map_or(1 << 63, workload::device_bit)
         });
         match workload::parse_user_id(user.as_bytes()) {
             Some(user) => listed.push((user, mask)),

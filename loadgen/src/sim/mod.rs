@@ -465,12 +465,7 @@ impl SimNode {
         let plan = &worker.plan;
         let probe_users = (0..shard_count)
             .map(|shard| {
-                (0..)
-                    .map(|i| format!("probe-{index}-{i}"))
-                    .find(|user| {
-                        ::imrouter::placement::shard_for_user(user.as_bytes(), shard_count) == shard
-                    })
-                    .expect("some id lands on every shard")
+                ::imrouter::placement::id_on_shard(&format!("probe-{index}"), shard, shard_count)
             })
             .collect();
         let population = plan.population;
