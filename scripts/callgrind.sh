@@ -6,6 +6,8 @@
 #
 #   scripts/callgrind.sh route    # one-to-one chat messages
 #   scripts/callgrind.sh churn    # session opens and closes
+#   scripts/callgrind.sh fanout   # group messages (Fanout) to 10, 100 or
+#                                 # 1,000 members (plus 5% offline)
 #   scripts/callgrind.sh route2   # messages to users with two devices on
 #                                 # two nodes, with ACK (two Delivers, their
 #                                 # reports collected for one verdict)
@@ -48,12 +50,17 @@ case $WHAT in
       --scenario chat --nodes 4 --users 10000 --devices-per-user 2 --offline-ratio 0 \
       --to-device-ratio 0 --ack --rate 20000 --duration 8 --warmup 0 >"$OUT/$WHAT.txt" 2>&1
     ;;
+  fanout)
+    "$loadgen_bin" --router "127.0.0.1:$PORT" --cpus 1 --quiet --json "$OUT/$WHAT.json" \
+      --scenario fanout --nodes 4 --users 10000 --group-sizes 10,100,1000 --offline-ratio 0.05 \
+      --rate 30 --duration 8 --warmup 0 >"$OUT/$WHAT.txt" 2>&1
+    ;;
   churn)
     "$loadgen_bin" --router "127.0.0.1:$PORT" --cpus 1 --quiet --json "$OUT/$WHAT.json" \
       --scenario churn --nodes 4 --users 10000 --churn-rate 40000 --rate 1000 \
       --duration 8 --warmup 0 >"$OUT/$WHAT.txt" 2>&1
     ;;
-  *) echo "callgrind.sh: route, route2 or churn, not $WHAT" >&2; exit 2 ;;
+  *) echo "callgrind.sh: route, route2, fanout or churn, not $WHAT" >&2; exit 2 ;;
 esac
 callgrind_control -d "$pid" >/dev/null
 sleep 1
@@ -68,7 +75,11 @@ import json, sys
 r, total, what = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
 # Every message sent (nothing is warm-up here) and every session operation.
 sessions = r["users"] * r["devices_per_user"]
-if what in ("route", "route2"):
+if what == "fanout":
+    # The same seed sends the same groups: compare runs per Fanout.
+    print(f"instructions: {total:,} for {r['sent']:,} Fanouts and {sessions:,} session opens")
+    print(f"per Fanout: {total / r['sent']:,.0f} (oracle faults: {r['lost'] + r['duplicated'] + r['misrouted'] + r['wrong_verdict']})")
+elif what in ("route", "route2"):
     ops = r["sent"] + sessions
     print(f"instructions: {total:,} for {r['sent']:,} messages and {sessions:,} session opens")
     print(f"per operation: {total / ops:,.0f} (oracle faults: {r['lost'] + r['duplicated'] + r['misrouted'] + r['wrong_verdict']})")

@@ -517,37 +517,33 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
 /// One slice of resolving users on their owner.
 fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget: usize) -> usize {
     let mut done = 0;
-    let mut devices_by_node: Vec<(NodeId, u8, Vec<u8>)> = Vec::new();
+    // The user's live sessions, (node, device), in the table's order.
+    let mut sessions: Vec<(NodeId, &[u8])> = Vec::new();
     while resolve.remaining > 0 && done < budget.max(1) {
         let user = take_id(&resolve.users, &mut resolve.cursor);
         resolve.remaining -= 1;
         done += 1;
-        devices_by_node.clear();
-        for session in owner.table.sessions(user.as_bytes()) {
-            if owner.live_state(out.directory, session.node).is_none() {
-                continue;
-            }
-            match devices_by_node
-                .iter_mut()
-                .find(|(n, _, _)| *n == session.node)
-            {
-                Some((_, count, devices)) => {
-                    *count += 1;
-                    put_id(devices, session.device);
-                }
-                None => {
-                    let mut devices = Vec::new();
-                    put_id(&mut devices, session.device);
-                    devices_by_node.push((session.node, 1, devices));
-                }
-            }
-        }
-        if devices_by_node.is_empty() {
+        sessions.clear();
+        sessions.extend(
+            owner
+                .table
+                .sessions(user.as_bytes())
+                .filter(|session| owner.live_state(out.directory, session.node).is_some())
+                .map(|session| (session.node, session.device)),
+        );
+        if sessions.is_empty() {
             put_id(&mut resolve.offline, user.as_bytes());
             resolve.offline_count += 1;
             continue;
         }
-        for (node, count, devices) in devices_by_node.drain(..) {
+        // Per node, in the order the nodes first appear: the user, its
+        // device count there, the devices (a user has at most a few
+        // sessions: quadratic is fine, and nothing is allocated).
+        for (first, &(node, _)) in sessions.iter().enumerate() {
+            if sessions[..first].iter().any(|(seen, _)| *seen == node) {
+                continue;
+            }
+            let here = || sessions[first..].iter().filter(|(n, _)| *n == node);
             let slot = *resolve.by_node.entry(node).or_insert_with(|| {
                 let epoch = out.directory.state(node).epoch;
                 resolve.nodes.push((node, epoch, 0, Vec::new()));
@@ -556,8 +552,10 @@ fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget
             let entry = &mut resolve.nodes[slot];
             entry.2 += 1;
             put_id(&mut entry.3, user.as_bytes());
-            entry.3.push(count);
-            entry.3.extend_from_slice(&devices);
+            entry.3.push(here().count() as u8);
+            for (_, device) in here() {
+                put_id(&mut entry.3, device);
+            }
         }
     }
     if resolve.remaining == 0 {
