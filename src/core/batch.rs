@@ -457,6 +457,22 @@ impl Outboxes {
         push_entry(&mut self.batches[target][class as usize], header, body);
     }
 
+    /// Appends an entry to the batch of `class` for every shard but
+    /// `except` (this one).
+    pub fn push_to_others(
+        &mut self,
+        except: usize,
+        class: Class,
+        header: &EntryHeader,
+        body: &[u8],
+    ) {
+        for (target, batches) in self.batches.iter_mut().enumerate() {
+            if target != except {
+                push_entry(&mut batches[class as usize], header, body);
+            }
+        }
+    }
+
     /// The batch being filled for `target`, to write an entry in place.
     #[inline]
     pub fn batch(&mut self, target: usize, class: Class) -> &mut Batch {

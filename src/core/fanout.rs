@@ -476,6 +476,9 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
         .encoder
         .fanout_deliver(&message, &users, &counts, &devices);
     if shard == coordinator {
+        // What `ShardCore::fanout_deliver_here` does for a Deliver from
+        // another shard, written out: `encoded` borrows `out`'s encoder,
+        // so this cannot call a method of `out`.
         let id = out.conns.for_node(node, epoch);
         let queued = id.is_some_and(|id| {
             out.conns

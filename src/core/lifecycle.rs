@@ -278,9 +278,8 @@ impl ShardCore {
     /// Tells every shard that `node`'s sessions before `epoch` are dead.
     fn broadcast_purge(&mut self, node: NodeId, epoch: u32) {
         let header = EntryHeader::new(EntryKind::PurgeNode, node, epoch);
-        for target in (0..self.shard_count).filter(|&t| t != self.index) {
-            self.outboxes.push(target, Class::Forward, &header, &[]);
-        }
+        self.outboxes
+            .push_to_others(self.index, Class::Forward, &header, &[]);
         self.owner.observe_epoch(&mut sink!(self), node, epoch);
     }
 
@@ -310,9 +309,8 @@ impl ShardCore {
                 .to_vec();
             let except = except.unwrap_or(NodeId(u32::MAX));
             let header = EntryHeader::new(EntryKind::NodeEvent, except, 0);
-            for target in (0..self.shard_count).filter(|&t| t != self.index) {
-                self.outboxes.push(target, Class::Response, &header, &frame);
-            }
+            self.outboxes
+                .push_to_others(self.index, Class::Response, &header, &frame);
             self.node_event_here(&frame, except);
         }
     }

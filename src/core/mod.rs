@@ -728,9 +728,8 @@ impl ShardCore {
             token,
             ..EntryHeader::for_sender(EntryKind::Broadcast, sender)
         };
-        for target in (0..self.shard_count).filter(|&t| t != self.index) {
-            self.outboxes.push(target, Class::Response, &header, &frame);
-        }
+        self.outboxes
+            .push_to_others(self.index, Class::Response, &header, &frame);
         self.broadcast_here(&frame, sender.node, done);
     }
 
@@ -822,13 +821,12 @@ impl ShardCore {
                     removed: 0,
                 },
             );
-            for shard in (0..self.shard_count).filter(|&s| s != self.index) {
-                let header = EntryHeader {
-                    token: sync.generation,
-                    ..EntryHeader::for_sender(EntryKind::SyncEnd, sender)
-                };
-                self.outboxes.push(shard, Class::Forward, &header, &[]);
-            }
+            let header = EntryHeader {
+                token: sync.generation,
+                ..EntryHeader::for_sender(EntryKind::SyncEnd, sender)
+            };
+            self.outboxes
+                .push_to_others(self.index, Class::Forward, &header, &[]);
             let counts =
                 sync::apply_end(&mut sink!(self), &mut self.owner, sender, sync.generation);
             if let Some((added, removed)) = counts {

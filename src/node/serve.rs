@@ -273,26 +273,15 @@ fn poll_turn(
     stream: &mut TcpStream,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Turn> {
-    // Writes.
-    loop {
-        let written = {
-            let core = driver.core();
-            let bytes = core.writable(id);
-            if bytes.is_empty() {
-                break;
-            }
-            Pin::new(&mut *stream).poll_write(cx, bytes)
-        };
-        match written {
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Turn::Lost(Lost::Failed("the socket took no bytes".into())));
-            }
-            Poll::Ready(Ok(n)) => driver.with_core(|core, now| core.wrote(id, n, now)),
-            Poll::Ready(Err(error)) => {
-                return Poll::Ready(Turn::Lost(Lost::Failed(format!("write failed: {error}"))));
-            }
-            Poll::Pending => break,
+    // Writes (until done or the socket is full).
+    match poll_write_out(driver, id, stream, cx) {
+        Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::WriteZero => {
+            return Poll::Ready(Turn::Lost(Lost::Failed("the socket took no bytes".into())));
         }
+        Poll::Ready(Err(error)) => {
+            return Poll::Ready(Turn::Lost(Lost::Failed(format!("write failed: {error}"))));
+        }
+        Poll::Ready(Ok(())) | Poll::Pending => {}
     }
     if driver.core().socket_action(id) != SocketAction::Serve {
         return Poll::Ready(Turn::Changed);
@@ -332,7 +321,19 @@ async fn write_all_writable(
     id: ConnId,
     stream: &mut TcpStream,
 ) -> io::Result<()> {
-    poll_fn(|cx| loop {
+    poll_fn(|cx| poll_write_out(driver, id, stream, cx)).await
+}
+
+/// Writes what the core has for the socket: `Ready(Ok)` once nothing is
+/// left, `Pending` while the socket is full, an error if it fails (a socket
+/// that takes no bytes: `WriteZero`).
+fn poll_write_out(
+    driver: &Rc<Driver>,
+    id: ConnId,
+    stream: &mut TcpStream,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
         let written = {
             let core = driver.core();
             let bytes = core.writable(id);
@@ -347,8 +348,7 @@ async fn write_all_writable(
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
             Poll::Pending => return Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 /// A closing connection: writes what is left (the stream, then the Error
