@@ -69,6 +69,7 @@ fn encode(c: &mut Criterion) {
                     devices: &[b"phone"],
                     flags: 0,
                     payload: black_box(payload),
+                    origin: 0x1234_5678,
                 });
                 black_box(frame.len())
             })

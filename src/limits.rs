@@ -211,7 +211,7 @@ pub const SYNC_SESSIONS_IN_FLIGHT_MAX: u64 = 16 * 1024;
 pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Protocol versions this router speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default `--reconnect-grace-ms`: how long the sessions of a node whose
 /// connection was lost (no Goodbye) stay suspended, their messages parked,
@@ -313,3 +313,14 @@ pub const ROUTER_NAME_MAX: usize = 64;
 /// map accepts: a DNS name is at most 253 bytes. A longer one makes the
 /// map invalid (refused).
 pub const ROUTER_ADDR_MAX: usize = 256;
+
+/// `--lease-ttl-ms`: the etcd lease a router of a cluster registers
+/// under. etcd's own minimum TTL is 1 s (its leases count in seconds;
+/// imrouter rounds up); failover takes about one TTL.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 5_000;
+pub const LEASE_TTL_MS_MIN: u64 = 1_000;
+pub const LEASE_TTL_MS_MAX: u64 = 600_000;
+
+/// `--rebuild-timeout-ms`: how long a slot a router gained waits for the
+/// nodes' resyncs at most.
+pub const REBUILD_TIMEOUT_MS_DEFAULT: u64 = 10_000;

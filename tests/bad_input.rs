@@ -48,7 +48,7 @@ fn foreign_flatbuffer(identifier: Option<&str>) -> Vec<u8> {
             message_id: 7,
             verdict: fb::Verdict::Offline,
             reason: fb::Reason::NoSession,
-            offline_users: None,
+            ..Default::default()
         },
     );
     builder.finish_size_prefixed(status, identifier);
@@ -81,6 +81,7 @@ fn cases() -> Vec<Case> {
             devices: &[b"d"],
             flags: 0,
             payload: b"e",
+            origin: 0,
         })
         .to_vec();
     vec![

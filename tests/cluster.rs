@@ -852,6 +852,7 @@ fn an_open_during_a_snapshot_survives_on_a_shard_the_snapshot_does_not_touch() {
             platforms,
             seqs,
             last: false,
+            ..Default::default()
         },
     );
     let envelope = fb::Envelope::create(

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+use crate::cluster::map::{MapError, SlotMap};
 use crate::limits::{FRAME_BYTES_MAX_CEILING, PROTOCOL_VERSION};
 use crate::time::Time;
 use crate::wire::{
@@ -88,6 +89,10 @@ pub struct Welcome {
     pub nodes: Vec<(String, u64)>,
     pub senior: String,
     pub membership_seq: u64,
+    /// The router's slot map (none from a member of a cluster that has not
+    /// registered yet), and the router's id in it.
+    pub map: Option<std::sync::Arc<SlotMap>>,
+    pub member: u64,
 }
 
 /// Where the connection is.
@@ -127,6 +132,11 @@ pub enum Incoming<'a> {
     Broadcast(fb::Broadcast<'a>),
     Publish(fb::Publish<'a>),
     SessionSyncAck(fb::SessionSyncAck<'a>),
+    /// The cluster's slot map changed (and the slots this router asks
+    /// the node to resync).
+    SlotMap(fb::SlotMap<'a>),
+    /// A request other than a Route that this router did not serve.
+    Moved(fb::Moved<'a>),
     /// A Ping (already answered, unless `answer_pings` is off).
     Ping {
         nonce: u64,
@@ -154,6 +164,8 @@ pub enum NodeError {
     WelcomeRequired(fb::Body),
     /// A frame only a node sends.
     Unexpected(fb::Body),
+    /// A slot map that does not cover every slot once.
+    Map(MapError),
     /// A resumed Welcome that does not continue where this node is.
     ResumedElsewhere {
         stream_offset: u64,
@@ -178,6 +190,7 @@ impl std::fmt::Display for NodeError {
                 write!(f, "the router answered the Hello with {:?}", body)
             }
             NodeError::Unexpected(body) => write!(f, "the router sent {:?}", body),
+            NodeError::Map(error) => write!(f, "the router sent a bad {error}"),
             NodeError::ResumedElsewhere {
                 stream_offset,
                 received,
@@ -471,7 +484,13 @@ impl NodeCore {
                 Some(Ok(Incoming::Ping { nonce }))
             }
             fb::Body::Welcome => {
-                let welcome = welcome_of(frame);
+                let welcome = match welcome_of(frame) {
+                    Ok(welcome) => welcome,
+                    Err(error) => {
+                        self.state = State::Failed;
+                        return Some(Err(NodeError::Map(error)));
+                    }
+                };
                 let resumed = welcome.resumed;
                 if welcome.resumed && self.config.acks && welcome.stream_offset != self.received {
                     self.state = State::Failed;
@@ -647,9 +666,13 @@ impl NodeCore {
     }
 }
 
-fn welcome_of(frame: Frame<'_>) -> Welcome {
+fn welcome_of(frame: Frame<'_>) -> Result<Welcome, MapError> {
     let welcome = frame.envelope().body_as_welcome().expect("body type");
-    Welcome {
+    let map = match welcome.map() {
+        Some(map) => Some(std::sync::Arc::new(SlotMap::from_wire(map)?.0)),
+        None => None,
+    };
+    Ok(Welcome {
         router_id: welcome.router_id(),
         shard_count: welcome.shard_count(),
         slot_count: welcome.slot_count(),
@@ -673,7 +696,9 @@ fn welcome_of(frame: Frame<'_>) -> Welcome {
             .unwrap_or_default(),
         senior: welcome.senior().unwrap_or("").to_string(),
         membership_seq: welcome.membership_seq(),
-    }
+        map,
+        member: welcome.member(),
+    })
 }
 
 /// What a node sends: control frames, and its stream (see
@@ -889,6 +914,8 @@ fn incoming<'a>(
             }
         }
         fb::Body::Kick => Incoming::Kick(envelope.body_as_kick().expect("body type")),
+        fb::Body::SlotMap => Incoming::SlotMap(envelope.body_as_slot_map().expect("body type")),
+        fb::Body::Moved => Incoming::Moved(envelope.body_as_moved().expect("body type")),
         fb::Body::NodeEvent => {
             Incoming::NodeEvent(envelope.body_as_node_event().expect("body type"))
         }
@@ -962,6 +989,8 @@ mod tests {
                 received,
                 stream: 7,
                 warmup_ms: 0,
+                map: None,
+                member: 0,
             })
             .to_vec()
     }

@@ -204,6 +204,68 @@ impl SlotMap {
         .compacted())
     }
 
+    /// The map a SlotMap table carries (in a Welcome or a frame of its
+    /// own), and the slot ranges its sender asks to be resynced.
+    pub fn from_wire(
+        table: crate::wire::fb::SlotMap<'_>,
+    ) -> Result<(SlotMap, Vec<(u16, u16)>), MapError> {
+        let mut routers = Vec::new();
+        for entry in table.routers().iter().flatten() {
+            routers.push(RouterInfo {
+                id: entry.id(),
+                name: entry.name().unwrap_or_default().to_owned(),
+                addr: entry.addr().unwrap_or_default().to_owned(),
+                shards: entry.shards(),
+            });
+        }
+        let (Some(starts), Some(owners), Some(shards)) = (
+            table.range_starts(),
+            table.range_routers(),
+            table.range_shards(),
+        ) else {
+            return Err(MapError::Slots("no ranges".into()));
+        };
+        if starts.len() != owners.len() || starts.len() != shards.len() || starts.is_empty() {
+            return Err(MapError::Slots("range vectors of different lengths".into()));
+        }
+        let mut ranges = Vec::with_capacity(starts.len());
+        for i in 0..starts.len() {
+            let first = starts.get(i);
+            let end = if i + 1 < starts.len() {
+                starts.get(i + 1)
+            } else {
+                SLOT_COUNT
+            };
+            if end <= first {
+                return Err(MapError::Slots(format!("range {i} is empty")));
+            }
+            let Some(router) = routers.get(owners.get(i) as usize) else {
+                return Err(MapError::Router(format!("range {i} names no router")));
+            };
+            ranges.push(SlotRange {
+                first,
+                last: end - 1,
+                router: router.id,
+                shard: shards.get(i),
+            });
+        }
+        let map = SlotMap::from_ranges(table.epoch(), routers, &ranges)?;
+        let mut resync = Vec::new();
+        if let Some(flat) = table.resync() {
+            if flat.len() % 2 != 0 {
+                return Err(MapError::Slots("resync has an odd length".into()));
+            }
+            for i in (0..flat.len()).step_by(2) {
+                let (first, last) = (flat.get(i), flat.get(i + 1));
+                if first > last || last >= SLOT_COUNT {
+                    return Err(MapError::Slots(format!("bad resync range {first}-{last}")));
+                }
+                resync.push((first, last));
+            }
+        }
+        Ok((map, resync))
+    }
+
     /// Without the routers that own nothing.
     fn compacted(mut self) -> SlotMap {
         let mut owns = vec![false; self.routers.len()];

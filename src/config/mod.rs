@@ -22,6 +22,10 @@ use crate::limits::{
     RECONNECT_GRACE_MS_DEFAULT, RECONNECT_GRACE_MS_MAX, SESSIONS_MAX_DEFAULT,
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
 };
+use crate::limits::{
+    LEASE_TTL_MS_DEFAULT, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, REBUILD_TIMEOUT_MS_DEFAULT,
+    ROUTER_ADDR_MAX, ROUTER_NAME_MAX,
+};
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
 ///
@@ -38,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the router.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Ask a running router where a user is connected: prints one line per
     /// session (node, device, platform). Exit status 0 when the user has a
     /// session, 1 when not, 2 on an error.
@@ -195,6 +199,40 @@ pub struct ServeArgs {
     /// it is refused with RouterFull.
     #[arg(long, default_value_t = CONNECTIONS_PER_SHARD_MAX_DEFAULT, value_name = "N")]
     pub max_connections_per_shard: usize,
+
+    /// Join a cluster of routers coordinated by etcd at these endpoints
+    /// (comma-separated URLs, `http://127.0.0.1:2379`). Without it the
+    /// router runs alone and owns every slot. Needs --cluster and
+    /// --advertise. See docs/CLUSTER.md.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// The cluster's name: its keys live under `/imrouter/NAME/` in etcd.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// Where nodes reach this router (host:port), as the slot map tells
+    /// them.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+
+    /// This router's name, for operators (`imrouter cluster status`).
+    /// Default: --advertise.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The etcd lease this router registers under, in milliseconds: a
+    /// router that could not renew it for this long (less a fifth) stops
+    /// serving, and the cluster gives its slots to the others once etcd
+    /// expires it. Failover takes about this long.
+    #[arg(long, default_value_t = LEASE_TTL_MS_DEFAULT, value_name = "MS")]
+    pub lease_ttl_ms: u64,
+
+    /// How long a slot this router gained waits for the nodes' resyncs
+    /// before it is served without them (a node that never resyncs would
+    /// otherwise keep it answering Unknown).
+    #[arg(long, default_value_t = REBUILD_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    pub rebuild_timeout_ms: u64,
 }
 
 /// The validated configuration of one router.
@@ -234,6 +272,20 @@ pub struct Config {
     pub park_bytes_max: usize,
     /// Connections one shard serves, 1 to `CONNECTIONS_PER_SHARD_MAX_CEILING`.
     pub connections_per_shard_max: usize,
+    /// Set when the router is a member of a cluster.
+    pub cluster: Option<ClusterConfig>,
+    /// How long a gained slot waits for resyncs.
+    pub rebuild_timeout: Duration,
+}
+
+/// How a router joins its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub etcd: Vec<String>,
+    pub cluster: String,
+    pub advertise: String,
+    pub name: String,
+    pub lease_ttl_ms: u64,
 }
 
 impl fmt::Debug for Config {
@@ -256,6 +308,8 @@ impl fmt::Debug for Config {
             .field("reconnect_grace", &self.reconnect_grace)
             .field("park_bytes_max", &self.park_bytes_max)
             .field("connections_per_shard_max", &self.connections_per_shard_max)
+            .field("cluster", &self.cluster)
+            .field("rebuild_timeout", &self.rebuild_timeout)
             .finish()
     }
 }
@@ -395,6 +449,7 @@ impl Config {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        let cluster = cluster_config(args)?;
         Ok(Config {
             listen,
             cpus,
@@ -415,15 +470,64 @@ impl Config {
             reconnect_grace: Duration::from_millis(u64::from(args.reconnect_grace_ms)),
             park_bytes_max: args.park_bytes_max,
             connections_per_shard_max: args.max_connections_per_shard,
+            cluster,
+            rebuild_timeout: Duration::from_millis(args.rebuild_timeout_ms),
         })
     }
+}
+
+/// The cluster flags, checked: all of --etcd, --cluster and --advertise,
+/// or none.
+fn cluster_config(args: &ServeArgs) -> Result<Option<ClusterConfig>, ConfigError> {
+    let word = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
+    };
+    match (&args.etcd[..], &args.cluster, &args.advertise) {
+        ([], None, None) => return Ok(None),
+        ([_, ..], Some(_), Some(_)) => {}
+        _ => {
+            return Err(ConfigError::new(
+                "--etcd, --cluster and --advertise go together".into(),
+            ))
+        }
+    }
+    let cluster = args.cluster.clone().expect("matched");
+    let advertise = args.advertise.clone().expect("matched");
+    let name = args.name.clone().unwrap_or_else(|| advertise.clone());
+    if !word(&cluster, ROUTER_NAME_MAX) || cluster.contains('/') {
+        return Err(ConfigError::new(format!(
+            "--cluster must be 1 to {ROUTER_NAME_MAX} printable characters, no space or '/'"
+        )));
+    }
+    if !word(&advertise, ROUTER_ADDR_MAX) {
+        return Err(ConfigError::new(format!(
+            "--advertise must be 1 to {ROUTER_ADDR_MAX} printable characters without spaces"
+        )));
+    }
+    if !word(&name, ROUTER_NAME_MAX) {
+        return Err(ConfigError::new(format!(
+            "--name must be 1 to {ROUTER_NAME_MAX} printable characters without spaces"
+        )));
+    }
+    if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&args.lease_ttl_ms) {
+        return Err(ConfigError::new(format!(
+            "--lease-ttl-ms must be {LEASE_TTL_MS_MIN} to {LEASE_TTL_MS_MAX}"
+        )));
+    }
+    Ok(Some(ClusterConfig {
+        etcd: args.etcd.clone(),
+        cluster,
+        advertise,
+        name,
+        lease_ttl_ms: args.lease_ttl_ms,
+    }))
 }
 
 impl ServeArgs {
     /// The flags as they are when none is given.
     pub fn defaults() -> ServeArgs {
         match Cli::parse_from(["imrouter", "serve"]).command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             Command::Locate(_) => unreachable!("parsed `serve`"),
         }
     }

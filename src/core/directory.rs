@@ -42,6 +42,8 @@ struct NodeEntry {
     /// Bit `s`: that connection is closing (its bit in `connections` goes
     /// when it is unregistered, up to a linger later).
     closing: AtomicU64,
+    /// The incarnation of the node's process at `epoch` (for Delivers).
+    incarnation: AtomicU64,
 }
 
 /// What routing needs to know about a node, read in one go.
@@ -293,6 +295,33 @@ impl Directory {
         }
     }
 
+    /// The incarnation of `node`'s process whose sessions have `epoch`, or
+    /// 0 when the node moved on since; lock-free.
+    #[inline]
+    pub fn incarnation(&self, node: NodeId, epoch: u32) -> u64 {
+        let entry = &self.entries[node.0 as usize];
+        let incarnation = entry.incarnation.load(Ordering::Acquire);
+        if entry.epoch.load(Ordering::Acquire) == epoch {
+            incarnation
+        } else {
+            0
+        }
+    }
+
+    /// The nodes attached now (a connection, or a suspended one), with
+    /// their epochs.
+    pub fn attached(&self) -> Vec<(NodeId, u32)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(at, entry)| {
+                let connected = entry.connections.load(Ordering::Acquire) != 0;
+                let node = NodeId(at as u32);
+                connected.then(|| (node, entry.epoch.load(Ordering::Acquire)))
+            })
+            .collect()
+    }
+
     /// Marks the connection registered under `ticket` on `shard` as
     /// closing (nothing if another connection took its place).
     pub fn mark_closing(&self, node: NodeId, shard: usize, ticket: u64) {
@@ -422,6 +451,9 @@ impl Directory {
 
         let joins = record.connection_mask() == 0;
         record.incarnation = incarnation;
+        // After the epoch moved: a reader that sees this incarnation sees
+        // the epoch it belongs to.
+        entry.incarnation.store(incarnation, Ordering::Release);
         record.tickets[shard] = ticket;
         entry.congested.fetch_and(!(1 << shard), Ordering::Relaxed);
         entry.closing.fetch_and(!(1 << shard), Ordering::AcqRel);

@@ -472,9 +472,10 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
     let (node, epoch, shard) = (target.node, target.epoch, target.shard);
     let coordinator = out.index;
     out.counters.fanout_delivers_out += 1;
+    let origin = out.directory.incarnation(job.sender.node, job.sender.epoch);
     let encoded = out
         .encoder
-        .fanout_deliver(&message, &users, &counts, &devices);
+        .fanout_deliver(&message, &users, &counts, &devices, origin);
     if shard == coordinator {
         // What `ShardCore::fanout_deliver_here` does for a Deliver from
         // another shard, written out: `encoded` borrows `out`'s encoder,

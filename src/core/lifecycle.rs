@@ -184,6 +184,8 @@ impl ShardCore {
                 .since(now)
                 .as_millis()
                 .min(u32::MAX.into()) as u32,
+            map: self.owner.slots.map().map(|map| &**map),
+            member: self.owner.slots.me(),
         });
         stream.set_preamble(welcome);
         let mut conn = new_conn(

@@ -56,6 +56,7 @@ impl ShardCore {
         }
         if now >= self.next_tick {
             self.tick(now);
+            self.tick_slots(now);
             let heartbeat = self.config.heartbeat;
             self.next_tick += heartbeat;
             if self.next_tick <= now {

@@ -39,6 +39,7 @@ mod lifecycle;
 mod liveness;
 pub mod out;
 pub mod owner;
+pub mod slots;
 pub mod stream;
 pub mod sync;
 #[cfg(test)]
@@ -48,6 +49,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::cluster::map::{RouterInfo, SINGLE_ROUTER};
 use crate::config::Config;
 use crate::limits::{FANOUT_CHUNK, FANOUT_JOBS_MAX, MEMORY_RELEASE_INTERVAL, SHARDS_MAX};
 use crate::metrics::ShardMetrics;
@@ -65,6 +67,8 @@ use directory::Directory;
 use fanout::Fanouts;
 use out::{plan_from_flags, Close, DoneTo, HeldCopies, ReportTo};
 use owner::Owner;
+use owner::SyncScope;
+use slots::{ClusterView, Slots};
 use stream::BufferPool;
 use sync::{CommitKey, Committing};
 
@@ -209,10 +213,22 @@ impl ShardCore {
             },
             owner: Owner::new(
                 index,
-                shard_count,
                 table_limits,
                 config.topics_per_shard_max(),
                 now + config.warmup,
+                match &config.cluster {
+                    None => Slots::alone(
+                        index,
+                        shard_count,
+                        RouterInfo {
+                            id: SINGLE_ROUTER,
+                            name: "imrouter".into(),
+                            addr: config.listen.to_string(),
+                            shards: shard_count as u16,
+                        },
+                    ),
+                    Some(_) => Slots::member(index, shard_count, config.rebuild_timeout),
+                },
             ),
             conns: Conns::new(
                 nodes_max,
@@ -518,7 +534,7 @@ impl ShardCore {
                 if message.flags & ROUTE_FLAG_CARBON != 0 {
                     let owner = self.owner.owner_of(message.from_user);
                     if owner == self.index {
-                        self.owner.carbons(&mut sink!(self), &message);
+                        self.owner.carbons(&mut sink!(self), sender, &message, now);
                     } else {
                         self.forward(owner, EntryKind::Carbon, sender, frame.bytes());
                     }
@@ -537,7 +553,8 @@ impl ShardCore {
             Request::SessionOpen(open) => {
                 let owner = self.owner.owner_of(open.user);
                 if owner == self.index {
-                    self.owner.open_checked(&mut sink!(self), sender, &open);
+                    self.owner
+                        .open_checked(&mut sink!(self), sender, &open, now);
                 } else {
                     self.forward(owner, EntryKind::SessionOpen, sender, frame.bytes());
                 }
@@ -545,7 +562,8 @@ impl ShardCore {
             Request::SessionClose(close) => {
                 let owner = self.owner.owner_of(close.user);
                 if owner == self.index {
-                    self.owner.close_checked(&mut sink!(self), sender, &close);
+                    self.owner
+                        .close_checked(&mut sink!(self), sender, &close, now);
                 } else {
                     self.forward(owner, EntryKind::SessionClose, sender, frame.bytes());
                 }
@@ -557,7 +575,8 @@ impl ShardCore {
                 }
                 let owner = self.owner.owner_of(user);
                 if owner == self.index {
-                    self.owner.locate(&mut sink!(self), sender, query_id, user);
+                    self.owner
+                        .locate(&mut sink!(self), sender, query_id, user, now);
                 } else {
                     self.forward(owner, EntryKind::Locate, sender, frame.bytes());
                 }
@@ -566,7 +585,7 @@ impl ShardCore {
                 let owner = self.owner.owner_of(topic);
                 if owner == self.index {
                     self.owner
-                        .subscribe(&mut sink!(self), sender, topic, request_id);
+                        .subscribe(&mut sink!(self), sender, topic, request_id, now);
                 } else {
                     self.forward(owner, EntryKind::TopicOp, sender, frame.bytes());
                 }
@@ -574,12 +593,12 @@ impl ShardCore {
             Request::Unsubscribe { topic } => {
                 let owner = self.owner.owner_of(topic);
                 if owner == self.index {
-                    self.owner.unsubscribe(&mut sink!(self), sender, topic);
+                    self.owner.unsubscribe(&mut sink!(self), sender, topic, now);
                 } else {
                     self.forward(owner, EntryKind::TopicOp, sender, frame.bytes());
                 }
             }
-            Request::Publish(publish) => self.publish(id, sender, publish),
+            Request::Publish(publish) => self.publish(id, sender, publish, now),
             Request::Fanout(fanout) => {
                 self.counters.fanouts_in += 1;
                 if self.fanouts.len() >= FANOUT_JOBS_MAX {
@@ -659,7 +678,7 @@ impl ShardCore {
     /// A Publish: re-encoded with its sender's name, then sent by the
     /// topic's owner. Its bytes count against the sender's budget until
     /// every copy is queued.
-    fn publish(&mut self, id: ConnId, sender: Sender, publish: fb::Publish<'_>) {
+    fn publish(&mut self, id: ConnId, sender: Sender, publish: fb::Publish<'_>, now: Time) {
         let token = self.token();
         // (Encoded with the name where it is, not a copy of it.)
         let name = &self.conns.get(id).expect("reading it").name;
@@ -686,9 +705,11 @@ impl ShardCore {
                 &mut sink!(self),
                 sender,
                 publish.topic(),
+                publish.message_id(),
                 &frame,
                 token,
                 units,
+                now,
             );
         } else {
             let header = EntryHeader {
@@ -784,6 +805,62 @@ impl ShardCore {
         }
     }
 
+    // ----- The cluster ----------------------------------------------------------
+
+    /// Applies what the control plane says about the slots (a cluster
+    /// member only): drops the users and topics of slots lost, starts
+    /// rebuilding the slots gained, and pushes a new map to the nodes
+    /// connected here, asking them to resync what this router gained.
+    pub fn apply_view(&mut self, view: &ClusterView, now: Time) {
+        let directory = self.directory.clone();
+        let applied = self.owner.slots.apply(view, || directory.attached(), now);
+        if let Some(lost) = &applied.lost {
+            self.owner.drop_slots(&mut sink!(self), lost);
+            self.log.line(format!(
+                "shard {}: {} slots moved to other routers (epoch {})",
+                self.index,
+                lost.len(),
+                self.owner.slots.epoch()
+            ));
+        }
+        if !applied.map_changed {
+            return;
+        }
+        let Some(map) = self.owner.slots.map().cloned() else {
+            return;
+        };
+        let resync = self.owner.slots.gained().spans();
+        let frame: Rc<[u8]> = self.encoder.slot_map(&map, &resync).into();
+        let mut out = sink!(self);
+        for index in 0..out.conns.slot_count() {
+            let Some(id) = out.conns.id_at(index) else {
+                continue;
+            };
+            let conn = out.conns.get(id).expect("present");
+            out.counters.maps_pushed += 1;
+            if conn.is_open() {
+                out.event_to(id, &frame);
+            } else if conn.is_suspended() {
+                // Parked: the node sees it when it resumes.
+                out.message_to(id, |buf| buf.extend_from_slice(&frame));
+            }
+        }
+    }
+
+    /// Once per heartbeat: rebuilds that wait for nodes that left, or for
+    /// too long, end.
+    fn tick_slots(&mut self, now: Time) {
+        let given_up = self.owner.slots.tick(&self.directory, now);
+        if !given_up.is_empty() {
+            let names = self.directory.names(given_up.into_iter());
+            self.log.line(format!(
+                "shard {}: served slots without the resyncs of {} (--rebuild-timeout-ms passed)",
+                self.index,
+                names.join(", ")
+            ));
+        }
+    }
+
     /// A SessionSync batch read on `id`: split by owner and forwarded.
     fn session_sync(&mut self, id: ConnId, sender: Sender, sync: &crate::wire::SessionSync<'_>) {
         let entries = sync::split(&self.owner, self.shard_count, sync);
@@ -819,39 +896,51 @@ impl ShardCore {
                     missing: self.shard_count,
                     added: 0,
                     removed: 0,
+                    ignored: 0,
                 },
             );
+            let scope = SyncScope {
+                scope: sync.scope(),
+                epoch: sync.epoch,
+            };
             let header = EntryHeader {
                 token: sync.generation,
                 ..EntryHeader::for_sender(EntryKind::SyncEnd, sender)
             };
+            let body = sync::encode_scope(&scope);
             self.outboxes
-                .push_to_others(self.index, Class::Forward, &header, &[]);
-            let counts =
-                sync::apply_end(&mut sink!(self), &mut self.owner, sender, sync.generation);
-            if let Some((added, removed)) = counts {
-                self.sync_done(sender.node, sync.generation, added, removed);
+                .push_to_others(self.index, Class::Forward, &header, &body);
+            let counts = sync::apply_end(
+                &mut sink!(self),
+                &mut self.owner,
+                sender,
+                sync.generation,
+                &scope,
+            );
+            if let Some(counts) = counts {
+                self.sync_done(sender.node, sync.generation, counts);
             }
         }
     }
 
     /// On the reading shard: one owner's counts; the ack once all are in.
-    fn sync_done(&mut self, node: NodeId, generation: u64, added: u64, removed: u64) {
+    fn sync_done(&mut self, node: NodeId, generation: u64, counts: sync::Counts) {
         let key = (node, generation);
         let Some(committing) = self.committing.get_mut(&key) else {
             return;
         };
         committing.missing -= 1;
-        committing.added += added;
-        committing.removed += removed;
+        committing.added += counts.0;
+        committing.removed += counts.1;
+        committing.ignored += counts.2;
         if committing.missing > 0 {
             return;
         }
         let committing = self.committing.remove(&key).expect("present");
         self.counters.syncs_committed += 1;
-        let (added, removed) = (committing.added, committing.removed);
+        let (added, removed, ignored) = (committing.added, committing.removed, committing.ignored);
         sink!(self).send_to(committing.sender, Class::Bounce, |encoder, out| {
-            out.extend_from_slice(encoder.session_sync_ack(generation, added, removed))
+            out.extend_from_slice(encoder.session_sync_ack(generation, added, removed, ignored))
         });
     }
 
@@ -895,51 +984,52 @@ impl ShardCore {
                 let Request::Route(message) = request() else {
                     unreachable!("a Carbon entry")
                 };
-                self.owner.carbons(&mut sink!(self), &message);
+                self.owner.carbons(&mut sink!(self), sender, &message, now);
             }
             EntryKind::SessionOpen => {
                 let Request::SessionOpen(open) = request() else {
                     unreachable!("a SessionOpen entry")
                 };
-                self.owner.open_checked(&mut sink!(self), sender, &open);
+                self.owner
+                    .open_checked(&mut sink!(self), sender, &open, now);
             }
             EntryKind::SessionClose => {
                 let Request::SessionClose(close) = request() else {
                     unreachable!("a SessionClose entry")
                 };
-                self.owner.close_checked(&mut sink!(self), sender, &close);
+                self.owner
+                    .close_checked(&mut sink!(self), sender, &close, now);
             }
             EntryKind::Locate => {
                 let Request::Locate { query_id, user } = request() else {
                     unreachable!("a Locate entry")
                 };
-                self.owner.locate(&mut sink!(self), sender, query_id, user);
+                self.owner
+                    .locate(&mut sink!(self), sender, query_id, user, now);
             }
             EntryKind::TopicOp => match request() {
                 Request::Subscribe { topic, request_id } => {
                     self.owner
-                        .subscribe(&mut sink!(self), sender, topic, request_id)
+                        .subscribe(&mut sink!(self), sender, topic, request_id, now)
                 }
                 Request::Unsubscribe { topic } => {
-                    self.owner.unsubscribe(&mut sink!(self), sender, topic)
+                    self.owner.unsubscribe(&mut sink!(self), sender, topic, now)
                 }
                 _ => unreachable!("a topic entry"),
             },
             EntryKind::Publish => {
                 let frame = entry.frame();
-                let topic = frame
-                    .envelope()
-                    .body_as_publish()
-                    .expect("a Publish entry")
-                    .topic();
+                let publish = frame.envelope().body_as_publish().expect("a Publish entry");
                 let shared: Rc<[u8]> = frame.bytes().into();
                 self.owner.publish(
                     &mut sink!(self),
                     sender,
-                    topic,
+                    publish.topic(),
+                    publish.message_id(),
                     &shared,
                     header.token,
                     header.message_id,
+                    now,
                 );
             }
             EntryKind::PurgeNode => {
@@ -1012,15 +1102,21 @@ impl ShardCore {
                 );
             }
             EntryKind::SyncEnd => {
-                let counts =
-                    sync::apply_end(&mut sink!(self), &mut self.owner, sender, header.token);
-                if let Some((added, removed)) = counts {
-                    self.sync_done(sender.node, header.token, added, removed);
+                let scope = sync::decode_scope(entry.body);
+                let counts = sync::apply_end(
+                    &mut sink!(self),
+                    &mut self.owner,
+                    sender,
+                    header.token,
+                    &scope,
+                );
+                if let Some(counts) = counts {
+                    self.sync_done(sender.node, header.token, counts);
                 }
             }
             EntryKind::SyncDone => {
-                let (added, removed) = sync::decode_done(entry.body);
-                self.sync_done(header.node, header.token, added, removed);
+                let counts = sync::decode_done(entry.body);
+                self.sync_done(header.node, header.token, counts);
             }
             EntryKind::CloseConnection => {
                 if let Some(id) = self.conns.with_ticket(header.node, header.token) {

@@ -14,11 +14,14 @@ use crate::route::{self, Destination, Message, Plan, Sender};
 use crate::table::topics::{SubscribeError, Topics};
 use crate::table::{CloseOutcome, LoginPolicy, NodeId, OpenOutcome, Table, TableLimits};
 use crate::time::Time;
-use crate::wire::{fb, DeliverFrame, Encoder, SessionClose, SessionOpen, ROUTE_FLAG_CARBON};
+use crate::wire::{
+    fb, DeliverFrame, Encoder, MovedFrame, SessionClose, SessionOpen, ROUTE_FLAG_CARBON,
+};
 
 use super::batch::{publish_copies_body, push_entry_with, Class, EntryHeader, EntryKind};
 use super::directory::{Directory, NodeState};
 use super::out::{plan_flags, DoneTo, Out, ReportTo};
+use super::slots::{Access, Slots};
 
 /// Older handles a node may have during snapshots (see
 /// `Table::begin_snapshot`); a node starting more snapshots without
@@ -39,7 +42,6 @@ pub struct Receiving {
 /// See the module docs.
 pub struct Owner {
     index: usize,
-    shard_count: usize,
     pub table: Table,
     pub topics: Topics,
     /// The epoch of the sessions this shard holds for each node; see
@@ -52,6 +54,11 @@ pub struct Owner {
     pub receiving: HashMap<NodeId, Receiving, ahash::RandomState>,
     /// Scratch for `publish`: (shard, node, epoch) of each copy.
     publish_targets: Vec<(u16, NodeId, u32)>,
+    /// The slots this shard serves.
+    pub slots: Slots,
+    /// Sessions of syncs in progress this shard ignored (slots it does
+    /// not own), by node.
+    ignored: HashMap<NodeId, u64, ahash::RandomState>,
 }
 
 impl Owner {
@@ -62,14 +69,13 @@ impl Owner {
 
     pub fn new(
         index: usize,
-        shard_count: usize,
         limits: TableLimits,
         topics_max: usize,
         warm_until: Time,
+        slots: Slots,
     ) -> Self {
         Owner {
             index,
-            shard_count,
             table: Table::new(limits),
             topics: Topics::new(topics_max),
             node_epochs: vec![0; limits.nodes_max],
@@ -77,13 +83,74 @@ impl Owner {
             login_policy: limits.login_policy,
             receiving: HashMap::default(),
             publish_targets: Vec::new(),
+            slots,
+            ignored: HashMap::default(),
         }
     }
 
-    /// The shard owning a user or topic id.
+    /// The shard owning a user or topic id (this one for a slot another
+    /// router owns: the refusal is answered where the request is read).
     #[inline]
     pub fn owner_of(&self, key: &str) -> usize {
-        placement::shard_for_user(key.as_bytes(), self.shard_count)
+        self.slots.shard_of(key.as_bytes())
+    }
+
+    /// Refuses a request this shard does not serve with a Moved frame;
+    /// returns whether it did.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        now: Time,
+        request: fb::Body,
+        id: u64,
+        key: &str,
+        device: &str,
+        seq: u64,
+    ) -> bool {
+        let (access, slot) = self.slots.access(key.as_bytes(), now);
+        let Some(reason) = access.operation_refusal() else {
+            return false;
+        };
+        if access == Access::Fenced {
+            self.slots.refused(sender.node, sender.epoch);
+        }
+        out.counters.moved_out += 1;
+        let frame = self.moved_frame(access, slot, reason, request, id, key, device, seq);
+        out.send_to(sender, Class::Response, |encoder, buf| {
+            buf.extend_from_slice(encoder.moved(&frame))
+        });
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn moved_frame<'k>(
+        &self,
+        access: Access,
+        slot: u16,
+        reason: fb::Reason,
+        request: fb::Body,
+        id: u64,
+        key: &'k str,
+        device: &'k str,
+        seq: u64,
+    ) -> MovedFrame<'k> {
+        let owner = match access {
+            Access::Moved { owner } => owner,
+            _ => self.slots.me(),
+        };
+        MovedFrame {
+            request,
+            id,
+            key,
+            device,
+            seq,
+            slot,
+            epoch: self.slots.epoch(),
+            owner,
+            reason,
+        }
     }
 
     /// Records that `node`'s sessions from `epoch` on are the live ones,
@@ -114,14 +181,46 @@ impl Owner {
 
     /// A SessionOpen from `sender`'s connection: applied unless the
     /// sender's epoch is stale (see [`Owner::observe_epoch`]).
-    pub fn open_checked(&mut self, out: &mut Out<'_>, sender: Sender, open: &SessionOpen<'_>) {
+    /// A SessionOpen from `sender`'s connection: applied unless the
+    /// sender's epoch is stale (see [`Owner::observe_epoch`]) or the slot
+    /// is not served here (answered Moved).
+    pub fn open_checked(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        open: &SessionOpen<'_>,
+        now: Time,
+    ) {
+        let body = fb::Body::SessionOpen;
+        if self.refuse(out, sender, now, body, 0, open.user, open.device, open.seq) {
+            return;
+        }
         if self.observe_epoch(out, sender.node, sender.epoch) {
             self.open(out, sender, open);
         }
     }
 
     /// A SessionClose from `sender`'s connection, the same way.
-    pub fn close_checked(&mut self, out: &mut Out<'_>, sender: Sender, close: &SessionClose<'_>) {
+    pub fn close_checked(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        close: &SessionClose<'_>,
+        now: Time,
+    ) {
+        let body = fb::Body::SessionClose;
+        if self.refuse(
+            out,
+            sender,
+            now,
+            body,
+            0,
+            close.user,
+            close.device,
+            close.seq,
+        ) {
+            return;
+        }
         if self.observe_epoch(out, sender.node, sender.epoch) {
             self.close(out, sender, close);
         }
@@ -217,8 +316,29 @@ impl Owner {
         }
     }
 
-    /// Answers a Locate with the user's sessions on live nodes.
-    pub fn locate(&self, out: &mut Out<'_>, sender: Sender, query_id: u64, user: &str) {
+    /// Answers a Locate with the user's sessions on live nodes (a Moved
+    /// frame when the slot is not served here, or its table may be
+    /// incomplete).
+    pub fn locate(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        query_id: u64,
+        user: &str,
+        now: Time,
+    ) {
+        let (access, slot) = self.slots.access(user.as_bytes(), now);
+        if let Some(reason) = access.locate_refusal() {
+            if access == Access::Fenced {
+                self.slots.refused(sender.node, sender.epoch);
+            }
+            out.counters.moved_out += 1;
+            let body = fb::Body::Locate;
+            let frame = self.moved_frame(access, slot, reason, body, query_id, user, "", 0);
+            return answer_locate(out, self.index, sender, |encoder, buf| {
+                buf.extend_from_slice(encoder.moved(&frame))
+            });
+        }
         let found: Vec<_> = self
             .table
             .sessions(user.as_bytes())
@@ -235,21 +355,9 @@ impl Owner {
             .zip(&names)
             .map(|((_, device, platform), name)| (name.as_str(), device.as_ref(), *platform))
             .collect();
-        let write = |encoder: &mut Encoder, frame: &mut Vec<u8>| {
+        answer_locate(out, self.index, sender, |encoder, frame| {
             frame.extend_from_slice(encoder.located(query_id, user, &sessions))
-        };
-        if sender.shard == self.index {
-            out.control_here(sender, write);
-            give_back_locate(out, sender);
-        } else {
-            let header = EntryHeader::for_sender(EntryKind::Located, sender);
-            let encoder = &mut *out.encoder;
-            push_entry_with(
-                out.outboxes.batch(sender.shard, Class::Response),
-                &header,
-                |frame| write(encoder, frame),
-            );
-        }
+        });
     }
 
     // ----- Routing ----------------------------------------------------------
@@ -263,6 +371,26 @@ impl Owner {
         sender: Sender,
         message: &Message<'_>,
     ) {
+        let (access, slot) = self.slots.access(message.to_user.as_bytes(), now);
+        if let Some((verdict, reason)) = access.route_refusal() {
+            let owner = match access {
+                Access::Moved { owner } => {
+                    out.counters.routes_moved += 1;
+                    owner
+                }
+                _ => {
+                    out.counters.routes_unknown += 1;
+                    self.slots.me()
+                }
+            };
+            let epoch = self.slots.epoch();
+            let id = message.message_id;
+            return out.send_to(sender, Class::Response, |encoder, frame| {
+                frame.extend_from_slice(
+                    encoder.status_moved(id, verdict, reason, slot, epoch, owner),
+                )
+            });
+        }
         let mut nodes = OwnerNodes {
             index: self.index,
             directory: out.directory,
@@ -270,10 +398,12 @@ impl Owner {
             stale: [NodeId(0); 4],
             stale_count: 0,
         };
+        let origin = out.directory.incarnation(sender.node, sender.epoch);
         let mut effects = RouteEffects {
             out: &mut *out,
             token,
-            warm: now < self.warm_until,
+            warm: now < self.warm_until || access == Access::Rebuilding,
+            origin,
         };
         let outcome = route::route(&self.table, &mut nodes, &mut effects, sender, message);
 
@@ -293,7 +423,13 @@ impl Owner {
     /// here): one Deliver per node holding another device of `from_user`,
     /// listing those devices, with the CARBON flag. Best effort, no
     /// verdict: a congested or departed node is skipped and counted.
-    pub fn carbons(&self, out: &mut Out<'_>, message: &Message<'_>) {
+    pub fn carbons(&self, out: &mut Out<'_>, sender: Sender, message: &Message<'_>, now: Time) {
+        if self.slots.access(message.from_user.as_bytes(), now).0 != Access::Serve {
+            // Best effort: not from a table this shard may not serve.
+            out.counters.carbons_skipped += 1;
+            return;
+        }
+        let origin = out.directory.incarnation(sender.node, sender.epoch);
         // Fixed arrays, as in `route::route`: nothing allocated per message.
         const CEILING: usize = crate::limits::SESSIONS_PER_USER_MAX_CEILING as usize;
         const EMPTY: (NodeId, &[u8]) = (NodeId(0), &[]);
@@ -332,6 +468,7 @@ impl Owner {
                 devices: &devices[..group.len()],
                 flags: ROUTE_FLAG_CARBON,
                 payload: message.payload,
+                origin,
             };
             if shard == self.index {
                 if let Some(id) = out.conns.for_node(node, state.epoch) {
@@ -350,7 +487,18 @@ impl Owner {
     // ----- Topics -----------------------------------------------------------
 
     /// Applies a Subscribe.
-    pub fn subscribe(&mut self, out: &mut Out<'_>, sender: Sender, topic: &str, request_id: u64) {
+    pub fn subscribe(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        topic: &str,
+        request_id: u64,
+        now: Time,
+    ) {
+        let body = fb::Body::Subscribe;
+        if self.refuse(out, sender, now, body, request_id, topic, "", 0) {
+            return;
+        }
         if !self.observe_epoch(out, sender.node, sender.epoch) {
             return; // From a connection whose node is already gone.
         }
@@ -364,7 +512,11 @@ impl Owner {
         }
     }
 
-    pub fn unsubscribe(&mut self, out: &mut Out<'_>, sender: Sender, topic: &str) {
+    pub fn unsubscribe(&mut self, out: &mut Out<'_>, sender: Sender, topic: &str, now: Time) {
+        let body = fb::Body::Unsubscribe;
+        if self.refuse(out, sender, now, body, 0, topic, "", 0) {
+            return;
+        }
         if !self.observe_epoch(out, sender.node, sender.epoch) {
             return;
         }
@@ -376,15 +528,36 @@ impl Owner {
     /// holds subscribers' connections, listing them. Each of those shards
     /// reports when its copies are queued (`done`, one part of as many as
     /// there are such shards).
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         out: &mut Out<'_>,
         sender: Sender,
         topic: &str,
+        message_id: u64,
         frame: &Rc<[u8]>,
         token: u64,
         units: u64,
+        now: Time,
     ) {
+        if self.refuse(
+            out,
+            sender,
+            now,
+            fb::Body::Publish,
+            message_id,
+            topic,
+            "",
+            0,
+        ) {
+            let done = DoneTo {
+                sender,
+                token,
+                parts: 1,
+                units,
+            };
+            return out.done(done, super::batch::CreditKind::FanOutBytes);
+        }
         out.counters.publishes += 1;
         // The subscribers by shard, in a scratch list kept for the next
         // Publish (no allocation per message once it has grown).
@@ -468,6 +641,10 @@ impl Owner {
             );
         }
         for session in sessions {
+            if !self.slots.holds(session.user.as_bytes()) {
+                *self.ignored.entry(sender.node).or_default() += 1;
+                continue;
+            }
             let outcome = self.open(out, sender, &session);
             if matches!(outcome, OpenOutcome::Added | OpenOutcome::Replaced { .. }) {
                 let receiving = self
@@ -479,25 +656,51 @@ impl Owner {
         }
     }
 
-    /// Ends `node`'s snapshot `generation`: its sessions here that the
-    /// snapshot did not list die. Returns (added, removed).
-    pub fn sync_end(&mut self, out: &mut Out<'_>, sender: Sender, generation: u64) -> (u64, u64) {
+    /// Ends `node`'s snapshot `generation`: its sessions here in `scope`
+    /// (all when empty) that the snapshot did not list die; a resync
+    /// answering map `epoch` counts for the slots being rebuilt. Returns
+    /// (added, removed, ignored).
+    pub fn sync_end(
+        &mut self,
+        out: &mut Out<'_>,
+        sender: Sender,
+        generation: u64,
+        end: &SyncScope,
+    ) -> (u64, u64, u64) {
+        let ignored = self.ignored.remove(&sender.node).unwrap_or(0);
         let Some(receiving) = self.receiving.get(&sender.node).copied() else {
             // Every batch reaches every shard, so this is a stale end.
-            return (0, 0);
+            return (0, 0, ignored);
         };
         if receiving.generation != generation || receiving.epoch != sender.epoch {
             // Another snapshot (a newer generation) is arriving: leave it
             // and this shard's sessions alone.
-            return (0, 0);
+            return (0, 0, ignored);
         }
         self.receiving.remove(&sender.node);
         if !self.observe_epoch(out, sender.node, sender.epoch) {
-            return (receiving.added, 0);
+            return (receiving.added, 0, ignored);
         }
-        let removed = self.table.end_snapshot(sender.node) as u64;
+        let removed = if end.scope.is_empty() {
+            self.table.end_snapshot(sender.node)
+        } else {
+            let scope = crate::cluster::map::SlotSet::from_spans(&end.scope);
+            self.table.end_snapshot_scoped(sender.node, |user| {
+                scope.contains(placement::slot_for_user(user))
+            })
+        } as u64;
         out.counters.sessions_removed_by_sync += removed;
-        (receiving.added, removed)
+        self.slots.resynced(sender.node, end.epoch);
+        (receiving.added, removed, ignored)
+    }
+
+    /// Drops the users and topics of slots this shard lost.
+    pub fn drop_slots(&mut self, out: &mut Out<'_>, lost: &crate::cluster::map::SlotSet) {
+        let in_lost = |key: &[u8]| lost.contains(placement::slot_for_user(key));
+        let sessions = self.table.remove_users(in_lost);
+        let topics = self.topics.remove_topics(in_lost);
+        out.counters.sessions_dropped_moved += sessions as u64;
+        out.counters.topics_dropped_moved += topics as u64;
     }
 }
 
@@ -526,6 +729,37 @@ pub fn copies_here(
         out.hold_copies(done.token, held, done);
     } else {
         out.done(done, super::batch::CreditKind::FanOutBytes);
+    }
+}
+
+/// The scope of a SessionSync being committed (see `core::sync`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncScope {
+    /// Slot ranges (first, last); empty: every slot.
+    pub scope: Vec<(u16, u16)>,
+    /// The map epoch the resync answers.
+    pub epoch: u64,
+}
+
+/// Queues the answer to a Locate on the sender's connection and gives the
+/// Locate back to its budget there.
+fn answer_locate(
+    out: &mut Out<'_>,
+    index: usize,
+    sender: Sender,
+    write: impl FnOnce(&mut Encoder, &mut Vec<u8>),
+) {
+    if sender.shard == index {
+        out.control_here(sender, write);
+        give_back_locate(out, sender);
+    } else {
+        let header = EntryHeader::for_sender(EntryKind::Located, sender);
+        let encoder = &mut *out.encoder;
+        push_entry_with(
+            out.outboxes.batch(sender.shard, Class::Response),
+            &header,
+            |frame| write(encoder, frame),
+        );
     }
 }
 
@@ -587,8 +821,11 @@ struct RouteEffects<'o, 'a> {
     out: &'o mut Out<'a>,
     /// The token of the message being routed.
     token: u64,
-    /// The router is warming up: "no session" is Unknown.
+    /// The router is warming up, or the slot is being rebuilt: "no
+    /// session" is Unknown.
     warm: bool,
+    /// The sender's incarnation, for the Delivers.
+    origin: u64,
 }
 
 impl route::Effects for RouteEffects<'_, '_> {
@@ -612,6 +849,7 @@ impl route::Effects for RouteEffects<'_, '_> {
             // never carries it, so a node can tell the two apart.
             flags: message.flags & !ROUTE_FLAG_CARBON,
             payload: message.payload,
+            origin: self.origin,
         };
         let out = &mut *self.out;
         if shard == out.index {

@@ -23,7 +23,7 @@ use crate::wire::{SessionOpen, SessionSync};
 
 use super::batch::{put_id, take_id, Class, CreditKind, EntryHeader, EntryKind};
 use super::out::{DoneTo, Out};
-use super::owner::Owner;
+use super::owner::{Owner, SyncScope};
 
 /// Sessions in one `SyncBatch` entry: about 0.3 ms of an owner's time.
 pub const SYNC_ENTRY_SESSIONS: usize = 512;
@@ -34,6 +34,7 @@ pub struct Committing {
     pub missing: usize,
     pub added: u64,
     pub removed: u64,
+    pub ignored: u64,
 }
 
 /// The sessions of a `SyncBatch` entry.
@@ -115,13 +116,15 @@ pub fn apply_end(
     owner: &mut Owner,
     sender: Sender,
     generation: u64,
-) -> Option<(u64, u64)> {
-    let (added, removed) = owner.sync_end(out, sender, generation);
+    scope: &SyncScope,
+) -> Option<Counts> {
+    let (added, removed, ignored) = owner.sync_end(out, sender, generation, scope);
     if sender.shard == out.index {
-        return Some((added, removed));
+        return Some((added, removed, ignored));
     }
     let mut counts = added.to_le_bytes().to_vec();
     counts.extend_from_slice(&removed.to_le_bytes());
+    counts.extend_from_slice(&ignored.to_le_bytes());
     let header = EntryHeader {
         token: generation,
         ..EntryHeader::for_sender(EntryKind::SyncDone, sender)
@@ -131,12 +134,56 @@ pub fn apply_end(
     None
 }
 
-/// Decodes a `SyncDone` body: (added, removed).
-pub fn decode_done(body: &[u8]) -> (u64, u64) {
-    let added = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-    let removed = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-    (added, removed)
+/// What an owner did with a snapshot: sessions (added, removed, ignored).
+pub type Counts = (u64, u64, u64);
+
+/// Decodes a `SyncDone` body.
+pub fn decode_done(body: &[u8]) -> Counts {
+    let word = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    (word(0), word(8), word(16))
+}
+
+/// A `SyncEnd` body: the map epoch, then the scope's (first, last) pairs.
+pub fn encode_scope(scope: &SyncScope) -> Vec<u8> {
+    let mut body = scope.epoch.to_le_bytes().to_vec();
+    for &(first, last) in &scope.scope {
+        body.extend_from_slice(&first.to_le_bytes());
+        body.extend_from_slice(&last.to_le_bytes());
+    }
+    body
+}
+
+pub fn decode_scope(body: &[u8]) -> SyncScope {
+    let epoch = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let scope = body[8..]
+        .chunks_exact(4)
+        .map(|pair| {
+            (
+                u16::from_le_bytes([pair[0], pair[1]]),
+                u16::from_le_bytes([pair[2], pair[3]]),
+            )
+        })
+        .collect();
+    SyncScope { scope, epoch }
 }
 
 /// The key of a snapshot being committed.
 pub type CommitKey = (NodeId, u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip() {
+        for scope in [
+            SyncScope::default(),
+            SyncScope {
+                scope: vec![(0, 0), (5, 16383)],
+                epoch: 9,
+            },
+        ] {
+            assert_eq!(decode_scope(&encode_scope(&scope)), scope);
+        }
+    }
+}

@@ -318,3 +318,393 @@ fn a_fanout_budget_does_not_wait_for_acks() {
     let conn = shard.core.conns().get(bob).unwrap();
     assert_eq!(conn.budget.fanout_recipients, 0, "the budget came back");
 }
+
+// ----- A member of a cluster ---------------------------------------------------
+
+mod member {
+    use super::*;
+    use crate::cluster::map::{RouterId, RouterInfo, SlotMap, SlotRange, SlotSet};
+    use crate::core::slots::ClusterView;
+    use crate::placement::slot_for_user;
+    use crate::wire::RouteFrame;
+
+    const ME: RouterId = 7;
+    const OTHER: RouterId = 9;
+
+    fn router(id: RouterId) -> RouterInfo {
+        RouterInfo {
+            id,
+            name: format!("r{id}"),
+            addr: format!("10.0.0.{id}:7800"),
+            shards: 1,
+        }
+    }
+
+    /// A map where `ME` owns `mine` (one range) and `OTHER` the rest.
+    fn map(epoch: u64, mine: (u16, u16)) -> Arc<SlotMap> {
+        let mut ranges = vec![SlotRange {
+            first: mine.0,
+            last: mine.1,
+            router: ME,
+            shard: 0,
+        }];
+        if mine.0 > 0 {
+            ranges.push(SlotRange {
+                first: 0,
+                last: mine.0 - 1,
+                router: OTHER,
+                shard: 0,
+            });
+        }
+        if mine.1 < 16383 {
+            ranges.push(SlotRange {
+                first: mine.1 + 1,
+                last: 16383,
+                router: OTHER,
+                shard: 0,
+            });
+        }
+        Arc::new(SlotMap::from_ranges(epoch, vec![router(ME), router(OTHER)], &ranges).unwrap())
+    }
+
+    fn view(map: &Arc<SlotMap>, gained: SlotSet, fence: Time) -> ClusterView {
+        ClusterView {
+            map: Some(map.clone()),
+            me: ME,
+            released: Arc::new(map.slots_of(ME)),
+            gained: Arc::new(gained),
+            fence,
+        }
+    }
+
+    fn member() -> Shard {
+        Shard::new(|args| {
+            args.etcd = vec!["http://127.0.0.1:2379".into()];
+            args.cluster = Some("test".into());
+            args.advertise = Some("10.0.0.7:7800".into());
+        })
+    }
+
+    /// A user id whose slot `pick` accepts.
+    fn user_where(prefix: &str, pick: impl Fn(u16) -> bool) -> String {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|user| pick(slot_for_user(user.as_bytes())))
+            .expect("some id lands there")
+    }
+
+    /// What a node reads: one line per frame, with the fields that matter
+    /// here.
+    fn read(bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let Check::Complete(len) = check(&bytes[at..], u32::MAX) else {
+                panic!("a partial frame");
+            };
+            let frame = bytes[at..at + len].to_vec();
+            at += len;
+            let envelope = fb::size_prefixed_root_as_envelope(&frame).expect("an envelope");
+            let line = match envelope.body_type() {
+                fb::Body::Status => {
+                    let s = envelope.body_as_status().unwrap();
+                    format!(
+                        "Status {} {:?} {:?} slot={} epoch={} owner={}",
+                        s.message_id(),
+                        s.verdict(),
+                        s.reason(),
+                        s.slot(),
+                        s.epoch(),
+                        s.owner()
+                    )
+                }
+                fb::Body::Moved => {
+                    let m = envelope.body_as_moved().unwrap();
+                    format!(
+                        "Moved {:?} {} {:?} epoch={} owner={}",
+                        fb::Body(m.request()),
+                        m.key().unwrap_or(""),
+                        m.reason(),
+                        m.epoch(),
+                        m.owner()
+                    )
+                }
+                fb::Body::SlotMap => {
+                    let m = envelope.body_as_slot_map().unwrap();
+                    let (map, resync) = SlotMap::from_wire(m).expect("a valid map");
+                    format!("SlotMap epoch={} resync={resync:?}", map.epoch())
+                }
+                fb::Body::Deliver => {
+                    let d = envelope.body_as_deliver().unwrap();
+                    format!(
+                        "Deliver {} to={} origin={}",
+                        d.message_id(),
+                        d.to_user().unwrap_or(""),
+                        d.origin()
+                    )
+                }
+                fb::Body::Welcome => {
+                    let w = envelope.body_as_welcome().unwrap();
+                    let epoch = w.map().map(|m| m.epoch());
+                    format!("Welcome map={epoch:?} member={}", w.member())
+                }
+                other => format!("{other:?}"),
+            };
+            out.push(line);
+        }
+        out
+    }
+
+    fn route(shard: &mut Shard, from: ConnId, id: u64, to: &str) {
+        let frame = shard
+            .encoder
+            .route(&RouteFrame {
+                message_id: id,
+                from_user: "sender",
+                from_device: "phone",
+                to_user: to,
+                to_device: None,
+                flags: 0,
+                payload: b"hi",
+            })
+            .to_vec();
+        shard.send(from, &frame);
+    }
+
+    fn open(shard: &mut Shard, on: ConnId, user: &str) {
+        let frame = shard
+            .encoder
+            .session_open(user, "phone", fb::Platform::Mobile)
+            .to_vec();
+        shard.send(on, &frame);
+    }
+
+    const FAR: Time = Time::from_millis(1_000_000);
+
+    /// Slots of another router are answered Moved (a verdict for a Route,
+    /// a frame for the rest), never served; its own are served, and its
+    /// Welcome carries the map.
+    #[test]
+    fn other_routers_slots_are_answered_moved_and_its_own_served() {
+        let mut shard = member();
+        let map = map(3, (0, 8191));
+        shard
+            .core
+            .apply_view(&view(&map, SlotSet::empty(), FAR), shard.now);
+        let holder = shard.connect("holder");
+        assert_eq!(read(&shard.drain(holder)), ["Welcome map=Some(3) member=7"]);
+        let sender = shard.connect("sender");
+        shard.drain(holder);
+        shard.drain(sender);
+        let mine = user_where("mine", |slot| slot <= 8191);
+        let theirs = user_where("theirs", |slot| slot > 8191);
+        open(&mut shard, holder, &mine);
+        open(&mut shard, holder, &theirs);
+        assert_eq!(
+            read(&shard.drain(holder)),
+            [format!(
+                "Moved SessionOpen {theirs} NotOwner epoch=3 owner=9"
+            )]
+        );
+        route(&mut shard, sender, 1, &mine);
+        route(&mut shard, sender, 2, &theirs);
+        let slot = slot_for_user(theirs.as_bytes());
+        assert_eq!(
+            read(&shard.drain(sender)),
+            [format!(
+                "Status 2 Moved NotOwner slot={slot} epoch=3 owner=9"
+            )]
+        );
+        // The Deliver names the sender's incarnation (1 in these tests).
+        assert_eq!(
+            read(&shard.drain(holder)),
+            [format!("Deliver 1 to={mine} origin=1")]
+        );
+        let locate = shard.encoder.locate(5, &theirs).to_vec();
+        shard.send(sender, &locate);
+        assert_eq!(
+            read(&shard.drain(sender)),
+            [format!("Moved Locate {theirs} NotOwner epoch=3 owner=9")]
+        );
+        assert_eq!(shard.core.table().session_count(), 1);
+    }
+
+    /// Past its fence a member serves nothing: Unknown to Routes, session
+    /// operations refused. When the lease is renewed, what was refused is
+    /// rebuilt from the refused node's resync: no false Offline meanwhile.
+    #[test]
+    fn a_fenced_member_serves_nothing_and_rebuilds_what_it_refused() {
+        let mut shard = member();
+        let map = map(3, (0, 16383));
+        let fence = Time::from_millis(501);
+        shard
+            .core
+            .apply_view(&view(&map, SlotSet::empty(), fence), shard.now);
+        let holder = shard.connect("holder");
+        let sender = shard.connect("sender");
+        shard.drain(holder);
+        shard.drain(sender);
+        let user = user_where("u", |_| true);
+        open(&mut shard, holder, &user);
+        shard.advance(Duration::from_millis(500));
+        route(&mut shard, sender, 1, &user);
+        assert_eq!(
+            read(&shard.drain(sender)),
+            [format!(
+                "Status 1 Unknown Fenced slot={} epoch=3 owner=7",
+                slot_for_user(user.as_bytes())
+            )]
+        );
+        let close = shard.encoder.session_close(&user, "phone").to_vec();
+        shard.send(holder, &close);
+        assert_eq!(
+            read(&shard.drain(holder)),
+            [format!("Moved SessionClose {user} Fenced epoch=3 owner=7")]
+        );
+        // The lease is renewed: the refused close is not applied, so the
+        // slot waits for the holder's resync; "no session" is Unknown.
+        let later = shard.now + Duration::from_secs(10);
+        shard
+            .core
+            .apply_view(&view(&map, SlotSet::empty(), later), shard.now);
+        let absent = user_where("absent", |_| true);
+        route(&mut shard, sender, 2, &absent);
+        assert!(read(&shard.drain(sender))[0].starts_with("Status 2 Unknown NoSession"));
+        let sync = shard
+            .encoder
+            .session_sync_scoped(1, &[], true, &[(0, 16383)], 3)
+            .to_vec();
+        shard.send(holder, &sync);
+        assert_eq!(read(&shard.drain(holder)), ["SessionSyncAck"]);
+        route(&mut shard, sender, 3, &absent);
+        route(&mut shard, sender, 4, &user);
+        let lines = read(&shard.drain(sender));
+        assert!(
+            lines[0].starts_with("Status 3 Offline NoSession"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("Status 4 Offline NoSession"),
+            "{lines:?}"
+        );
+    }
+
+    /// A new map: the slots that went to the other router are dropped (and
+    /// answered Moved), the nodes get the map with the slots to resync, and
+    /// a gained slot answers Unknown for "no session" until every node
+    /// attached has resynced it; a scoped resync replaces sessions inside
+    /// its scope only.
+    #[test]
+    fn a_new_map_drops_lost_slots_and_rebuilds_gained_ones_from_scoped_resyncs() {
+        let mut shard = member();
+        let first = map(3, (0, 8191));
+        shard
+            .core
+            .apply_view(&view(&first, SlotSet::empty(), FAR), shard.now);
+        let holder = shard.connect("holder");
+        let sender = shard.connect("sender");
+        shard.drain(holder);
+        shard.drain(sender);
+        let leaving = user_where("leaving", |slot| slot < 4096);
+        let staying = user_where("staying", |slot| (4096..8192).contains(&slot));
+        let stale = user_where("stale", |slot| (4096..8192).contains(&slot));
+        open(&mut shard, holder, &leaving);
+        open(&mut shard, holder, &staying);
+        open(&mut shard, holder, &stale);
+        assert_eq!(shard.core.table().session_count(), 3);
+
+        let second = map(4, (4096, 12287));
+        let gained = SlotSet::from_spans(&[(8192, 12287)]);
+        shard
+            .core
+            .apply_view(&view(&second, gained, FAR), shard.now);
+        assert_eq!(shard.core.table().session_count(), 2, "leaving is dropped");
+        assert_eq!(
+            read(&shard.drain(holder)),
+            ["SlotMap epoch=4 resync=[(8192, 12287)]"]
+        );
+        let arriving = user_where("arriving", |slot| (8192..12288).contains(&slot));
+        route(&mut shard, sender, 1, &leaving);
+        route(&mut shard, sender, 2, &arriving);
+        let lines = read(&shard.drain(sender));
+        assert!(lines[0].starts_with("SlotMap epoch=4"), "{lines:?}");
+        assert!(lines[1].starts_with("Status 1 Moved NotOwner"), "{lines:?}");
+        assert!(
+            lines[2].starts_with("Status 2 Unknown NoSession"),
+            "{lines:?}"
+        );
+
+        // The holder resyncs the gained range (the sender has nothing
+        // there, and says so).
+        let sync = shard
+            .encoder
+            .session_sync_scoped(
+                1,
+                &[(&arriving, "phone", fb::Platform::Web, 0)],
+                true,
+                &[(8192, 12287)],
+                4,
+            )
+            .to_vec();
+        shard.send(holder, &sync);
+        route(
+            &mut shard,
+            sender,
+            3,
+            &user_where("nobody", |s| (8192..12288).contains(&s)),
+        );
+        assert!(read(&shard.drain(sender))[0].starts_with("Status 3 Unknown"));
+        let empty = shard
+            .encoder
+            .session_sync_scoped(1, &[], true, &[(8192, 12287)], 4)
+            .to_vec();
+        shard.send(sender, &empty);
+        shard.drain(sender);
+        route(
+            &mut shard,
+            sender,
+            4,
+            &user_where("nobody", |s| (8192..12288).contains(&s)),
+        );
+        route(&mut shard, sender, 5, &arriving);
+        let lines = read(&shard.drain(sender));
+        assert!(
+            lines[0].starts_with("Status 4 Offline NoSession"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            read(&shard.drain(holder)),
+            [
+                "SessionSyncAck".to_string(),
+                format!("Deliver 5 to={arriving} origin=1")
+            ]
+        );
+
+        // A resync scoped to 4096-8191 listing only `staying` removes
+        // `stale` and leaves `arriving` (outside the scope) alone.
+        let sync = shard
+            .encoder
+            .session_sync_scoped(
+                2,
+                &[(&staying, "phone", fb::Platform::Web, 0)],
+                true,
+                &[(4096, 8191)],
+                4,
+            )
+            .to_vec();
+        shard.send(holder, &sync);
+        shard.drain(holder);
+        let who: Vec<bool> = [&staying, &stale, &arriving]
+            .iter()
+            .map(|user| {
+                shard
+                    .core
+                    .table()
+                    .sessions(user.as_bytes())
+                    .next()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(who, [true, false, true]);
+    }
+}

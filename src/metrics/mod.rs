@@ -39,6 +39,19 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Routes answered Moved: another router owns the recipient's slot.
+    routes_moved,
+    /// Routes answered Unknown because the slot is fenced, handed over or
+    /// on another shard (not the warm-up's or a rebuild's "no session").
+    routes_unknown,
+    /// Moved frames: session, topic and Locate requests not served here.
+    moved_out,
+    /// Sessions dropped because their slot went to another router.
+    sessions_dropped_moved,
+    /// Topics dropped because their slot went to another router.
+    topics_dropped_moved,
+    /// Slot map frames pushed to nodes.
+    maps_pushed,
     /// Node connections that completed the Hello/Welcome handshake here.
     connections_opened,
     /// Node connections closed here, for any reason.

@@ -272,6 +272,10 @@ impl SimNode {
                     }
                     lines.push(format!("got Error {code:?}: {text}"));
                 }
+                Incoming::SlotMap(_) | Incoming::Moved(_) => violations.push(Violation(format!(
+                    "node {}: a router alone sent a cluster frame",
+                    self.index
+                ))),
                 Incoming::Broadcast(_)
                 | Incoming::Ping { .. }
                 | Incoming::Ack { .. }

@@ -550,6 +550,67 @@ impl Table {
             .sum()
     }
 
+    /// Ends `node`'s snapshot scoped to the users `in_scope` accepts (the
+    /// slots a scoped SessionSync lists): its sessions of those users that
+    /// the snapshot did not list die; its other sessions stay, listed or
+    /// not. Returns how many died. Walks the node's unlisted sessions.
+    pub fn end_snapshot_scoped(
+        &mut self,
+        node: NodeId,
+        mut in_scope: impl FnMut(&[u8]) -> bool,
+    ) -> usize {
+        let older = std::mem::take(&mut self.nodes[node.0 as usize].older);
+        let write = self.write_handle(node);
+        for &handle in &older {
+            let mut cursor = self.handles[handle as usize].head;
+            while cursor != NIL {
+                let session = *self.sessions.get(cursor);
+                let user = self.users.get(session.user).key.bytes(&self.spill);
+                if !in_scope(user) {
+                    self.unlink_from_handle(cursor);
+                    self.sessions.get_mut(cursor).handle = write;
+                    self.link_to_handle(cursor);
+                }
+                cursor = session.node_next;
+            }
+        }
+        older
+            .into_iter()
+            .map(|handle| self.retire_handle(handle))
+            .sum()
+    }
+
+    /// Removes every session, live or dead, of the users `remove` selects
+    /// (the users of slots this shard no longer owns); returns how many
+    /// live sessions went. Walks every user.
+    pub fn remove_users(&mut self, mut remove: impl FnMut(&[u8]) -> bool) -> usize {
+        let chosen: Vec<u32> = self
+            .index
+            .iter()
+            .copied()
+            .filter(|&user| remove(self.users.get(user).key.bytes(&self.spill)))
+            .collect();
+        let mut removed = 0;
+        for user in chosen {
+            // `remove_session` frees the user with its last session.
+            loop {
+                let first = self.users.get(user).first_session;
+                let session = *self.sessions.get(first);
+                let last = session.user_next == NIL;
+                if self.is_live(&session) {
+                    removed += 1;
+                } else {
+                    self.dead_sessions -= 1;
+                }
+                self.remove_session(first);
+                if last {
+                    break;
+                }
+            }
+        }
+        removed
+    }
+
     /// Live sessions `node` holds in this table.
     pub fn node_session_count(&self, node: NodeId) -> usize {
         let handles = &self.nodes[node.0 as usize];

@@ -106,6 +106,18 @@ impl Topics {
         capacity > 1024 && self.by_topic.len() * 4 < capacity
     }
 
+    /// Removes the topics `remove` selects with every subscription to them
+    /// (topics of slots this shard no longer owns); returns how many.
+    pub fn remove_topics(&mut self, mut remove: impl FnMut(&[u8]) -> bool) -> usize {
+        let before = self.by_topic.len();
+        self.by_topic.retain(|topic, _| !remove(topic));
+        let by_topic = &self.by_topic;
+        for topics in self.by_node.values_mut() {
+            topics.retain(|topic| by_topic.contains_key(topic));
+        }
+        before - self.by_topic.len()
+    }
+
     /// Removes every subscription of `node`; returns how many.
     pub fn purge_node(&mut self, node: NodeId) -> usize {
         let Some(topics) = self.by_node.remove(&node) else {

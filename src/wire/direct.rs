@@ -15,9 +15,11 @@
 //! [4]   file identifier "IMR1"
 //! vtable of Envelope  (body_type at 8, body at 4)
 //! Envelope table      soffset, body offset, body_type
-//! vtable of the body  (7 fields)
+//! vtable of the body  (Route: 7 fields; Deliver: 10, the 8th and 9th
+//!                     absent)
 //! body table          soffset, from_user, message_id, from_device, to_user,
-//!                     to_device | devices, flags, payload
+//!                     to_device | devices, flags, payload, (Deliver:
+//!                     padding, origin)
 //! strings and vectors, in field order, each 4-byte aligned
 //! ```
 //!
@@ -32,14 +34,17 @@ const ENVELOPE_BYTES: usize = 32;
 /// Envelope table position, and where its body offset field sits.
 const ENVELOPE_TABLE: usize = 20;
 const ENVELOPE_BODY_FIELD: usize = ENVELOPE_TABLE + 4;
-/// Body vtable position and size: 4 + 2 x 7 fields, padded so that the
-/// table after it is 8-aligned (it holds a u64).
+/// Body vtable position and size: 4 + 2 x 7 fields for a Route, 4 + 2 x 10
+/// for a Deliver, so that the table after it is 8-aligned (it holds u64s).
 const BODY_VTABLE: usize = ENVELOPE_BYTES;
-const BODY_VTABLE_BYTES: usize = 4 + 2 * 7;
+const ROUTE_VTABLE_BYTES: usize = 4 + 2 * 7;
+const DELIVER_VTABLE_BYTES: usize = 4 + 2 * 10;
 const BODY_TABLE: usize = 56;
 /// Body table: soffset, from_user, message_id (8), from_device, to_user,
-/// to_device/devices, flags, payload.
-const BODY_TABLE_BYTES: usize = 36;
+/// to_device/devices, flags, payload; a Deliver's adds 4 bytes of padding
+/// and origin (8).
+const ROUTE_TABLE_BYTES: usize = 36;
+const DELIVER_TABLE_BYTES: usize = 48;
 const FIELD_FROM_USER: usize = 4;
 const FIELD_MESSAGE_ID: usize = 8;
 const FIELD_FROM_DEVICE: usize = 16;
@@ -47,8 +52,11 @@ const FIELD_TO_USER: usize = 20;
 const FIELD_DEVICE: usize = 24;
 const FIELD_FLAGS: usize = 28;
 const FIELD_PAYLOAD: usize = 32;
+const FIELD_ORIGIN: usize = 40;
 
-const _: () = assert!(BODY_VTABLE + BODY_VTABLE_BYTES <= BODY_TABLE);
+const _: () = assert!(BODY_VTABLE + ROUTE_VTABLE_BYTES <= BODY_TABLE);
+const _: () = assert!(BODY_VTABLE + DELIVER_VTABLE_BYTES <= BODY_TABLE);
+const _: () = assert!((BODY_TABLE + FIELD_ORIGIN) % 8 == 0);
 const _: () = assert!(BODY_TABLE % 8 == 0 && ENVELOPE_TABLE % 4 == 0);
 
 /// Appends a Route frame to `out`.
@@ -82,6 +90,7 @@ pub(super) fn deliver(out: &mut Vec<u8>, frame: &super::DeliverFrame<'_>) {
     let start = begin(out, fb::Body::Deliver, true);
     let table = start + BODY_TABLE;
     put_u64(out, table + FIELD_MESSAGE_ID, frame.message_id);
+    put_u64(out, table + FIELD_ORIGIN, frame.origin);
     put_u32(out, table + FIELD_FLAGS, frame.flags);
     string(
         out,
@@ -110,8 +119,14 @@ pub(super) fn deliver(out: &mut Vec<u8>, frame: &super::DeliverFrame<'_>) {
 /// Writes everything up to the end of the body table and returns where the
 /// frame starts. The body table's fields are filled in by the caller.
 fn begin(out: &mut Vec<u8>, body: fb::Body, with_field_4: bool) -> usize {
+    let deliver = body == fb::Body::Deliver;
+    let (vtable_bytes, table_bytes) = if deliver {
+        (DELIVER_VTABLE_BYTES, DELIVER_TABLE_BYTES)
+    } else {
+        (ROUTE_VTABLE_BYTES, ROUTE_TABLE_BYTES)
+    };
     let start = out.len();
-    out.resize(start + BODY_TABLE + BODY_TABLE_BYTES, 0);
+    out.resize(start + BODY_TABLE + table_bytes, 0);
     let head = &mut out[start..];
     // Root offset: from its own position (4) to the Envelope table.
     head[4..8].copy_from_slice(&((ENVELOPE_TABLE - 4) as u32).to_le_bytes());
@@ -126,11 +141,12 @@ fn begin(out: &mut Vec<u8>, body: fb::Body, with_field_4: bool) -> usize {
     head[ENVELOPE_BODY_FIELD..ENVELOPE_BODY_FIELD + 4].copy_from_slice(&body_offset.to_le_bytes());
     head[28] = body.0;
     // Body vtable: field offsets in schema order (message_id, from_user,
-    // from_device, to_user, to_device/devices, flags, payload).
+    // from_device, to_user, to_device/devices, flags, payload; a Deliver's
+    // recipients and recipient_device_counts absent, then origin).
     let field_4 = if with_field_4 { FIELD_DEVICE as u16 } else { 0 };
     let vtable = [
-        BODY_VTABLE_BYTES as u16,
-        BODY_TABLE_BYTES as u16,
+        vtable_bytes as u16,
+        table_bytes as u16,
         FIELD_MESSAGE_ID as u16,
         FIELD_FROM_USER as u16,
         FIELD_FROM_DEVICE as u16,
@@ -138,8 +154,12 @@ fn begin(out: &mut Vec<u8>, body: fb::Body, with_field_4: bool) -> usize {
         field_4,
         FIELD_FLAGS as u16,
         FIELD_PAYLOAD as u16,
+        0,
+        0,
+        FIELD_ORIGIN as u16,
     ];
-    for (i, value) in vtable.iter().enumerate() {
+    let fields = (vtable_bytes - 4) / 2;
+    for (i, value) in vtable[..2 + fields].iter().enumerate() {
         let at = BODY_VTABLE + 2 * i;
         head[at..at + 2].copy_from_slice(&value.to_le_bytes());
     }

@@ -3,6 +3,7 @@
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 use super::{direct, fb};
+use crate::cluster::map::SlotMap;
 
 /// Fields of a `Hello` frame.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +62,25 @@ pub struct WelcomeFrame<'a> {
     pub stream: u64,
     /// The warm-up left, in milliseconds.
     pub warmup_ms: u32,
+    /// The router's newest slot map (none before a member's first), and
+    /// its own id in it.
+    pub map: Option<&'a SlotMap>,
+    pub member: u64,
+}
+
+/// Fields of a `Moved` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct MovedFrame<'a> {
+    /// The refused frame's body type.
+    pub request: fb::Body,
+    pub id: u64,
+    pub key: &'a str,
+    pub device: &'a str,
+    pub seq: u64,
+    pub slot: u16,
+    pub epoch: u64,
+    pub owner: u64,
+    pub reason: fb::Reason,
 }
 
 /// Fields of a `Fanout` frame (and of the Delivers it causes).
@@ -121,6 +141,8 @@ pub struct DeliverFrame<'a> {
     pub devices: &'a [&'a [u8]],
     pub flags: u32,
     pub payload: &'a [u8],
+    /// The sending node's incarnation (0: unknown).
+    pub origin: u64,
 }
 
 /// Builds frames. Each method returns the finished frame, length prefix
@@ -190,6 +212,7 @@ impl Encoder {
             .collect();
         let nodes = Some(b.create_vector(&infos));
         let senior = frame.senior.map(|senior| b.create_string(senior));
+        let map = frame.map.map(|map| slot_map_table(b, map, &[]));
         let body = fb::Welcome::create(
             b,
             &fb::WelcomeArgs {
@@ -209,9 +232,41 @@ impl Encoder {
                 received: frame.received,
                 stream: frame.stream,
                 warmup_ms: frame.warmup_ms,
+                map,
+                member: frame.member,
             },
         );
         self.finish(fb::Body::Welcome, body.as_union_value())
+    }
+
+    /// A SlotMap frame: `map`, and the slots (first, last) the sending
+    /// router must rebuild from the nodes' scoped resyncs.
+    pub fn slot_map(&mut self, map: &SlotMap, resync: &[(u16, u16)]) -> &[u8] {
+        self.builder.reset();
+        let body = slot_map_table(&mut self.builder, map, resync);
+        self.finish(fb::Body::SlotMap, body.as_union_value())
+    }
+
+    pub fn moved(&mut self, frame: &MovedFrame<'_>) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let key = Some(b.create_string(frame.key));
+        let device = Some(b.create_string(frame.device));
+        let body = fb::Moved::create(
+            b,
+            &fb::MovedArgs {
+                request: frame.request.0,
+                id: frame.id,
+                key,
+                device,
+                seq: frame.seq,
+                slot: frame.slot,
+                epoch: frame.epoch,
+                owner: frame.owner,
+                reason: frame.reason,
+            },
+        );
+        self.finish(fb::Body::Moved, body.as_union_value())
     }
 
     pub fn node_event(&mut self, frame: &NodeEventFrame) -> &[u8] {
@@ -332,6 +387,7 @@ impl Encoder {
         users: &[&str],
         counts: &[u8],
         devices: &[&str],
+        origin: u64,
     ) -> &[u8] {
         debug_assert_eq!(users.len(), counts.len());
         self.builder.reset();
@@ -361,6 +417,7 @@ impl Encoder {
                 recipients,
                 devices,
                 recipient_device_counts,
+                origin,
                 ..Default::default()
             },
         );
@@ -375,10 +432,27 @@ impl Encoder {
         reason: fb::Reason,
         offline: &[&str],
     ) -> &[u8] {
+        self.status_fanout(message_id, verdict, reason, offline, &[])
+    }
+
+    /// The verdict of a Fanout: its offline recipients, and those whose
+    /// slots another router owns.
+    pub fn status_fanout(
+        &mut self,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+        offline: &[&str],
+        moved: &[&str],
+    ) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;
         let users: Vec<_> = offline.iter().map(|u| b.create_string(u)).collect();
         let offline_users = Some(b.create_vector(&users));
+        let moved_users = (!moved.is_empty()).then(|| {
+            let users: Vec<_> = moved.iter().map(|u| b.create_string(u)).collect();
+            b.create_vector(&users)
+        });
         let body = fb::Status::create(
             b,
             &fb::StatusArgs {
@@ -386,12 +460,29 @@ impl Encoder {
                 verdict,
                 reason,
                 offline_users,
+                slot: 0,
+                epoch: 0,
+                owner: 0,
+                moved_users,
             },
         );
         self.finish(fb::Body::Status, body.as_union_value())
     }
 
     pub fn status(&mut self, message_id: u64, verdict: fb::Verdict, reason: fb::Reason) -> &[u8] {
+        self.status_moved(message_id, verdict, reason, 0, 0, 0)
+    }
+
+    /// A Status with a slot's owner (verdict Moved).
+    pub fn status_moved(
+        &mut self,
+        message_id: u64,
+        verdict: fb::Verdict,
+        reason: fb::Reason,
+        slot: u16,
+        epoch: u64,
+        owner: u64,
+    ) -> &[u8] {
         self.builder.reset();
         let body = fb::Status::create(
             &mut self.builder,
@@ -400,6 +491,10 @@ impl Encoder {
                 verdict,
                 reason,
                 offline_users: None,
+                slot,
+                epoch,
+                owner,
+                moved_users: None,
             },
         );
         self.finish(fb::Body::Status, body.as_union_value())
@@ -501,6 +596,19 @@ impl Encoder {
         sessions: &[(&str, &str, fb::Platform, u64)],
         last: bool,
     ) -> &[u8] {
+        self.session_sync_scoped(generation, sessions, last, &[], 0)
+    }
+
+    /// A SessionSync batch of a resync scoped to `scope` (slot ranges,
+    /// first and last; empty: every slot), answering map `epoch`.
+    pub fn session_sync_scoped(
+        &mut self,
+        generation: u64,
+        sessions: &[(&str, &str, fb::Platform, u64)],
+        last: bool,
+        scope: &[(u16, u16)],
+        epoch: u64,
+    ) -> &[u8] {
         self.builder.reset();
         let b = &mut self.builder;
         let users: Vec<_> = sessions.iter().map(|s| b.create_string(s.0)).collect();
@@ -511,6 +619,10 @@ impl Encoder {
         let devices = Some(b.create_vector(&devices));
         let platforms = Some(b.create_vector(&platforms));
         let seqs = Some(b.create_vector(&seqs));
+        let scope = (!scope.is_empty()).then(|| {
+            let flat: Vec<u16> = scope.iter().flat_map(|&(a, z)| [a, z]).collect();
+            b.create_vector(&flat)
+        });
         let body = fb::SessionSync::create(
             b,
             &fb::SessionSyncArgs {
@@ -520,12 +632,20 @@ impl Encoder {
                 platforms,
                 seqs,
                 last,
+                scope,
+                epoch,
             },
         );
         self.finish(fb::Body::SessionSync, body.as_union_value())
     }
 
-    pub fn session_sync_ack(&mut self, generation: u64, added: u64, removed: u64) -> &[u8] {
+    pub fn session_sync_ack(
+        &mut self,
+        generation: u64,
+        added: u64,
+        removed: u64,
+        ignored: u64,
+    ) -> &[u8] {
         self.builder.reset();
         let body = fb::SessionSyncAck::create(
             &mut self.builder,
@@ -533,6 +653,7 @@ impl Encoder {
                 generation,
                 added,
                 removed,
+                ignored,
             },
         );
         self.finish(fb::Body::SessionSyncAck, body.as_union_value())
@@ -608,6 +729,58 @@ impl Encoder {
     }
 }
 
+/// A SlotMap table (in a Welcome or a frame of its own).
+fn slot_map_table<'b>(
+    b: &mut FlatBufferBuilder<'b>,
+    map: &SlotMap,
+    resync: &[(u16, u16)],
+) -> WIPOffset<fb::SlotMap<'b>> {
+    let routers: Vec<_> = map
+        .routers()
+        .iter()
+        .map(|router| {
+            let name = Some(b.create_string(&router.name));
+            let addr = Some(b.create_string(&router.addr));
+            fb::RouterEntry::create(
+                b,
+                &fb::RouterEntryArgs {
+                    id: router.id,
+                    name,
+                    addr,
+                    shards: router.shards,
+                },
+            )
+        })
+        .collect();
+    let routers = Some(b.create_vector(&routers));
+    let ranges = map.ranges();
+    let index_of = |id| {
+        map.routers()
+            .iter()
+            .position(|router| router.id == id)
+            .expect("a range's router is listed") as u16
+    };
+    let starts: Vec<u16> = ranges.iter().map(|range| range.first).collect();
+    let owners: Vec<u16> = ranges.iter().map(|range| index_of(range.router)).collect();
+    let shards: Vec<u16> = ranges.iter().map(|range| range.shard).collect();
+    let range_starts = Some(b.create_vector(&starts));
+    let range_routers = Some(b.create_vector(&owners));
+    let range_shards = Some(b.create_vector(&shards));
+    let flat: Vec<u16> = resync.iter().flat_map(|&(a, z)| [a, z]).collect();
+    let resync = Some(b.create_vector(&flat));
+    fb::SlotMap::create(
+        b,
+        &fb::SlotMapArgs {
+            epoch: map.epoch(),
+            routers,
+            range_starts,
+            range_routers,
+            range_shards,
+            resync,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,9 +830,11 @@ mod tests {
                 devices: &[b"desk", b"tablet"],
                 flags: 0,
                 payload: &[0xAB; 4096],
+                origin: 0x0123_4567_89AB_CDEF,
             })
             .to_vec();
         let deliver = roundtrip(&frame).body_as_deliver().expect("a Deliver");
+        assert_eq!(deliver.origin(), 0x0123_4567_89AB_CDEF);
         let devices: Vec<&str> = deliver.devices().unwrap().iter().collect();
         assert_eq!(devices, ["desk", "tablet"]);
         assert_eq!(deliver.payload().unwrap().bytes(), &[0xAB; 4096][..]);
@@ -741,6 +916,7 @@ mod tests {
                     devices: &device_bytes,
                     flags,
                     payload: &payload,
+                    origin: message_id ^ 0x5555,
                 })
                 .to_vec();
             fb::size_prefixed_root_as_envelope(&frame).expect("default verifier accepts");
@@ -757,6 +933,7 @@ mod tests {
             let read: Vec<&str> = deliver.devices().unwrap().iter().collect();
             assert_eq!(read, devices);
             assert_eq!(deliver.flags(), flags);
+            assert_eq!(deliver.origin(), message_id ^ 0x5555);
             assert_eq!(deliver.payload().unwrap().bytes(), &payload[..]);
         }
     }

@@ -113,15 +113,16 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Platform {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_VERDICT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_VERDICT: u8 = 4;
+pub const ENUM_MAX_VERDICT: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_VERDICT: [Verdict; 5] = [
+pub const ENUM_VALUES_VERDICT: [Verdict; 6] = [
   Verdict::Routed,
   Verdict::Offline,
   Verdict::Rejected,
   Verdict::Busy,
   Verdict::Unknown,
+  Verdict::Moved,
 ];
 
 /// The outcome of one Route, reported to the sender's node in a Status.
@@ -140,17 +141,24 @@ impl Verdict {
   pub const Busy: Self = Self(3);
   /// The recipient has no session, but the router started less than
   /// --warmup-ms ago and nodes may not have resynced yet: retry later
-  /// rather than store the message as offline.
+  /// rather than store the message as offline. In a cluster also: the
+  /// recipient's slot is being rebuilt or handed over (`Rebuilding`), or
+  /// this router may no longer serve it (`Fenced`).
   pub const Unknown: Self = Self(4);
+  /// This router does not own the recipient's slot in its newest map:
+  /// Status `slot`, `epoch` and `owner` say who does. Nothing was
+  /// delivered; send the Route again to the owner.
+  pub const Moved: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Routed,
     Self::Offline,
     Self::Rejected,
     Self::Busy,
     Self::Unknown,
+    Self::Moved,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -160,6 +168,7 @@ impl Verdict {
       Self::Rejected => Some("Rejected"),
       Self::Busy => Some("Busy"),
       Self::Unknown => Some("Unknown"),
+      Self::Moved => Some("Moved"),
       _ => None,
     }
   }
@@ -217,10 +226,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Verdict {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REASON: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REASON: u16 = 10;
+pub const ENUM_MAX_REASON: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REASON: [Reason; 11] = [
+pub const ENUM_VALUES_REASON: [Reason; 14] = [
   Reason::None,
   Reason::NoSession,
   Reason::NoSuchDevice,
@@ -232,6 +241,9 @@ pub const ENUM_VALUES_REASON: [Reason; 11] = [
   Reason::TooManyRecipients,
   Reason::RouterBusy,
   Reason::TopicsFull,
+  Reason::NotOwner,
+  Reason::Rebuilding,
+  Reason::Fenced,
 ];
 
 /// Why a verdict was given. Each reason belongs to exactly one verdict.
@@ -263,9 +275,19 @@ impl Reason {
   pub const RouterBusy: Self = Self(9);
   /// Rejected: a Subscribe to a new topic while the topic table is full.
   pub const TopicsFull: Self = Self(10);
+  /// Moved: another router owns the slot (Status `owner`).
+  pub const NotOwner: Self = Self(11);
+  /// Unknown: the slot came to this router recently and the nodes'
+  /// resyncs of it are not all in, or its previous owner has not let go
+  /// of it yet.
+  pub const Rebuilding: Self = Self(12);
+  /// Unknown (Route) or refusal (Moved frame, other requests): this
+  /// router cannot prove it still holds its etcd lease; it serves none of
+  /// its slots until it does.
+  pub const Fenced: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 10;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::NoSession,
@@ -278,6 +300,9 @@ impl Reason {
     Self::TooManyRecipients,
     Self::RouterBusy,
     Self::TopicsFull,
+    Self::NotOwner,
+    Self::Rebuilding,
+    Self::Fenced,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -293,6 +318,9 @@ impl Reason {
       Self::TooManyRecipients => Some("TooManyRecipients"),
       Self::RouterBusy => Some("RouterBusy"),
       Self::TopicsFull => Some("TopicsFull"),
+      Self::NotOwner => Some("NotOwner"),
+      Self::Rebuilding => Some("Rebuilding"),
+      Self::Fenced => Some("Fenced"),
       _ => None,
     }
   }
@@ -811,10 +839,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 23;
+pub const ENUM_MAX_BODY: u8 = 25;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 24] = [
+pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -839,6 +867,8 @@ pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::SessionSync,
   Body::SessionSyncAck,
   Body::Ack,
+  Body::SlotMap,
+  Body::Moved,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -870,9 +900,11 @@ impl Body {
   pub const SessionSync: Self = Self(21);
   pub const SessionSyncAck: Self = Self(22);
   pub const Ack: Self = Self(23);
+  pub const SlotMap: Self = Self(24);
+  pub const Moved: Self = Self(25);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 23;
+  pub const ENUM_MAX: u8 = 25;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -898,6 +930,8 @@ impl Body {
     Self::SessionSync,
     Self::SessionSyncAck,
     Self::Ack,
+    Self::SlotMap,
+    Self::Moved,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -926,6 +960,8 @@ impl Body {
       Self::SessionSync => Some("SessionSync"),
       Self::SessionSyncAck => Some("SessionSyncAck"),
       Self::Ack => Some("Ack"),
+      Self::SlotMap => Some("SlotMap"),
+      Self::Moved => Some("Moved"),
       _ => None,
     }
   }
@@ -1248,6 +1284,8 @@ impl<'a> Welcome<'a> {
   pub const VT_RECEIVED: ::flatbuffers::VOffsetT = 30;
   pub const VT_STREAM: ::flatbuffers::VOffsetT = 32;
   pub const VT_WARMUP_MS: ::flatbuffers::VOffsetT = 34;
+  pub const VT_MAP: ::flatbuffers::VOffsetT = 36;
+  pub const VT_MEMBER: ::flatbuffers::VOffsetT = 38;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1259,11 +1297,13 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_member(args.member);
     builder.add_stream(args.stream);
     builder.add_received(args.received);
     builder.add_stream_offset(args.stream_offset);
     builder.add_membership_seq(args.membership_seq);
     builder.add_router_id(args.router_id);
+    if let Some(x) = args.map { builder.add_map(x); }
     builder.add_warmup_ms(args.warmup_ms);
     builder.add_reconnect_grace_ms(args.reconnect_grace_ms);
     if let Some(x) = args.senior { builder.add_senior(x); }
@@ -1416,6 +1456,23 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Welcome::VT_WARMUP_MS, Some(0)).unwrap()}
   }
+  /// The cluster's slot map, newest this router has. A single router
+  /// sends a map of itself only, owning every slot.
+  #[inline]
+  pub fn map(&self) -> Option<SlotMap<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<SlotMap>>(Welcome::VT_MAP, None)}
+  }
+  /// This router's id in `map` (its entry in `map.routers`).
+  #[inline]
+  pub fn member(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_MEMBER, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1440,6 +1497,8 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u64>("received", Self::VT_RECEIVED, false)?
      .visit_field::<u64>("stream", Self::VT_STREAM, false)?
      .visit_field::<u32>("warmup_ms", Self::VT_WARMUP_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<SlotMap>>("map", Self::VT_MAP, false)?
+     .visit_field::<u64>("member", Self::VT_MEMBER, false)?
      .finish();
     Ok(())
   }
@@ -1461,6 +1520,8 @@ pub struct WelcomeArgs<'a> {
     pub received: u64,
     pub stream: u64,
     pub warmup_ms: u32,
+    pub map: Option<::flatbuffers::WIPOffset<SlotMap<'a>>>,
+    pub member: u64,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1482,6 +1543,8 @@ impl<'a> Default for WelcomeArgs<'a> {
       received: 0,
       stream: 0,
       warmup_ms: 0,
+      map: None,
+      member: 0,
     }
   }
 }
@@ -1556,6 +1619,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Welcome::VT_WARMUP_MS, warmup_ms, 0);
   }
   #[inline]
+  pub fn add_map(&mut self, map: ::flatbuffers::WIPOffset<SlotMap<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<SlotMap>>(Welcome::VT_MAP, map);
+  }
+  #[inline]
+  pub fn add_member(&mut self, member: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_MEMBER, member, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1589,6 +1660,592 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("received", &self.received());
       ds.field("stream", &self.stream());
       ds.field("warmup_ms", &self.warmup_ms());
+      ds.field("map", &self.map());
+      ds.field("member", &self.member());
+      ds.finish()
+  }
+}
+pub enum RouterEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A router of the cluster, in SlotMap.
+pub struct RouterEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RouterEntry<'a> {
+  type Inner = RouterEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RouterEntry<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ADDR: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RouterEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RouterEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RouterEntry<'bldr>> {
+    let mut builder = RouterEntryBuilder::new(_fbb);
+    builder.add_id(args.id);
+    if let Some(x) = args.addr { builder.add_addr(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_shards(args.shards);
+    builder.finish()
+  }
+
+
+  /// The router's id (its etcd lease id; 1 for a router alone).
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RouterEntry::VT_ID, Some(0)).unwrap()}
+  }
+  /// Its --name, for people.
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RouterEntry::VT_NAME, None)}
+  }
+  /// Where nodes connect to it (--advertise). A router alone lists its
+  /// --listen address (perhaps 0.0.0.0:port): keep the address you used.
+  #[inline]
+  pub fn addr(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RouterEntry::VT_ADDR, None)}
+  }
+  #[inline]
+  pub fn shards(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(RouterEntry::VT_SHARDS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RouterEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("addr", Self::VT_ADDR, false)?
+     .visit_field::<u16>("shards", Self::VT_SHARDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RouterEntryArgs<'a> {
+    pub id: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub addr: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shards: u16,
+}
+impl<'a> Default for RouterEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RouterEntryArgs {
+      id: 0,
+      name: None,
+      addr: None,
+      shards: 0,
+    }
+  }
+}
+
+pub struct RouterEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RouterEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(RouterEntry::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RouterEntry::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_addr(&mut self, addr: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RouterEntry::VT_ADDR, addr);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u16) {
+    self.fbb_.push_slot::<u16>(RouterEntry::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RouterEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RouterEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RouterEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RouterEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RouterEntry");
+      ds.field("id", &self.id());
+      ds.field("name", &self.name());
+      ds.field("addr", &self.addr());
+      ds.field("shards", &self.shards());
+      ds.finish()
+  }
+}
+pub enum SlotMapOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Which router, and which of its shards, owns each of the 16,384 slots.
+/// Router to node in Welcome and whenever it changes (as a frame of its
+/// own). Slots are listed in ranges: range i covers slots
+/// `range_starts[i]` to `range_starts[i+1] - 1` (the last to 16383), owned
+/// by `routers[range_routers[i]]`, shard `range_shards[i]`.
+pub struct SlotMap<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SlotMap<'a> {
+  type Inner = SlotMap<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SlotMap<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ROUTERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RANGE_STARTS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RANGE_ROUTERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RANGE_SHARDS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_RESYNC: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SlotMap { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SlotMapArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SlotMap<'bldr>> {
+    let mut builder = SlotMapBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.resync { builder.add_resync(x); }
+    if let Some(x) = args.range_shards { builder.add_range_shards(x); }
+    if let Some(x) = args.range_routers { builder.add_range_routers(x); }
+    if let Some(x) = args.range_starts { builder.add_range_starts(x); }
+    if let Some(x) = args.routers { builder.add_routers(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SlotMap::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn routers(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RouterEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RouterEntry>>>>(SlotMap::VT_ROUTERS, None)}
+  }
+  #[inline]
+  pub fn range_starts(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(SlotMap::VT_RANGE_STARTS, None)}
+  }
+  #[inline]
+  pub fn range_routers(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(SlotMap::VT_RANGE_ROUTERS, None)}
+  }
+  #[inline]
+  pub fn range_shards(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(SlotMap::VT_RANGE_SHARDS, None)}
+  }
+  /// Pairs (first, last) of slots the sending router gained in this epoch
+  /// and must rebuild: it answers Unknown for them until every node has
+  /// sent it a SessionSync scoped to them (`epoch` set to this epoch).
+  #[inline]
+  pub fn resync(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(SlotMap::VT_RESYNC, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SlotMap<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RouterEntry>>>>("routers", Self::VT_ROUTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("range_starts", Self::VT_RANGE_STARTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("range_routers", Self::VT_RANGE_ROUTERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("range_shards", Self::VT_RANGE_SHARDS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("resync", Self::VT_RESYNC, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SlotMapArgs<'a> {
+    pub epoch: u64,
+    pub routers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RouterEntry<'a>>>>>,
+    pub range_starts: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub range_routers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub range_shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub resync: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+}
+impl<'a> Default for SlotMapArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SlotMapArgs {
+      epoch: 0,
+      routers: None,
+      range_starts: None,
+      range_routers: None,
+      range_shards: None,
+      resync: None,
+    }
+  }
+}
+
+pub struct SlotMapBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SlotMapBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(SlotMap::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_routers(&mut self, routers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RouterEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SlotMap::VT_ROUTERS, routers);
+  }
+  #[inline]
+  pub fn add_range_starts(&mut self, range_starts: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SlotMap::VT_RANGE_STARTS, range_starts);
+  }
+  #[inline]
+  pub fn add_range_routers(&mut self, range_routers: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SlotMap::VT_RANGE_ROUTERS, range_routers);
+  }
+  #[inline]
+  pub fn add_range_shards(&mut self, range_shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SlotMap::VT_RANGE_SHARDS, range_shards);
+  }
+  #[inline]
+  pub fn add_resync(&mut self, resync: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SlotMap::VT_RESYNC, resync);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SlotMapBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SlotMapBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SlotMap<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SlotMap<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SlotMap");
+      ds.field("epoch", &self.epoch());
+      ds.field("routers", &self.routers());
+      ds.field("range_starts", &self.range_starts());
+      ds.field("range_routers", &self.range_routers());
+      ds.field("range_shards", &self.range_shards());
+      ds.field("resync", &self.resync());
+      ds.finish()
+  }
+}
+pub enum MovedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Router to node: a request other than a Route was not applied because
+/// this router does not serve its slot. The node sends it again to
+/// `owner` (0: no router serves the slot right now; retry after a while,
+/// by a scoped SessionSync for session operations).
+pub struct Moved<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Moved<'a> {
+  type Inner = Moved<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Moved<'a> {
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DEVICE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SLOT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 18;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 20;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Moved { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MovedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Moved<'bldr>> {
+    let mut builder = MovedBuilder::new(_fbb);
+    builder.add_owner(args.owner);
+    builder.add_epoch(args.epoch);
+    builder.add_seq(args.seq);
+    builder.add_id(args.id);
+    if let Some(x) = args.device { builder.add_device(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_reason(args.reason);
+    builder.add_slot(args.slot);
+    builder.add_request(args.request);
+    builder.finish()
+  }
+
+
+  /// The refused frame's Body type (SessionOpen, SessionClose, Locate,
+  /// Subscribe, Unsubscribe, Publish).
+  #[inline]
+  pub fn request(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Moved::VT_REQUEST, Some(0)).unwrap()}
+  }
+  /// Its query_id (Locate), request_id (Subscribe) or message_id (Publish).
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Moved::VT_ID, Some(0)).unwrap()}
+  }
+  /// Its user (session operations, Locate) or topic.
+  #[inline]
+  pub fn key(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Moved::VT_KEY, None)}
+  }
+  /// Its device (session operations).
+  #[inline]
+  pub fn device(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Moved::VT_DEVICE, None)}
+  }
+  /// Its seq (SessionOpen, SessionClose).
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Moved::VT_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn slot(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Moved::VT_SLOT, Some(0)).unwrap()}
+  }
+  /// The epoch of the map that decided.
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Moved::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn owner(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Moved::VT_OWNER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reason(&self) -> Reason {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Reason>(Moved::VT_REASON, Some(Reason::None)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Moved<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u8>("request", Self::VT_REQUEST, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("key", Self::VT_KEY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<u16>("slot", Self::VT_SLOT, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("owner", Self::VT_OWNER, false)?
+     .visit_field::<Reason>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MovedArgs<'a> {
+    pub request: u8,
+    pub id: u64,
+    pub key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub seq: u64,
+    pub slot: u16,
+    pub epoch: u64,
+    pub owner: u64,
+    pub reason: Reason,
+}
+impl<'a> Default for MovedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MovedArgs {
+      request: 0,
+      id: 0,
+      key: None,
+      device: None,
+      seq: 0,
+      slot: 0,
+      epoch: 0,
+      owner: 0,
+      reason: Reason::None,
+    }
+  }
+}
+
+pub struct MovedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MovedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_request(&mut self, request: u8) {
+    self.fbb_.push_slot::<u8>(Moved::VT_REQUEST, request, 0);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Moved::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Moved::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_device(&mut self, device: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Moved::VT_DEVICE, device);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(Moved::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn add_slot(&mut self, slot: u16) {
+    self.fbb_.push_slot::<u16>(Moved::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(Moved::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_owner(&mut self, owner: u64) {
+    self.fbb_.push_slot::<u64>(Moved::VT_OWNER, owner, 0);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: Reason) {
+    self.fbb_.push_slot::<Reason>(Moved::VT_REASON, reason, Reason::None);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MovedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MovedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Moved<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Moved<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Moved");
+      ds.field("request", &self.request());
+      ds.field("id", &self.id());
+      ds.field("key", &self.key());
+      ds.field("device", &self.device());
+      ds.field("seq", &self.seq());
+      ds.field("slot", &self.slot());
+      ds.field("epoch", &self.epoch());
+      ds.field("owner", &self.owner());
+      ds.field("reason", &self.reason());
       ds.finish()
   }
 }
@@ -2511,6 +3168,7 @@ impl<'a> Deliver<'a> {
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 16;
   pub const VT_RECIPIENTS: ::flatbuffers::VOffsetT = 18;
   pub const VT_RECIPIENT_DEVICE_COUNTS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_ORIGIN: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2522,6 +3180,7 @@ impl<'a> Deliver<'a> {
     args: &'args DeliverArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Deliver<'bldr>> {
     let mut builder = DeliverBuilder::new(_fbb);
+    builder.add_origin(args.origin);
     builder.add_message_id(args.message_id);
     if let Some(x) = args.recipient_device_counts { builder.add_recipient_device_counts(x); }
     if let Some(x) = args.recipients { builder.add_recipients(x); }
@@ -2604,6 +3263,16 @@ impl<'a> Deliver<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Deliver::VT_RECIPIENT_DEVICE_COUNTS, None)}
   }
+  /// The sending node's incarnation: with `message_id` (and the recipient)
+  /// it names the message across resends, for dropping duplicates (0: the
+  /// sender left before it was routed).
+  #[inline]
+  pub fn origin(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Deliver::VT_ORIGIN, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Deliver<'_> {
@@ -2621,6 +3290,7 @@ impl ::flatbuffers::Verifiable for Deliver<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("recipients", Self::VT_RECIPIENTS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("recipient_device_counts", Self::VT_RECIPIENT_DEVICE_COUNTS, false)?
+     .visit_field::<u64>("origin", Self::VT_ORIGIN, false)?
      .finish();
     Ok(())
   }
@@ -2635,6 +3305,7 @@ pub struct DeliverArgs<'a> {
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub recipients: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub recipient_device_counts: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub origin: u64,
 }
 impl<'a> Default for DeliverArgs<'a> {
   #[inline]
@@ -2649,6 +3320,7 @@ impl<'a> Default for DeliverArgs<'a> {
       payload: None,
       recipients: None,
       recipient_device_counts: None,
+      origin: 0,
     }
   }
 }
@@ -2695,6 +3367,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeliverBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Deliver::VT_RECIPIENT_DEVICE_COUNTS, recipient_device_counts);
   }
   #[inline]
+  pub fn add_origin(&mut self, origin: u64) {
+    self.fbb_.push_slot::<u64>(Deliver::VT_ORIGIN, origin, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeliverBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeliverBuilder {
@@ -2721,6 +3397,7 @@ impl ::core::fmt::Debug for Deliver<'_> {
       ds.field("payload", &self.payload());
       ds.field("recipients", &self.recipients());
       ds.field("recipient_device_counts", &self.recipient_device_counts());
+      ds.field("origin", &self.origin());
       ds.finish()
   }
 }
@@ -2745,6 +3422,10 @@ impl<'a> Status<'a> {
   pub const VT_VERDICT: ::flatbuffers::VOffsetT = 6;
   pub const VT_REASON: ::flatbuffers::VOffsetT = 8;
   pub const VT_OFFLINE_USERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SLOT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 14;
+  pub const VT_OWNER: ::flatbuffers::VOffsetT = 16;
+  pub const VT_MOVED_USERS: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2756,8 +3437,12 @@ impl<'a> Status<'a> {
     args: &'args StatusArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Status<'bldr>> {
     let mut builder = StatusBuilder::new(_fbb);
+    builder.add_owner(args.owner);
+    builder.add_epoch(args.epoch);
     builder.add_message_id(args.message_id);
+    if let Some(x) = args.moved_users { builder.add_moved_users(x); }
     if let Some(x) = args.offline_users { builder.add_offline_users(x); }
+    builder.add_slot(args.slot);
     builder.add_reason(args.reason);
     builder.add_verdict(args.verdict);
     builder.finish()
@@ -2794,6 +3479,38 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Status::VT_OFFLINE_USERS, None)}
   }
+  /// Moved: the recipient's slot, the epoch of the map that decided and
+  /// the slot's owner in it (0: none serves it now).
+  #[inline]
+  pub fn slot(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(Status::VT_SLOT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn owner(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Status::VT_OWNER, Some(0)).unwrap()}
+  }
+  /// For a Fanout: the recipients whose slots this router does not own
+  /// (send them to their owners).
+  #[inline]
+  pub fn moved_users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Status::VT_MOVED_USERS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Status<'_> {
@@ -2806,6 +3523,10 @@ impl ::flatbuffers::Verifiable for Status<'_> {
      .visit_field::<Verdict>("verdict", Self::VT_VERDICT, false)?
      .visit_field::<Reason>("reason", Self::VT_REASON, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("offline_users", Self::VT_OFFLINE_USERS, false)?
+     .visit_field::<u16>("slot", Self::VT_SLOT, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("owner", Self::VT_OWNER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("moved_users", Self::VT_MOVED_USERS, false)?
      .finish();
     Ok(())
   }
@@ -2815,6 +3536,10 @@ pub struct StatusArgs<'a> {
     pub verdict: Verdict,
     pub reason: Reason,
     pub offline_users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub slot: u16,
+    pub epoch: u64,
+    pub owner: u64,
+    pub moved_users: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
 }
 impl<'a> Default for StatusArgs<'a> {
   #[inline]
@@ -2824,6 +3549,10 @@ impl<'a> Default for StatusArgs<'a> {
       verdict: Verdict::Routed,
       reason: Reason::None,
       offline_users: None,
+      slot: 0,
+      epoch: 0,
+      owner: 0,
+      moved_users: None,
     }
   }
 }
@@ -2850,6 +3579,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Status::VT_OFFLINE_USERS, offline_users);
   }
   #[inline]
+  pub fn add_slot(&mut self, slot: u16) {
+    self.fbb_.push_slot::<u16>(Status::VT_SLOT, slot, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_owner(&mut self, owner: u64) {
+    self.fbb_.push_slot::<u64>(Status::VT_OWNER, owner, 0);
+  }
+  #[inline]
+  pub fn add_moved_users(&mut self, moved_users: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Status::VT_MOVED_USERS, moved_users);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     StatusBuilder {
@@ -2871,6 +3616,10 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.field("verdict", &self.verdict());
       ds.field("reason", &self.reason());
       ds.field("offline_users", &self.offline_users());
+      ds.field("slot", &self.slot());
+      ds.field("epoch", &self.epoch());
+      ds.field("owner", &self.owner());
+      ds.field("moved_users", &self.moved_users());
       ds.finish()
   }
 }
@@ -4007,6 +4756,8 @@ impl<'a> SessionSync<'a> {
   pub const VT_PLATFORMS: ::flatbuffers::VOffsetT = 10;
   pub const VT_SEQS: ::flatbuffers::VOffsetT = 12;
   pub const VT_LAST: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SCOPE: ::flatbuffers::VOffsetT = 16;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4018,7 +4769,9 @@ impl<'a> SessionSync<'a> {
     args: &'args SessionSyncArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SessionSync<'bldr>> {
     let mut builder = SessionSyncBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
     builder.add_generation(args.generation);
+    if let Some(x) = args.scope { builder.add_scope(x); }
     if let Some(x) = args.seqs { builder.add_seqs(x); }
     if let Some(x) = args.platforms { builder.add_platforms(x); }
     if let Some(x) = args.devices { builder.add_devices(x); }
@@ -4070,6 +4823,24 @@ impl<'a> SessionSync<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(SessionSync::VT_LAST, Some(false)).unwrap()}
   }
+  /// Scoped resync: pairs (first, last) of slots. The snapshot replaces the
+  /// node's sessions in these slots only (sessions outside them are not
+  /// listed and stay). Empty: every slot.
+  #[inline]
+  pub fn scope(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(SessionSync::VT_SCOPE, None)}
+  }
+  /// The map epoch whose `resync` request this answers (0: none).
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSync::VT_EPOCH, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SessionSync<'_> {
@@ -4084,6 +4855,8 @@ impl ::flatbuffers::Verifiable for SessionSync<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("platforms", Self::VT_PLATFORMS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("seqs", Self::VT_SEQS, false)?
      .visit_field::<bool>("last", Self::VT_LAST, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("scope", Self::VT_SCOPE, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -4095,6 +4868,8 @@ pub struct SessionSyncArgs<'a> {
     pub platforms: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub seqs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub last: bool,
+    pub scope: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub epoch: u64,
 }
 impl<'a> Default for SessionSyncArgs<'a> {
   #[inline]
@@ -4106,6 +4881,8 @@ impl<'a> Default for SessionSyncArgs<'a> {
       platforms: None,
       seqs: None,
       last: false,
+      scope: None,
+      epoch: 0,
     }
   }
 }
@@ -4140,6 +4917,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionSyncBuilder<'a, 'b, A>
     self.fbb_.push_slot::<bool>(SessionSync::VT_LAST, last, false);
   }
   #[inline]
+  pub fn add_scope(&mut self, scope: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SessionSync::VT_SCOPE, scope);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(SessionSync::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionSyncBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SessionSyncBuilder {
@@ -4163,6 +4948,8 @@ impl ::core::fmt::Debug for SessionSync<'_> {
       ds.field("platforms", &self.platforms());
       ds.field("seqs", &self.seqs());
       ds.field("last", &self.last());
+      ds.field("scope", &self.scope());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -4188,6 +4975,7 @@ impl<'a> SessionSyncAck<'a> {
   pub const VT_GENERATION: ::flatbuffers::VOffsetT = 4;
   pub const VT_ADDED: ::flatbuffers::VOffsetT = 6;
   pub const VT_REMOVED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_IGNORED: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4199,6 +4987,7 @@ impl<'a> SessionSyncAck<'a> {
     args: &'args SessionSyncAckArgs
   ) -> ::flatbuffers::WIPOffset<SessionSyncAck<'bldr>> {
     let mut builder = SessionSyncAckBuilder::new(_fbb);
+    builder.add_ignored(args.ignored);
     builder.add_removed(args.removed);
     builder.add_added(args.added);
     builder.add_generation(args.generation);
@@ -4227,6 +5016,14 @@ impl<'a> SessionSyncAck<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(SessionSyncAck::VT_REMOVED, Some(0)).unwrap()}
   }
+  /// Listed sessions dropped because this router does not own their slot.
+  #[inline]
+  pub fn ignored(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SessionSyncAck::VT_IGNORED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SessionSyncAck<'_> {
@@ -4238,6 +5035,7 @@ impl ::flatbuffers::Verifiable for SessionSyncAck<'_> {
      .visit_field::<u64>("generation", Self::VT_GENERATION, false)?
      .visit_field::<u64>("added", Self::VT_ADDED, false)?
      .visit_field::<u64>("removed", Self::VT_REMOVED, false)?
+     .visit_field::<u64>("ignored", Self::VT_IGNORED, false)?
      .finish();
     Ok(())
   }
@@ -4246,6 +5044,7 @@ pub struct SessionSyncAckArgs {
     pub generation: u64,
     pub added: u64,
     pub removed: u64,
+    pub ignored: u64,
 }
 impl<'a> Default for SessionSyncAckArgs {
   #[inline]
@@ -4254,6 +5053,7 @@ impl<'a> Default for SessionSyncAckArgs {
       generation: 0,
       added: 0,
       removed: 0,
+      ignored: 0,
     }
   }
 }
@@ -4276,6 +5076,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SessionSyncAckBuilder<'a, 'b,
     self.fbb_.push_slot::<u64>(SessionSyncAck::VT_REMOVED, removed, 0);
   }
   #[inline]
+  pub fn add_ignored(&mut self, ignored: u64) {
+    self.fbb_.push_slot::<u64>(SessionSyncAck::VT_IGNORED, ignored, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SessionSyncAckBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SessionSyncAckBuilder {
@@ -4296,6 +5100,7 @@ impl ::core::fmt::Debug for SessionSyncAck<'_> {
       ds.field("generation", &self.generation());
       ds.field("added", &self.added());
       ds.field("removed", &self.removed());
+      ds.field("ignored", &self.ignored());
       ds.finish()
   }
 }
@@ -5223,6 +6028,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_slot_map(&self) -> Option<SlotMap<'a>> {
+    if self.body_type() == Body::SlotMap {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SlotMap::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_moved(&self) -> Option<Moved<'a>> {
+    if self.body_type() == Body::Moved {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Moved::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -5256,6 +6091,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::SessionSync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSync>>("Body::SessionSync", pos),
           Body::SessionSyncAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SessionSyncAck>>("Body::SessionSyncAck", pos),
           Body::Ack => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ack>>("Body::Ack", pos),
+          Body::SlotMap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SlotMap>>("Body::SlotMap", pos),
+          Body::Moved => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Moved>>("Body::Moved", pos),
           _ => Ok(()),
         }
      })?
@@ -5466,6 +6303,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Ack => {
           if let Some(x) = self.body_as_ack() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::SlotMap => {
+          if let Some(x) = self.body_as_slot_map() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Moved => {
+          if let Some(x) = self.body_as_moved() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

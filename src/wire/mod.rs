@@ -49,8 +49,8 @@ mod imrouter_generated;
 pub use imrouter_generated::imrouter::wire::fb;
 
 pub use encode::{
-    DeliverFrame, Encoder, FanoutFrame, HelloFrame, NodeEventFrame, PublishFrame, RouteFrame,
-    WelcomeFrame,
+    DeliverFrame, Encoder, FanoutFrame, HelloFrame, MovedFrame, NodeEventFrame, PublishFrame,
+    RouteFrame, WelcomeFrame,
 };
 pub use frame::{check, frame_need, Check, Frame, FrameBuf, FrameError, Verifier};
 pub use request::{

@@ -94,10 +94,22 @@ pub struct SessionClose<'a> {
 pub struct SessionSync<'a> {
     pub generation: u64,
     pub last: bool,
+    /// The map epoch a scoped resync answers (0: none).
+    pub epoch: u64,
     sync: fb::SessionSync<'a>,
 }
 
 impl<'a> SessionSync<'a> {
+    /// The slot ranges (first, last) a scoped resync covers; empty: every
+    /// slot. Checked by `parse`: pairs, in range, first <= last.
+    pub fn scope(&self) -> Vec<(u16, u16)> {
+        let flat = self.sync.scope().map(|v| v.iter().collect::<Vec<u16>>());
+        flat.unwrap_or_default()
+            .chunks_exact(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect()
+    }
+
     /// Sessions in this batch.
     pub fn len(&self) -> usize {
         self.sync.users().map_or(0, |users| users.len())
@@ -140,6 +152,8 @@ pub enum InvalidField {
         platforms: usize,
         seqs: usize,
     },
+    /// A SessionSync scope that is not pairs of slots (first <= last).
+    SyncScope,
     /// An Ack on a connection whose Hello did not set `acks`.
     AckWithoutAcks,
     /// An Ack (or `Hello.received`) of more than the router sent.
@@ -235,6 +249,9 @@ impl fmt::Display for InvalidField {
                 f,
                 "SessionSync vectors differ in length: {users} users, {devices} devices, \
                  {platforms} platforms, {seqs} seqs"
+            ),
+            InvalidField::SyncScope => f.write_str(
+                "SessionSync scope must be pairs of slots (first, last), first <= last < 16384",
             ),
             InvalidField::AckWithoutAcks => {
                 f.write_str("Ack on a connection whose Hello did not set acks")
@@ -512,9 +529,20 @@ fn session_sync(sync: fb::SessionSync<'_>) -> Result<SessionSync<'_>, InvalidFie
         check_user(user)?;
         check_device(device)?;
     }
+    if let Some(scope) = sync.scope() {
+        let pairs = scope.len() % 2 == 0;
+        let valid = (0..scope.len() / 2).all(|i| {
+            let (first, last) = (scope.get(2 * i), scope.get(2 * i + 1));
+            first <= last && last < crate::limits::SLOT_COUNT
+        });
+        if !pairs || !valid {
+            return Err(InvalidField::SyncScope);
+        }
+    }
     Ok(SessionSync {
         generation: sync.generation(),
         last: sync.last(),
+        epoch: sync.epoch(),
         sync,
     })
 }
@@ -737,7 +765,7 @@ mod tests {
         };
         let check = |bytes: &[u8], token| Hello::parse(verifier.verify(bytes).unwrap(), token, 2);
         assert_eq!(
-            check(&hello(1, "n", None, Some(1)), None).unwrap(),
+            check(&hello(2, "n", None, Some(1)), None).unwrap(),
             Hello {
                 node_name: "n".into(),
                 incarnation: 7,
@@ -748,19 +776,19 @@ mod tests {
             }
         );
         assert_eq!(
-            check(&hello(2, "n", None, None), None).unwrap_err(),
-            PeerFault::UnsupportedVersion(2)
+            check(&hello(1, "n", None, None), None).unwrap_err(),
+            PeerFault::UnsupportedVersion(1)
         );
         assert_eq!(
-            check(&hello(1, "n", Some("x"), None), Some("y")).unwrap_err(),
+            check(&hello(2, "n", Some("x"), None), Some("y")).unwrap_err(),
             PeerFault::Unauthorized
         );
         assert_eq!(
-            check(&hello(1, "", None, None), None).unwrap_err().code(),
+            check(&hello(2, "", None, None), None).unwrap_err().code(),
             fb::ErrorCode::InvalidField
         );
         assert_eq!(
-            check(&hello(1, "n", None, Some(2)), None).unwrap_err(),
+            check(&hello(2, "n", None, Some(2)), None).unwrap_err(),
             PeerFault::NoSuchShard {
                 wanted: 2,
                 shard_count: 2

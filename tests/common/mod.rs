@@ -222,6 +222,8 @@ impl Frame {
                 reason: k.reason(),
             },
             Incoming::Pong { nonce } => Frame::Pong { nonce },
+            Incoming::SlotMap(_) => Frame::Other(fb::Body::SlotMap),
+            Incoming::Moved(_) => Frame::Other(fb::Body::Moved),
             Incoming::Ping { nonce } => Frame::Ping { nonce },
             Incoming::Ack { received } => Frame::Ack { received },
             Incoming::Error { code, text } => Frame::Error {

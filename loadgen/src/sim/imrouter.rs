@@ -369,6 +369,13 @@ fn handle(node: &SimNode, incoming: Incoming<'_>) {
                 events,
             );
         }
+        // Until the load generator speaks to a cluster (one router owns
+        // every slot), nothing is moved.
+        Incoming::SlotMap(_) => {}
+        Incoming::Moved(moved) => error(
+            node,
+            format!("the router moved a {:?}", fb::Body(moved.request())),
+        ),
         // Membership and broadcasts concern real nodes, not the workload.
         Incoming::Ping { .. }
         | Incoming::Ack { .. }
