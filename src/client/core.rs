@@ -562,6 +562,40 @@ impl NodeCore {
         Encoder::write_route(&mut self.out.stream, route);
     }
 
+    /// Sends a Route already encoded (`frame`, with ACK) as message `id`,
+    /// tracking its verdict: for a sender that keeps its Routes to send
+    /// them again elsewhere (`client::cluster`).
+    pub fn route_encoded(&mut self, id: u64, frame: &[u8], now: Time) {
+        if self.pending.len() < PENDING_VERDICTS_MAX {
+            let pending = Pending {
+                sent_at: now,
+                fanout: false,
+            };
+            self.pending.insert(id, pending);
+        }
+        self.queue(frame);
+    }
+
+    /// The frame [`NodeCore::poll_incoming`] handed out last, typed again
+    /// (for a caller that looked at it before deciding to hand it on). A
+    /// Status is typed as untracked: its pending entry went the first
+    /// time.
+    pub fn repeat_incoming(&mut self) -> Option<Result<Incoming<'_>, NodeError>> {
+        if self.handed == 0 {
+            return None;
+        }
+        let frame = match self
+            .verifier
+            .verify(&self.input[self.start..self.start + self.handed])
+        {
+            Ok(frame) => frame,
+            Err(error) => return Some(Err(NodeError::Frame(error))),
+        };
+        let mut state = self.state;
+        let mut none = HashMap::default();
+        Some(incoming(frame, &mut none, &mut state))
+    }
+
     /// Routes with ACK and Fanouts whose verdict has not come.
     pub fn pending_verdicts(&self) -> usize {
         self.pending.len()
@@ -584,6 +618,33 @@ impl NodeCore {
             .to_vec();
         self.queue(&frame);
         seq
+    }
+
+    /// Opens a session with the caller's `seq` (a caller that keeps its
+    /// sessions itself).
+    pub fn open_with_seq(&mut self, user: &str, device: &str, platform: fb::Platform, seq: u64) {
+        let frame = self
+            .encoder
+            .session_open_seq(user, device, platform, seq)
+            .to_vec();
+        self.queue(&frame);
+    }
+
+    /// One SessionSync batch of a resync scoped to `scope` (slot ranges;
+    /// empty: every slot) answering map `epoch`.
+    pub fn sync_batch(
+        &mut self,
+        generation: u64,
+        sessions: &[(&str, &str, fb::Platform, u64)],
+        last: bool,
+        scope: &[(u16, u16)],
+        epoch: u64,
+    ) {
+        let frame = self
+            .encoder
+            .session_sync_scoped(generation, sessions, last, scope, epoch)
+            .to_vec();
+        self.queue(&frame);
     }
 
     /// Closes the session opened with `seq` (0: whichever).

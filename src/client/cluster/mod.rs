@@ -1,0 +1,1077 @@
+//! The node side of a cluster of routers, sans-IO.
+//!
+//! [`ClusterNode`] is what a node keeps to talk to every router of a
+//! cluster (or to a router alone: a cluster of one, the same code): one
+//! [`NodeCore`] per router (a *link*), the newest slot map, the node's own
+//! sessions and topics (the truth the routers are rebuilt from), every
+//! Route that has no final outcome yet, and a window of messages already
+//! handed to the application. It never touches a socket or a clock; the
+//! driver (the load generator, the simulation, a node's runtime):
+//!
+//! | the driver calls | when |
+//! |---|---|
+//! | [`ClusterNode::connect_due`] | to learn which links to open a socket for (`addr`) |
+//! | [`ClusterNode::connected`], [`ClusterNode::connect_failed`], [`ClusterNode::disconnected`] | a socket to a link opened, could not, or ended |
+//! | [`ClusterNode::link_mut`] | to move bytes: `transmit`/`transmitted`/`receive` on the link's core |
+//! | [`ClusterNode::poll_link`] | to take what a link received: frames for the application, one at a time |
+//! | [`ClusterNode::handle_timeout`] | the time [`ClusterNode::poll_timeout`] asked for came |
+//!
+//! and the application calls [`ClusterNode::route`], [`ClusterNode::open`],
+//! [`ClusterNode::close`], [`ClusterNode::subscribe`] and takes outcomes
+//! with [`ClusterNode::poll_outcome`].
+//!
+//! The rules it follows (docs/PROTOCOL.md, "Several routers"):
+//!
+//! - Every request goes to the router that owns its slot in the newest
+//!   map the node has; a router's `Moved` sends it again to the owner it
+//!   names (once the node has a map that agrees).
+//! - Every Route is sent with ACK and kept until its final outcome: a
+//!   verdict other than `Moved` and `Unknown`. `Unknown` is retried after
+//!   a delay, up to `unknown_retries` times. When a router's stream is not
+//!   resumed, or a new map gives the slot to another router, the Routes
+//!   sent to it without an outcome are sent again (at least once).
+//! - A Deliver is handed to the application once: its (origin, message id,
+//!   recipient) is remembered for the last `dedup_window` messages, and a
+//!   copy that comes again is dropped.
+//! - The node's sessions and topics are its own: after a stream that was
+//!   not resumed it resyncs everything the router owns; when a router asks
+//!   (`SlotMap.resync`) or refused something, it resyncs those slots
+//!   (a SessionSync scoped to them), after a random delay and at a bounded
+//!   rate, so that a thousand nodes do not resync at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::map::{RouterId, SlotMap, SlotSet};
+use crate::placement::{slot_for_user, xxh64};
+use crate::time::Time;
+use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
+
+use super::core::{Incoming, NodeConfig, NodeCore, NodeError, State};
+
+/// How a [`ClusterNode`] behaves.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Who the node is (`acks` is forced on: a link resumes without loss).
+    pub node: NodeConfig,
+    /// Routers to ask for the map first (any router of the cluster).
+    pub seeds: Vec<String>,
+    /// Routes without a final outcome, at most; more are refused.
+    pub pending_max: usize,
+    /// Messages remembered for dropping duplicates.
+    pub dedup_window: usize,
+    /// An Unknown verdict is retried this many times before it is final.
+    pub unknown_retries: u32,
+    /// The first retry of an Unknown comes after this long; each next one
+    /// after twice as long (at most 16 times), with jitter.
+    pub retry_delay: Duration,
+    /// A resync starts after a random delay up to this long.
+    pub resync_jitter: Duration,
+    /// Sessions per SessionSync frame, and per `resync_interval`.
+    pub resync_batch: usize,
+    pub resync_interval: Duration,
+    /// Reconnects back off from this delay, doubling up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(node: NodeConfig, seeds: Vec<String>) -> Self {
+        ClusterConfig {
+            node,
+            seeds,
+            pending_max: 1 << 16,
+            dedup_window: 1 << 16,
+            unknown_retries: 8,
+            retry_delay: Duration::from_millis(100),
+            resync_jitter: Duration::from_millis(200),
+            resync_batch: 1000,
+            resync_interval: Duration::from_millis(1),
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A link's name: the router's id once known (from a map or its
+/// Welcome), and its address.
+pub type LinkId = usize;
+
+/// The final outcome of a Route, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub message_id: u64,
+    pub verdict: fb::Verdict,
+    pub reason: fb::Reason,
+    /// Times it was sent (more than once after a Moved, an Unknown or a
+    /// lost router).
+    pub sends: u32,
+}
+
+/// Why [`ClusterNode::route`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// `pending_max` Routes wait for their outcomes: wait for some.
+    Full,
+    /// The message id is already waiting for its outcome.
+    Duplicate,
+}
+
+/// What [`ClusterNode::poll_link`] took from a link.
+#[derive(Debug)]
+pub enum Polled<'a> {
+    /// A frame for the application (a Deliver seen for the first time, a
+    /// Kick, a NodeEvent, a Located, a Publish, a Broadcast, ...).
+    Frame(Incoming<'a>),
+    /// A Fanout's Deliver, with which of its recipients are new (a copy
+    /// that came again lists some that are not).
+    FanoutDeliver(fb::Deliver<'a>, Vec<bool>),
+    /// Something the cluster logic handled itself (a map, a Moved, a
+    /// verdict, a duplicate). Poll again.
+    Handled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// No socket; connect at `retry_at`.
+    Down {
+        retry_at: Time,
+    },
+    /// The driver is opening a socket (or the handshake runs).
+    Connecting,
+    Live,
+}
+
+/// A scoped resync to send on a link.
+#[derive(Debug)]
+struct Resync {
+    /// Slots to resync (empty set + `full`: every slot the router owns).
+    scope: SlotSet,
+    full: bool,
+    /// The map epoch it answers.
+    epoch: u64,
+    /// When it starts (jitter), then when the next batch may go.
+    at: Time,
+    /// The snapshot, taken when it starts, and how much of it went.
+    sessions: Vec<(String, String, fb::Platform, u64)>,
+    sent: usize,
+    started: bool,
+}
+
+/// One router.
+pub struct Link {
+    pub addr: String,
+    /// The router's id, once a map or a Welcome said it.
+    pub router: Option<RouterId>,
+    pub core: NodeCore,
+    state: LinkState,
+    failures: u32,
+    resync: Option<Resync>,
+    /// Slots whose requests this router refused (fenced): resynced later.
+    refused: SlotSet,
+    /// A seed (not from the map): dropped once the map names the routers.
+    seed: bool,
+}
+
+impl Link {
+    pub fn is_live(&self) -> bool {
+        self.state == LinkState::Live
+    }
+}
+
+/// A Route waiting for its final outcome.
+#[derive(Debug)]
+struct PendingRoute {
+    /// The encoded Route (ACK set).
+    frame: Vec<u8>,
+    slot: u16,
+    /// The router it was last sent to (None: not sent now).
+    sent_to: Option<RouterId>,
+    /// Not sent before a map of at least this epoch (a Moved from a
+    /// router with a newer map).
+    wait_epoch: u64,
+    retry_at: Option<Time>,
+    unknowns: u32,
+    sends: u32,
+}
+
+/// See the module docs.
+pub struct ClusterNode {
+    config: ClusterConfig,
+    map: Option<Arc<SlotMap>>,
+    links: Vec<Option<Link>>,
+    /// The node's sessions: (user, device) -> (platform, seq).
+    sessions: BTreeMap<(String, String), (fb::Platform, u64)>,
+    topics: BTreeSet<String>,
+    next_seq: u64,
+    next_generation: u64,
+    pending: HashMap<u64, PendingRoute, ahash::RandomState>,
+    outcomes: VecDeque<Outcome>,
+    /// Slots whose session operations a router with a newer map refused:
+    /// resynced at their owner once this node has that map.
+    stale_slots: BTreeMap<u16, u64>,
+    dedup: Dedup,
+    rng: u64,
+    /// Counters, for tests and reports.
+    pub stats: ClusterStats,
+}
+
+/// What the cluster logic did, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    pub resends: u64,
+    pub moved: u64,
+    pub unknown_retries: u64,
+    pub duplicates_dropped: u64,
+    pub resyncs: u64,
+    pub maps: u64,
+}
+
+impl ClusterNode {
+    pub fn new(mut config: ClusterConfig) -> Self {
+        config.node.acks = true;
+        let rng = config.node.incarnation | 1;
+        let mut node = ClusterNode {
+            map: None,
+            links: Vec::new(),
+            sessions: BTreeMap::new(),
+            topics: BTreeSet::new(),
+            next_seq: 1,
+            next_generation: 1,
+            pending: HashMap::default(),
+            outcomes: VecDeque::new(),
+            stale_slots: BTreeMap::new(),
+            dedup: Dedup::new(config.dedup_window),
+            rng,
+            stats: ClusterStats::default(),
+            config,
+        };
+        for addr in node.config.seeds.clone() {
+            node.add_link(addr, None, true);
+        }
+        node
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn map(&self) -> Option<&Arc<SlotMap>> {
+        self.map.as_ref()
+    }
+
+    /// Routes waiting for their final outcome.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The links, by id (a removed link leaves a hole).
+    pub fn links(&self) -> impl Iterator<Item = (LinkId, &Link)> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter_map(|(id, link)| link.as_ref().map(|link| (id, link)))
+    }
+
+    pub fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
+        self.links.get_mut(id).and_then(Option::as_mut)
+    }
+
+    fn add_link(&mut self, addr: String, router: Option<RouterId>, seed: bool) -> LinkId {
+        let link = Link {
+            addr,
+            router,
+            core: NodeCore::new(self.config.node.clone()),
+            state: LinkState::Down {
+                retry_at: Time::ZERO,
+            },
+            failures: 0,
+            resync: None,
+            refused: SlotSet::empty(),
+            seed,
+        };
+        // Ids are never reused: a driver holding a socket for a removed
+        // link finds it gone, not replaced.
+        self.links.push(Some(link));
+        self.links.len() - 1
+    }
+
+    fn link_of(&self, router: RouterId) -> Option<LinkId> {
+        self.links()
+            .find(|(_, link)| link.router == Some(router))
+            .map(|(id, _)| id)
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn jitter(&mut self, up_to: Duration) -> Duration {
+        let nanos = up_to.as_nanos() as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.random() % nanos)
+    }
+
+    // ----- Sockets ------------------------------------------------------------
+
+    /// Links to open a socket for now: (link, address). Each is then in
+    /// progress until [`ClusterNode::connected`] or
+    /// [`ClusterNode::connect_failed`].
+    pub fn connect_due(&mut self, now: Time) -> Vec<(LinkId, String)> {
+        let mut due = Vec::new();
+        for (id, link) in self.links.iter_mut().enumerate() {
+            let Some(link) = link else { continue };
+            if let LinkState::Down { retry_at } = link.state {
+                if now >= retry_at {
+                    link.state = LinkState::Connecting;
+                    due.push((id, link.addr.clone()));
+                }
+            }
+        }
+        due
+    }
+
+    /// A socket to `id` is open: the Hello goes out (a resume when the
+    /// link had a stream).
+    pub fn connected(&mut self, id: LinkId, now: Time) {
+        if let Some(link) = self.link_mut(id) {
+            link.core.connect(now);
+        }
+    }
+
+    /// The socket to `id` could not be opened.
+    pub fn connect_failed(&mut self, id: LinkId, now: Time) {
+        self.link_down(id, now);
+    }
+
+    /// The socket to `id` ended (or the driver gave up on it).
+    pub fn disconnected(&mut self, id: LinkId, now: Time) {
+        if let Some(link) = self.link_mut(id) {
+            link.core.connection_lost();
+        }
+        self.link_down(id, now);
+    }
+
+    fn link_down(&mut self, id: LinkId, now: Time) {
+        let (min, max) = (self.config.reconnect_min, self.config.reconnect_max);
+        let Some(link) = self.link_mut(id) else {
+            return;
+        };
+        link.failures = link.failures.saturating_add(1);
+        let exponent = link.failures.min(16) - 1;
+        let backoff = min.saturating_mul(1 << exponent).min(max);
+        let jitter = self.jitter(backoff / 2);
+        if let Some(link) = self.link_mut(id) {
+            link.state = LinkState::Down {
+                retry_at: now + backoff / 2 + jitter,
+            };
+        }
+    }
+
+    // ----- Time ---------------------------------------------------------------
+
+    /// The next time [`ClusterNode::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Time {
+        let mut next = Time::NEVER;
+        for (_, link) in self.links() {
+            if let LinkState::Down { retry_at } = link.state {
+                next = next.min(retry_at);
+            }
+            if let Some(resync) = &link.resync {
+                if link.is_live() {
+                    next = next.min(resync.at);
+                }
+            }
+        }
+        for pending in self.pending.values() {
+            if let Some(at) = pending.retry_at {
+                next = next.min(at);
+            }
+        }
+        next
+    }
+
+    /// Sends what is due: Routes to retry, resync batches.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.retry_at.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in due {
+            if let Some(pending) = self.pending.get_mut(&id) {
+                pending.retry_at = None;
+            }
+            self.dispatch(id, now);
+        }
+        for id in 0..self.links.len() {
+            self.resync_step(id, now);
+        }
+    }
+
+    // ----- Requests -----------------------------------------------------------
+
+    /// Routes a message: sent with ACK to the owner of `to_user`'s slot,
+    /// kept until its final outcome ([`ClusterNode::poll_outcome`]).
+    pub fn route(&mut self, route: &RouteFrame<'_>, now: Time) -> Result<(), RouteError> {
+        if self.pending.len() >= self.config.pending_max {
+            return Err(RouteError::Full);
+        }
+        if self.pending.contains_key(&route.message_id) {
+            return Err(RouteError::Duplicate);
+        }
+        let mut frame = Vec::new();
+        crate::wire::Encoder::write_route(
+            &mut frame,
+            &RouteFrame {
+                flags: route.flags | ROUTE_FLAG_ACK,
+                ..*route
+            },
+        );
+        self.pending.insert(
+            route.message_id,
+            PendingRoute {
+                frame,
+                slot: slot_for_user(route.to_user.as_bytes()),
+                sent_to: None,
+                wait_epoch: 0,
+                retry_at: None,
+                unknowns: 0,
+                sends: 0,
+            },
+        );
+        self.dispatch(route.message_id, now);
+        Ok(())
+    }
+
+    /// Sends pending Route `id` to its slot's owner, if the node knows one.
+    fn dispatch(&mut self, id: u64, now: Time) {
+        let Some(pending) = self.pending.get(&id) else {
+            return;
+        };
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        if pending.retry_at.is_some() || pending.wait_epoch > epoch {
+            return;
+        }
+        let Some(owner) = self.owner(pending.slot) else {
+            return;
+        };
+        let Some(link_id) = self.link_of(owner) else {
+            return;
+        };
+        let link = self.links[link_id].as_mut().expect("found");
+        let pending = self.pending.get_mut(&id).expect("present");
+        if pending.sends > 0 {
+            self.stats.resends += 1;
+        }
+        pending.sends += 1;
+        pending.sent_to = Some(owner);
+        link.core.route_encoded(id, &pending.frame, now);
+    }
+
+    /// The owner of `slot` in the newest map.
+    fn owner(&self, slot: u16) -> Option<RouterId> {
+        self.map.as_ref().map(|map| map.owner_id(slot))
+    }
+
+    /// The link of the owner of `key`'s slot.
+    fn owner_link(&mut self, key: &str) -> Option<&mut Link> {
+        let owner = self.owner(slot_for_user(key.as_bytes()))?;
+        let id = self.link_of(owner)?;
+        self.link_mut(id)
+    }
+
+    /// The next final outcome of a Route.
+    pub fn poll_outcome(&mut self) -> Option<Outcome> {
+        self.outcomes.pop_front()
+    }
+
+    /// Opens a session (the node's truth; sent to the owner of its slot).
+    pub fn open(&mut self, user: &str, device: &str, platform: fb::Platform) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sessions
+            .insert((user.to_owned(), device.to_owned()), (platform, seq));
+        if let Some(link) = self.owner_link(user) {
+            link.core.open_with_seq(user, device, platform, seq);
+        }
+        seq
+    }
+
+    /// Closes a session.
+    pub fn close(&mut self, user: &str, device: &str) {
+        let Some((_, seq)) = self.sessions.remove(&(user.to_owned(), device.to_owned())) else {
+            return;
+        };
+        if let Some(link) = self.owner_link(user) {
+            link.core.close(user, device, seq);
+        }
+    }
+
+    pub fn subscribe(&mut self, topic: &str) {
+        if self.topics.insert(topic.to_owned()) {
+            if let Some(link) = self.owner_link(topic) {
+                link.core.subscribe(topic, 0);
+            }
+        }
+    }
+
+    pub fn unsubscribe(&mut self, topic: &str) {
+        if self.topics.remove(topic) {
+            if let Some(link) = self.owner_link(topic) {
+                link.core.unsubscribe(topic);
+            }
+        }
+    }
+
+    /// Asks where `user` is (the answer, or a Moved, comes on some link).
+    pub fn locate(&mut self, query_id: u64, user: &str) {
+        if let Some(link) = self.owner_link(user) {
+            link.core.locate(query_id, user);
+        }
+    }
+
+    /// A Broadcast goes through any one live router (each has every node).
+    pub fn broadcast(&mut self, payload: &[u8]) -> bool {
+        let live = self.links.iter_mut().flatten().find(|link| link.is_live());
+        match live {
+            Some(link) => {
+                link.core.broadcast(payload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ----- What links receive ---------------------------------------------------
+
+    /// Takes the next frame link `id` received, handling what belongs to
+    /// the cluster logic. `None`: nothing more buffered on that link.
+    pub fn poll_link(&mut self, id: LinkId, now: Time) -> Option<Result<Polled<'_>, NodeError>> {
+        // Decide on an owned summary first, then hand out the borrowed
+        // frame only when it is for the application.
+        let summary = {
+            let link = self.links.get_mut(id)?.as_mut()?;
+            match link.core.poll_incoming()? {
+                Err(error) => Summary::Error(error),
+                Ok(incoming) => summarize(&incoming),
+            }
+        };
+        match summary {
+            Summary::Error(error) => {
+                return Some(Err(error));
+            }
+            Summary::Welcome => {
+                self.welcomed(id, now);
+                return Some(Ok(Polled::Handled));
+            }
+            Summary::Map { resync } => {
+                self.map_frame(id, resync, now);
+                return Some(Ok(Polled::Handled));
+            }
+            Summary::Status(status) => {
+                self.status(id, status, now);
+                return Some(Ok(Polled::Handled));
+            }
+            Summary::Moved(moved) => {
+                self.moved(id, moved, now);
+                return Some(Ok(Polled::Handled));
+            }
+            Summary::Deliver { key } => {
+                if let Some(key) = key {
+                    if !self.dedup.insert(key) {
+                        self.stats.duplicates_dropped += 1;
+                        return Some(Ok(Polled::Handled));
+                    }
+                }
+            }
+            Summary::FanoutDeliver { keys } => {
+                let fresh: Vec<bool> = keys
+                    .iter()
+                    .map(|key| key.is_none_or(|key| self.dedup.insert(key)))
+                    .collect();
+                if !fresh.iter().any(|&fresh| fresh) {
+                    self.stats.duplicates_dropped += 1;
+                    return Some(Ok(Polled::Handled));
+                }
+                let link = self.links[id].as_mut().expect("polled");
+                let Some(Ok(Incoming::FanoutDeliver(deliver))) = link.core.repeat_incoming() else {
+                    unreachable!("the frame just summarized")
+                };
+                return Some(Ok(Polled::FanoutDeliver(deliver, fresh)));
+            }
+            Summary::Control(incoming) => return Some(Ok(Polled::Frame(incoming))),
+            Summary::Pass => {}
+        }
+        let link = self.links[id].as_mut().expect("polled");
+        Some(link.core.repeat_incoming()?.map(Polled::Frame))
+    }
+
+    /// A Welcome on link `id`: learn the router and the map; a stream that
+    /// was not resumed lost what was sent on it.
+    fn welcomed(&mut self, id: LinkId, now: Time) {
+        let link = self.links[id].as_mut().expect("polled");
+        link.state = LinkState::Live;
+        link.failures = 0;
+        let welcome = link.core.welcome().expect("welcomed").clone();
+        link.router = Some(welcome.member);
+        link.seed = false;
+        if let Some(map) = welcome.map.clone() {
+            self.install_map(map, now);
+        }
+        if welcome.resumed {
+            return;
+        }
+        // A new stream: the Routes sent on the old one have no outcome
+        // coming; everything this router owns is resynced.
+        let link = self.links[id].as_mut().expect("polled");
+        let lost: Vec<u64> = link.core.take_pending();
+        for message in lost {
+            if let Some(pending) = self.pending.get_mut(&message) {
+                pending.sent_to = None;
+            }
+            self.dispatch(message, now);
+        }
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        self.schedule_resync(id, SlotSet::empty(), true, epoch, now);
+        self.resubscribe(id, None);
+    }
+
+    /// A SlotMap frame on link `id` (whose core still holds it).
+    fn map_frame(&mut self, id: LinkId, resync: Vec<(u16, u16)>, now: Time) {
+        let link = self.links[id].as_mut().expect("polled");
+        let Some(Ok(Incoming::SlotMap(table))) = link.core.repeat_incoming() else {
+            unreachable!("the frame just summarized")
+        };
+        let Ok((map, _)) = SlotMap::from_wire(table) else {
+            return; // summarize checked it
+        };
+        let epoch = map.epoch();
+        self.install_map(Arc::new(map), now);
+        if !resync.is_empty() {
+            let scope = SlotSet::from_spans(&resync);
+            self.schedule_resync(id, scope.clone(), false, epoch, now);
+            self.resubscribe(id, Some(&scope));
+        }
+    }
+
+    /// Keeps `map` if it is newer: links for its routers, and every Route
+    /// whose owner changed goes to its new owner.
+    fn install_map(&mut self, map: Arc<SlotMap>, now: Time) {
+        let current = self.map.as_ref().map_or(0, |map| map.epoch());
+        if map.epoch() <= current && self.map.is_some() {
+            return;
+        }
+        self.stats.maps += 1;
+        self.map = Some(map.clone());
+        // A link per router of the map; seeds and routers gone are dropped
+        // (a router alone lists its --listen address: its seed link is it).
+        let single = map.routers().len() == 1;
+        for router in map.routers() {
+            if self.link_of(router.id).is_none() {
+                let seed = self.links().find(|(_, link)| link.seed).map(|(id, _)| id);
+                if let (true, Some(id)) = (single, seed) {
+                    let link = self.links[id].as_mut().expect("found");
+                    link.router = Some(router.id);
+                    link.seed = false;
+                    continue;
+                }
+                self.add_link(router.addr.clone(), Some(router.id), false);
+            }
+        }
+        // Links to routers gone from the map, and seeds not needed any
+        // more, go (the driver closes their sockets).
+        for slot in self.links.iter_mut() {
+            let gone = slot.as_ref().is_some_and(|link| match link.router {
+                Some(id) => map.router(id).is_none(),
+                None => link.seed && link.state != LinkState::Connecting,
+            });
+            if gone {
+                *slot = None;
+            }
+        }
+        let stale: Vec<u16> = self
+            .stale_slots
+            .iter()
+            .filter(|(_, &epoch)| epoch <= map.epoch())
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in stale {
+            self.stale_slots.remove(&slot);
+            self.resync_slot_at_owner(slot, Duration::ZERO, now);
+        }
+        let moved: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent_to.is_none_or(|to| to != map.owner_id(p.slot)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in moved {
+            self.dispatch(id, now);
+        }
+    }
+
+    /// The verdict on a Route (or a Fanout) from link `id`.
+    fn status(&mut self, id: LinkId, status: StatusSummary, now: Time) {
+        let from = self.links[id].as_ref().and_then(|link| link.router);
+        let Some(pending) = self.pending.get_mut(&status.message_id) else {
+            return;
+        };
+        if pending.sent_to != from {
+            // From a router it is no longer waiting on (it was sent again
+            // elsewhere): the other verdict counts.
+            return;
+        }
+        match status.verdict {
+            fb::Verdict::Moved => {
+                self.stats.moved += 1;
+                pending.sent_to = None;
+                pending.wait_epoch = status.epoch;
+                self.dispatch(status.message_id, now);
+                return;
+            }
+            fb::Verdict::Unknown if pending.unknowns < self.config.unknown_retries => {
+                pending.unknowns += 1;
+                pending.sent_to = None;
+                let exponent = (pending.unknowns - 1).min(4);
+                let delay = self.config.retry_delay.saturating_mul(1 << exponent);
+                self.stats.unknown_retries += 1;
+                let jitter = self.jitter(delay / 2);
+                let pending = self.pending.get_mut(&status.message_id).expect("present");
+                pending.retry_at = Some(now + delay / 2 + jitter);
+                return;
+            }
+            _ => {}
+        }
+        let pending = self.pending.remove(&status.message_id).expect("present");
+        self.outcomes.push_back(Outcome {
+            message_id: status.message_id,
+            verdict: status.verdict,
+            reason: status.reason,
+            sends: pending.sends,
+        });
+    }
+
+    /// A request link `id` did not serve.
+    fn moved(&mut self, id: LinkId, moved: MovedSummary, now: Time) {
+        self.stats.moved += 1;
+        let slot = moved.slot;
+        let request = fb::Body(moved.request);
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        let refuser = self.links[id].as_ref().and_then(|link| link.router);
+        match request {
+            fb::Body::SessionOpen | fb::Body::SessionClose => {
+                // The session's state is this node's: the owner gets it in
+                // a resync of that slot, now if this node's map names
+                // another owner, else once a map at least as new as the
+                // router's does, or (the router refused its own slot:
+                // fenced, or the slot is on its way) after a while.
+                if moved.epoch > epoch {
+                    self.stale_slots.insert(slot, moved.epoch);
+                } else if self.owner(slot) != refuser {
+                    self.resync_slot_at_owner(slot, Duration::ZERO, now);
+                } else {
+                    self.resync_slot_at_owner(slot, self.config.retry_delay, now);
+                }
+            }
+            fb::Body::Subscribe => {
+                if let Some(topic) = moved.key.filter(|topic| self.topics.contains(topic)) {
+                    if let Some(link) = self.owner_link(&topic) {
+                        link.core.subscribe(&topic, 0);
+                    }
+                }
+            }
+            // Unsubscribe: the owner never had it. Locate and Publish are
+            // the application's to retry (it sees no answer).
+            _ => {}
+        }
+    }
+
+    // ----- Resync ---------------------------------------------------------------
+
+    /// Resyncs `slot` at its owner's link, after `delay`.
+    fn resync_slot_at_owner(&mut self, slot: u16, delay: Duration, now: Time) {
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        let Some(target) = self.owner(slot).and_then(|owner| self.link_of(owner)) else {
+            return;
+        };
+        let link = self.links[target].as_mut().expect("a link");
+        link.refused.insert(slot);
+        let scope = std::mem::replace(&mut link.refused, SlotSet::empty());
+        self.schedule_resync_after(target, scope, epoch, now + delay);
+    }
+
+    fn schedule_resync(&mut self, id: LinkId, scope: SlotSet, full: bool, epoch: u64, now: Time) {
+        let jitter = self.jitter(self.config.resync_jitter);
+        self.merge_resync(id, scope, full, epoch, now + jitter);
+    }
+
+    fn schedule_resync_after(&mut self, id: LinkId, scope: SlotSet, epoch: u64, at: Time) {
+        self.merge_resync(id, scope, false, epoch, at);
+    }
+
+    fn merge_resync(&mut self, id: LinkId, scope: SlotSet, full: bool, epoch: u64, at: Time) {
+        let Some(link) = self.link_mut(id) else {
+            return;
+        };
+        match &mut link.resync {
+            Some(resync) if !resync.started => {
+                resync.scope.union_with(&scope);
+                resync.full |= full;
+                resync.epoch = resync.epoch.max(epoch);
+                resync.at = resync.at.min(at);
+            }
+            _ => {
+                // A resync in flight is replaced: the new snapshot lists
+                // everything in both scopes (the router ends the old one
+                // unfinished).
+                let (mut scope, mut full) = (scope, full);
+                if let Some(old) = link.resync.take() {
+                    scope.union_with(&old.scope);
+                    full |= old.full;
+                }
+                link.resync = Some(Resync {
+                    scope,
+                    full,
+                    epoch,
+                    at,
+                    sessions: Vec::new(),
+                    sent: 0,
+                    started: false,
+                });
+            }
+        }
+    }
+
+    /// Sends the next batch of link `id`'s resync, if it is due.
+    fn resync_step(&mut self, id: LinkId, now: Time) {
+        let Some(Some(link)) = self.links.get(id) else {
+            return;
+        };
+        let due = link.is_live() && link.resync.as_ref().is_some_and(|r| r.at <= now);
+        if !due {
+            return;
+        }
+        let router = link.router;
+        let map = self.map.clone();
+        let owned = |slot: u16| match (&map, router) {
+            (Some(map), Some(router)) => map.owner_id(slot) == router,
+            _ => true,
+        };
+        let link = self.links[id].as_mut().expect("checked");
+        let resync = link.resync.as_mut().expect("checked");
+        if !resync.started {
+            resync.started = true;
+            let (scope, full) = (&resync.scope, resync.full);
+            resync.sessions = self
+                .sessions
+                .iter()
+                .filter(|((user, _), _)| {
+                    let slot = slot_for_user(user.as_bytes());
+                    (full || scope.contains(slot)) && owned(slot)
+                })
+                .map(|((user, device), &(platform, seq))| {
+                    (user.clone(), device.clone(), platform, seq)
+                })
+                .collect();
+            self.stats.resyncs += 1;
+        }
+        let batch = self.config.resync_batch.max(1);
+        let end = (resync.sent + batch).min(resync.sessions.len());
+        let chunk: Vec<(&str, &str, fb::Platform, u64)> = resync.sessions[resync.sent..end]
+            .iter()
+            .map(|(u, d, p, s)| (u.as_str(), d.as_str(), *p, *s))
+            .collect();
+        let last = end == resync.sessions.len();
+        let scope = if resync.full {
+            Vec::new()
+        } else {
+            resync.scope.spans()
+        };
+        if resync.sent == 0 {
+            self.next_generation += 1;
+        }
+        let generation = self.next_generation;
+        link.core
+            .sync_batch(generation, &chunk, last, &scope, resync.epoch);
+        resync.sent = end;
+        resync.at = now + self.config.resync_interval;
+        if last {
+            link.resync = None;
+        }
+    }
+
+    /// Subscribes again, on link `id`, to the topics it owns (in `scope`).
+    fn resubscribe(&mut self, id: LinkId, scope: Option<&SlotSet>) {
+        let map = self.map.clone();
+        let Some(link) = self.links.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        for topic in &self.topics {
+            let slot = slot_for_user(topic.as_bytes());
+            let owned = match (&map, link.router) {
+                (Some(map), Some(router)) => map.owner_id(slot) == router,
+                _ => true,
+            };
+            if owned && scope.is_none_or(|scope| scope.contains(slot)) {
+                link.core.subscribe(topic, 0);
+            }
+        }
+    }
+}
+
+/// What a frame is, as far as the cluster logic cares, owned.
+enum Summary {
+    Error(NodeError),
+    Welcome,
+    Map {
+        resync: Vec<(u16, u16)>,
+    },
+    Status(StatusSummary),
+    Moved(MovedSummary),
+    Deliver {
+        key: Option<u64>,
+    },
+    FanoutDeliver {
+        keys: Vec<Option<u64>>,
+    },
+    /// A frame with nothing borrowed (Ping, Pong, Ack): handed on as is
+    /// (the core may have consumed it already).
+    Control(Incoming<'static>),
+    Pass,
+}
+
+struct StatusSummary {
+    message_id: u64,
+    verdict: fb::Verdict,
+    reason: fb::Reason,
+    epoch: u64,
+}
+
+struct MovedSummary {
+    request: u8,
+    key: Option<String>,
+    slot: u16,
+    epoch: u64,
+}
+
+fn summarize(incoming: &Incoming<'_>) -> Summary {
+    match incoming {
+        Incoming::Welcome { .. } => Summary::Welcome,
+        Incoming::SlotMap(table) => match SlotMap::from_wire(*table) {
+            Ok((_, resync)) => Summary::Map { resync },
+            Err(error) => Summary::Error(NodeError::Map(error)),
+        },
+        Incoming::Status { status, .. } | Incoming::FanoutStatus(status) => {
+            Summary::Status(StatusSummary {
+                message_id: status.message_id(),
+                verdict: status.verdict(),
+                reason: status.reason(),
+                epoch: status.epoch(),
+            })
+        }
+        Incoming::Moved(moved) => Summary::Moved(MovedSummary {
+            request: moved.request(),
+            key: moved.key().map(str::to_owned),
+            slot: moved.slot(),
+            epoch: moved.epoch(),
+        }),
+        Incoming::Deliver(deliver) => Summary::Deliver {
+            key: dedup_key(
+                deliver.origin(),
+                deliver.message_id(),
+                deliver.to_user().unwrap_or(""),
+                deliver.flags() & ROUTE_FLAG_CARBON != 0,
+            ),
+        },
+        Incoming::FanoutDeliver(deliver) => Summary::FanoutDeliver {
+            keys: deliver
+                .recipients()
+                .iter()
+                .flatten()
+                .map(|user| dedup_key(deliver.origin(), deliver.message_id(), user, false))
+                .collect(),
+        },
+        Incoming::Ping { nonce } => Summary::Control(Incoming::Ping { nonce: *nonce }),
+        Incoming::Pong { nonce } => Summary::Control(Incoming::Pong { nonce: *nonce }),
+        Incoming::Ack { received } => Summary::Control(Incoming::Ack {
+            received: *received,
+        }),
+        _ => Summary::Pass,
+    }
+}
+
+/// The key of one copy of a message for one recipient (None: the sender
+/// is not known, nothing to compare).
+fn dedup_key(origin: u64, message_id: u64, user: &str, carbon: bool) -> Option<u64> {
+    if origin == 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(17 + user.len());
+    bytes.extend_from_slice(&origin.to_le_bytes());
+    bytes.extend_from_slice(&message_id.to_le_bytes());
+    bytes.push(u8::from(carbon));
+    bytes.extend_from_slice(user.as_bytes());
+    Some(xxh64(&bytes, 0x1d3d))
+}
+
+/// The last `capacity` keys seen, in order.
+struct Dedup {
+    capacity: usize,
+    order: VecDeque<u64>,
+    seen: HashSet<u64, ahash::RandomState>,
+}
+
+impl Dedup {
+    fn new(capacity: usize) -> Self {
+        Dedup {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            seen: HashSet::default(),
+        }
+    }
+
+    /// Remembers `key`; false when it was already remembered.
+    fn insert(&mut self, key: u64) -> bool {
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            let old = self.order.pop_front().expect("not empty");
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("addr", &self.addr)
+            .field("router", &self.router)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl State {
+    /// Whether the connection has completed its handshake.
+    pub fn is_live(self) -> bool {
+        self == State::Live
+    }
+}

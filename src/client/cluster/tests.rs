@@ -1,0 +1,454 @@
+//! Nodes running [`ClusterNode`] against member routers (one shard each,
+//! their cores driven in memory): the map is learnt from any router, each
+//! request goes to its slot's owner, and what a router loses on the way
+//! is sent again and deduplicated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::cluster::map::{RouterInfo, SlotMap, SlotRange};
+use crate::config::{Config, ServeArgs};
+use crate::core::batch::CLASSES;
+use crate::core::conns::ConnId;
+use crate::core::directory::Directory;
+use crate::core::slots::ClusterView;
+use crate::core::ShardCore;
+use crate::wire::{check, Check};
+
+struct Router {
+    id: RouterId,
+    addr: String,
+    core: ShardCore,
+    up: bool,
+}
+
+/// A connection between a node's link and a router.
+struct Wire {
+    router: usize,
+    /// None until the Hello arrived.
+    conn: Option<ConnId>,
+}
+
+struct Net {
+    now: Time,
+    routers: Vec<Router>,
+    nodes: Vec<ClusterNode>,
+    wires: HashMap<(usize, LinkId), Wire>,
+    /// What each node's application saw: (message id, to_user).
+    delivered: Vec<Vec<(u64, String)>>,
+    outcomes: Vec<Vec<Outcome>>,
+    /// Nodes whose incoming bytes stay in the routers for now.
+    deaf: Vec<usize>,
+}
+
+fn router_info(id: RouterId) -> RouterInfo {
+    RouterInfo {
+        id,
+        name: format!("r{id}"),
+        addr: format!("10.0.0.{id}:7800"),
+        shards: 1,
+    }
+}
+
+/// A map giving each router one contiguous range, in order.
+fn map(epoch: u64, owners: &[(RouterId, u16, u16)]) -> Arc<SlotMap> {
+    let routers: Vec<RouterInfo> = owners.iter().map(|&(id, ..)| router_info(id)).collect();
+    let mut routers_unique: Vec<RouterInfo> = Vec::new();
+    for router in routers {
+        if !routers_unique.iter().any(|r| r.id == router.id) {
+            routers_unique.push(router);
+        }
+    }
+    let ranges: Vec<SlotRange> = owners
+        .iter()
+        .map(|&(router, first, last)| SlotRange {
+            first,
+            last,
+            router,
+            shard: 0,
+        })
+        .collect();
+    Arc::new(SlotMap::from_ranges(epoch, routers_unique, &ranges).unwrap())
+}
+
+impl Net {
+    fn new(router_ids: &[RouterId]) -> Net {
+        let now = Time::from_millis(1);
+        let routers = router_ids
+            .iter()
+            .map(|&id| {
+                let mut args = ServeArgs::defaults();
+                args.listen = "127.0.0.1:0".into();
+                args.shards = Some(1);
+                args.warmup_ms = Some(0);
+                args.etcd = vec!["http://127.0.0.1:2379".into()];
+                args.cluster = Some("test".into());
+                args.advertise = Some(router_info(id).addr);
+                let config = Arc::new(Config::from_args(&args).unwrap());
+                let directory = Arc::new(Directory::new(config.nodes_max as usize, 1));
+                Router {
+                    id,
+                    addr: router_info(id).addr,
+                    core: ShardCore::new(0, config, directory, id, now),
+                    up: true,
+                }
+            })
+            .collect();
+        Net {
+            now,
+            routers,
+            nodes: Vec::new(),
+            wires: HashMap::new(),
+            delivered: Vec::new(),
+            outcomes: Vec::new(),
+            deaf: Vec::new(),
+        }
+    }
+
+    /// Every router applies `map` (each its own part, all released).
+    fn apply(&mut self, map: &Arc<SlotMap>, previous: Option<&Arc<SlotMap>>) {
+        for router in &mut self.routers {
+            if !router.up {
+                continue;
+            }
+            let mine = map.slots_of(router.id);
+            let mut gained = mine.clone();
+            if let Some(previous) = previous {
+                gained.subtract(&previous.slots_of(router.id));
+            }
+            let view = ClusterView {
+                map: Some(map.clone()),
+                me: router.id,
+                released: Arc::new(mine),
+                gained: Arc::new(gained),
+                fence: Time::NEVER,
+            };
+            router.core.apply_view(&view, self.now);
+        }
+    }
+
+    fn add_node(&mut self, name: &str, seed: RouterId) -> usize {
+        let mut config = NodeConfig::new(name, 100 + self.nodes.len() as u64);
+        config.acks = true;
+        let mut cluster = ClusterConfig::new(config, vec![router_info(seed).addr]);
+        cluster.resync_jitter = Duration::from_millis(5);
+        self.nodes.push(ClusterNode::new(cluster));
+        self.delivered.push(Vec::new());
+        self.outcomes.push(Vec::new());
+        self.nodes.len() - 1
+    }
+
+    fn kill(&mut self, router: usize) {
+        self.routers[router].up = false;
+        let gone: Vec<(usize, LinkId)> = self
+            .wires
+            .iter()
+            .filter(|(_, wire)| wire.router == router)
+            .map(|(&key, _)| key)
+            .collect();
+        for (node, link) in gone {
+            self.wires.remove(&(node, link));
+            self.nodes[node].disconnected(link, self.now);
+        }
+    }
+
+    /// Moves bytes and runs timers until nothing moves, then advances
+    /// time by `step` up to `duration`.
+    fn run(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        loop {
+            self.pump();
+            if self.now >= end {
+                break;
+            }
+            self.now += Duration::from_millis(5);
+            for node in &mut self.nodes {
+                if node.poll_timeout() <= self.now {
+                    node.handle_timeout(self.now);
+                }
+            }
+            for router in self.routers.iter_mut().filter(|r| r.up) {
+                router.core.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let now = self.now;
+            // Sockets.
+            for n in 0..self.nodes.len() {
+                for (link, addr) in self.nodes[n].connect_due(now) {
+                    match self.routers.iter().position(|r| r.addr == addr && r.up) {
+                        Some(router) => {
+                            self.nodes[n].connected(link, now);
+                            self.wires.insert((n, link), Wire { router, conn: None });
+                        }
+                        None => self.nodes[n].connect_failed(link, now),
+                    }
+                    moved = true;
+                }
+            }
+            // Links the node dropped close their sockets.
+            let dropped: Vec<(usize, LinkId)> = self
+                .wires
+                .keys()
+                .copied()
+                .filter(|&(n, link)| self.nodes[n].link_mut(link).is_none())
+                .collect();
+            for key in dropped {
+                let wire = self.wires.remove(&key).unwrap();
+                if let Some(conn) = wire.conn {
+                    let core = &mut self.routers[wire.router].core;
+                    core.socket_lost(conn, crate::core::Lost::Closed, now);
+                    core.socket_released(conn, now);
+                }
+            }
+            // Node to router.
+            let keys: Vec<(usize, LinkId)> = self.wires.keys().copied().collect();
+            for (n, link) in keys {
+                let bytes = match self.nodes[n].link_mut(link) {
+                    Some(link) => link.core.take_transmit(),
+                    None => continue,
+                };
+                if bytes.is_empty() {
+                    continue;
+                }
+                moved = true;
+                let wire = self.wires.get_mut(&(n, link)).unwrap();
+                let core = &mut self.routers[wire.router].core;
+                let mut rest = &bytes[..];
+                if wire.conn.is_none() {
+                    let Check::Complete(len) = check(rest, u32::MAX) else {
+                        panic!("a partial Hello")
+                    };
+                    let hello = core.hello(&rest[..len]).expect("a valid Hello");
+                    core.place(&hello).expect("one shard");
+                    let Ok(conn) = core.open(hello, None, now) else {
+                        panic!("refused")
+                    };
+                    wire.conn = Some(conn);
+                    rest = &rest[len..];
+                }
+                if !rest.is_empty() {
+                    core.receive(wire.conn.unwrap(), rest, now);
+                }
+            }
+            // Routers' own batches (one shard: back to itself).
+            for router in self.routers.iter_mut().filter(|r| r.up) {
+                loop {
+                    let mut any = false;
+                    for class in CLASSES {
+                        while let Some(batch) = router.core.take_batch(0, class) {
+                            router.core.handle_batch(&batch, now);
+                            router.core.recycle_batch(batch);
+                            any = true;
+                        }
+                    }
+                    while router.core.has_work() {
+                        router.core.step(now);
+                        any = true;
+                    }
+                    if !any {
+                        break;
+                    }
+                }
+                let mut woken = Vec::new();
+                router.core.take_wakes(&mut woken);
+            }
+            // Router to node.
+            let keys: Vec<(usize, LinkId)> = self.wires.keys().copied().collect();
+            for (n, link) in keys {
+                let wire = &self.wires[&(n, link)];
+                let Some(conn) = wire.conn else { continue };
+                if self.deaf.contains(&n) {
+                    continue;
+                }
+                let core = &mut self.routers[wire.router].core;
+                let mut bytes = Vec::new();
+                loop {
+                    let out = core.writable(conn);
+                    if out.is_empty() {
+                        break;
+                    }
+                    let len = out.len();
+                    bytes.extend_from_slice(out);
+                    core.wrote(conn, len, now);
+                }
+                if bytes.is_empty() {
+                    continue;
+                }
+                moved = true;
+                let node = &mut self.nodes[n];
+                node.link_mut(link).unwrap().core.receive(&bytes, now);
+                while let Some(polled) = node.poll_link(link, now) {
+                    match polled.expect("a valid frame") {
+                        Polled::Frame(Incoming::Deliver(deliver)) => self.delivered[n].push((
+                            deliver.message_id(),
+                            deliver.to_user().unwrap_or("").to_owned(),
+                        )),
+                        Polled::Frame(Incoming::Error { code, text }) => {
+                            panic!("router error {code:?}: {text}")
+                        }
+                        _ => {}
+                    }
+                }
+                while let Some(outcome) = node.poll_outcome() {
+                    self.outcomes[n].push(outcome);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the network never settles");
+    }
+
+    fn route(&mut self, node: usize, id: u64, to: &str) {
+        let frame = RouteFrame {
+            message_id: id,
+            from_user: "sender",
+            from_device: "phone",
+            to_user: to,
+            to_device: None,
+            flags: 0,
+            payload: b"hello",
+        };
+        self.nodes[node].route(&frame, self.now).expect("room");
+    }
+}
+
+/// A user id whose slot `pick` accepts.
+fn user_where(prefix: &str, pick: impl Fn(u16) -> bool) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|user| pick(slot_for_user(user.as_bytes())))
+        .expect("some id lands there")
+}
+
+/// A node told one router learns the map from it, connects to the other,
+/// and each request goes to its slot's owner: Routes to users on both
+/// routers are delivered once and each has one outcome.
+#[test]
+fn a_node_learns_the_map_and_sends_each_request_to_its_owner() {
+    let mut net = Net::new(&[7, 9]);
+    let first = map(1, &[(7, 0, 8191), (9, 8192, 16383)]);
+    net.apply(&first, None);
+    let holder = net.add_node("holder", 7);
+    let sender = net.add_node("sender", 9);
+    net.run(Duration::from_millis(50));
+    for node in &net.nodes {
+        assert_eq!(node.map().map(|m| m.epoch()), Some(1));
+        assert_eq!(node.links().filter(|(_, l)| l.is_live()).count(), 2);
+    }
+    let on7 = user_where("a", |slot| slot < 8192);
+    let on9 = user_where("b", |slot| slot >= 8192);
+    net.nodes[holder].open(&on7, "phone", fb::Platform::Mobile);
+    net.nodes[holder].open(&on9, "phone", fb::Platform::Mobile);
+    net.run(Duration::from_millis(20));
+    assert_eq!(net.routers[0].core.table().session_count(), 1);
+    assert_eq!(net.routers[1].core.table().session_count(), 1);
+    net.route(sender, 1, &on7);
+    net.route(sender, 2, &on9);
+    net.run(Duration::from_millis(20));
+    let mut delivered = net.delivered[holder].clone();
+    delivered.sort();
+    assert_eq!(delivered, [(1, on7.clone()), (2, on9.clone())]);
+    let verdicts: Vec<_> = net.outcomes[sender]
+        .iter()
+        .map(|o| (o.message_id, o.verdict, o.sends))
+        .collect();
+    assert_eq!(verdicts.len(), 2);
+    assert!(verdicts
+        .iter()
+        .all(|&(_, v, sends)| v == fb::Verdict::Routed && sends == 1));
+}
+
+/// A router dies with Routes in flight: the next map gives its slots to
+/// the survivor, which answers Unknown until the holder's scoped resync
+/// is in; the sender's Routes are sent again and end Routed, each
+/// delivered once, never Offline.
+#[test]
+fn routes_survive_a_router_dying_and_its_slots_moving() {
+    let mut net = Net::new(&[7, 9]);
+    let first = map(1, &[(7, 0, 8191), (9, 8192, 16383)]);
+    net.apply(&first, None);
+    let holder = net.add_node("holder", 7);
+    let sender = net.add_node("sender", 7);
+    net.run(Duration::from_millis(50));
+    let users: Vec<String> = (0..20)
+        .map(|i| user_where(&format!("u{i}"), |slot| slot >= 8192))
+        .collect();
+    for user in &users {
+        net.nodes[holder].open(user, "phone", fb::Platform::Web);
+    }
+    net.run(Duration::from_millis(20));
+    assert_eq!(net.routers[1].core.table().session_count(), 20);
+    // Router 9 dies; the sender routes meanwhile (to router 9's link,
+    // which is down).
+    net.kill(1);
+    for (i, user) in users.iter().enumerate() {
+        net.route(sender, 100 + i as u64, user);
+    }
+    net.run(Duration::from_millis(100));
+    assert!(
+        net.outcomes[sender].is_empty(),
+        "nothing decides without a map"
+    );
+    // The controller's next map: everything to router 7.
+    let second = map(2, &[(7, 0, 16383)]);
+    net.apply(&second, Some(&first));
+    net.run(Duration::from_secs(3));
+    let outcomes = &net.outcomes[sender];
+    assert_eq!(outcomes.len(), 20, "{outcomes:?}");
+    for outcome in outcomes {
+        assert_eq!(outcome.verdict, fb::Verdict::Routed, "{outcome:?}");
+    }
+    let mut delivered: Vec<u64> = net.delivered[holder].iter().map(|(id, _)| *id).collect();
+    delivered.sort();
+    assert_eq!(delivered, (100..120).collect::<Vec<u64>>());
+    assert_eq!(net.routers[0].core.table().session_count(), 20);
+    let stats = net.nodes[sender].stats;
+    assert!(stats.resends >= 20, "{stats:?}");
+    // Until the holder's resync was in, router 7 said Unknown, not Offline.
+    assert!(stats.unknown_retries > 0, "{stats:?}");
+}
+
+/// A router delivers a message and dies before the sender hears the
+/// verdict: the sender sends it again to the new owner, which delivers it
+/// again; the recipient's node drops the copy, so its application sees it
+/// once, and the sender sees one outcome.
+#[test]
+fn a_message_sent_again_after_a_router_died_is_seen_once() {
+    let mut net = Net::new(&[7, 9]);
+    let first = map(1, &[(7, 0, 8191), (9, 8192, 16383)]);
+    net.apply(&first, None);
+    let holder = net.add_node("holder", 7);
+    let sender = net.add_node("sender", 7);
+    net.run(Duration::from_millis(50));
+    let user = user_where("u", |slot| slot >= 8192);
+    net.nodes[holder].open(&user, "phone", fb::Platform::Web);
+    net.run(Duration::from_millis(20));
+    net.deaf.push(sender);
+    net.route(sender, 5, &user);
+    net.run(Duration::from_millis(20));
+    assert_eq!(net.delivered[holder], [(5, user.clone())]);
+    net.kill(1);
+    net.deaf.clear();
+    let second = map(2, &[(7, 0, 16383)]);
+    net.apply(&second, Some(&first));
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.delivered[holder], [(5, user.clone())], "seen once");
+    assert_eq!(net.nodes[holder].stats.duplicates_dropped, 1);
+    // Sent to router 9, then to router 7 (and again after its Unknown,
+    // while the holder's resync was not in).
+    let outcomes: Vec<_> = net.outcomes[sender]
+        .iter()
+        .map(|o| (o.message_id, o.verdict))
+        .collect();
+    assert_eq!(outcomes, [(5, fb::Verdict::Routed)]);
+    assert!(net.outcomes[sender][0].sends >= 2);
+}
