@@ -324,3 +324,10 @@ pub const LEASE_TTL_MS_MAX: u64 = 600_000;
 /// `--rebuild-timeout-ms`: how long a slot a router gained waits for the
 /// nodes' resyncs at most.
 pub const REBUILD_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Slots the controller moves to a new (or less loaded) router per epoch:
+/// each batch's resyncs are small, and one epoch is settled (every router
+/// applied it) before the next.
+pub const REBALANCE_BATCH_SLOTS: usize = 1024;
+/// Least time between two rebalancing epochs.
+pub const REBALANCE_INTERVAL_MS: u64 = 500;

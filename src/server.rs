@@ -46,12 +46,16 @@ impl Router {
             .map_err(|error| StartError(format!("cross-core links: {error}")))?;
         let directory = Arc::new(Directory::new(config.nodes_max as usize, shard_count));
         let router_id = random_u64();
+        // One clock for every shard and the control plane: the fence the
+        // control plane computes is compared with the shards' time.
+        let clock = Clock::new();
         let mut running = RunningRouter {
             local_addr: config.listen,
             cpus: config.cpus.clone(),
             router_id,
             links: links.clone(),
             executors: Vec::new(),
+            control: None,
         };
 
         // One listening socket, bound here without SO_REUSEPORT, so that a
@@ -96,7 +100,6 @@ impl Router {
                     // the glommio stream.
                     let bell =
                         unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd.into_raw_fd()) };
-                    let clock = Clock::new();
                     let core = ShardCore::new(index, config, directory, router_id, clock.now());
                     let driver = Rc::new(Driver::new(core, clock, links, inbox));
                     let acceptor =
@@ -111,6 +114,7 @@ impl Router {
                 return Err(StartError(format!("shard {index} stopped while starting")));
             }
         }
+        running.control = start_control(&config, clock, &links, &directory)?;
         Ok(running)
     }
 }
@@ -122,6 +126,46 @@ pub struct RunningRouter {
     router_id: u64,
     links: Vec<ShardLink>,
     executors: Vec<ExecutorJoinHandle<()>>,
+    /// The cluster's control-plane thread (a member of a cluster only).
+    control: Option<ControlPlane>,
+}
+
+#[cfg(feature = "cluster")]
+type ControlPlane = crate::cluster::control::ControlPlane;
+#[cfg(not(feature = "cluster"))]
+type ControlPlane = std::convert::Infallible;
+
+/// Starts the control plane of a member of a cluster.
+#[cfg(feature = "cluster")]
+fn start_control(
+    config: &Config,
+    clock: Clock,
+    links: &[ShardLink],
+    directory: &Arc<Directory>,
+) -> Result<Option<ControlPlane>, StartError> {
+    let Some((etcd, member)) = crate::cluster::member_config(config) else {
+        return Ok(None);
+    };
+    ControlPlane::start(etcd, member, clock, links.to_vec(), directory.clone())
+        .map(Some)
+        .map_err(|error| StartError(format!("control plane: {error}")))
+}
+
+#[cfg(not(feature = "cluster"))]
+fn start_control(
+    config: &Config,
+    _clock: Clock,
+    _links: &[ShardLink],
+    _directory: &Arc<Directory>,
+) -> Result<Option<ControlPlane>, StartError> {
+    match config.cluster {
+        None => Ok(None),
+        Some(_) => Err(StartError(
+            "this imrouter was built without cluster support: build it with `--features cluster` \
+             (needs protoc: apt-get install protobuf-compiler)"
+                .into(),
+        )),
+    }
 }
 
 impl RunningRouter {
@@ -176,6 +220,12 @@ impl RunningRouter {
     }
 
     fn stop(&mut self) {
+        // Leave the cluster first: the lease is revoked and the other
+        // routers take this one's slots while its nodes are told it stops.
+        #[cfg(feature = "cluster")]
+        if let Some(mut control) = self.control.take() {
+            control.stop();
+        }
         for link in &self.links {
             send_control(link, Control::Shutdown);
         }

@@ -249,7 +249,7 @@ impl SlotMap {
                 shard: shards.get(i),
             });
         }
-        let map = SlotMap::from_ranges(table.epoch(), routers, &ranges)?;
+        let map = SlotMap::from_ranges(table.epoch(), routers.clone(), &ranges)?.listing(routers);
         let mut resync = Vec::new();
         if let Some(flat) = table.resync() {
             if flat.len() % 2 != 0 {
@@ -264,6 +264,18 @@ impl SlotMap {
             }
         }
         Ok((map, resync))
+    }
+
+    /// The same map, also listing `routers` that own nothing yet (a router
+    /// that joined: nodes connect to it before it is given slots).
+    pub fn listing(mut self, routers: impl IntoIterator<Item = RouterInfo>) -> SlotMap {
+        for router in routers {
+            let listed = self.routers.iter().any(|r| r.id == router.id);
+            if !listed && check_router(&router).is_ok() && self.routers.len() < u16::MAX as usize {
+                self.routers.push(router);
+            }
+        }
+        self
     }
 
     /// Without the routers that own nothing.

@@ -163,6 +163,16 @@ pub struct Member {
     from: Vec<From>,
     /// The newest epoch we told etcd we applied.
     applied_written: u64,
+    /// Nodes attached to this router (told by its driver), and the count
+    /// last written beside the applied epoch.
+    attached_nodes: u64,
+    nodes_written: u64,
+    /// The count in the write in flight, and when the last write went
+    /// (counts alone are written at most once per keep-alive interval).
+    pending_nodes: u64,
+    nodes_written_at: Time,
+    /// Each router's attached nodes, as last written.
+    nodes: BTreeMap<RouterId, u64>,
     last_map_write: Option<Time>,
     /// Changes whenever what [`Member::serves`] answers may change other
     /// than by the fence's time running out.
@@ -195,6 +205,11 @@ impl Member {
             map_mod_revision: 0,
             from: vec![From::Released; SLOT_COUNT as usize],
             applied_written: 0,
+            attached_nodes: 0,
+            nodes_written: 0,
+            pending_nodes: 0,
+            nodes_written_at: now,
+            nodes: BTreeMap::new(),
             last_map_write: None,
             version: 0,
         }
@@ -273,6 +288,33 @@ impl Member {
             return false;
         };
         self.lease_alive(now) && map.owner_id(slot) == id && self.released(slot)
+    }
+
+    /// The slots the map gives this router whose previous owners let go
+    /// of them ([`Member::serves`] without the lease check: the shards
+    /// check the fence themselves, on every request).
+    pub fn released_slots(&self) -> SlotSet {
+        let mut set = SlotSet::empty();
+        let (Some(id), Some(map)) = (self.id(), &self.map) else {
+            return set;
+        };
+        for slot in 0..SLOT_COUNT {
+            if map.owner_id(slot) == id && self.released(slot) {
+                set.insert(slot);
+            }
+        }
+        set
+    }
+
+    /// Until when the lease is certainly alive (None: it is not).
+    pub fn fence(&self) -> Option<Time> {
+        self.serving_until
+    }
+
+    /// How many nodes are attached to this router now (the controller
+    /// gives a new router slots only once it has as many as the others).
+    pub fn set_attached_nodes(&mut self, nodes: u64) {
+        self.attached_nodes = nodes;
     }
 
     /// Every slot [`Member::serves`] at `now`.
@@ -455,8 +497,13 @@ impl Member {
             return;
         };
         if let Some(map) = &self.map {
-            if map.epoch() > self.applied_written {
+            let count_due = self.attached_nodes != self.nodes_written
+                && now >= self.nodes_written_at + ms(self.config.keepalive_every_ms());
+            if map.epoch() > self.applied_written || count_due {
                 let epoch = map.epoch();
+                let nodes = self.attached_nodes;
+                self.pending_nodes = nodes;
+                self.nodes_written_at = now;
                 let key = self.key("applied", id);
                 self.send(
                     Pending::Applied(epoch),
@@ -464,7 +511,7 @@ impl Member {
                         compares: vec![],
                         success: vec![Op::Put {
                             key,
-                            value: epoch.to_string(),
+                            value: format!("{epoch} {nodes}"),
                             lease,
                         }],
                     },
@@ -527,8 +574,19 @@ impl Member {
         if !settled {
             return None;
         }
-        // A router receives slots once it applied a map (it is watching).
-        let may_receive = |id: RouterId| self.applied.contains_key(&id);
+        // A router receives slots once it applied a map (it is watching)
+        // and has as many nodes attached as any router that owns slots
+        // (every live node connected to it: its resyncs will come).
+        let most = map
+            .routers()
+            .iter()
+            .filter_map(|router| self.nodes.get(&router.id))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let may_receive = |id: RouterId| {
+            self.applied.contains_key(&id) && self.nodes.get(&id).copied().unwrap_or(0) >= most
+        };
         plan::rebalance_step(
             map,
             &live,
@@ -598,8 +656,10 @@ impl Member {
                 self.after_change();
             }
             (Pending::Applied(epoch), Response::Txn { .. }) => {
-                // (An unconditional put: it succeeded.)
+                // (An unconditional put: it succeeded.) The node count
+                // written may be older than now: compared again next tick.
                 self.applied_written = self.applied_written.max(epoch);
+                self.nodes_written = self.pending_nodes;
             }
             (Pending::WriteMap, Response::Txn { .. }) => {
                 // Written, or someone else changed the map, or we are
@@ -633,12 +693,14 @@ impl Member {
         self.pending.clear();
         self.loaded = false;
         self.applied_written = 0;
+        self.nodes_written = 0;
         self.retry_at = now;
     }
 
     fn load(&mut self, revision: i64, kvs: Vec<Kv>) {
         self.routers.clear();
         self.applied.clear();
+        self.nodes.clear();
         self.draining.clear();
         let had_map = self.map.take();
         self.map_mod_revision = 0;
@@ -698,6 +760,7 @@ impl Member {
                     self.routers.remove(&id);
                 } else if let Some(id) = parse_id(rest, "applied/") {
                     self.applied.remove(&id);
+                    self.nodes.remove(&id);
                 } else if let Some(id) = parse_id(rest, "drain/") {
                     self.draining.retain(|&d| d != id);
                 }
@@ -739,9 +802,13 @@ impl Member {
             };
             self.routers.insert(id, (info, kv.create_revision));
         } else if let Some(id) = parse_id(rest, "applied/") {
-            if let Ok(epoch) = kv.value.parse::<u64>() {
+            // `epoch nodes` (the node count is optional).
+            let mut words = kv.value.split(' ');
+            if let Some(Ok(epoch)) = words.next().map(str::parse::<u64>) {
                 self.applied.insert(id, epoch);
             }
+            let nodes = words.next().and_then(|n| n.parse::<u64>().ok());
+            self.nodes.insert(id, nodes.unwrap_or(0));
         } else if let Some(id) = parse_id(rest, "drain/") {
             if !self.draining.contains(&id) {
                 self.draining.push(id);

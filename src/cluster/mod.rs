@@ -7,7 +7,29 @@
 //! simulation's fake etcd both carry out. docs/CLUSTER.md describes the
 //! design.
 
+#[cfg(feature = "cluster")]
+pub mod control;
 pub mod etcd;
 pub mod map;
 pub mod member;
 pub mod plan;
+pub mod view;
+
+use member::MemberConfig;
+
+/// The member's settings from the router's configuration.
+pub fn member_config(config: &crate::config::Config) -> Option<(Vec<String>, MemberConfig)> {
+    let cluster = config.cluster.as_ref()?;
+    Some((
+        cluster.etcd.clone(),
+        MemberConfig {
+            cluster: cluster.cluster.clone(),
+            name: cluster.name.clone(),
+            addr: cluster.advertise.clone(),
+            shards: config.shard_count() as u16,
+            lease_ttl_ms: cluster.lease_ttl_ms,
+            rebalance_batch: cluster.rebalance_batch_slots,
+            rebalance_interval_ms: cluster.rebalance_interval_ms,
+        },
+    ))
+}

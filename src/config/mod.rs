@@ -23,8 +23,8 @@ use crate::limits::{
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
 };
 use crate::limits::{
-    LEASE_TTL_MS_DEFAULT, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, REBUILD_TIMEOUT_MS_DEFAULT,
-    ROUTER_ADDR_MAX, ROUTER_NAME_MAX,
+    LEASE_TTL_MS_DEFAULT, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, REBALANCE_BATCH_SLOTS,
+    REBALANCE_INTERVAL_MS, REBUILD_TIMEOUT_MS_DEFAULT, ROUTER_ADDR_MAX, ROUTER_NAME_MAX,
 };
 
 /// imrouter: a thread-per-core message router for clusters of IM servers.
@@ -233,6 +233,15 @@ pub struct ServeArgs {
     /// otherwise keep it answering Unknown).
     #[arg(long, default_value_t = REBUILD_TIMEOUT_MS_DEFAULT, value_name = "MS")]
     pub rebuild_timeout_ms: u64,
+
+    /// As the controller: slots moved to a new or less loaded router per
+    /// map epoch (each batch's resyncs stay small).
+    #[arg(long, default_value_t = REBALANCE_BATCH_SLOTS, value_name = "N")]
+    pub rebalance_batch_slots: usize,
+
+    /// As the controller: least time between two rebalancing epochs.
+    #[arg(long, default_value_t = REBALANCE_INTERVAL_MS, value_name = "MS")]
+    pub rebalance_interval_ms: u64,
 }
 
 /// The validated configuration of one router.
@@ -286,6 +295,8 @@ pub struct ClusterConfig {
     pub advertise: String,
     pub name: String,
     pub lease_ttl_ms: u64,
+    pub rebalance_batch_slots: usize,
+    pub rebalance_interval_ms: u64,
 }
 
 impl fmt::Debug for Config {
@@ -520,6 +531,10 @@ fn cluster_config(args: &ServeArgs) -> Result<Option<ClusterConfig>, ConfigError
         advertise,
         name,
         lease_ttl_ms: args.lease_ttl_ms,
+        rebalance_batch_slots: args
+            .rebalance_batch_slots
+            .clamp(1, crate::limits::SLOT_COUNT as usize),
+        rebalance_interval_ms: args.rebalance_interval_ms,
     }))
 }
 

@@ -44,6 +44,8 @@ pub enum Control {
     Metrics(Sender<crate::metrics::ShardMetrics>),
     /// Close every connection and stop.
     Shutdown,
+    /// The cluster's control plane: what this router may serve now.
+    View(Arc<crate::core::slots::ClusterView>),
 }
 
 /// Keeps a value on its own cache line, so the flag senders swap does not

@@ -347,6 +347,7 @@ impl Driver {
                 self.with_core(|core, now| core.shutdown(now));
                 self.stopped.notify();
             }
+            Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
         }
     }
 

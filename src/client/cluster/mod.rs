@@ -1056,6 +1056,7 @@ impl Dedup {
     }
 }
 
+pub mod net;
 #[cfg(test)]
 mod tests;
 

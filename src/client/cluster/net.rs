@@ -1,0 +1,206 @@
+//! A [`ClusterNode`] over std TCP sockets, driven by polling: for tests,
+//! tools and simple nodes (a node with a runtime of its own drives the
+//! core from it instead). [`Node::step`] moves every socket's bytes, runs
+//! the timers and returns what the application gets.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use super::{ClusterConfig, ClusterNode, LinkId, Outcome, Polled};
+use crate::client::core::Incoming;
+use crate::time::{Clock, Time};
+
+/// What the application received, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Deliver {
+        message_id: u64,
+        origin: u64,
+        to_user: String,
+        devices: Vec<String>,
+        payload: Vec<u8>,
+    },
+    Kick {
+        user: String,
+        device: String,
+    },
+    /// A router closed its connection with an Error frame.
+    RouterError {
+        router: String,
+        text: String,
+    },
+}
+
+/// See the module docs.
+pub struct Node {
+    pub core: ClusterNode,
+    clock: Clock,
+    sockets: HashMap<LinkId, TcpStream>,
+    buffer: Vec<u8>,
+}
+
+impl Node {
+    pub fn new(config: ClusterConfig) -> Node {
+        Node {
+            core: ClusterNode::new(config),
+            clock: Clock::new(),
+            sockets: HashMap::new(),
+            buffer: vec![0; 64 * 1024],
+        }
+    }
+
+    pub fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    /// Live links (a socket and a Welcome).
+    pub fn live_links(&self) -> usize {
+        self.core.links().filter(|(_, link)| link.is_live()).count()
+    }
+
+    /// One round: connects what is due, writes, reads, runs timers.
+    /// Returns what the application received and the outcomes decided.
+    pub fn step(&mut self) -> (Vec<Received>, Vec<Outcome>) {
+        let now = self.clock.now();
+        for (link, addr) in self.core.connect_due(now) {
+            match connect(&addr) {
+                Some(stream) => {
+                    self.sockets.insert(link, stream);
+                    self.core.connected(link, now);
+                }
+                None => self.core.connect_failed(link, now),
+            }
+        }
+        // Sockets of links the core dropped.
+        let core = &mut self.core;
+        self.sockets
+            .retain(|&link, _| core.link_mut(link).is_some());
+        let mut received = Vec::new();
+        let links: Vec<LinkId> = self.sockets.keys().copied().collect();
+        for link in links {
+            if !self.pump(link, now, &mut received) {
+                self.sockets.remove(&link);
+                self.core.disconnected(link, now);
+            }
+        }
+        if self.core.poll_timeout() <= now {
+            self.core.handle_timeout(now);
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = self.core.poll_outcome() {
+            outcomes.push(outcome);
+        }
+        (received, outcomes)
+    }
+
+    /// Moves link `id`'s bytes; false when its socket ended.
+    fn pump(&mut self, id: LinkId, now: Time, received: &mut Vec<Received>) -> bool {
+        let Some(stream) = self.sockets.get_mut(&id) else {
+            return false;
+        };
+        let Some(link) = self.core.link_mut(id) else {
+            return false;
+        };
+        loop {
+            let bytes = link.core.transmit();
+            if bytes.is_empty() {
+                break;
+            }
+            match stream.write(bytes) {
+                Ok(0) => return false,
+                Ok(n) => link.core.transmitted(n),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match stream.read(&mut self.buffer) {
+                Ok(0) => return false,
+                Ok(n) => link.core.receive(&self.buffer[..n], now),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        let router = link.addr.clone();
+        while let Some(polled) = self.core.poll_link(id, now) {
+            match polled {
+                Err(error) => {
+                    received.push(Received::RouterError {
+                        router,
+                        text: error.to_string(),
+                    });
+                    return false;
+                }
+                Ok(Polled::Frame(Incoming::Deliver(deliver))) => received.push(Received::Deliver {
+                    message_id: deliver.message_id(),
+                    origin: deliver.origin(),
+                    to_user: deliver.to_user().unwrap_or("").to_owned(),
+                    devices: deliver
+                        .devices()
+                        .map(|d| d.iter().map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                    payload: deliver
+                        .payload()
+                        .map(|p| p.bytes().to_vec())
+                        .unwrap_or_default(),
+                }),
+                Ok(Polled::Frame(Incoming::Kick(kick))) => received.push(Received::Kick {
+                    user: kick.user().unwrap_or("").to_owned(),
+                    device: kick.device().unwrap_or("").to_owned(),
+                }),
+                Ok(Polled::Frame(Incoming::Error { text, .. })) => {
+                    received.push(Received::RouterError {
+                        router,
+                        text: text.to_owned(),
+                    });
+                    return false;
+                }
+                Ok(_) => {}
+            }
+        }
+        // What the frames just handled queued (Acks, Pongs, resyncs).
+        let Some(link) = self.core.link_mut(id) else {
+            return false;
+        };
+        loop {
+            let bytes = link.core.transmit();
+            if bytes.is_empty() {
+                return true;
+            }
+            match stream.write(bytes) {
+                Ok(0) => return false,
+                Ok(n) => link.core.transmitted(n),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Steps until `done` says so or `timeout` passes; returns whether
+    /// `done` did.
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&mut Node, Vec<Received>, Vec<Outcome>) -> bool,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let (received, outcomes) = self.step();
+            if done(self, received, outcomes) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+}
+
+fn connect(addr: &str) -> Option<TcpStream> {
+    let addr = addr.to_socket_addrs().ok()?.next()?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_nonblocking(true).ok()?;
+    stream.set_nodelay(true).ok()?;
+    Some(stream)
+}

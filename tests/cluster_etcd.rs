@@ -1,0 +1,284 @@
+//! Three router processes and a real etcd (Debian's etcd-server, started
+//! here on 127.0.0.1 with a temporary data directory): the routers form
+//! one service, nodes learn the map from any of them, and a router killed
+//! with SIGKILL loses no message: every Route has one outcome, none a
+//! false Offline, and each is seen once by the application.
+//!
+//! Needs the `cluster` feature and the `etcd` binary (scripts/test.sh
+//! installs it); skipped with a message when etcd is missing.
+#![cfg(feature = "cluster")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use imrouter::client::cluster::net::{Node, Received};
+use imrouter::client::cluster::ClusterConfig;
+use imrouter::client::NodeConfig;
+use imrouter::wire::{fb, RouteFrame};
+
+/// One cluster at a time: they share the machine's two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl Etcd {
+    fn start() -> Option<Etcd> {
+        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())?;
+        let (client, peer) = (free_port(), free_port());
+        let dir =
+            std::env::temp_dir().join(format!("imrouter-etcd-{}-{client}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(binary)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let etcd = Etcd { child, dir, url };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(etcd)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct RouterProcess {
+    child: Child,
+    addr: String,
+}
+
+impl RouterProcess {
+    fn start(etcd: &Etcd, cluster: &str, name: &str) -> RouterProcess {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_imrouter"))
+            .args(["serve", "--listen", &addr, "--shards", "1"])
+            .args([
+                "--etcd",
+                &etcd.url,
+                "--cluster",
+                cluster,
+                "--advertise",
+                &addr,
+            ])
+            .args(["--name", name, "--lease-ttl-ms", "2000"])
+            .args([
+                "--rebalance-batch-slots",
+                "8192",
+                "--rebalance-interval-ms",
+                "100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the router starts");
+        RouterProcess { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(name: &str, incarnation: u64, seed: &str) -> Node {
+    let mut config = ClusterConfig::new(NodeConfig::new(name, incarnation), vec![seed.to_owned()]);
+    config.unknown_retries = 12;
+    Node::new(config)
+}
+
+/// Steps both nodes until `done`, or panics after `timeout`.
+fn run(
+    nodes: &mut [&mut Node],
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&[&mut Node]) -> bool,
+) -> Vec<Vec<Received>> {
+    let mut received = vec![Vec::new(); nodes.len()];
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let (got, outcomes) = node.step();
+            received[i].extend(got);
+            OUTCOMES.with(|all| {
+                all.borrow_mut()
+                    .extend(outcomes.into_iter().map(|o| (i, o)))
+            });
+        }
+        if done(nodes) {
+            return received;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+thread_local! {
+    static OUTCOMES: std::cell::RefCell<Vec<(usize, imrouter::client::Outcome)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_outcomes() -> Vec<(usize, imrouter::client::Outcome)> {
+    OUTCOMES.with(|all| std::mem::take(&mut *all.borrow_mut()))
+}
+
+/// Whether every router of the node's map owns slots (the rebalancing
+/// after the three joined is done).
+fn balanced(node: &Node, routers: usize) -> bool {
+    node.core.map().is_some_and(|map| {
+        let per = map.slots_per_router();
+        per.len() == routers && per.iter().all(|&n| n > 0) && node.live_links() == routers
+    })
+}
+
+fn route_all(sender: &mut Node, users: &[String], first_id: u64) {
+    for (i, user) in users.iter().enumerate() {
+        let now = sender.now();
+        sender
+            .core
+            .route(
+                &RouteFrame {
+                    message_id: first_id + i as u64,
+                    from_user: "sender",
+                    from_device: "phone",
+                    to_user: user,
+                    to_device: None,
+                    flags: 0,
+                    payload: b"hello",
+                },
+                now,
+            )
+            .expect("room for the Route");
+    }
+}
+
+#[test]
+fn three_routers_lose_nothing_when_one_is_killed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(etcd) = Etcd::start() else {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return;
+    };
+    let mut routers: Vec<RouterProcess> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|name| RouterProcess::start(&etcd, "kill-test", name))
+        .collect();
+    let mut holder = node("holder", 11, &routers[0].addr);
+    let mut sender = node("sender", 22, &routers[2].addr);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the three routers to share the slots",
+        |nodes| nodes.iter().all(|node| balanced(node, 3)),
+    );
+
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        holder.core.open(user, "phone", fb::Platform::Mobile);
+    }
+    route_all(&mut sender, &users, 1);
+    let received = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the first 300 outcomes",
+        |_| OUTCOMES.with(|all| all.borrow().len() >= 300),
+    );
+    let outcomes = take_outcomes();
+    let verdicts: BTreeMap<String, usize> =
+        outcomes.iter().fold(BTreeMap::new(), |mut m, (_, o)| {
+            *m.entry(format!("{:?}", o.verdict)).or_default() += 1;
+            m
+        });
+    assert_eq!(verdicts.get("Routed"), Some(&300), "{verdicts:?}");
+    let delivered: Vec<u64> = received[0]
+        .iter()
+        .filter_map(|r| match r {
+            Received::Deliver { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 300);
+
+    // SIGKILL the router the sender was told first; route meanwhile.
+    let killed_at = Instant::now();
+    routers[1].kill();
+    route_all(&mut sender, &users, 1001);
+    let received = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(60),
+        "the 300 outcomes after the kill",
+        |_| OUTCOMES.with(|all| all.borrow().len() >= 300),
+    );
+    let failover = killed_at.elapsed();
+    let outcomes = take_outcomes();
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, outcome) in &outcomes {
+        *verdicts
+            .entry(format!("{:?}", outcome.verdict))
+            .or_default() += 1;
+    }
+    assert_eq!(verdicts.get("Routed"), Some(&300), "{verdicts:?}");
+    let delivered: Vec<u64> = received[0]
+        .iter()
+        .filter_map(|r| match r {
+            Received::Deliver { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    let unique: BTreeSet<u64> = delivered.iter().copied().collect();
+    assert_eq!(delivered.len(), unique.len(), "a message seen twice");
+    assert_eq!(unique, (1001..1301).collect(), "every message seen once");
+    let resends: u64 = sender.core.stats.resends;
+    eprintln!(
+        "failover: all 300 outcomes {:.2} s after the kill; {resends} resends, {} duplicates dropped, maps {}",
+        failover.as_secs_f64(),
+        holder.core.stats.duplicates_dropped,
+        sender.core.stats.maps,
+    );
+    assert!(balanced(&sender, 2), "the survivors own every slot");
+}
