@@ -114,6 +114,11 @@ impl RouterProcess {
         RouterProcess { child, addr }
     }
 
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -281,4 +286,105 @@ fn three_routers_lose_nothing_when_one_is_killed() {
         sender.core.stats.maps,
     );
     assert!(balanced(&sender, 2), "the survivors own every slot");
+}
+
+/// A router stopped with SIGSTOP for longer than its lease, then
+/// continued, never delivers from its old table: the others took its
+/// slots, the Routes a node had written to its socket meanwhile are
+/// answered Unknown (fenced) when it wakes, and every message is still
+/// seen once, through the new owners.
+#[test]
+fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(etcd) = Etcd::start() else {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return;
+    };
+    let routers: Vec<RouterProcess> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|name| RouterProcess::start(&etcd, "pause-test", name))
+        .collect();
+    let mut holder = node("holder", 33, &routers[0].addr);
+    let mut sender = node("sender", 44, &routers[0].addr);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the three routers to share the slots",
+        |nodes| nodes.iter().all(|node| balanced(node, 3)),
+    );
+    let paused_id = {
+        let map = sender.core.map().expect("a map");
+        map.routers()
+            .iter()
+            .find(|router| router.addr == routers[1].addr)
+            .expect("p2 is in the map")
+            .id
+    };
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        holder.core.open(user, "phone", fb::Platform::Mobile);
+    }
+    let opened = Instant::now();
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(5),
+        "the sessions to arrive",
+        |_| opened.elapsed() > Duration::from_millis(500),
+    );
+
+    routers[1].signal(libc::SIGSTOP);
+    route_all(&mut sender, &users, 1);
+    // Past the lease (2 s): the others take p2's slots.
+    let paused_for = Instant::now();
+    let mut received = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(60),
+        "p2's slots to move",
+        |nodes| {
+            paused_for.elapsed() > Duration::from_millis(3500)
+                && nodes.iter().all(|n| {
+                    n.core.map().is_some_and(|m| {
+                        m.router(paused_id).is_none() || m.slots_of(paused_id).is_empty()
+                    })
+                })
+        },
+    );
+    routers[1].signal(libc::SIGCONT);
+    let continued_at = Instant::now();
+    let later = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(60),
+        "the 300 outcomes",
+        |_| OUTCOMES.with(|all| all.borrow().len() >= 300),
+    );
+    received[0].extend(later[0].iter().cloned());
+    // A little longer: whatever p2 might still send arrives.
+    let tail = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(5),
+        "p2 to have had time to send",
+        |_| continued_at.elapsed() > Duration::from_millis(1500),
+    );
+    received[0].extend(tail[0].iter().cloned());
+    let outcomes = take_outcomes();
+    let routed = outcomes
+        .iter()
+        .filter(|(_, o)| o.verdict == fb::Verdict::Routed)
+        .count();
+    assert_eq!(routed, 300, "{outcomes:?}");
+    let mut seen = BTreeSet::new();
+    for item in &received[0] {
+        if let Received::Deliver {
+            router, message_id, ..
+        } = item
+        {
+            assert_ne!(
+                *router,
+                Some(paused_id),
+                "p2 delivered {message_id} from its old table"
+            );
+            assert!(seen.insert(*message_id), "{message_id} seen twice");
+        }
+    }
+    assert_eq!(seen, (1..301).collect());
 }

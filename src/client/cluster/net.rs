@@ -16,6 +16,8 @@ use crate::time::{Clock, Time};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
     Deliver {
+        /// The router it came through (its id in the map).
+        router: Option<u64>,
         message_id: u64,
         origin: u64,
         to_user: String,
@@ -80,7 +82,13 @@ impl Node {
         let mut received = Vec::new();
         let links: Vec<LinkId> = self.sockets.keys().copied().collect();
         for link in links {
-            if !self.pump(link, now, &mut received) {
+            // A router silent for three heartbeats is dead (or the path to
+            // it is): a new connection resumes the stream if it can.
+            let silent = self
+                .core
+                .link_mut(link)
+                .is_some_and(|link| link.core.router_silent(now));
+            if silent || !self.pump(link, now, &mut received) {
                 self.sockets.remove(&link);
                 self.core.disconnected(link, now);
             }
@@ -124,6 +132,7 @@ impl Node {
             }
         }
         let router = link.addr.clone();
+        let router_id = link.router;
         while let Some(polled) = self.core.poll_link(id, now) {
             match polled {
                 Err(error) => {
@@ -134,6 +143,7 @@ impl Node {
                     return false;
                 }
                 Ok(Polled::Frame(Incoming::Deliver(deliver))) => received.push(Received::Deliver {
+                    router: router_id,
                     message_id: deliver.message_id(),
                     origin: deliver.origin(),
                     to_user: deliver.to_user().unwrap_or("").to_owned(),
