@@ -4,6 +4,8 @@
 //! imrouter-sim --seeds 100000 [--first 0] [--threads 2]   # many seeds
 //! imrouter-sim --seed 1234 [--trace]                        # one, replayed
 //! imrouter-sim --control --seeds 10000                      # the cluster's control plane
+//! imrouter-sim --cluster --seeds 10000                      # the whole cluster: control
+//!                                                           # plane, shards and nodes
 //! ```
 //!
 //! Prints a line per 10,000 seeds, and for the first failing seed its
@@ -22,6 +24,7 @@ struct Args {
     threads: usize,
     trace: bool,
     control: bool,
+    cluster: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +34,7 @@ fn parse() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         trace: false,
         control: false,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,8 +54,12 @@ fn parse() -> Result<Args, String> {
             }
             "--trace" => args.trace = true,
             "--control" => args.control = true,
+            "--cluster" => {
+                args.control = true;
+                args.cluster = true;
+            }
             "--help" | "-h" => return Err(
-                "usage: imrouter-sim [--control] [--seeds N] [--first S] [--threads T] | --seed S [--trace]"
+                "usage: imrouter-sim [--control | --cluster] [--seeds N] [--first S] [--threads T] | --seed S [--trace]"
                     .into(),
             ),
             other => return Err(format!("unknown flag {other}")),
@@ -195,12 +203,19 @@ fn main() -> ExitCode {
 /// outages, joins and drains.
 fn run_control(args: &Args) -> ExitCode {
     use imrouter::sim::control::{self, ControlStats};
+    use imrouter::sim::data::DataStats;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(args.first));
     let failed = Arc::new(Mutex::new(None::<(u64, String)>));
-    let totals = Arc::new(Mutex::new((0u64, ControlStats::default())));
+    let totals = Arc::new(Mutex::new((
+        0u64,
+        ControlStats::default(),
+        DataStats::default(),
+    )));
     let end = args.first + args.seeds;
     let verbose = args.trace;
+    let cluster = args.cluster;
+    let mode = if cluster { "--cluster" } else { "--control" };
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
             let (next, failed, totals) = (next.clone(), failed.clone(), totals.clone());
@@ -209,10 +224,25 @@ fn run_control(args: &Args) -> ExitCode {
                 if seed >= end || failed.lock().expect("failed").is_some() {
                     return;
                 }
-                match control::run_seed(seed) {
-                    Ok(stats) => {
+                let result = if cluster {
+                    control::run_cluster_seed(seed)
+                } else {
+                    control::run_seed(seed).map(|stats| (stats, DataStats::default()))
+                };
+                match result {
+                    Ok((stats, data)) => {
                         let mut totals = totals.lock().expect("totals");
                         totals.0 += 1;
+                        let d = &mut totals.2;
+                        d.routes += data.routes;
+                        d.routed += data.routed;
+                        d.offline_allowed += data.offline_allowed;
+                        d.unknown_final += data.unknown_final;
+                        d.resends += data.resends;
+                        d.duplicates_dropped += data.duplicates_dropped;
+                        d.unknown_retries += data.unknown_retries;
+                        d.node_cuts += data.node_cuts;
+                        d.resyncs += data.resyncs;
                         let t = &mut totals.1;
                         t.steps += stats.steps;
                         t.crashes += stats.crashes;
@@ -239,7 +269,7 @@ fn run_control(args: &Args) -> ExitCode {
                             text.push_str(&format!("    {line}\n"));
                         }
                         text.push_str(&format!(
-                            "replay: imrouter-sim --control --seed {seed} --trace\n"
+                            "replay: imrouter-sim {mode} --seed {seed} --trace\n"
                         ));
                         let mut slot = failed.lock().expect("failed");
                         if slot.as_ref().is_none_or(|(s, _)| *s > seed) {
@@ -258,9 +288,16 @@ fn run_control(args: &Args) -> ExitCode {
         eprint!("{text}");
         return ExitCode::FAILURE;
     }
-    let (count, t) = totals.lock().expect("totals").clone();
+    let (count, t, d) = totals.lock().expect("totals").clone();
+    if cluster {
+        println!(
+            "cluster data plane: {} Routes, {} Routed, {} Offline while the recipient's node had just lost a connection, {} Unknown after every retry; {} resends, {} duplicates dropped, {} Unknown retries, {} resyncs, {} node-router cuts",
+            d.routes, d.routed, d.offline_allowed, d.unknown_final, d.resends, d.duplicates_dropped, d.unknown_retries, d.resyncs, d.node_cuts
+        );
+    }
     println!(
-        "{count} control-plane seeds clean (from {}) in {:.1} s: {} steps, {} crashes, {} pauses, {} router-etcd cuts, {} etcd outages, {} joins, {} drains, {} epochs written; longest a slot went unserved: {} ms",
+        "{count} {} seeds clean (from {}) in {:.1} s: {} steps, {} crashes, {} pauses, {} router-etcd cuts, {} etcd outages, {} joins, {} drains, {} epochs written; longest a slot went unserved: {} ms",
+        if cluster { "cluster" } else { "control-plane" },
         args.first,
         started.elapsed().as_secs_f64(),
         t.steps, t.crashes, t.pauses, t.cuts, t.etcd_outages, t.joins, t.drains, t.epochs, t.worst_gap_ms

@@ -549,8 +549,22 @@ impl SlotSet {
         }
     }
 
+    /// The slots in the set, in order (skipping empty words).
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..SLOT_COUNT).filter(|&slot| self.contains(slot))
+        self.words
+            .iter()
+            .enumerate()
+            .filter(|(_, &word)| word != 0)
+            .flat_map(|(at, &word)| {
+                let mut rest = word;
+                std::iter::from_fn(move || {
+                    (rest != 0).then(|| {
+                        let bit = rest.trailing_zeros();
+                        rest &= rest - 1;
+                        (at * 64) as u16 + bit as u16
+                    })
+                })
+            })
     }
 
     /// The set as inclusive `(first, last)` spans, in order.

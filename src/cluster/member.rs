@@ -177,6 +177,9 @@ pub struct Member {
     /// Changes whenever what [`Member::serves`] answers may change other
     /// than by the fence's time running out.
     version: u64,
+    /// The controller found nothing to write at this version (and whether
+    /// its rebalancing interval was over then).
+    no_plan: Option<(u64, bool)>,
 }
 
 impl Member {
@@ -212,6 +215,7 @@ impl Member {
             nodes: BTreeMap::new(),
             last_map_write: None,
             version: 0,
+            no_plan: None,
         }
     }
 
@@ -309,6 +313,17 @@ impl Member {
     /// Until when the lease is certainly alive (None: it is not).
     pub fn fence(&self) -> Option<Time> {
         self.serving_until
+    }
+
+    /// The most nodes any router said are attached to it (this one's own
+    /// count included).
+    pub fn most_nodes(&self) -> u64 {
+        self.nodes
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.attached_nodes)
     }
 
     /// How many nodes are attached to this router now (the controller
@@ -521,7 +536,20 @@ impl Member {
             }
         }
         if self.is_controller() {
-            if let Some(next) = self.plan(now) {
+            // Planning walks every slot: not again while nothing it reads
+            // changed (the version) and no rebalancing interval ended.
+            let interval = ms(self.config.rebalance_interval_ms);
+            let interval_over = self
+                .last_map_write
+                .is_none_or(|last| now >= last + interval);
+            if self.no_plan == Some((self.version, interval_over)) {
+                return;
+            }
+            let planned = self.plan(now);
+            if planned.is_none() {
+                self.no_plan = Some((self.version, interval_over));
+            }
+            if let Some(next) = planned {
                 let map_key = format!("{}map", self.prefix);
                 let my_key = self.key("routers", id);
                 self.last_map_write = Some(now);

@@ -50,7 +50,11 @@ impl Views {
                 (None, None) => true,
                 _ => false,
             };
-            if same_map && last.me == me && last.fence == fence && self.version == member.version()
+            if same_map
+                && last.me == me
+                && last.fence == fence
+                && self.version == member.version()
+                && last.expected_nodes == member.most_nodes()
             {
                 return None;
             }
@@ -77,6 +81,7 @@ impl Views {
             released,
             gained: Arc::new(gained),
             fence,
+            expected_nodes: member.most_nodes(),
         };
         self.last = Some(view.clone());
         Some(view)

@@ -847,6 +847,20 @@ impl ShardCore {
         }
     }
 
+    /// The map epoch and router id this shard applied.
+    pub fn slots_epoch(&self) -> u64 {
+        self.owner.slots.epoch()
+    }
+
+    pub fn slots_me(&self) -> u64 {
+        self.owner.slots.me()
+    }
+
+    /// The slots this shard serves at `now` (see `Slots::serving`).
+    pub fn serving_slots(&self, now: Time) -> crate::cluster::map::SlotSet {
+        self.owner.slots.serving(now)
+    }
+
     /// Once per heartbeat: rebuilds that wait for nodes that left, or for
     /// too long, end.
     fn tick_slots(&mut self, now: Time) {

@@ -49,6 +49,11 @@ pub struct ClusterView {
     pub gained: Arc<SlotSet>,
     /// The lease is certainly alive until then, on this process's clock.
     pub fence: Time,
+    /// The most nodes attached to any router of the cluster (as the
+    /// routers last wrote in etcd): a slot gained is rebuilt once at least
+    /// this many nodes resynced it, not only those attached here when it
+    /// came (a node still connecting would be missed).
+    pub expected_nodes: u64,
 }
 
 /// How a shard may treat a request for one slot.
@@ -114,7 +119,16 @@ struct Rebuild {
     slots: SlotSet,
     /// Nodes attached when the slots came, with their epochs then.
     waiting: Vec<(NodeId, u32)>,
+    /// Nodes whose resync for this epoch is in, and how many are expected.
+    resynced: Vec<NodeId>,
+    expected: usize,
     deadline: Time,
+}
+
+impl Rebuild {
+    fn done(&self) -> bool {
+        self.waiting.is_empty() && self.resynced.len() >= self.expected
+    }
 }
 
 /// What applying a view changed, for the shard to act on.
@@ -150,6 +164,8 @@ pub struct Slots {
     /// shard waits for them when the fence lifts.
     refused: Vec<(NodeId, u32)>,
     rebuild_timeout: Duration,
+    /// From the last view.
+    expected_nodes: usize,
 }
 
 const NOT_MINE: u8 = u8::MAX;
@@ -181,6 +197,7 @@ impl Slots {
             fence: Time::NEVER,
             refused: Vec::new(),
             rebuild_timeout: Duration::ZERO,
+            expected_nodes: 0,
         }
     }
 
@@ -201,6 +218,7 @@ impl Slots {
             fence: Time::ZERO,
             refused: Vec::new(),
             rebuild_timeout,
+            expected_nodes: 0,
         }
     }
 
@@ -299,12 +317,13 @@ impl Slots {
             _ => false,
         };
         self.fence = view.fence;
+        self.expected_nodes = usize::try_from(view.expected_nodes).unwrap_or(usize::MAX);
         if now < self.fence && !self.refused.is_empty() {
             // The lease is back: what was refused meanwhile is missing
             // here until the refused nodes resync it.
             let waiting = std::mem::take(&mut self.refused);
             let slots = self.held.clone();
-            self.add_rebuild(slots, waiting, now);
+            self.add_rebuild(slots, waiting, 0, now);
         }
         if !same_map || !Arc::ptr_eq(&self.released, &view.released) {
             let mut released = (*view.released).clone();
@@ -334,7 +353,8 @@ impl Slots {
             rebuild.slots.intersect_with(&self.held);
         }
         if !gained.is_empty() {
-            self.add_rebuild(gained, attached(), now);
+            let expected = self.expected_nodes;
+            self.add_rebuild(gained, attached(), expected, now);
         }
         self.rebuilds.retain(|rebuild| !rebuild.slots.is_empty());
         self.recompute_rebuilding();
@@ -358,16 +378,25 @@ impl Slots {
         set
     }
 
-    fn add_rebuild(&mut self, slots: SlotSet, waiting: Vec<(NodeId, u32)>, now: Time) {
-        if waiting.is_empty() || slots.is_empty() {
-            return;
-        }
-        self.rebuilds.push(Rebuild {
+    fn add_rebuild(
+        &mut self,
+        slots: SlotSet,
+        waiting: Vec<(NodeId, u32)>,
+        expected: usize,
+        now: Time,
+    ) {
+        let rebuild = Rebuild {
             epoch: self.epoch(),
             slots,
             waiting,
+            resynced: Vec::new(),
+            expected,
             deadline: now + self.rebuild_timeout,
-        });
+        };
+        if rebuild.done() || rebuild.slots.is_empty() {
+            return;
+        }
+        self.rebuilds.push(rebuild);
         self.recompute_rebuilding();
     }
 
@@ -383,13 +412,15 @@ impl Slots {
         let mut changed = false;
         for rebuild in &mut self.rebuilds {
             if epoch >= rebuild.epoch {
-                let before = rebuild.waiting.len();
                 rebuild.waiting.retain(|&(waiting, _)| waiting != node);
-                changed |= rebuild.waiting.len() != before;
+                if !rebuild.resynced.contains(&node) {
+                    rebuild.resynced.push(node);
+                }
+                changed |= rebuild.done();
             }
         }
         if changed {
-            self.rebuilds.retain(|rebuild| !rebuild.waiting.is_empty());
+            self.rebuilds.retain(|rebuild| !rebuild.done());
             self.recompute_rebuilding();
         }
     }
@@ -415,14 +446,29 @@ impl Slots {
             });
             if now >= rebuild.deadline {
                 given_up.extend(rebuild.waiting.drain(..).map(|(node, _)| node));
+                rebuild.expected = 0;
             }
         }
         let before = self.rebuilds.len();
-        self.rebuilds.retain(|rebuild| !rebuild.waiting.is_empty());
+        self.rebuilds.retain(|rebuild| !rebuild.done());
         if self.rebuilds.len() != before {
             self.recompute_rebuilding();
         }
         given_up
+    }
+
+    /// The slots this shard serves at `now` (answering Serve or
+    /// Rebuilding): for the simulation's "one server per slot" check.
+    pub fn serving(&self, now: Time) -> SlotSet {
+        if self.alone {
+            return self.held.clone();
+        }
+        if now >= self.fence {
+            return SlotSet::empty();
+        }
+        let mut set = self.held.clone();
+        set.intersect_with(&self.released);
+        set
     }
 
     /// Whether a slot of `key` is owned by this shard (sessions of a sync
@@ -453,6 +499,7 @@ mod tests {
             gained: released.clone(),
             released,
             fence,
+            expected_nodes: 0,
         }
     }
 

@@ -374,6 +374,7 @@ mod member {
             released: Arc::new(map.slots_of(ME)),
             gained: Arc::new(gained),
             fence,
+            expected_nodes: 0,
         }
     }
 

@@ -7,13 +7,16 @@
 //! each slot; at the end, once the faults are over, that every slot is
 //! served by exactly one live router and the map names live routers only.
 //!
-//! The data plane (nodes, shards, resyncs) joins this in the simulation of
-//! the whole cluster; here the question is ownership alone.
+//! With a data plane ([`ControlSim::with_data`], `imrouter-sim --cluster`)
+//! each router process also runs a real shard core fed by its member, and
+//! nodes route messages across all of it ([`super::data`]): the
+//! simulation of the whole cluster.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
+use super::data::{DataPlane, DataStats};
 use super::etcd::FakeEtcd;
 use super::Rng;
 use crate::cluster::etcd::{Request, Response};
@@ -21,6 +24,9 @@ use crate::cluster::map::SlotSet;
 use crate::cluster::member::{Member, MemberConfig};
 use crate::limits::SLOT_COUNT;
 use crate::time::Time;
+
+/// Routers live at once, at most (joins stop there).
+const ROUTERS_MAX: usize = 6;
 
 /// One simulated run's shape, drawn from its seed.
 #[derive(Debug, Clone)]
@@ -127,18 +133,39 @@ pub struct ControlSim {
     sent: u64,
     next_fault: Time,
     pub stats: ControlStats,
-    /// Since when each slot has had no server (for the gap figure).
+    /// Since when each slot has had no server (for the gap figure), and
+    /// how many have none.
     unserved_since: Vec<Option<Time>>,
+    unserved: SlotSet,
     trace: Vec<String>,
     /// When the last events sent on each watch arrive (a watch is one
     /// stream: its events arrive in order).
     watch_due: HashMap<(usize, u64), Time>,
+    /// Shards and nodes, in the simulation of the whole cluster.
+    data: Option<DataPlane>,
 }
 
 impl ControlSim {
     pub fn new(seed: u64) -> ControlSim {
+        ControlSim::build(seed, false)
+    }
+
+    /// The whole cluster: the same seed's control plane, with a shard core
+    /// in every router process and nodes routing messages through them.
+    pub fn with_data(seed: u64) -> ControlSim {
+        ControlSim::build(seed, true)
+    }
+
+    fn build(seed: u64, with_data: bool) -> ControlSim {
         let mut rng = Rng::new(seed ^ 0xc0_47_01);
         let config = ControlConfig::from_seed(&mut rng);
+        let data = with_data.then(|| {
+            // Every host a router may run on (at most six live at once).
+            let seeds = (1..=ROUTERS_MAX)
+                .map(|host| format!("10.0.0.{host}:7800"))
+                .collect();
+            DataPlane::new(rng.fork(), seeds, config.faults_until)
+        });
         let mut sim = ControlSim {
             rng,
             config: config.clone(),
@@ -152,8 +179,10 @@ impl ControlSim {
             next_fault: Time::from_millis(2_000),
             stats: ControlStats::default(),
             unserved_since: vec![None; SLOT_COUNT as usize],
+            unserved: SlotSet::empty(),
             trace: Vec::new(),
             watch_due: HashMap::new(),
+            data,
         };
         for _ in 0..config.routers {
             sim.start_router();
@@ -165,12 +194,31 @@ impl ControlSim {
         self.trace.push(format!("{:?} {text}", self.now));
     }
 
+    /// A router process's settings. Its address is the lowest of the
+    /// cluster's host addresses no live router has (a replacement takes a
+    /// dead router's host, as it would in a deployment whose nodes are
+    /// told every router host).
     fn member_config(&self, number: usize) -> MemberConfig {
+        let taken: Vec<&str> = self
+            .routers
+            .iter()
+            .map(|router| router.member.config().addr.as_str())
+            .collect();
+        let addr = (1..)
+            .map(|host| format!("10.0.0.{host}:7800"))
+            .find(|addr| !taken.contains(&addr.as_str()))
+            .expect("a free host");
         MemberConfig {
             cluster: "sim".into(),
             name: format!("router{number}"),
-            addr: format!("10.0.0.{}:7800", number + 1),
-            shards: 1 + (number % 3) as u16,
+            addr,
+            // (One shard per router with a data plane: its shard core is
+            // driven alone.)
+            shards: if self.data.is_some() {
+                1
+            } else {
+                1 + (number % 3) as u16
+            },
             lease_ttl_ms: self.config.lease_ttl_ms,
             rebalance_batch: self.config.rebalance_batch,
             rebalance_interval_ms: 200,
@@ -181,6 +229,9 @@ impl ControlSim {
         let client = self.next_client;
         self.next_client += 1;
         let member = Member::new(self.member_config(client), self.now);
+        if let Some(data) = &mut self.data {
+            data.start_router(client, member.config().addr.clone(), self.now);
+        }
         self.routers.push(Router {
             member,
             client,
@@ -203,10 +254,29 @@ impl ControlSim {
 
     /// Runs to the end; `Err` with what broke.
     pub fn run(&mut self) -> Result<(), String> {
-        while self.now < self.config.end {
+        // With a data plane, the end waits (a while) for the last Routes'
+        // outcomes.
+        let last = self.config.end + Duration::from_secs(60);
+        while self.now < self.config.end
+            || (self.now < last && self.data.as_ref().is_some_and(DataPlane::busy))
+        {
             self.step()?;
+            if self.stats.steps % 200_000 == 0
+                && std::env::var_os("IMROUTER_SIM_PROGRESS").is_some()
+            {
+                eprintln!("step {} at {:?}", self.stats.steps, self.now);
+            }
         }
-        self.check_settled()
+        self.check_settled()?;
+        match &mut self.data {
+            Some(data) => data.check_end(),
+            None => Ok(()),
+        }
+    }
+
+    /// What the data plane did (a run with one).
+    pub fn data_stats(&self) -> Option<DataStats> {
+        self.data.as_ref().map(|data| data.stats.clone())
     }
 
     fn next_time(&self) -> Time {
@@ -222,6 +292,9 @@ impl ControlSim {
         }
         if let Some(expiry) = self.etcd.next_expiry() {
             next = next.min(expiry);
+        }
+        if let Some(data) = &self.data {
+            next = next.min(data.next_wake(self.now));
         }
         if self.now < self.config.faults_until {
             next = next.min(self.next_fault);
@@ -273,10 +346,54 @@ impl ControlSim {
             if self.routers[at].paused_until.is_some() {
                 continue;
             }
+            let client = self.routers[at].client;
+            if let Some(nodes) = self.data.as_ref().and_then(|d| d.attached_nodes(client)) {
+                self.routers[at].member.set_attached_nodes(nodes);
+            }
             self.routers[at].member.tick(now);
             self.flush(at);
         }
-        self.check_one_owner()
+        if let Some(data) = &mut self.data {
+            let members: Vec<(usize, &Member, bool)> = self
+                .routers
+                .iter()
+                .map(|r| (r.client, &r.member, r.paused_until.is_some()))
+                .collect();
+            let result = data.step(now, &members);
+            let lines = std::mem::take(&mut data.lines);
+            for line in lines {
+                self.log(line);
+            }
+            result?;
+        }
+        self.check_one_owner()?;
+        self.check_shards_one_owner()
+    }
+
+    /// At most one router's shard serves each slot (what the shards would
+    /// answer, which lags the members by the views).
+    fn check_shards_one_owner(&self) -> Result<(), String> {
+        let Some(data) = &self.data else {
+            return Ok(());
+        };
+        let mut seen = SlotSet::empty();
+        for router in &self.routers {
+            let Some(set) = data.serving(router.client, self.now) else {
+                continue;
+            };
+            let mut both = set.clone();
+            both.intersect_with(&seen);
+            if !both.is_empty() {
+                return Err(format!(
+                    "at {:?}: slots {:?} served by two routers' shards (one is router {})",
+                    self.now,
+                    both.spans().into_iter().take(4).collect::<Vec<_>>(),
+                    router.client
+                ));
+            }
+            seen.union_with(&set);
+        }
+        Ok(())
     }
 
     fn router_at(&self, client: usize) -> Option<usize> {
@@ -387,6 +504,9 @@ impl ControlSim {
                 let client = self.routers[at].client;
                 self.routers.remove(at);
                 self.etcd.take_watches(Some(client));
+                if let Some(data) = &mut self.data {
+                    data.crash_router(client, self.now);
+                }
                 self.stats.crashes += 1;
                 self.log(format!("router {client} crashes"));
                 if self.rng.chance(0.7) {
@@ -420,7 +540,7 @@ impl ControlSim {
                 self.stats.etcd_outages += 1;
                 self.log(format!("etcd down for {down} ms"));
             }
-            4 if live < 6 => {
+            4 if live < ROUTERS_MAX => {
                 self.start_router();
                 self.stats.joins += 1;
             }
@@ -428,6 +548,15 @@ impl ControlSim {
                 let at = self.rng.index(live);
                 if !self.routers[at].draining {
                     self.drain(at);
+                }
+            }
+            6 => {
+                if let Some(data) = &mut self.data {
+                    data.fault(self.now);
+                    let lines = std::mem::take(&mut data.lines);
+                    for line in lines {
+                        self.log(line);
+                    }
                 }
             }
             _ => {}
@@ -510,17 +639,24 @@ impl ControlSim {
             served += set.len();
             seen.union_with(&set);
         }
-        for slot in 0..SLOT_COUNT {
-            let since = &mut self.unserved_since[slot as usize];
-            if served == SLOT_COUNT as usize || seen.contains(slot) {
-                if let Some(start) = since.take() {
-                    let gap = self.now.since(start).as_millis() as u64;
-                    self.stats.worst_gap_ms = self.stats.worst_gap_ms.max(gap);
-                }
-            } else if since.is_none() {
-                *since = Some(self.now);
+        let _ = served;
+        // Only the slots whose state changed since the last step.
+        let mut now_unserved = SlotSet::full();
+        now_unserved.subtract(&seen);
+        let mut started = now_unserved.clone();
+        started.subtract(&self.unserved);
+        let mut ended = self.unserved.clone();
+        ended.subtract(&now_unserved);
+        for slot in started.iter() {
+            self.unserved_since[slot as usize] = Some(self.now);
+        }
+        for slot in ended.iter() {
+            if let Some(start) = self.unserved_since[slot as usize].take() {
+                let gap = self.now.since(start).as_millis() as u64;
+                self.stats.worst_gap_ms = self.stats.worst_gap_ms.max(gap);
             }
         }
+        self.unserved = now_unserved;
         Ok(())
     }
 
@@ -591,6 +727,18 @@ pub fn run_seed(seed: u64) -> Result<ControlStats, (ControlConfig, String, Vec<S
     let mut sim = ControlSim::new(seed);
     match sim.run() {
         Ok(()) => Ok(sim.stats.clone()),
+        Err(error) => Err((sim.config.clone(), error, sim.trace.clone())),
+    }
+}
+
+/// Runs one seed of the whole cluster (control plane, shards, nodes).
+#[allow(clippy::type_complexity)]
+pub fn run_cluster_seed(
+    seed: u64,
+) -> Result<(ControlStats, DataStats), (ControlConfig, String, Vec<String>)> {
+    let mut sim = ControlSim::with_data(seed);
+    match sim.run() {
+        Ok(()) => Ok((sim.stats.clone(), sim.data_stats().unwrap_or_default())),
         Err(error) => Err((sim.config.clone(), error, sim.trace.clone())),
     }
 }

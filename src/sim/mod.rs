@@ -23,6 +23,7 @@
 //! `scripts/simulate.sh --seeds N` runs as many as asked.
 
 pub mod control;
+pub mod data;
 pub mod etcd;
 mod net;
 mod node;

@@ -43,12 +43,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::map::{RouterId, SlotMap, SlotSet};
+use crate::cluster::map::{RouterId, SlotMap, SlotSet, SINGLE_ROUTER};
 use crate::placement::{slot_for_user, xxh64};
 use crate::time::Time;
 use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
 
 use super::core::{Incoming, NodeConfig, NodeCore, NodeError, State};
+
+/// Links to addresses the map no longer names, kept to learn later maps
+/// from, at most.
+const PROBES_MAX: usize = 16;
 
 /// How a [`ClusterNode`] behaves.
 #[derive(Debug, Clone)]
@@ -107,6 +111,8 @@ pub struct Outcome {
     /// Times it was sent (more than once after a Moved, an Unknown or a
     /// lost router).
     pub sends: u32,
+    /// The router that gave it.
+    pub router: Option<RouterId>,
 }
 
 /// Why [`ClusterNode::route`] refused a message.
@@ -200,7 +206,10 @@ struct PendingRoute {
 pub struct ClusterNode {
     config: ClusterConfig,
     map: Option<Arc<SlotMap>>,
-    links: Vec<Option<Link>>,
+    /// By id; ids are never reused (a driver holding a socket for a removed
+    /// link finds it gone, not replaced).
+    links: BTreeMap<LinkId, Link>,
+    next_link: LinkId,
     /// The node's sessions: (user, device) -> (platform, seq).
     sessions: BTreeMap<(String, String), (fb::Platform, u64)>,
     topics: BTreeSet<String>,
@@ -234,7 +243,8 @@ impl ClusterNode {
         let rng = config.node.incarnation | 1;
         let mut node = ClusterNode {
             map: None,
-            links: Vec::new(),
+            links: BTreeMap::new(),
+            next_link: 0,
             sessions: BTreeMap::new(),
             topics: BTreeSet::new(),
             next_seq: 1,
@@ -266,20 +276,36 @@ impl ClusterNode {
         self.pending.len()
     }
 
+    /// A line about pending Route `id` and the links, for traces.
+    pub fn describe_pending(&self, id: u64) -> String {
+        let pending = self.pending.get(&id).map(|p| {
+            format!(
+                "slot {} sent_to {:x?} wait_epoch {} retry_at {:?} unknowns {} sends {}",
+                p.slot, p.sent_to, p.wait_epoch, p.retry_at, p.unknowns, p.sends
+            )
+        });
+        let links: Vec<String> = self
+            .links()
+            .map(|(id, l)| format!("{id}:{:x?}@{}:{:?}", l.router, l.addr, l.state))
+            .collect();
+        format!(
+            "pending {pending:?}; map {:?} owner {:x?}; links {links:?}",
+            self.map.as_ref().map(|m| m.epoch()),
+            self.pending.get(&id).and_then(|p| self.owner(p.slot))
+        )
+    }
+
     pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
 
     /// The links, by id (a removed link leaves a hole).
     pub fn links(&self) -> impl Iterator<Item = (LinkId, &Link)> {
-        self.links
-            .iter()
-            .enumerate()
-            .filter_map(|(id, link)| link.as_ref().map(|link| (id, link)))
+        self.links.iter().map(|(&id, link)| (id, link))
     }
 
     pub fn link_mut(&mut self, id: LinkId) -> Option<&mut Link> {
-        self.links.get_mut(id).and_then(Option::as_mut)
+        self.links.get_mut(&id)
     }
 
     fn add_link(&mut self, addr: String, router: Option<RouterId>, seed: bool) -> LinkId {
@@ -295,10 +321,10 @@ impl ClusterNode {
             refused: SlotSet::empty(),
             seed,
         };
-        // Ids are never reused: a driver holding a socket for a removed
-        // link finds it gone, not replaced.
-        self.links.push(Some(link));
-        self.links.len() - 1
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(id, link);
+        id
     }
 
     fn link_of(&self, router: RouterId) -> Option<LinkId> {
@@ -329,8 +355,7 @@ impl ClusterNode {
     /// [`ClusterNode::connect_failed`].
     pub fn connect_due(&mut self, now: Time) -> Vec<(LinkId, String)> {
         let mut due = Vec::new();
-        for (id, link) in self.links.iter_mut().enumerate() {
-            let Some(link) = link else { continue };
+        for (&id, link) in self.links.iter_mut() {
             if let LinkState::Down { retry_at } = link.state {
                 if now >= retry_at {
                     link.state = LinkState::Connecting;
@@ -403,19 +428,22 @@ impl ClusterNode {
 
     /// Sends what is due: Routes to retry, resync batches.
     pub fn handle_timeout(&mut self, now: Time) {
-        let due: Vec<u64> = self
+        let mut due: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.retry_at.is_some_and(|at| at <= now))
             .map(|(&id, _)| id)
             .collect();
+        // In message order (the map's order is random per process).
+        due.sort_unstable();
         for id in due {
             if let Some(pending) = self.pending.get_mut(&id) {
                 pending.retry_at = None;
             }
             self.dispatch(id, now);
         }
-        for id in 0..self.links.len() {
+        let ids: Vec<LinkId> = self.links.keys().copied().collect();
+        for id in ids {
             self.resync_step(id, now);
         }
     }
@@ -470,7 +498,7 @@ impl ClusterNode {
         let Some(link_id) = self.link_of(owner) else {
             return;
         };
-        let link = self.links[link_id].as_mut().expect("found");
+        let link = self.links.get_mut(&link_id).expect("found");
         let pending = self.pending.get_mut(&id).expect("present");
         if pending.sends > 0 {
             self.stats.resends += 1;
@@ -544,7 +572,7 @@ impl ClusterNode {
 
     /// A Broadcast goes through any one live router (each has every node).
     pub fn broadcast(&mut self, payload: &[u8]) -> bool {
-        let live = self.links.iter_mut().flatten().find(|link| link.is_live());
+        let live = self.links.values_mut().find(|link| link.is_live());
         match live {
             Some(link) => {
                 link.core.broadcast(payload);
@@ -562,7 +590,7 @@ impl ClusterNode {
         // Decide on an owned summary first, then hand out the borrowed
         // frame only when it is for the application.
         let summary = {
-            let link = self.links.get_mut(id)?.as_mut()?;
+            let link = self.links.get_mut(&id)?;
             match link.core.poll_incoming()? {
                 Err(error) => Summary::Error(error),
                 Ok(incoming) => summarize(&incoming),
@@ -605,7 +633,7 @@ impl ClusterNode {
                     self.stats.duplicates_dropped += 1;
                     return Some(Ok(Polled::Handled));
                 }
-                let link = self.links[id].as_mut().expect("polled");
+                let link = self.links.get_mut(&id).expect("polled");
                 let Some(Ok(Incoming::FanoutDeliver(deliver))) = link.core.repeat_incoming() else {
                     unreachable!("the frame just summarized")
                 };
@@ -614,29 +642,36 @@ impl ClusterNode {
             Summary::Control(incoming) => return Some(Ok(Polled::Frame(incoming))),
             Summary::Pass => {}
         }
-        let link = self.links[id].as_mut().expect("polled");
+        let link = self.links.get_mut(&id).expect("polled");
         Some(link.core.repeat_incoming()?.map(Polled::Frame))
     }
 
     /// A Welcome on link `id`: learn the router and the map; a stream that
     /// was not resumed lost what was sent on it.
     fn welcomed(&mut self, id: LinkId, now: Time) {
-        let link = self.links[id].as_mut().expect("polled");
+        let link = self.links.get_mut(&id).expect("polled");
         link.state = LinkState::Live;
         link.failures = 0;
         let welcome = link.core.welcome().expect("welcomed").clone();
-        link.router = Some(welcome.member);
-        link.seed = false;
+        // A router that has no id yet (not registered, or its shards have
+        // no view yet) says 0: the link keeps what the map said.
+        if welcome.member != 0 {
+            link.router = Some(welcome.member);
+            link.seed = false;
+        }
         if let Some(map) = welcome.map.clone() {
             self.install_map(map, now);
         }
-        if welcome.resumed {
+        // (The map may have made this link unneeded: a seed whose router
+        // has no id yet, now that the map names every router.)
+        if welcome.resumed || self.link_mut(id).is_none() {
             return;
         }
         // A new stream: the Routes sent on the old one have no outcome
         // coming; everything this router owns is resynced.
-        let link = self.links[id].as_mut().expect("polled");
-        let lost: Vec<u64> = link.core.take_pending();
+        let link = self.links.get_mut(&id).expect("present");
+        let mut lost: Vec<u64> = link.core.take_pending();
+        lost.sort_unstable();
         for message in lost {
             if let Some(pending) = self.pending.get_mut(&message) {
                 pending.sent_to = None;
@@ -650,7 +685,7 @@ impl ClusterNode {
 
     /// A SlotMap frame on link `id` (whose core still holds it).
     fn map_frame(&mut self, id: LinkId, resync: Vec<(u16, u16)>, now: Time) {
-        let link = self.links[id].as_mut().expect("polled");
+        let link = self.links.get_mut(&id).expect("polled");
         let Some(Ok(Incoming::SlotMap(table))) = link.core.repeat_incoming() else {
             unreachable!("the frame just summarized")
         };
@@ -669,20 +704,40 @@ impl ClusterNode {
     /// Keeps `map` if it is newer: links for its routers, and every Route
     /// whose owner changed goes to its new owner.
     fn install_map(&mut self, map: Arc<SlotMap>, now: Time) {
-        let current = self.map.as_ref().map_or(0, |map| map.epoch());
-        if map.epoch() <= current && self.map.is_some() {
-            return;
+        // A newer epoch, or the same one listing other routers (a router
+        // joined: it owns nothing yet, but nodes connect to it now).
+        // Only ever more routers within an epoch: two routers' listings
+        // may differ for a moment, and a node must not flip between them.
+        if let Some(current) = &self.map {
+            let newer = map.epoch() > current.epoch();
+            let relisted = map.epoch() == current.epoch()
+                && map
+                    .routers()
+                    .iter()
+                    .any(|router| current.router(router.id).is_none());
+            if !newer && !relisted {
+                return;
+            }
         }
+        let map = match &self.map {
+            // Keep the routers the current listing had.
+            Some(current) if current.epoch() == map.epoch() => {
+                Arc::new((*map).clone().listing(current.routers().iter().cloned()))
+            }
+            _ => map,
+        };
         self.stats.maps += 1;
         self.map = Some(map.clone());
         // A link per router of the map; seeds and routers gone are dropped
         // (a router alone lists its --listen address: its seed link is it).
-        let single = map.routers().len() == 1;
+        // A router alone (not a member of a cluster: id 1) lists its
+        // --listen address, perhaps 0.0.0.0: its seed link is it.
+        let single = map.routers().len() == 1 && map.routers()[0].id == SINGLE_ROUTER;
         for router in map.routers() {
             if self.link_of(router.id).is_none() {
                 let seed = self.links().find(|(_, link)| link.seed).map(|(id, _)| id);
                 if let (true, Some(id)) = (single, seed) {
-                    let link = self.links[id].as_mut().expect("found");
+                    let link = self.links.get_mut(&id).expect("found");
                     link.router = Some(router.id);
                     link.seed = false;
                     continue;
@@ -690,17 +745,26 @@ impl ClusterNode {
                 self.add_link(router.addr.clone(), Some(router.id), false);
             }
         }
-        // Links to routers gone from the map, and seeds not needed any
-        // more, go (the driver closes their sockets).
-        for slot in self.links.iter_mut() {
-            let gone = slot.as_ref().is_some_and(|link| match link.router {
-                Some(id) => map.router(id).is_none(),
-                None => link.seed && link.state != LinkState::Connecting,
-            });
-            if gone {
-                *slot = None;
+        // Links to routers gone from the map: a link whose address another
+        // router of the map has goes (that router has its own link); one
+        // whose address the map does not know becomes a probe, kept to
+        // learn later maps from (a router that lost its lease registers
+        // again under a new id, at the same address; a node whose every
+        // router changed would otherwise hear of the cluster no more).
+        let mut probes = 0;
+        self.links.retain(|_, link| {
+            if link.router.is_some_and(|id| map.router(id).is_some()) {
+                return true;
             }
-        }
+            let covered = map.routers().iter().any(|router| router.addr == link.addr);
+            if covered || probes >= PROBES_MAX {
+                return false;
+            }
+            probes += 1;
+            link.router = None;
+            link.seed = true;
+            true
+        });
         let stale: Vec<u16> = self
             .stale_slots
             .iter()
@@ -711,12 +775,13 @@ impl ClusterNode {
             self.stale_slots.remove(&slot);
             self.resync_slot_at_owner(slot, Duration::ZERO, now);
         }
-        let moved: Vec<u64> = self
+        let mut moved: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, p)| p.sent_to.is_none_or(|to| to != map.owner_id(p.slot)))
             .map(|(&id, _)| id)
             .collect();
+        moved.sort_unstable();
         for id in moved {
             self.dispatch(id, now);
         }
@@ -724,7 +789,7 @@ impl ClusterNode {
 
     /// The verdict on a Route (or a Fanout) from link `id`.
     fn status(&mut self, id: LinkId, status: StatusSummary, now: Time) {
-        let from = self.links[id].as_ref().and_then(|link| link.router);
+        let from = self.links.get(&id).and_then(|link| link.router);
         let Some(pending) = self.pending.get_mut(&status.message_id) else {
             return;
         };
@@ -737,8 +802,21 @@ impl ClusterNode {
             fb::Verdict::Moved => {
                 self.stats.moved += 1;
                 pending.sent_to = None;
-                pending.wait_epoch = status.epoch;
-                self.dispatch(status.message_id, now);
+                let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+                if status.epoch > epoch {
+                    // The router knows a newer map: send it on once this
+                    // node has it too.
+                    pending.wait_epoch = status.epoch;
+                    self.dispatch(status.message_id, now);
+                } else {
+                    // The router is behind this node's map (it has not
+                    // applied the epoch that gave it the slot): again
+                    // after a moment.
+                    let delay = self.config.retry_delay / 2;
+                    let jitter = self.jitter(delay);
+                    let pending = self.pending.get_mut(&status.message_id).expect("present");
+                    pending.retry_at = Some(now + delay / 2 + jitter);
+                }
                 return;
             }
             fb::Verdict::Unknown if pending.unknowns < self.config.unknown_retries => {
@@ -760,6 +838,7 @@ impl ClusterNode {
             verdict: status.verdict,
             reason: status.reason,
             sends: pending.sends,
+            router: from,
         });
     }
 
@@ -769,7 +848,7 @@ impl ClusterNode {
         let slot = moved.slot;
         let request = fb::Body(moved.request);
         let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
-        let refuser = self.links[id].as_ref().and_then(|link| link.router);
+        let refuser = self.links.get(&id).and_then(|link| link.router);
         match request {
             fb::Body::SessionOpen | fb::Body::SessionClose => {
                 // The session's state is this node's: the owner gets it in
@@ -806,7 +885,7 @@ impl ClusterNode {
         let Some(target) = self.owner(slot).and_then(|owner| self.link_of(owner)) else {
             return;
         };
-        let link = self.links[target].as_mut().expect("a link");
+        let link = self.links.get_mut(&target).expect("a link");
         link.refused.insert(slot);
         let scope = std::mem::replace(&mut link.refused, SlotSet::empty());
         self.schedule_resync_after(target, scope, epoch, now + delay);
@@ -856,7 +935,7 @@ impl ClusterNode {
 
     /// Sends the next batch of link `id`'s resync, if it is due.
     fn resync_step(&mut self, id: LinkId, now: Time) {
-        let Some(Some(link)) = self.links.get(id) else {
+        let Some(link) = self.links.get(&id) else {
             return;
         };
         let due = link.is_live() && link.resync.as_ref().is_some_and(|r| r.at <= now);
@@ -869,7 +948,7 @@ impl ClusterNode {
             (Some(map), Some(router)) => map.owner_id(slot) == router,
             _ => true,
         };
-        let link = self.links[id].as_mut().expect("checked");
+        let link = self.links.get_mut(&id).expect("checked");
         let resync = link.resync.as_mut().expect("checked");
         if !resync.started {
             resync.started = true;
@@ -915,7 +994,7 @@ impl ClusterNode {
     /// Subscribes again, on link `id`, to the topics it owns (in `scope`).
     fn resubscribe(&mut self, id: LinkId, scope: Option<&SlotSet>) {
         let map = self.map.clone();
-        let Some(link) = self.links.get_mut(id).and_then(Option::as_mut) else {
+        let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         for topic in &self.topics {

@@ -124,6 +124,7 @@ impl Net {
                 released: Arc::new(mine),
                 gained: Arc::new(gained),
                 fence: Time::NEVER,
+                expected_nodes: 0,
             };
             router.core.apply_view(&view, self.now);
         }
