@@ -32,11 +32,13 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::route::Sender;
 use crate::table::NodeId;
+use crate::time::Time;
 use crate::wire::{fb, FanoutFrame, FrameBuf};
 
 use super::batch::{push_entry_with, put_id, take_id, Class, EntryHeader, EntryKind};
 use super::out::Out;
 use super::owner::Owner;
+use super::slots::Access;
 
 /// Where a Fanout is in its life.
 enum Phase {
@@ -84,6 +86,11 @@ struct Job {
     /// Recipients that got nothing, encoded ids.
     offline: Vec<u8>,
     offline_count: usize,
+    /// Recipients whose slots this router does not serve now (another
+    /// router's, or being rebuilt with no session yet): the sender sends
+    /// them again (`Status.moved_users`), never told they are offline.
+    moved: Vec<u8>,
+    moved_count: usize,
 }
 
 /// An owner's share of a Fanout being resolved here.
@@ -101,6 +108,8 @@ struct Resolve {
     nodes: Vec<(NodeId, u32, u32, Vec<u8>)>,
     offline: Vec<u8>,
     offline_count: u32,
+    moved: Vec<u8>,
+    moved_count: u32,
 }
 
 /// The Fanouts of one shard: jobs it coordinates, and shares it resolves.
@@ -157,6 +166,8 @@ impl Fanouts {
                 delivered: 0,
                 offline: Vec::new(),
                 offline_count: 0,
+                moved: Vec::new(),
+                moved_count: 0,
             },
         );
         self.runnable.push_back(token);
@@ -176,6 +187,8 @@ impl Fanouts {
             nodes: Vec::new(),
             offline: Vec::new(),
             offline_count: 0,
+            moved: Vec::new(),
+            moved_count: 0,
         });
     }
 
@@ -240,11 +253,12 @@ impl Fanouts {
         owner: &Owner,
         budget: usize,
         finished: &mut Vec<(Sender, usize)>,
+        now: Time,
     ) -> usize {
         let mut done = 0;
         while done < budget {
             if let Some(mut resolve) = self.resolves.pop_front() {
-                done += resolve_slice(out, owner, &mut resolve, budget - done);
+                done += resolve_slice(out, owner, &mut resolve, budget - done, now);
                 if resolve.remaining > 0 {
                     self.resolves.push_front(resolve);
                 }
@@ -390,8 +404,14 @@ fn merge(out: &mut Out<'_>, job: &mut Job) {
             }
         }
         let offline = take_u32(answer, &mut at) as usize;
-        job.offline.extend_from_slice(&answer[at..]);
+        let offline_bytes = take_u32(answer, &mut at) as usize;
+        job.offline
+            .extend_from_slice(&answer[at..at + offline_bytes]);
         job.offline_count += offline;
+        at += offline_bytes;
+        let moved = take_u32(answer, &mut at) as usize;
+        job.moved.extend_from_slice(&answer[at..]);
+        job.moved_count += moved;
     }
     let mut live = Vec::with_capacity(targets.len());
     for mut target in targets {
@@ -519,7 +539,13 @@ fn send_deliver(out: &mut Out<'_>, token: u64, job: &mut Job, at: usize) -> usiz
 }
 
 /// One slice of resolving users on their owner.
-fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget: usize) -> usize {
+fn resolve_slice(
+    out: &mut Out<'_>,
+    owner: &Owner,
+    resolve: &mut Resolve,
+    budget: usize,
+    now: Time,
+) -> usize {
     let mut done = 0;
     // The user's live sessions, (node, device), in the table's order.
     let mut sessions: Vec<(NodeId, &[u8])> = Vec::new();
@@ -528,6 +554,12 @@ fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget
         resolve.remaining -= 1;
         done += 1;
         sessions.clear();
+        let access = owner.slots.access(user.as_bytes(), now).0;
+        if !matches!(access, Access::Serve | Access::Rebuilding) {
+            put_id(&mut resolve.moved, user.as_bytes());
+            resolve.moved_count += 1;
+            continue;
+        }
         sessions.extend(
             owner
                 .table
@@ -536,8 +568,14 @@ fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget
                 .map(|session| (session.node, session.device)),
         );
         if sessions.is_empty() {
-            put_id(&mut resolve.offline, user.as_bytes());
-            resolve.offline_count += 1;
+            // Being rebuilt: "no session" is not known to be true.
+            let (list, count) = if access == Access::Rebuilding {
+                (&mut resolve.moved, &mut resolve.moved_count)
+            } else {
+                (&mut resolve.offline, &mut resolve.offline_count)
+            };
+            put_id(list, user.as_bytes());
+            *count += 1;
             continue;
         }
         // Per node, in the order the nodes first appear: the user, its
@@ -580,7 +618,8 @@ fn resolve_slice(out: &mut Out<'_>, owner: &Owner, resolve: &mut Resolve, budget
 
 /// A resolution: u32 node count; per node u32 node, u32 epoch, u32 user
 /// count, u32 byte length, then per user its id, a u8 device count and
-/// the device ids; then u32 offline count and the offline ids.
+/// the device ids; then u32 offline count, u32 byte length and the offline
+/// ids; then u32 moved count and the moved ids.
 fn encode_resolution(resolve: &Resolve) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(resolve.nodes.len() as u32).to_le_bytes());
@@ -592,8 +631,21 @@ fn encode_resolution(resolve: &Resolve) -> Vec<u8> {
         out.extend_from_slice(bytes);
     }
     out.extend_from_slice(&resolve.offline_count.to_le_bytes());
+    out.extend_from_slice(&(resolve.offline.len() as u32).to_le_bytes());
     out.extend_from_slice(&resolve.offline);
+    out.extend_from_slice(&resolve.moved_count.to_le_bytes());
+    out.extend_from_slice(&resolve.moved);
     out
+}
+
+/// The ids of an encoded list.
+fn decode_ids(bytes: &[u8]) -> Vec<&str> {
+    let mut ids = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        ids.push(take_id(bytes, &mut at));
+    }
+    ids
 }
 
 /// The Fanout's one Status, to the sender (whose connection is here).
@@ -606,18 +658,17 @@ fn finish(out: &mut Out<'_>, job: Job) -> Option<(Sender, usize)> {
         .body_as_fanout()
         .expect("a Fanout")
         .message_id();
-    let (verdict, reason) = match (job.delivered, job.offline_count == 0) {
-        (0, _) => (fb::Verdict::Offline, fb::Reason::NoSession),
-        (_, true) => (fb::Verdict::Routed, fb::Reason::None),
-        (_, false) => (fb::Verdict::Routed, fb::Reason::Partial),
+    let (verdict, reason) = match (job.delivered, job.offline_count, job.moved_count) {
+        (0, 0, moved) if moved > 0 => (fb::Verdict::Moved, fb::Reason::NotOwner),
+        (0, _, _) => (fb::Verdict::Offline, fb::Reason::NoSession),
+        (_, 0, 0) => (fb::Verdict::Routed, fb::Reason::None),
+        _ => (fb::Verdict::Routed, fb::Reason::Partial),
     };
-    let mut offline: Vec<&str> = Vec::with_capacity(job.offline_count);
-    let mut at = 0;
-    while at < job.offline.len() {
-        offline.push(take_id(&job.offline, &mut at));
-    }
+    let (offline, moved) = (decode_ids(&job.offline), decode_ids(&job.moved));
+    out.counters.fanout_recipients_moved += job.moved_count as u64;
     out.send_to(job.sender, Class::Bounce, |encoder, frame| {
-        frame.extend_from_slice(encoder.status_offline(message_id, verdict, reason, &offline))
+        frame
+            .extend_from_slice(encoder.status_fanout(message_id, verdict, reason, &offline, &moved))
     });
     // The sender's budget, unless it came back when the Delivers were
     // queued.

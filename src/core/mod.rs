@@ -1191,9 +1191,13 @@ impl ShardCore {
     /// Returns whether more is waiting.
     pub fn step(&mut self, now: Time) -> bool {
         let mut finished = Vec::new();
-        let done = self
-            .fanouts
-            .step(&mut sink!(self), &self.owner, FANOUT_CHUNK, &mut finished);
+        let done = self.fanouts.step(
+            &mut sink!(self),
+            &self.owner,
+            FANOUT_CHUNK,
+            &mut finished,
+            now,
+        );
         for (sender, recipients) in finished {
             self.fanout_finished(sender, recipients);
         }

@@ -708,4 +708,49 @@ mod member {
             .collect();
         assert_eq!(who, [true, false, true]);
     }
+
+    /// A Fanout's recipients in another router's slots are not offline:
+    /// the sender is told to send them to their owner (`moved_users`).
+    #[test]
+    fn a_fanouts_recipients_of_other_routers_are_moved_not_offline() {
+        let mut shard = member();
+        let map = map(3, (0, 8191));
+        shard
+            .core
+            .apply_view(&view(&map, SlotSet::empty(), FAR), shard.now);
+        let holder = shard.connect("holder");
+        let sender = shard.connect("sender");
+        shard.drain(holder);
+        shard.drain(sender);
+        let mine = user_where("mine", |slot| slot <= 8191);
+        let absent = user_where("absent", |slot| slot <= 8191);
+        let theirs = user_where("theirs", |slot| slot > 8191);
+        open(&mut shard, holder, &mine);
+        let to_users = [mine.as_str(), absent.as_str(), theirs.as_str()];
+        let frame = shard
+            .encoder
+            .fanout(&crate::wire::FanoutFrame {
+                message_id: 9,
+                from_user: "sender",
+                from_device: "phone",
+                to_users: &to_users,
+                flags: 0,
+                payload: b"group",
+            })
+            .to_vec();
+        shard.send(sender, &frame);
+        let bytes = shard.drain(sender);
+        let envelope = fb::size_prefixed_root_as_envelope(&bytes).expect("a Status");
+        let status = envelope.body_as_status().expect("a Status");
+        assert_eq!(
+            (status.verdict(), status.reason()),
+            (fb::Verdict::Routed, fb::Reason::Partial)
+        );
+        let list = |v: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&str>>>| {
+            v.map(|v| v.iter().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(list(status.offline_users()), [absent]);
+        assert_eq!(list(status.moved_users()), [theirs]);
+    }
 }

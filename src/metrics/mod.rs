@@ -52,6 +52,9 @@ counters! {
     topics_dropped_moved,
     /// Slot map frames pushed to nodes.
     maps_pushed,
+    /// A Fanout's recipients in slots this router did not serve (listed in
+    /// `moved_users` for the sender to send again).
+    fanout_recipients_moved,
     /// Node connections that completed the Hello/Welcome handshake here.
     connections_opened,
     /// Node connections closed here, for any reason.

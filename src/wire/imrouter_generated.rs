@@ -3502,8 +3502,10 @@ impl<'a> Status<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Status::VT_OWNER, Some(0)).unwrap()}
   }
-  /// For a Fanout: the recipients whose slots this router does not own
-  /// (send them to their owners).
+  /// For a Fanout: the recipients whose slots this router does not serve
+  /// now (another router's, or being rebuilt and without a session yet):
+  /// send them again, to their owners, in a Fanout of their own. Verdict
+  /// Moved when nothing else was decided.
   #[inline]
   pub fn moved_users(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
     // Safety:
