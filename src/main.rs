@@ -21,6 +21,21 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Cluster(args) = &cli.command {
+        return match cluster(args) {
+            Ok(text) => {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                log!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -28,6 +43,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `imrouter cluster ...`: what to print.
+#[cfg(feature = "cluster")]
+fn cluster(args: &imrouter::config::ClusterArgs) -> Result<String, String> {
+    imrouter::cluster::control::admin(&args.etcd, &args.cluster, &args.action)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster(_: &imrouter::config::ClusterArgs) -> Result<String, String> {
+    Err(
+        "this imrouter was built without cluster support: build it with `--features cluster`"
+            .into(),
+    )
 }
 
 /// `imrouter locate`: prints the user's sessions; returns whether it has any.
@@ -82,7 +111,7 @@ fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             log!("stopped: {totals}");
             Ok(())
         }
-        Command::Locate(_) => unreachable!("handled in main"),
+        Command::Locate(_) | Command::Cluster(_) => unreachable!("handled in main"),
     }
 }
 

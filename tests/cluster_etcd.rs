@@ -388,3 +388,96 @@ fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
     }
     assert_eq!(seen, (1..301).collect());
 }
+
+fn cluster_command(etcd: &Etcd, cluster: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_imrouter"))
+        .args(["cluster", "--etcd", &etcd.url, "--cluster", cluster])
+        .args(args)
+        .output()
+        .expect("imrouter cluster runs");
+    assert!(
+        output.status.success(),
+        "imrouter cluster {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("text")
+}
+
+/// `imrouter cluster drain` moves a router's slots to the others while
+/// messages flow (each Routed, seen once), and `imrouter cluster status`
+/// shows the routers, the controller and the drained router.
+#[test]
+fn a_drained_router_hands_its_slots_over_without_loss() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(etcd) = Etcd::start() else {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return;
+    };
+    let routers: Vec<RouterProcess> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|name| RouterProcess::start(&etcd, "drain-test", name))
+        .collect();
+    let mut holder = node("holder", 55, &routers[0].addr);
+    let mut sender = node("sender", 66, &routers[1].addr);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the three routers to share the slots",
+        |nodes| nodes.iter().all(|node| balanced(node, 3)),
+    );
+    let status = cluster_command(&etcd, "drain-test", &["status"]);
+    assert!(
+        status.starts_with("cluster drain-test: 3 routers"),
+        "{status}"
+    );
+    assert!(status.contains("controller"), "{status}");
+    for name in ["d1", "d2", "d3"] {
+        assert!(status.contains(name), "{status}");
+    }
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        holder.core.open(user, "phone", fb::Platform::Mobile);
+    }
+    let opened = Instant::now();
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(5),
+        "the sessions to arrive",
+        |_| opened.elapsed() > Duration::from_millis(500),
+    );
+    cluster_command(&etcd, "drain-test", &["drain", "d3"]);
+    route_all(&mut sender, &users, 1);
+    let drained_id = |node: &Node| {
+        node.core.map().and_then(|map| {
+            map.routers()
+                .iter()
+                .find(|router| router.addr == routers[2].addr)
+                .map(|router| map.slots_of(router.id).len())
+        })
+    };
+    let received = run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(60),
+        "d3 to own nothing and every outcome",
+        |nodes| {
+            OUTCOMES.with(|all| all.borrow().len() >= 300)
+                && nodes.iter().all(|node| drained_id(node).unwrap_or(0) == 0)
+        },
+    );
+    let outcomes = take_outcomes();
+    let routed = outcomes
+        .iter()
+        .filter(|(_, o)| o.verdict == fb::Verdict::Routed)
+        .count();
+    assert_eq!(routed, 300, "{outcomes:?}");
+    let mut seen = BTreeSet::new();
+    for item in &received[0] {
+        if let Received::Deliver { message_id, .. } = item {
+            assert!(seen.insert(*message_id), "{message_id} seen twice");
+        }
+    }
+    assert_eq!(seen, (1..301).collect());
+    let status = cluster_command(&etcd, "drain-test", &["status"]);
+    assert!(status.contains("drained"), "{status}");
+    eprintln!("{status}");
+}

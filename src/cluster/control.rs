@@ -340,3 +340,66 @@ fn kv(kv: &etcd_client::KeyValue) -> Kv {
         lease: kv.lease(),
     }
 }
+
+/// `imrouter cluster status|drain|undrain`: returns what to print.
+pub fn admin(
+    etcd: &[String],
+    cluster: &str,
+    action: &crate::config::ClusterAction,
+) -> Result<String, String> {
+    use super::status::{render, ClusterState};
+    use crate::config::ClusterAction;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let timeout = Duration::from_secs(5);
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        let mut client = Client::connect(etcd, Some(options))
+            .await
+            .map_err(|error| format!("etcd {}: {error}", etcd.join(",")))?;
+        let prefix = format!("/imrouter/{cluster}/");
+        let got = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|error| error.to_string())?;
+        let kvs: Vec<Kv> = got.kvs().iter().map(kv).collect();
+        let state = ClusterState::from_kvs(&prefix, &kvs);
+        match action {
+            ClusterAction::Status => {
+                let mut leases = std::collections::BTreeMap::new();
+                for row in &state.routers {
+                    if let Ok(answer) = client.lease_time_to_live(row.id as i64, None).await {
+                        leases.insert(row.id, answer.ttl() * 1000);
+                    }
+                }
+                Ok(render(cluster, &state, &leases))
+            }
+            ClusterAction::Drain { router } | ClusterAction::Undrain { router } => {
+                let row = state
+                    .find(router)
+                    .ok_or_else(|| format!("no router {router} in cluster {cluster}"))?;
+                let key = format!("{prefix}drain/{:016x}", row.id);
+                if matches!(action, ClusterAction::Drain { .. }) {
+                    client
+                        .put(key, "", None)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    Ok(format!(
+                        "draining {} ({:016x}): its slots move to the others, a batch per epoch; `imrouter cluster status` shows it drained when it owns none",
+                        row.name, row.id
+                    ))
+                } else {
+                    client
+                        .delete(key, None)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    Ok(format!("{} ({:016x}) may receive slots again", row.name, row.id))
+                }
+            }
+        }
+    })
+}

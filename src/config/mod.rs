@@ -47,6 +47,42 @@ pub enum Command {
     /// session (node, device, platform). Exit status 0 when the user has a
     /// session, 1 when not, 2 on an error.
     Locate(LocateArgs),
+    /// Look at a cluster of routers, or move a router's slots away before
+    /// it stops, through the cluster's etcd (a build with `--features
+    /// cluster`).
+    Cluster(ClusterArgs),
+}
+
+/// Flags of `imrouter cluster`.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The cluster's etcd endpoints (comma-separated URLs).
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd: Vec<String>,
+
+    /// The cluster's name (`--cluster` of its routers).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+
+    #[command(subcommand)]
+    pub action: ClusterAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterAction {
+    /// Prints the routers (slots, ranges, applied epoch, nodes, lease time
+    /// left, health), the map's epoch and the controller.
+    Status,
+    /// Moves ROUTER's slots to the others, a batch per epoch (its name or
+    /// id); then it may stop without a failover.
+    Drain { router: String },
+    /// Lets a drained ROUTER receive slots again.
+    Undrain { router: String },
 }
 
 /// Flags of `imrouter locate`.
@@ -543,7 +579,7 @@ impl ServeArgs {
     pub fn defaults() -> ServeArgs {
         match Cli::parse_from(["imrouter", "serve"]).command {
             Command::Serve(args) => *args,
-            Command::Locate(_) => unreachable!("parsed `serve`"),
+            _ => unreachable!("parsed `serve`"),
         }
     }
 }
