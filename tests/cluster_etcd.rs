@@ -481,3 +481,126 @@ fn a_drained_router_hands_its_slots_over_without_loss() {
     assert!(status.contains("drained"), "{status}");
     eprintln!("{status}");
 }
+
+/// The time for nodes to resync the sessions of a dead router: one node
+/// holds `IMROUTER_RESYNC_SESSIONS` sessions (default 1,000,000) spread
+/// over three routers; one router is killed; 1,000 probes to users of its
+/// slots are routed at once. Prints the time from the kill to the new map
+/// at the holder, and from the new map to the last probe's outcome (the
+/// resync of the dead router's share, about a third, plus retries).
+/// A benchmark (BENCHMARKS.md): `cargo test --release --features cluster
+/// --test cluster_etcd resync -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn resync_of_a_dead_routers_sessions() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let sessions: usize = std::env::var("IMROUTER_RESYNC_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let etcd = Etcd::start().expect("etcd");
+    let mut routers: Vec<RouterProcess> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|name| RouterProcess::start(&etcd, "resync-bench", name))
+        .collect();
+    let mut holder = node("holder", 77, &routers[0].addr);
+    let mut sender = node("sender", 88, &routers[0].addr);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the three routers to share the slots",
+        |nodes| nodes.iter().all(|node| balanced(node, 3)),
+    );
+    let started = Instant::now();
+    let users: Vec<String> = (0..sessions).map(|i| format!("u{i}")).collect();
+    for user in &users {
+        holder.core.open(user, "phone", fb::Platform::Mobile);
+    }
+    // Until the routers took them all (their queues drained).
+    let idle_since = std::cell::Cell::new(Instant::now());
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(600),
+        "the sessions to be opened",
+        |nodes| {
+            let busy = nodes[0]
+                .core
+                .links()
+                .any(|(_, l)| !l.core.transmit().is_empty());
+            if busy {
+                idle_since.set(Instant::now());
+            }
+            idle_since.get().elapsed() > Duration::from_secs(2)
+        },
+    );
+    eprintln!(
+        "{sessions} sessions opened in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let map = holder.core.map().expect("a map").clone();
+    let victim = map
+        .routers()
+        .iter()
+        .find(|router| router.addr == routers[1].addr)
+        .expect("s2")
+        .id;
+    let probes: Vec<String> = users
+        .iter()
+        .filter(|user| map.owner_id(imrouter::placement::slot_for_user(user.as_bytes())) == victim)
+        .take(1000)
+        .cloned()
+        .collect();
+    let epoch = map.epoch();
+    let killed = Instant::now();
+    routers[1].kill();
+    route_all(&mut sender, &probes, 1);
+    let remapped = std::cell::Cell::new(None);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(300),
+        "the probes' outcomes",
+        |nodes| {
+            if remapped.get().is_none() && nodes[0].core.map().is_some_and(|m| m.epoch() > epoch) {
+                remapped.set(Some(killed.elapsed()));
+            }
+            OUTCOMES.with(|all| all.borrow().len() >= probes.len())
+        },
+    );
+    let done = killed.elapsed();
+    let outcomes = take_outcomes();
+    let routed = outcomes
+        .iter()
+        .filter(|(_, o)| o.verdict == fb::Verdict::Routed)
+        .count();
+    let remapped = remapped.get().unwrap_or(done);
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, outcome) in &outcomes {
+        *verdicts
+            .entry(format!("{:?}/{:?}", outcome.verdict, outcome.reason))
+            .or_default() += 1;
+    }
+    eprintln!("verdicts: {verdicts:?}");
+    let final_map = holder.core.map().expect("a map");
+    for (_, outcome) in outcomes
+        .iter()
+        .filter(|(_, o)| o.verdict != fb::Verdict::Routed)
+        .take(5)
+    {
+        let user = &probes[outcome.message_id as usize - 1];
+        let slot = imrouter::placement::slot_for_user(user.as_bytes());
+        eprintln!(
+            "{outcome:?}: slot {slot}, owner now {:x}, map epoch {} (was {epoch})",
+            final_map.owner_id(slot),
+            final_map.epoch()
+        );
+    }
+    eprintln!(
+        "resync: {sessions} sessions, {} probes Routed of {}; kill to new map {:.2} s, new map to last probe {:.2} s (total {:.2} s)",
+        routed,
+        probes.len(),
+        remapped.as_secs_f64(),
+        (done - remapped).as_secs_f64(),
+        done.as_secs_f64()
+    );
+    assert_eq!(routed, probes.len());
+}

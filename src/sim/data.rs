@@ -122,6 +122,9 @@ impl DataPlane {
                 let mut cluster = ClusterConfig::new(node, seeds.clone());
                 cluster.unknown_retries = 40;
                 cluster.retry_delay = Duration::from_millis(50);
+                // Resyncs of several batches, interleaved between links
+                // (a shared generation counter once cut one short).
+                cluster.resync_batch = 4;
                 let users = (0..USERS_PER_NODE)
                     .map(|u| format!("n{n}-user{u}"))
                     .collect();

@@ -163,6 +163,9 @@ struct Resync {
     sessions: Vec<(String, String, fb::Platform, u64)>,
     sent: usize,
     started: bool,
+    /// Its SessionSync generation, fixed when it starts (several links'
+    /// resyncs interleave; each keeps its own).
+    generation: u64,
 }
 
 /// One router.
@@ -928,6 +931,7 @@ impl ClusterNode {
                     sessions: Vec::new(),
                     sent: 0,
                     started: false,
+                    generation: 0,
                 });
             }
         }
@@ -952,6 +956,8 @@ impl ClusterNode {
         let resync = link.resync.as_mut().expect("checked");
         if !resync.started {
             resync.started = true;
+            self.next_generation += 1;
+            resync.generation = self.next_generation;
             let (scope, full) = (&resync.scope, resync.full);
             resync.sessions = self
                 .sessions
@@ -978,10 +984,7 @@ impl ClusterNode {
         } else {
             resync.scope.spans()
         };
-        if resync.sent == 0 {
-            self.next_generation += 1;
-        }
-        let generation = self.next_generation;
+        let generation = resync.generation;
         link.core
             .sync_batch(generation, &chunk, last, &scope, resync.epoch);
         resync.sent = end;
