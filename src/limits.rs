@@ -331,3 +331,15 @@ pub const REBUILD_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const REBALANCE_BATCH_SLOTS: usize = 1024;
 /// Least time between two rebalancing epochs.
 pub const REBALANCE_INTERVAL_MS: u64 = 500;
+
+/// A cluster node (`client::cluster`): Routes kept until their final
+/// outcome, by default; `ClusterNode::route` refuses more (`Full`), so the
+/// application waits instead of the node growing without bound.
+pub const NODE_PENDING_ROUTES_DEFAULT: usize = 1 << 16;
+/// Deliver keys a cluster node remembers to drop duplicates: a resend
+/// arrives within a failover (seconds), far inside this many messages at
+/// the rates one node sees; the oldest key goes first.
+pub const NODE_DEDUP_WINDOW_DEFAULT: usize = 1 << 16;
+/// Links a cluster node keeps to addresses the map no longer names (to
+/// learn later maps from); more are dropped.
+pub const NODE_PROBES_MAX: usize = 16;

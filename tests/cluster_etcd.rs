@@ -181,6 +181,71 @@ fn balanced(node: &Node, routers: usize) -> bool {
     })
 }
 
+/// etcd and three routers of cluster `cluster` (None, and a message, when
+/// the machine has no etcd), and two nodes seeded with routers `seeds`,
+/// once the three routers share the slots.
+fn three_routers(
+    cluster: &str,
+    names: [&str; 3],
+    nodes: [(&str, u64, usize); 2],
+) -> Option<(Etcd, Vec<RouterProcess>, Node, Node)> {
+    let Some(etcd) = Etcd::start() else {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return None;
+    };
+    let routers: Vec<RouterProcess> = names
+        .iter()
+        .map(|name| RouterProcess::start(&etcd, cluster, name))
+        .collect();
+    let [(a, a_incarnation, a_seed), (b, b_incarnation, b_seed)] = nodes;
+    let mut holder = node(a, a_incarnation, &routers[a_seed].addr);
+    let mut sender = node(b, b_incarnation, &routers[b_seed].addr);
+    run(
+        &mut [&mut holder, &mut sender],
+        Duration::from_secs(30),
+        "the three routers to share the slots",
+        |nodes| nodes.iter().all(|node| balanced(node, 3)),
+    );
+    Some((etcd, routers, holder, sender))
+}
+
+/// Opens a session of each user on `holder`, and lets them arrive.
+fn open_all(holder: &mut Node, sender: &mut Node, users: &[String]) {
+    for user in users {
+        holder.core.open(user, "phone", fb::Platform::Mobile);
+    }
+    let opened = Instant::now();
+    run(
+        &mut [holder, sender],
+        Duration::from_secs(5),
+        "the sessions to arrive",
+        |_| opened.elapsed() > Duration::from_millis(500),
+    );
+}
+
+/// Outcomes by verdict.
+fn verdicts(outcomes: &[(usize, imrouter::client::Outcome)]) -> BTreeMap<String, usize> {
+    let mut verdicts = BTreeMap::new();
+    for (_, outcome) in outcomes {
+        *verdicts
+            .entry(format!("{:?}", outcome.verdict))
+            .or_default() += 1;
+    }
+    verdicts
+}
+
+/// The message ids the application received, each once (a second copy
+/// fails the test).
+fn delivered_once(received: &[Received]) -> BTreeSet<u64> {
+    let mut seen = BTreeSet::new();
+    for item in received {
+        if let Received::Deliver { message_id, .. } = item {
+            assert!(seen.insert(*message_id), "{message_id} seen twice");
+        }
+    }
+    seen
+}
+
 fn route_all(sender: &mut Node, users: &[String], first_id: u64) {
     for (i, user) in users.iter().enumerate() {
         let now = sender.now();
@@ -205,22 +270,13 @@ fn route_all(sender: &mut Node, users: &[String], first_id: u64) {
 #[test]
 fn three_routers_lose_nothing_when_one_is_killed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(etcd) = Etcd::start() else {
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+    let Some((_etcd, mut routers, mut holder, mut sender)) = three_routers(
+        "kill-test",
+        ["r1", "r2", "r3"],
+        [("holder", 11, 0), ("sender", 22, 2)],
+    ) else {
         return;
     };
-    let mut routers: Vec<RouterProcess> = ["r1", "r2", "r3"]
-        .iter()
-        .map(|name| RouterProcess::start(&etcd, "kill-test", name))
-        .collect();
-    let mut holder = node("holder", 11, &routers[0].addr);
-    let mut sender = node("sender", 22, &routers[2].addr);
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(30),
-        "the three routers to share the slots",
-        |nodes| nodes.iter().all(|node| balanced(node, 3)),
-    );
 
     let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
     for user in &users {
@@ -233,21 +289,13 @@ fn three_routers_lose_nothing_when_one_is_killed() {
         "the first 300 outcomes",
         |_| OUTCOMES.with(|all| all.borrow().len() >= 300),
     );
-    let outcomes = take_outcomes();
-    let verdicts: BTreeMap<String, usize> =
-        outcomes.iter().fold(BTreeMap::new(), |mut m, (_, o)| {
-            *m.entry(format!("{:?}", o.verdict)).or_default() += 1;
-            m
-        });
-    assert_eq!(verdicts.get("Routed"), Some(&300), "{verdicts:?}");
-    let delivered: Vec<u64> = received[0]
-        .iter()
-        .filter_map(|r| match r {
-            Received::Deliver { message_id, .. } => Some(*message_id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(delivered.len(), 300);
+    let verdicts_before = verdicts(&take_outcomes());
+    assert_eq!(
+        verdicts_before.get("Routed"),
+        Some(&300),
+        "{verdicts_before:?}"
+    );
+    assert_eq!(delivered_once(&received[0]).len(), 300);
 
     // SIGKILL the router the sender was told first; route meanwhile.
     let killed_at = Instant::now();
@@ -260,24 +308,17 @@ fn three_routers_lose_nothing_when_one_is_killed() {
         |_| OUTCOMES.with(|all| all.borrow().len() >= 300),
     );
     let failover = killed_at.elapsed();
-    let outcomes = take_outcomes();
-    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, outcome) in &outcomes {
-        *verdicts
-            .entry(format!("{:?}", outcome.verdict))
-            .or_default() += 1;
-    }
-    assert_eq!(verdicts.get("Routed"), Some(&300), "{verdicts:?}");
-    let delivered: Vec<u64> = received[0]
-        .iter()
-        .filter_map(|r| match r {
-            Received::Deliver { message_id, .. } => Some(*message_id),
-            _ => None,
-        })
-        .collect();
-    let unique: BTreeSet<u64> = delivered.iter().copied().collect();
-    assert_eq!(delivered.len(), unique.len(), "a message seen twice");
-    assert_eq!(unique, (1001..1301).collect(), "every message seen once");
+    let verdicts_after = verdicts(&take_outcomes());
+    assert_eq!(
+        verdicts_after.get("Routed"),
+        Some(&300),
+        "{verdicts_after:?}"
+    );
+    assert_eq!(
+        delivered_once(&received[0]),
+        (1001..1301).collect(),
+        "every message seen once"
+    );
     let resends: u64 = sender.core.stats.resends;
     eprintln!(
         "failover: all 300 outcomes {:.2} s after the kill; {resends} resends, {} duplicates dropped, maps {}",
@@ -296,22 +337,13 @@ fn three_routers_lose_nothing_when_one_is_killed() {
 #[test]
 fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(etcd) = Etcd::start() else {
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+    let Some((_etcd, routers, mut holder, mut sender)) = three_routers(
+        "pause-test",
+        ["p1", "p2", "p3"],
+        [("holder", 33, 0), ("sender", 44, 0)],
+    ) else {
         return;
     };
-    let routers: Vec<RouterProcess> = ["p1", "p2", "p3"]
-        .iter()
-        .map(|name| RouterProcess::start(&etcd, "pause-test", name))
-        .collect();
-    let mut holder = node("holder", 33, &routers[0].addr);
-    let mut sender = node("sender", 44, &routers[0].addr);
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(30),
-        "the three routers to share the slots",
-        |nodes| nodes.iter().all(|node| balanced(node, 3)),
-    );
     let paused_id = {
         let map = sender.core.map().expect("a map");
         map.routers()
@@ -321,16 +353,7 @@ fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
             .id
     };
     let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
-    for user in &users {
-        holder.core.open(user, "phone", fb::Platform::Mobile);
-    }
-    let opened = Instant::now();
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(5),
-        "the sessions to arrive",
-        |_| opened.elapsed() > Duration::from_millis(500),
-    );
+    open_all(&mut holder, &mut sender, &users);
 
     routers[1].signal(libc::SIGSTOP);
     route_all(&mut sender, &users, 1);
@@ -366,13 +389,8 @@ fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
         |_| continued_at.elapsed() > Duration::from_millis(1500),
     );
     received[0].extend(tail[0].iter().cloned());
-    let outcomes = take_outcomes();
-    let routed = outcomes
-        .iter()
-        .filter(|(_, o)| o.verdict == fb::Verdict::Routed)
-        .count();
-    assert_eq!(routed, 300, "{outcomes:?}");
-    let mut seen = BTreeSet::new();
+    let routed = verdicts(&take_outcomes());
+    assert_eq!(routed.get("Routed"), Some(&300), "{routed:?}");
     for item in &received[0] {
         if let Received::Deliver {
             router, message_id, ..
@@ -383,10 +401,9 @@ fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
                 Some(paused_id),
                 "p2 delivered {message_id} from its old table"
             );
-            assert!(seen.insert(*message_id), "{message_id} seen twice");
         }
     }
-    assert_eq!(seen, (1..301).collect());
+    assert_eq!(delivered_once(&received[0]), (1..301).collect());
 }
 
 fn cluster_command(etcd: &Etcd, cluster: &str, args: &[&str]) -> String {
@@ -409,22 +426,13 @@ fn cluster_command(etcd: &Etcd, cluster: &str, args: &[&str]) -> String {
 #[test]
 fn a_drained_router_hands_its_slots_over_without_loss() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(etcd) = Etcd::start() else {
-        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+    let Some((etcd, routers, mut holder, mut sender)) = three_routers(
+        "drain-test",
+        ["d1", "d2", "d3"],
+        [("holder", 55, 0), ("sender", 66, 1)],
+    ) else {
         return;
     };
-    let routers: Vec<RouterProcess> = ["d1", "d2", "d3"]
-        .iter()
-        .map(|name| RouterProcess::start(&etcd, "drain-test", name))
-        .collect();
-    let mut holder = node("holder", 55, &routers[0].addr);
-    let mut sender = node("sender", 66, &routers[1].addr);
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(30),
-        "the three routers to share the slots",
-        |nodes| nodes.iter().all(|node| balanced(node, 3)),
-    );
     let status = cluster_command(&etcd, "drain-test", &["status"]);
     assert!(
         status.starts_with("cluster drain-test: 3 routers"),
@@ -435,16 +443,7 @@ fn a_drained_router_hands_its_slots_over_without_loss() {
         assert!(status.contains(name), "{status}");
     }
     let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
-    for user in &users {
-        holder.core.open(user, "phone", fb::Platform::Mobile);
-    }
-    let opened = Instant::now();
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(5),
-        "the sessions to arrive",
-        |_| opened.elapsed() > Duration::from_millis(500),
-    );
+    open_all(&mut holder, &mut sender, &users);
     cluster_command(&etcd, "drain-test", &["drain", "d3"]);
     route_all(&mut sender, &users, 1);
     let drained_id = |node: &Node| {
@@ -464,19 +463,9 @@ fn a_drained_router_hands_its_slots_over_without_loss() {
                 && nodes.iter().all(|node| drained_id(node).unwrap_or(0) == 0)
         },
     );
-    let outcomes = take_outcomes();
-    let routed = outcomes
-        .iter()
-        .filter(|(_, o)| o.verdict == fb::Verdict::Routed)
-        .count();
-    assert_eq!(routed, 300, "{outcomes:?}");
-    let mut seen = BTreeSet::new();
-    for item in &received[0] {
-        if let Received::Deliver { message_id, .. } = item {
-            assert!(seen.insert(*message_id), "{message_id} seen twice");
-        }
-    }
-    assert_eq!(seen, (1..301).collect());
+    let routed = verdicts(&take_outcomes());
+    assert_eq!(routed.get("Routed"), Some(&300), "{routed:?}");
+    assert_eq!(delivered_once(&received[0]), (1..301).collect());
     let status = cluster_command(&etcd, "drain-test", &["status"]);
     assert!(status.contains("drained"), "{status}");
     eprintln!("{status}");
@@ -498,19 +487,12 @@ fn resync_of_a_dead_routers_sessions() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let etcd = Etcd::start().expect("etcd");
-    let mut routers: Vec<RouterProcess> = ["s1", "s2", "s3"]
-        .iter()
-        .map(|name| RouterProcess::start(&etcd, "resync-bench", name))
-        .collect();
-    let mut holder = node("holder", 77, &routers[0].addr);
-    let mut sender = node("sender", 88, &routers[0].addr);
-    run(
-        &mut [&mut holder, &mut sender],
-        Duration::from_secs(30),
-        "the three routers to share the slots",
-        |nodes| nodes.iter().all(|node| balanced(node, 3)),
-    );
+    let (_etcd, mut routers, mut holder, mut sender) = three_routers(
+        "resync-bench",
+        ["s1", "s2", "s3"],
+        [("holder", 77, 0), ("sender", 88, 0)],
+    )
+    .expect("etcd");
     let started = Instant::now();
     let users: Vec<String> = (0..sessions).map(|i| format!("u{i}")).collect();
     for user in &users {

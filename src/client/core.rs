@@ -552,27 +552,29 @@ impl NodeCore {
     /// Sends a Route (its `message_id` is the caller's); with ACK, its
     /// verdict is tracked.
     pub fn route(&mut self, route: &RouteFrame<'_>, now: Time) {
-        if route.flags & ROUTE_FLAG_ACK != 0 && self.pending.len() < PENDING_VERDICTS_MAX {
-            let pending = Pending {
-                sent_at: now,
-                fanout: false,
-            };
-            self.pending.insert(route.message_id, pending);
+        if route.flags & ROUTE_FLAG_ACK != 0 {
+            self.track(route.message_id, false, now);
         }
         Encoder::write_route(&mut self.out.stream, route);
+    }
+
+    /// Waits for the verdict of message `id` (unless too many are waited
+    /// for: then it comes back untracked).
+    fn track(&mut self, id: u64, fanout: bool, now: Time) {
+        if self.pending.len() < PENDING_VERDICTS_MAX {
+            let pending = Pending {
+                sent_at: now,
+                fanout,
+            };
+            self.pending.insert(id, pending);
+        }
     }
 
     /// Sends a Route already encoded (`frame`, with ACK) as message `id`,
     /// tracking its verdict: for a sender that keeps its Routes to send
     /// them again elsewhere (`client::cluster`).
     pub fn route_encoded(&mut self, id: u64, frame: &[u8], now: Time) {
-        if self.pending.len() < PENDING_VERDICTS_MAX {
-            let pending = Pending {
-                sent_at: now,
-                fanout: false,
-            };
-            self.pending.insert(id, pending);
-        }
+        self.track(id, false, now);
         self.queue(frame);
     }
 
@@ -612,22 +614,16 @@ impl NodeCore {
     pub fn open(&mut self, user: &str, device: &str, platform: fb::Platform) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = self
-            .encoder
-            .session_open_seq(user, device, platform, seq)
-            .to_vec();
-        self.queue(&frame);
+        self.open_with_seq(user, device, platform, seq);
         seq
     }
 
     /// Opens a session with the caller's `seq` (a caller that keeps its
     /// sessions itself).
     pub fn open_with_seq(&mut self, user: &str, device: &str, platform: fb::Platform, seq: u64) {
-        let frame = self
-            .encoder
-            .session_open_seq(user, device, platform, seq)
-            .to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.session_open_seq(user, device, platform, seq));
     }
 
     /// One SessionSync batch of a resync scoped to `scope` (slot ranges;
@@ -640,17 +636,17 @@ impl NodeCore {
         scope: &[(u16, u16)],
         epoch: u64,
     ) {
-        let frame = self
-            .encoder
-            .session_sync_scoped(generation, sessions, last, scope, epoch)
-            .to_vec();
-        self.queue(&frame);
+        self.out.stream.extend_from_slice(
+            self.encoder
+                .session_sync_scoped(generation, sessions, last, scope, epoch),
+        );
     }
 
     /// Closes the session opened with `seq` (0: whichever).
     pub fn close(&mut self, user: &str, device: &str, seq: u64) {
-        let frame = self.encoder.session_close_seq(user, device, seq).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.session_close_seq(user, device, seq));
     }
 
     /// Sends a snapshot of the node's sessions (user, device, platform,
@@ -664,53 +660,51 @@ impl NodeCore {
         let batch = batch.max(1);
         let chunks: Vec<_> = sessions.chunks(batch).collect();
         if chunks.is_empty() {
-            let frame = self.encoder.session_sync(generation, &[], true).to_vec();
-            return self.queue(&frame);
+            return self.sync_batch(generation, &[], true, &[], 0);
         }
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let frame = self.encoder.session_sync(generation, chunk, last).to_vec();
-            self.queue(&frame);
+            self.sync_batch(generation, chunk, last, &[], 0);
         }
     }
 
     pub fn locate(&mut self, query_id: u64, user: &str) {
-        let frame = self.encoder.locate(query_id, user).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.locate(query_id, user));
     }
 
     pub fn subscribe(&mut self, topic: &str, request_id: u64) {
-        let frame = self.encoder.subscribe(topic, request_id).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.subscribe(topic, request_id));
     }
 
     pub fn unsubscribe(&mut self, topic: &str) {
-        let frame = self.encoder.unsubscribe(topic).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.unsubscribe(topic));
     }
 
     pub fn publish(&mut self, publish: &PublishFrame<'_>) {
-        let frame = self.encoder.publish(publish).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.publish(publish));
     }
 
     /// Sends a Fanout; its Status (which always comes) is tracked, so that
     /// a refusal, which lists no offline users, is told from a Route's.
     pub fn fanout(&mut self, fanout: &FanoutFrame<'_>, now: Time) {
-        if self.pending.len() < PENDING_VERDICTS_MAX {
-            let pending = Pending {
-                sent_at: now,
-                fanout: true,
-            };
-            self.pending.insert(fanout.message_id, pending);
-        }
-        let frame = self.encoder.fanout(fanout).to_vec();
-        self.queue(&frame);
+        self.track(fanout.message_id, true, now);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.fanout(fanout));
     }
 
     pub fn broadcast(&mut self, payload: &[u8]) {
-        let frame = self.encoder.broadcast("", payload).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.broadcast("", payload));
     }
 
     pub fn ping(&mut self, nonce: u64) {
@@ -722,8 +716,9 @@ impl NodeCore {
     /// closes).
     pub fn goodbye(&mut self, reason: &str) {
         self.queue_ack();
-        let frame = self.encoder.goodbye(reason).to_vec();
-        self.queue(&frame);
+        self.out
+            .stream
+            .extend_from_slice(self.encoder.goodbye(reason));
     }
 }
 

@@ -44,15 +44,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::map::{RouterId, SlotMap, SlotSet, SINGLE_ROUTER};
-use crate::placement::{slot_for_user, xxh64};
+use crate::limits::{
+    NODE_DEDUP_WINDOW_DEFAULT, NODE_PENDING_ROUTES_DEFAULT, NODE_PROBES_MAX as PROBES_MAX,
+};
+use crate::placement::slot_for_user;
 use crate::time::Time;
 use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
 
 use super::core::{Incoming, NodeConfig, NodeCore, NodeError, State};
-
-/// Links to addresses the map no longer names, kept to learn later maps
-/// from, at most.
-const PROBES_MAX: usize = 16;
 
 /// How a [`ClusterNode`] behaves.
 #[derive(Debug, Clone)]
@@ -85,8 +84,8 @@ impl ClusterConfig {
         ClusterConfig {
             node,
             seeds,
-            pending_max: 1 << 16,
-            dedup_window: 1 << 16,
+            pending_max: NODE_PENDING_ROUTES_DEFAULT,
+            dedup_window: NODE_DEDUP_WINDOW_DEFAULT,
             unknown_retries: 8,
             retry_delay: Duration::from_millis(100),
             resync_jitter: Duration::from_millis(200),
@@ -1097,15 +1096,10 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
 /// The key of one copy of a message for one recipient (None: the sender
 /// is not known, nothing to compare).
 fn dedup_key(origin: u64, message_id: u64, user: &str, carbon: bool) -> Option<u64> {
-    if origin == 0 {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(17 + user.len());
-    bytes.extend_from_slice(&origin.to_le_bytes());
-    bytes.extend_from_slice(&message_id.to_le_bytes());
-    bytes.push(u8::from(carbon));
-    bytes.extend_from_slice(user.as_bytes());
-    Some(xxh64(&bytes, 0x1d3d))
+    // Hashed in place (no buffer per Deliver); the keys never leave the
+    // process, so a fast hasher with fixed seeds will do.
+    const KEYS: ahash::RandomState = ahash::RandomState::with_seeds(0x1d3d, 1, 2, 3);
+    (origin != 0).then(|| KEYS.hash_one((origin, message_id, carbon, user)))
 }
 
 /// The last `capacity` keys seen, in order.
