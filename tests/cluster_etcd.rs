@@ -9,126 +9,37 @@
 #![cfg(feature = "cluster")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use imrouter::client::cluster::net::{Node, Received};
 use imrouter::client::cluster::ClusterConfig;
 use imrouter::client::NodeConfig;
+use imrouter::cluster::local::{self, Etcd, RouterOptions, RouterProcess};
 use imrouter::wire::{fb, RouteFrame};
 
 /// One cluster at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Etcd {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
-            .into_iter()
-            .find(|path| std::path::Path::new(path).exists())?;
-        let (client, peer) = (free_port(), free_port());
-        let dir =
-            std::env::temp_dir().join(format!("imrouter-etcd-{}-{client}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(binary)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let etcd = Etcd { child, dir, url };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(etcd)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct RouterProcess {
-    child: Child,
-    addr: String,
-}
-
-impl RouterProcess {
-    fn start(etcd: &Etcd, cluster: &str, name: &str) -> RouterProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_imrouter"))
-            .args(["serve", "--listen", &addr, "--shards", "1"])
-            .args([
-                "--etcd",
-                &etcd.url,
-                "--cluster",
-                cluster,
-                "--advertise",
-                &addr,
-            ])
-            .args(["--name", name, "--lease-ttl-ms", "2000"])
-            .args([
-                "--rebalance-batch-slots",
-                "8192",
-                "--rebalance-interval-ms",
-                "100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the router starts");
-        RouterProcess { child, addr }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_router(etcd: &Etcd, cluster: &str, name: &str) -> RouterProcess {
+    RouterProcess::start(&RouterOptions {
+        binary: env!("CARGO_BIN_EXE_imrouter").into(),
+        name: name.to_owned(),
+        cluster: cluster.to_owned(),
+        etcd: Some(etcd.url.clone()),
+        shards: 1,
+        lease_ttl_ms: 2000,
+        extra: [
+            "--rebalance-batch-slots",
+            "8192",
+            "--rebalance-interval-ms",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec(),
+        cpus: None,
+    })
+    .expect("the router starts")
 }
 
 fn node(name: &str, incarnation: u64, seed: &str) -> Node {
@@ -189,13 +100,14 @@ fn three_routers(
     names: [&str; 3],
     nodes: [(&str, u64, usize); 2],
 ) -> Option<(Etcd, Vec<RouterProcess>, Node, Node)> {
-    let Some(etcd) = Etcd::start() else {
+    let Some(binary) = local::etcd_binary() else {
         eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
         return None;
     };
+    let etcd = Etcd::start(binary).expect("etcd starts");
     let routers: Vec<RouterProcess> = names
         .iter()
-        .map(|name| RouterProcess::start(&etcd, cluster, name))
+        .map(|name| start_router(&etcd, cluster, name))
         .collect();
     let [(a, a_incarnation, a_seed), (b, b_incarnation, b_seed)] = nodes;
     let mut holder = node(a, a_incarnation, &routers[a_seed].addr);
@@ -407,17 +319,8 @@ fn a_router_paused_past_its_lease_never_delivers_from_its_old_table() {
 }
 
 fn cluster_command(etcd: &Etcd, cluster: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_imrouter"))
-        .args(["cluster", "--etcd", &etcd.url, "--cluster", cluster])
-        .args(args)
-        .output()
-        .expect("imrouter cluster runs");
-    assert!(
-        output.status.success(),
-        "imrouter cluster {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("text")
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_imrouter"));
+    local::cluster_command(binary, &etcd.url, cluster, args).expect("imrouter cluster runs")
 }
 
 /// `imrouter cluster drain` moves a router's slots to the others while

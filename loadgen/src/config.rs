@@ -154,6 +154,37 @@ pub struct Args {
     /// it at the end.
     #[arg(long, value_name = "CMD")]
     pub router_cmd: Option<String>,
+
+    /// Cluster scenarios: routers to start (3 for the fault scenarios).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub routers: usize,
+
+    /// Cluster scenarios: the imrouter binary (built with `--features
+    /// cluster`). Default: `imrouter` next to this generator.
+    #[arg(long, value_name = "PATH")]
+    pub router_bin: Option<PathBuf>,
+
+    /// Cluster scenarios: the etcd binary. Default: /usr/bin/etcd.
+    #[arg(long, value_name = "PATH")]
+    pub etcd_bin: Option<String>,
+
+    /// Cluster scenarios: each router's --shards.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub router_shards: u16,
+
+    /// Cluster scenarios: run the routers under `taskset -c LIST`.
+    #[arg(long, value_name = "LIST")]
+    pub router_cpus: Option<String>,
+
+    /// Cluster scenarios: the routers' --lease-ttl-ms.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub lease_ttl_ms: u64,
+
+    /// Scenario `cluster` with `--routers 1`: start the router alone,
+    /// without etcd and the cluster flags (to compare a cluster's cost per
+    /// message with a router alone's, through the same node logic).
+    #[arg(long)]
+    pub standalone: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,6 +201,28 @@ pub enum ScenarioName {
     Policy,
     Failover,
     Restart,
+    /// Steady traffic through the node core's cluster logic to routers
+    /// the generator starts (see `cluster`).
+    Cluster,
+    RouterKill,
+    RouterPause,
+    Partition,
+    Rebalance,
+}
+
+impl ScenarioName {
+    /// Whether the scenario runs against routers the generator starts,
+    /// in `cluster::main`.
+    pub fn is_cluster(self) -> bool {
+        matches!(
+            self,
+            ScenarioName::Cluster
+                | ScenarioName::RouterKill
+                | ScenarioName::RouterPause
+                | ScenarioName::Partition
+                | ScenarioName::Rebalance
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -284,6 +337,9 @@ impl Plan {
         }
         if !(1..=100_000).contains(&args.tick_us) {
             return err("--tick-us must be 1 to 100000".into());
+        }
+        if args.scenario.is_cluster() {
+            return err("the cluster scenarios have their own plan (cluster::ClusterPlan)".into());
         }
         let rate = parse_rate("--rate", &args.rate)?;
         let churn_rate = parse_rate("--churn-rate", &args.churn_rate)?;
@@ -409,6 +465,11 @@ impl Plan {
             ScenarioName::Policy => "policy",
             ScenarioName::Failover => "failover",
             ScenarioName::Restart => "restart",
+            ScenarioName::Cluster => "cluster",
+            ScenarioName::RouterKill => "router-kill",
+            ScenarioName::RouterPause => "router-pause",
+            ScenarioName::Partition => "partition",
+            ScenarioName::Rebalance => "rebalance",
         }
     }
 }

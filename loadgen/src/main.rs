@@ -11,11 +11,14 @@
 //! - `oracle`: judges every message after the run, from the logs.
 //! - `report`: progress lines, summary, JSON, .hgrm.
 //! - `run`: generator threads, start barrier, drain.
+//! - `cluster`: the scenarios against a cluster of routers the generator
+//!   starts with etcd, on the node core's cluster logic, and their oracle.
 //!
 //! Exit status: 0 when every message had a right outcome, 1 when the
 //! oracle found a fault (lost, duplicated, misrouted, wrong verdict,
 //! corrupted), 2 when the run itself failed.
 
+mod cluster;
 mod config;
 mod oracle;
 mod policy;
@@ -30,7 +33,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let plan = match config::Plan::from_args(config::Args::parse()) {
+    let args = config::Args::parse();
+    if args.scenario.is_cluster() {
+        return cluster::main(&args);
+    }
+    let plan = match config::Plan::from_args(args) {
         Ok(plan) => plan,
         Err(error) => {
             eprintln!("imrouter-loadgen: {error}");

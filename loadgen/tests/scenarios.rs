@@ -233,3 +233,71 @@ fn restart() {
     );
     assert!(text.contains("resynced=true"), "{text}");
 }
+
+/// A cluster scenario (three routers and an etcd the generator starts):
+/// passes when the generator exits 0 with the oracle's OK. Skipped, with
+/// a message, when the machine has no etcd (scripts/deps.sh installs it);
+/// the router binary must be built with `--features cluster`
+/// (scripts/test.sh does).
+fn cluster_scenario(name: &str) -> Option<String> {
+    if imrouter::cluster::local::etcd_binary().is_none() {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return None;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let output = Command::new(env!("CARGO_BIN_EXE_imrouter-loadgen"))
+        .args(["--scenario", name, "--quiet", "--cpus", "1"])
+        .arg("--router-bin")
+        .arg(router_binary())
+        .args(["--nodes", "4", "--users", "2000", "--rate", "2000"])
+        .args(["--warmup", "1", "--duration", "11"])
+        .output()
+        .expect("run the load generator");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("oracle: OK"),
+        "imrouter-loadgen --scenario {name} failed (is the imrouter binary built with \
+         --features cluster?):\n{text}"
+    );
+    eprintln!("{text}");
+    Some(text)
+}
+
+#[test]
+fn router_kill() {
+    if let Some(text) = cluster_scenario("router-kill") {
+        assert!(text.contains("SIGKILL r2"), "{text}");
+    }
+}
+
+#[test]
+fn router_pause() {
+    if let Some(text) = cluster_scenario("router-pause") {
+        assert!(text.contains("SIGSTOP r2 .. SIGCONT r2"), "{text}");
+    }
+}
+
+#[test]
+fn partition() {
+    if let Some(text) = cluster_scenario("partition") {
+        assert!(
+            text.contains("r2 cut from etcd .. r2 back to etcd"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node 0 cut from r3 .. node 0 back to r3"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn rebalance() {
+    if let Some(text) = cluster_scenario("rebalance") {
+        assert!(text.contains("r1 owns no slot, r4 owns"), "{text}");
+    }
+}

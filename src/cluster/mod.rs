@@ -10,6 +10,7 @@
 #[cfg(feature = "cluster")]
 pub mod control;
 pub mod etcd;
+pub mod local;
 pub mod map;
 pub mod member;
 pub mod plan;

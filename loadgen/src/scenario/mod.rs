@@ -23,5 +23,11 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
         ScenarioName::Policy => policy::run(node, schedule).await,
         ScenarioName::Failover => failover::run(node, schedule).await,
         ScenarioName::Restart => restart::run(node, schedule).await,
+        // Refused by `Plan::from_args`: they run in `cluster::main`.
+        ScenarioName::Cluster
+        | ScenarioName::RouterKill
+        | ScenarioName::RouterPause
+        | ScenarioName::Partition
+        | ScenarioName::Rebalance => unreachable!("a cluster scenario in the glommio generator"),
     }
 }

@@ -3,7 +3,7 @@
 //! core from it instead). [`Node::step`] moves every socket's bytes, runs
 //! the timers and returns what the application gets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -41,6 +41,10 @@ pub struct Node {
     clock: Clock,
     sockets: HashMap<LinkId, TcpStream>,
     buffer: Vec<u8>,
+    /// Router addresses cut off (see [`Node::cut`]), and the sockets to
+    /// them held open meanwhile.
+    cut: HashSet<String>,
+    held: Vec<TcpStream>,
 }
 
 impl Node {
@@ -50,6 +54,23 @@ impl Node {
             clock: Clock::new(),
             sockets: HashMap::new(),
             buffer: vec![0; 64 * 1024],
+            cut: HashSet::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Cuts the path to the router at `addr` (true) or heals it (false),
+    /// as a partition would: while cut, no byte moves on its socket (which
+    /// stays open: the router hears nothing, it is not told), and
+    /// connecting to it fails. The node core finds the router silent and
+    /// gives the link up as usual; healed, the held sockets close and the
+    /// link reconnects (resuming its stream if the router still has it).
+    pub fn cut(&mut self, addr: &str, cut: bool) {
+        if cut {
+            self.cut.insert(addr.to_owned());
+        } else {
+            self.cut.remove(addr);
+            self.held.clear();
         }
     }
 
@@ -67,7 +88,8 @@ impl Node {
     pub fn step(&mut self) -> (Vec<Received>, Vec<Outcome>) {
         let now = self.clock.now();
         for (link, addr) in self.core.connect_due(now) {
-            match connect(&addr) {
+            let reachable = !self.cut.contains(&addr);
+            match connect(&addr).filter(|_| reachable) {
                 Some(stream) => {
                     self.sockets.insert(link, stream);
                     self.core.connected(link, now);
@@ -88,7 +110,16 @@ impl Node {
                 .core
                 .link_mut(link)
                 .is_some_and(|link| link.core.router_silent(now));
-            if silent || !self.pump(link, now, &mut received) {
+            let cut = self
+                .core
+                .link_mut(link)
+                .is_some_and(|link| self.cut.contains(&link.addr));
+            if silent && cut {
+                self.held.extend(self.sockets.remove(&link));
+                self.core.disconnected(link, now);
+            } else if cut {
+                // Nothing moves.
+            } else if silent || !self.pump(link, now, &mut received) {
                 self.sockets.remove(&link);
                 self.core.disconnected(link, now);
             }
