@@ -16,7 +16,7 @@
 //! | [`ClusterNode::poll_link`] | to take what a link received: frames for the application, one at a time |
 //! | [`ClusterNode::handle_timeout`] | the time [`ClusterNode::poll_timeout`] asked for came |
 //!
-//! and the application calls [`ClusterNode::route`], [`ClusterNode::open`],
+//! and the application calls [`ClusterNode::route`], [`ClusterNode::fanout`], [`ClusterNode::open`],
 //! [`ClusterNode::close`], [`ClusterNode::subscribe`] and takes outcomes
 //! with [`ClusterNode::poll_outcome`].
 //!
@@ -30,6 +30,11 @@
 //!   a delay, up to `unknown_retries` times. When a router's stream is not
 //!   resumed, or a new map gives the slot to another router, the Routes
 //!   sent to it without an outcome are sent again (at least once).
+//! - A Fanout is split by owner: one Fanout per router, listing its
+//!   recipients, one part in flight per router; a part is sent again as a
+//!   Route is, and the recipients a router did not serve (`moved_users`)
+//!   go to their owner in a part of their own. The application sees one
+//!   outcome for the whole Fanout.
 //! - A Deliver is handed to the application once: its (origin, message id,
 //!   recipient) is remembered for the last `dedup_window` messages, and a
 //!   copy that comes again is dropped.
@@ -49,7 +54,7 @@ use crate::limits::{
 };
 use crate::placement::slot_for_user;
 use crate::time::Time;
-use crate::wire::{fb, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
+use crate::wire::{fb, FanoutFrame, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
 
 use super::core::{Incoming, NodeConfig, NodeCore, NodeError, State};
 
@@ -110,8 +115,10 @@ pub struct Outcome {
     /// Times it was sent (more than once after a Moved, an Unknown or a
     /// lost router).
     pub sends: u32,
-    /// The router that gave it.
+    /// The router that gave it (`None` for a Fanout: several may have).
     pub router: Option<RouterId>,
+    /// A Fanout's recipients with no session (empty for a Route).
+    pub offline_users: Vec<String>,
 }
 
 /// Why [`ClusterNode::route`] refused a message.
@@ -204,6 +211,32 @@ struct PendingRoute {
     sends: u32,
 }
 
+/// A Fanout without its final outcome: its recipients split by the
+/// router owning their slots, one part in flight per router at a time
+/// (a router's Status for the message id is then that part's).
+#[derive(Debug)]
+struct PendingFanout {
+    from_user: String,
+    from_device: String,
+    flags: u32,
+    payload: Vec<u8>,
+    /// In flight: router -> the recipients sent to it.
+    parts: BTreeMap<RouterId, Vec<String>>,
+    /// Recipients to send (no owner known yet, its router's part still in
+    /// flight, or a retry).
+    unsent: Vec<String>,
+    wait_epoch: u64,
+    retry_at: Option<Time>,
+    unknowns: u32,
+    sends: u32,
+    /// What the parts answered.
+    routed: bool,
+    rejected: Option<(fb::Verdict, fb::Reason)>,
+    offline: Vec<String>,
+    /// Recipients given up on after `unknown_retries` Unknowns.
+    unknown: Vec<String>,
+}
+
 /// See the module docs.
 pub struct ClusterNode {
     config: ClusterConfig,
@@ -218,6 +251,7 @@ pub struct ClusterNode {
     next_seq: u64,
     next_generation: u64,
     pending: HashMap<u64, PendingRoute, ahash::RandomState>,
+    fanouts: HashMap<u64, PendingFanout, ahash::RandomState>,
     outcomes: VecDeque<Outcome>,
     /// Slots whose session operations a router with a newer map refused:
     /// resynced at their owner once this node has that map.
@@ -252,6 +286,7 @@ impl ClusterNode {
             next_seq: 1,
             next_generation: 1,
             pending: HashMap::default(),
+            fanouts: HashMap::default(),
             outcomes: VecDeque::new(),
             stale_slots: BTreeMap::new(),
             dedup: Dedup::new(config.dedup_window),
@@ -273,9 +308,9 @@ impl ClusterNode {
         self.map.as_ref()
     }
 
-    /// Routes waiting for their final outcome.
+    /// Routes and Fanouts waiting for their final outcome.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.fanouts.len()
     }
 
     /// A line about pending Route `id` and the links, for traces.
@@ -425,6 +460,11 @@ impl ClusterNode {
                 next = next.min(at);
             }
         }
+        for fanout in self.fanouts.values() {
+            if let Some(at) = fanout.retry_at {
+                next = next.min(at);
+            }
+        }
         next
     }
 
@@ -444,6 +484,19 @@ impl ClusterNode {
             }
             self.dispatch(id, now);
         }
+        let mut due: Vec<u64> = self
+            .fanouts
+            .iter()
+            .filter(|(_, f)| f.retry_at.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        due.sort_unstable();
+        for id in due {
+            if let Some(fanout) = self.fanouts.get_mut(&id) {
+                fanout.retry_at = None;
+            }
+            self.dispatch_fanout(id, now);
+        }
         let ids: Vec<LinkId> = self.links.keys().copied().collect();
         for id in ids {
             self.resync_step(id, now);
@@ -455,12 +508,7 @@ impl ClusterNode {
     /// Routes a message: sent with ACK to the owner of `to_user`'s slot,
     /// kept until its final outcome ([`ClusterNode::poll_outcome`]).
     pub fn route(&mut self, route: &RouteFrame<'_>, now: Time) -> Result<(), RouteError> {
-        if self.pending.len() >= self.config.pending_max {
-            return Err(RouteError::Full);
-        }
-        if self.pending.contains_key(&route.message_id) {
-            return Err(RouteError::Duplicate);
-        }
+        self.room_for(route.message_id)?;
         let mut frame = Vec::new();
         crate::wire::Encoder::write_route(
             &mut frame,
@@ -483,6 +531,181 @@ impl ClusterNode {
         );
         self.dispatch(route.message_id, now);
         Ok(())
+    }
+
+    fn room_for(&self, id: u64) -> Result<(), RouteError> {
+        if self.pending() >= self.config.pending_max {
+            return Err(RouteError::Full);
+        }
+        if self.pending.contains_key(&id) || self.fanouts.contains_key(&id) {
+            return Err(RouteError::Duplicate);
+        }
+        Ok(())
+    }
+
+    /// Sends a message to several users: split by the router owning
+    /// each recipient's slot, one Fanout per router, each part sent again
+    /// as Routes are (Moved, Unknown, a lost stream) and recipients a
+    /// router no longer serves (`moved_users`) sent to their new owner.
+    /// One final outcome ([`ClusterNode::poll_outcome`]): Routed if any
+    /// recipient was reached (reason `Partial` if some were not), Offline
+    /// (`NoSession`) if none has a session, Unknown if the ones not
+    /// reached stayed unknown; `offline_users` lists those with no
+    /// session. The frame's `to_users` are its recipients (duplicates
+    /// are sent once).
+    pub fn fanout(&mut self, frame: &FanoutFrame<'_>, now: Time) -> Result<(), RouteError> {
+        self.room_for(frame.message_id)?;
+        let mut unsent: Vec<String> = frame.to_users.iter().map(|&u| u.to_owned()).collect();
+        unsent.sort_unstable();
+        unsent.dedup();
+        self.fanouts.insert(
+            frame.message_id,
+            PendingFanout {
+                from_user: frame.from_user.to_owned(),
+                from_device: frame.from_device.to_owned(),
+                flags: frame.flags,
+                payload: frame.payload.to_vec(),
+                parts: BTreeMap::new(),
+                unsent,
+                wait_epoch: 0,
+                retry_at: None,
+                unknowns: 0,
+                sends: 0,
+                routed: false,
+                rejected: None,
+                offline: Vec::new(),
+                unknown: Vec::new(),
+            },
+        );
+        self.dispatch_fanout(frame.message_id, now);
+        Ok(())
+    }
+
+    /// Sends Fanout `id`'s unsent recipients, a part per owner that has
+    /// none in flight; finishes it when nothing is left.
+    fn dispatch_fanout(&mut self, id: u64, now: Time) {
+        let Some(fanout) = self.fanouts.get_mut(&id) else {
+            return;
+        };
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        if fanout.retry_at.is_some() || fanout.wait_epoch > epoch {
+            return;
+        }
+        if fanout.parts.is_empty() && fanout.unsent.is_empty() {
+            self.finish_fanout(id);
+            return;
+        }
+        let Some(map) = self.map.clone() else {
+            return;
+        };
+        let mut by_owner: BTreeMap<RouterId, Vec<String>> = BTreeMap::new();
+        let mut keep = Vec::new();
+        for user in std::mem::take(&mut fanout.unsent) {
+            let owner = map.owner_id(slot_for_user(user.as_bytes()));
+            if fanout.parts.contains_key(&owner) {
+                keep.push(user);
+            } else {
+                by_owner.entry(owner).or_default().push(user);
+            }
+        }
+        fanout.unsent = keep;
+        for (owner, users) in by_owner {
+            let Some(link_id) = self.link_of(owner) else {
+                self.fanouts
+                    .get_mut(&id)
+                    .expect("present")
+                    .unsent
+                    .extend(users);
+                continue;
+            };
+            let fanout = self.fanouts.get_mut(&id).expect("present");
+            if fanout.sends > 0 {
+                self.stats.resends += 1;
+            }
+            fanout.sends += 1;
+            let to_users: Vec<&str> = users.iter().map(String::as_str).collect();
+            let frame = FanoutFrame {
+                message_id: id,
+                from_user: &fanout.from_user,
+                from_device: &fanout.from_device,
+                to_users: &to_users,
+                flags: fanout.flags,
+                payload: &fanout.payload,
+            };
+            let link = self.links.get_mut(&link_id).expect("found");
+            link.core.fanout(&frame, now);
+            fanout.parts.insert(owner, users);
+        }
+    }
+
+    /// The Status of Fanout `id`'s part sent to router `from`.
+    fn fanout_status(&mut self, from: Option<RouterId>, status: StatusSummary, now: Time) {
+        let id = status.message_id;
+        let Some(fanout) = self.fanouts.get_mut(&id) else {
+            return;
+        };
+        let Some(users) = from.and_then(|router| fanout.parts.remove(&router)) else {
+            return; // Not a part in flight (sent again elsewhere).
+        };
+        let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
+        match status.verdict {
+            fb::Verdict::Moved => {
+                self.stats.moved += 1;
+                fanout.unsent.extend(users);
+                if status.epoch > epoch {
+                    fanout.wait_epoch = fanout.wait_epoch.max(status.epoch);
+                } else {
+                    fanout.retry_at = Some(now + self.config.retry_delay / 2);
+                }
+            }
+            fb::Verdict::Unknown if fanout.unknowns < self.config.unknown_retries => {
+                fanout.unknowns += 1;
+                self.stats.unknown_retries += 1;
+                fanout.unsent.extend(users);
+                let exponent = (fanout.unknowns - 1).min(4);
+                let delay = self.config.retry_delay.saturating_mul(1 << exponent);
+                fanout.retry_at = Some(now + delay / 2);
+            }
+            fb::Verdict::Unknown => fanout.unknown.extend(users),
+            fb::Verdict::Routed | fb::Verdict::Offline => {
+                fanout.routed |= status.verdict == fb::Verdict::Routed;
+                fanout.offline.extend(status.offline_users);
+                if !status.moved_users.is_empty() {
+                    self.stats.moved += 1;
+                    fanout.unsent.extend(status.moved_users);
+                    if status.epoch > epoch {
+                        fanout.wait_epoch = fanout.wait_epoch.max(status.epoch);
+                    }
+                }
+            }
+            verdict => fanout.rejected = Some((verdict, status.reason)),
+        }
+        self.dispatch_fanout(id, now);
+    }
+
+    fn finish_fanout(&mut self, id: u64) {
+        let Some(mut fanout) = self.fanouts.remove(&id) else {
+            return;
+        };
+        fanout.offline.sort_unstable();
+        fanout.offline.dedup();
+        let (verdict, reason) = match fanout.rejected {
+            Some(rejected) => rejected,
+            None if fanout.routed && (fanout.offline.is_empty() && fanout.unknown.is_empty()) => {
+                (fb::Verdict::Routed, fb::Reason::None)
+            }
+            None if fanout.routed => (fb::Verdict::Routed, fb::Reason::Partial),
+            None if !fanout.unknown.is_empty() => (fb::Verdict::Unknown, fb::Reason::None),
+            None => (fb::Verdict::Offline, fb::Reason::NoSession),
+        };
+        self.outcomes.push_back(Outcome {
+            message_id: id,
+            verdict,
+            reason,
+            sends: fanout.sends,
+            router: None,
+            offline_users: fanout.offline,
+        });
     }
 
     /// Sends pending Route `id` to its slot's owner, if the node knows one.
@@ -672,13 +895,19 @@ impl ClusterNode {
         // A new stream: the Routes sent on the old one have no outcome
         // coming; everything this router owns is resynced.
         let link = self.links.get_mut(&id).expect("present");
+        let router = link.router;
         let mut lost: Vec<u64> = link.core.take_pending();
         lost.sort_unstable();
         for message in lost {
             if let Some(pending) = self.pending.get_mut(&message) {
                 pending.sent_to = None;
+                self.dispatch(message, now);
+            } else if let Some(fanout) = self.fanouts.get_mut(&message) {
+                if let Some(users) = router.and_then(|router| fanout.parts.remove(&router)) {
+                    fanout.unsent.extend(users);
+                }
+                self.dispatch_fanout(message, now);
             }
-            self.dispatch(message, now);
         }
         let epoch = self.map.as_ref().map_or(0, |map| map.epoch());
         self.schedule_resync(id, SlotSet::empty(), true, epoch, now);
@@ -787,11 +1016,25 @@ impl ClusterNode {
         for id in moved {
             self.dispatch(id, now);
         }
+        // Fanout recipients waiting for an owner, or for this map.
+        let mut waiting: Vec<u64> = self
+            .fanouts
+            .iter()
+            .filter(|(_, f)| !f.unsent.is_empty())
+            .map(|(&id, _)| id)
+            .collect();
+        waiting.sort_unstable();
+        for id in waiting {
+            self.dispatch_fanout(id, now);
+        }
     }
 
     /// The verdict on a Route (or a Fanout) from link `id`.
     fn status(&mut self, id: LinkId, status: StatusSummary, now: Time) {
         let from = self.links.get(&id).and_then(|link| link.router);
+        if status.fanout {
+            return self.fanout_status(from, status, now);
+        }
         let Some(pending) = self.pending.get_mut(&status.message_id) else {
             return;
         };
@@ -841,6 +1084,7 @@ impl ClusterNode {
             reason: status.reason,
             sends: pending.sends,
             router: from,
+            offline_users: Vec::new(),
         });
     }
 
@@ -1038,6 +1282,10 @@ struct StatusSummary {
     verdict: fb::Verdict,
     reason: fb::Reason,
     epoch: u64,
+    /// A Fanout's: its Status lists users (empty for a Route's).
+    fanout: bool,
+    offline_users: Vec<String>,
+    moved_users: Vec<String>,
 }
 
 struct MovedSummary {
@@ -1054,12 +1302,27 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
             Ok((_, resync)) => Summary::Map { resync },
             Err(error) => Summary::Error(NodeError::Map(error)),
         },
-        Incoming::Status { status, .. } | Incoming::FanoutStatus(status) => {
+        Incoming::Status { status, .. } => Summary::Status(StatusSummary {
+            message_id: status.message_id(),
+            verdict: status.verdict(),
+            reason: status.reason(),
+            epoch: status.epoch(),
+            fanout: false,
+            offline_users: Vec::new(),
+            moved_users: Vec::new(),
+        }),
+        Incoming::FanoutStatus(status) => {
+            let users = |list: Option<
+                flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<&str>>,
+            >| { list.iter().flatten().map(str::to_owned).collect() };
             Summary::Status(StatusSummary {
                 message_id: status.message_id(),
                 verdict: status.verdict(),
                 reason: status.reason(),
                 epoch: status.epoch(),
+                fanout: true,
+                offline_users: users(status.offline_users()),
+                moved_users: users(status.moved_users()),
             })
         }
         Incoming::Moved(moved) => Summary::Moved(MovedSummary {

@@ -296,6 +296,14 @@ impl Net {
                             deliver.message_id(),
                             deliver.to_user().unwrap_or("").to_owned(),
                         )),
+                        Polled::FanoutDeliver(deliver, fresh) => {
+                            let recipients = deliver.recipients().into_iter().flatten();
+                            for (user, fresh) in recipients.zip(fresh) {
+                                if fresh {
+                                    self.delivered[n].push((deliver.message_id(), user.to_owned()));
+                                }
+                            }
+                        }
                         Polled::Frame(Incoming::Error { code, text }) => {
                             panic!("router error {code:?}: {text}")
                         }
@@ -324,6 +332,20 @@ impl Net {
             payload: b"hello",
         };
         self.nodes[node].route(&frame, self.now).expect("room");
+    }
+}
+
+impl Net {
+    fn fanout(&mut self, node: usize, id: u64, to: &[&str]) {
+        let frame = FanoutFrame {
+            message_id: id,
+            from_user: "sender",
+            from_device: "phone",
+            to_users: to,
+            flags: 0,
+            payload: b"to all",
+        };
+        self.nodes[node].fanout(&frame, self.now).expect("room");
     }
 }
 
@@ -480,4 +502,80 @@ fn interleaved_resyncs_of_two_routers_keep_every_session() {
         .map(|router| router.core.table().session_count())
         .sum();
     assert_eq!(held, 40);
+}
+
+/// A Fanout to users of two routers goes as one part to each; the sender
+/// sees one outcome (Routed, Partial: one recipient has no session,
+/// listed), and each recipient is delivered once.
+#[test]
+fn a_fanout_is_split_by_owner_and_has_one_outcome() {
+    let mut net = Net::new(&[7, 9]);
+    let first = map(1, &[(7, 0, 8191), (9, 8192, 16383)]);
+    net.apply(&first, None);
+    let holder = net.add_node("holder", 7);
+    let sender = net.add_node("sender", 9);
+    net.run(Duration::from_millis(50));
+    let on7 = user_where("a", |slot| slot < 8192);
+    let on9 = user_where("b", |slot| slot >= 8192);
+    let also9 = user_where("c", |slot| slot >= 8192);
+    let nobody = user_where("n", |slot| slot < 8192);
+    for user in [&on7, &on9, &also9] {
+        net.nodes[holder].open(user, "phone", fb::Platform::Mobile);
+    }
+    net.run(Duration::from_millis(20));
+    net.fanout(sender, 40, &[&on7, &on9, &nobody, &also9, &on9]);
+    net.run(Duration::from_millis(20));
+    let mut delivered = net.delivered[holder].clone();
+    delivered.sort();
+    let mut expected = vec![(40, on7.clone()), (40, on9.clone()), (40, also9.clone())];
+    expected.sort();
+    assert_eq!(delivered, expected);
+    let outcomes = &net.outcomes[sender];
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let outcome = &outcomes[0];
+    assert_eq!(
+        (outcome.verdict, outcome.reason, outcome.sends),
+        (fb::Verdict::Routed, fb::Reason::Partial, 2)
+    );
+    assert_eq!(outcome.offline_users, [nobody]);
+}
+
+/// A Fanout sent with a stale map: the router that no longer owns some
+/// recipients serves the rest and lists those (`moved_users`); the node
+/// sends them to the new owner, which answers Unknown until the holder's
+/// resync of the moved slots is in, then delivers. Each recipient is
+/// delivered once and the sender sees one Routed outcome.
+#[test]
+fn fanout_recipients_of_a_moved_slot_go_to_the_new_owner() {
+    let mut net = Net::new(&[7, 9]);
+    let first = map(1, &[(7, 0, 8191), (9, 8192, 16383)]);
+    net.apply(&first, None);
+    let holder = net.add_node("holder", 7);
+    let sender = net.add_node("sender", 7);
+    net.run(Duration::from_millis(50));
+    let stays = user_where("s", |slot| slot >= 12288);
+    let moves = user_where("m", |slot| (8192..12288).contains(&slot));
+    for user in [&stays, &moves] {
+        net.nodes[holder].open(user, "phone", fb::Platform::Mobile);
+    }
+    net.run(Duration::from_millis(20));
+    // Slots 8192..12287 move to router 7; the sender hears nothing yet.
+    net.deaf.push(sender);
+    let second = map(2, &[(7, 0, 12287), (9, 12288, 16383)]);
+    net.apply(&second, Some(&first));
+    net.fanout(sender, 50, &[&stays, &moves]);
+    net.run(Duration::from_millis(20));
+    net.deaf.clear();
+    net.run(Duration::from_secs(3));
+    let mut delivered = net.delivered[holder].clone();
+    delivered.sort();
+    let mut expected = vec![(50, stays.clone()), (50, moves.clone())];
+    expected.sort();
+    assert_eq!(delivered, expected, "each recipient once");
+    let outcomes = &net.outcomes[sender];
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].verdict, fb::Verdict::Routed, "{outcomes:?}");
+    assert_eq!(outcomes[0].reason, fb::Reason::None, "{outcomes:?}");
+    assert!(outcomes[0].sends >= 2, "{outcomes:?}");
+    assert!(net.nodes[sender].stats.moved >= 1);
 }
