@@ -489,3 +489,121 @@ fn resync_of_a_dead_routers_sessions() {
     );
     assert_eq!(routed, probes.len());
 }
+
+/// The NodeEvents a node received, as (kind, node, seq).
+fn node_events(received: &[Received]) -> Vec<(fb::NodeEventKind, String, u64)> {
+    received
+        .iter()
+        .filter_map(|item| match item {
+            Received::NodeEvent {
+                kind, node, seq, ..
+            } => Some((*kind, node.clone(), *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The IM nodes' membership is the cluster's, not each router's: a node
+/// connected to three routers hears another join once (each router sends
+/// the event, numbered alike by etcd's revision, and the node core drops
+/// the copies), does not hear it leave when one of its routers dies, and
+/// hears it leave once when it goes.
+#[test]
+fn node_events_are_cluster_wide_and_seen_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(binary) = local::etcd_binary() else {
+        eprintln!("skipped: no etcd binary (apt-get install etcd-server)");
+        return;
+    };
+    let etcd = Etcd::start(binary).expect("etcd starts");
+    let mut routers: Vec<RouterProcess> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|name| start_router(&etcd, "members-test", name))
+        .collect();
+    let mut beta = node("beta", 77, &routers[0].addr);
+    let mut seen = run(
+        &mut [&mut beta],
+        Duration::from_secs(30),
+        "beta to see three routers",
+        |nodes| balanced(nodes[0], 3),
+    )
+    .remove(0);
+    let mut alpha = node("alpha", 88, &routers[2].addr);
+    let more = run(
+        &mut [&mut beta, &mut alpha],
+        Duration::from_secs(30),
+        "beta to hear alpha join",
+        |nodes| balanced(nodes[1], 3),
+    );
+    seen.extend(more[0].iter().cloned());
+    // A moment for every router's copy of the event to arrive.
+    let settle = Instant::now();
+    let more = run(
+        &mut [&mut beta, &mut alpha],
+        Duration::from_secs(10),
+        "the copies",
+        |_| settle.elapsed() > Duration::from_secs(1),
+    );
+    seen.extend(more[0].iter().cloned());
+    let joined: Vec<_> = node_events(&seen)
+        .into_iter()
+        .filter(|(kind, node, _)| *kind == fb::NodeEventKind::Joined && node == "alpha")
+        .collect();
+    assert_eq!(
+        joined.len(),
+        1,
+        "alpha joined once: {:?}",
+        node_events(&seen)
+    );
+
+    // A router of theirs dies: both are still attached to the others.
+    routers[1].kill();
+    let killed = Instant::now();
+    let more = run(
+        &mut [&mut beta, &mut alpha],
+        Duration::from_secs(60),
+        "the survivors to own every slot",
+        |nodes| killed.elapsed() > Duration::from_secs(4) && balanced(nodes[0], 2),
+    );
+    seen.extend(more[0].iter().cloned());
+    assert!(
+        !node_events(&seen)
+            .iter()
+            .any(|(kind, _, _)| *kind == fb::NodeEventKind::Left),
+        "nobody left: {:?}",
+        node_events(&seen)
+    );
+
+    // alpha goes (its sockets close): it leaves once the routers' grace
+    // for its reconnection (5 s) is over.
+    drop(alpha);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = |seen: &[Received]| {
+        node_events(seen)
+            .into_iter()
+            .filter(|(kind, node, _)| *kind == fb::NodeEventKind::Left && node == "alpha")
+            .count()
+    };
+    while left(&seen) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "alpha never left: {:?}",
+            node_events(&seen)
+        );
+        seen.extend(beta.step().0);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(1) {
+        seen.extend(beta.step().0);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(left(&seen), 1, "alpha left once: {:?}", node_events(&seen));
+    let seqs: Vec<u64> = node_events(&seen).iter().map(|(_, _, seq)| *seq).collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "one increasing sequence: {:?}",
+        node_events(&seen)
+    );
+    eprintln!("beta heard: {:?}", node_events(&seen));
+}

@@ -26,6 +26,7 @@ use super::member::{Member, MemberConfig, MemberEvent};
 use super::view::Views;
 use crate::core::directory::Directory;
 use crate::core::slots::ClusterView;
+use crate::core::MembersUpdate;
 use crate::shard::link::{Control, ShardLink};
 use crate::time::Clock;
 
@@ -128,6 +129,7 @@ async fn run(
             attached = nodes;
             member.set_attached_nodes(nodes as u64);
         }
+        member.set_local_nodes(directory.live_nodes());
         member.tick(now);
         while let Some((id, request)) = member.poll_request() {
             let is_watch = matches!(request, Request::Watch { .. });
@@ -155,6 +157,16 @@ async fn run(
         }
         if let Some(view) = views.next(&member) {
             publish(&links, view);
+        }
+        let events = member.take_node_events();
+        if !events.is_empty() {
+            publish_members(
+                &links,
+                MembersUpdate {
+                    events,
+                    membership: member.node_membership(),
+                },
+            );
         }
         let wake = member.next_wake(now).min(now + Duration::from_millis(100));
         let sleep = clock.until(wake);
@@ -195,6 +207,31 @@ fn publish(links: &[ShardLink], view: ClusterView) {
                 Err(returned) => message = returned,
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Sends the cluster's node membership events to every shard. Unlike a
+/// view, an update is not superseded by the next one (its events would be
+/// lost): a full queue is retried for up to a second, then the update is
+/// dropped with a log line (the shard's Welcomes catch up at the next one).
+fn publish_members(links: &[ShardLink], update: MembersUpdate) {
+    let update = Arc::new(update);
+    for link in links {
+        let mut message = Control::Members(update.clone());
+        let mut sent = false;
+        for _ in 0..1000 {
+            match link.try_control(message) {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(returned) => message = returned,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !sent {
+            crate::log!("cluster: a shard's control queue stayed full: node events dropped");
         }
     }
 }

@@ -15,6 +15,11 @@
 //! | `applied/<id>` | the newest map epoch it applied | the router's | the router |
 //! | `map` | the slot map ([`SlotMap::encode`]) | none | the controller |
 //! | `drain/<id>` | empty | none | `imrouter cluster drain` |
+//! | `nodes/<node>/<id>` | the node's incarnation | the router's | the router, while the node is attached to it |
+//!
+//! The `nodes/` keys make the IM nodes' membership one for the whole
+//! cluster ([`super::nodes`]): every router folds them into the same
+//! events, numbered by etcd's revisions.
 //!
 //! `<id>` is the router's lease id in 16 hex digits: its [`RouterId`].
 //!
@@ -45,7 +50,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::etcd::{Compare, Event, Kv, LeaseId, Op, Request, Response};
 use super::map::{RouterId, RouterInfo, SlotMap, SlotSet};
+use super::nodes::{node_key, ClusterNodes};
 use super::plan;
+use crate::core::directory::{Membership, MembershipEvent};
 use crate::limits::SLOT_COUNT;
 use crate::time::Time;
 
@@ -115,7 +122,13 @@ enum Pending {
     Watch,
     Applied(u64),
     WriteMap,
+    /// A write of this router's `nodes/` keys.
+    Nodes,
 }
+
+/// Puts and deletes of `nodes/` keys per transaction (etcd refuses more
+/// than `--max-txn-ops`, 128 by default).
+const NODE_OPS_PER_TXN: usize = 64;
 
 /// Which router a slot came from, for the hand-over rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +193,14 @@ pub struct Member {
     /// The controller found nothing to write at this version (and whether
     /// its rebalancing interval was over then).
     no_plan: Option<(u64, bool)>,
+    /// The IM nodes of the whole cluster, from the `nodes/` keys.
+    cluster_nodes: ClusterNodes,
+    /// The nodes attached here (name -> incarnation), told by the driver;
+    /// our `nodes/` keys as etcd has them; the changes in flight.
+    local_nodes: BTreeMap<String, u64>,
+    node_keys: BTreeMap<String, u64>,
+    node_keys_in_flight: Vec<(String, Option<u64>)>,
+    node_keys_retry_at: Time,
 }
 
 impl Member {
@@ -216,7 +237,29 @@ impl Member {
             last_map_write: None,
             version: 0,
             no_plan: None,
+            cluster_nodes: ClusterNodes::default(),
+            local_nodes: BTreeMap::new(),
+            node_keys: BTreeMap::new(),
+            node_keys_in_flight: Vec::new(),
+            node_keys_retry_at: now,
         }
+    }
+
+    /// The IM nodes attached to this router now (name -> incarnation):
+    /// written to etcd as `nodes/` keys under our lease.
+    pub fn set_local_nodes(&mut self, nodes: BTreeMap<String, u64>) {
+        self.local_nodes = nodes;
+    }
+
+    /// The cluster's membership events since the last call (the same, with
+    /// the same sequence numbers, at every router).
+    pub fn take_node_events(&mut self) -> Vec<MembershipEvent> {
+        self.cluster_nodes.take_events()
+    }
+
+    /// The cluster's live nodes now.
+    pub fn node_membership(&self) -> Membership {
+        self.cluster_nodes.membership()
     }
 
     /// See the field: a cache of [`Member::serving`] is good while this
@@ -377,7 +420,7 @@ impl Member {
     /// The next time after `now` at which [`Member::tick`] has something
     /// to do (`Time::NEVER`: nothing planned).
     pub fn next_wake(&self, now: Time) -> Time {
-        let mut times = vec![self.next_keepalive, self.retry_at];
+        let mut times = vec![self.next_keepalive, self.retry_at, self.node_keys_retry_at];
         times.extend(self.serving_until);
         let timeout = ms(self.config.request_timeout_ms());
         for (kind, sent) in self.pending.values() {
@@ -480,6 +523,7 @@ impl Member {
             self.watch_created = false;
         }
         self.write(now);
+        self.write_node_keys(now);
     }
 
     fn register(&mut self, now: Time) {
@@ -631,7 +675,14 @@ impl Member {
             return;
         };
         let retry = now + ms(self.config.request_timeout_ms() / 2);
-        if !matches!(response, Response::KeptAlive { ttl_ms } if ttl_ms > 0) {
+        let nodes_only = match (&response, kind) {
+            (Response::KeptAlive { ttl_ms }, _) => *ttl_ms > 0,
+            (Response::Events(events), _) => events.iter().all(|e| self.is_node_key(e.key())),
+            (Response::Txn { .. }, Pending::Nodes) => true,
+            _ => false,
+        };
+        if !nodes_only {
+            // (What the slots depend on may have changed.)
             self.version += 1;
         }
         match (kind, response) {
@@ -693,6 +744,21 @@ impl Member {
                 // Written, or someone else changed the map, or we are
                 // deposed: the watch tells what happened.
             }
+            (Pending::Nodes, Response::Failed(_)) => {
+                // Perhaps written, perhaps not: the next write compares
+                // again with what we think etcd has (puts and deletes are
+                // idempotent), after a pause.
+                self.node_keys_in_flight.clear();
+                self.node_keys_retry_at = retry;
+            }
+            (Pending::Nodes, Response::Txn { .. }) => {
+                for (node, incarnation) in std::mem::take(&mut self.node_keys_in_flight) {
+                    match incarnation {
+                        Some(incarnation) => self.node_keys.insert(node, incarnation),
+                        None => self.node_keys.remove(&node),
+                    };
+                }
+            }
             (_, _) => self.retry_at = retry,
         }
         self.pending.remove(&id);
@@ -722,7 +788,64 @@ impl Member {
         self.loaded = false;
         self.applied_written = 0;
         self.nodes_written = 0;
+        // Our `nodes/` keys went with the lease.
+        self.node_keys.clear();
+        self.node_keys_in_flight.clear();
         self.retry_at = now;
+    }
+
+    fn is_node_key(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .is_some_and(|rest| rest.starts_with("nodes/"))
+    }
+
+    /// Brings our `nodes/` keys to the nodes attached here: one
+    /// transaction at a time, at most [`NODE_OPS_PER_TXN`] changes each.
+    fn write_node_keys(&mut self, now: Time) {
+        if self.has(Pending::Nodes) || !self.lease_alive(now) || now < self.node_keys_retry_at {
+            return;
+        }
+        let (Some(id), Some(lease)) = (self.id(), self.lease) else {
+            return;
+        };
+        let mut changes: Vec<(String, Option<u64>)> = Vec::new();
+        for (node, &incarnation) in &self.local_nodes {
+            if self.node_keys.get(node) != Some(&incarnation) {
+                changes.push((node.clone(), Some(incarnation)));
+            }
+        }
+        for node in self.node_keys.keys() {
+            if !self.local_nodes.contains_key(node) {
+                changes.push((node.clone(), None));
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        changes.truncate(NODE_OPS_PER_TXN);
+        let success = changes
+            .iter()
+            .map(|(node, incarnation)| {
+                let key = node_key(&self.prefix, node, id);
+                match incarnation {
+                    Some(incarnation) => Op::Put {
+                        key,
+                        value: incarnation.to_string(),
+                        lease,
+                    },
+                    None => Op::Delete { key },
+                }
+            })
+            .collect();
+        self.node_keys_in_flight = changes;
+        self.send(
+            Pending::Nodes,
+            Request::Txn {
+                compares: vec![],
+                success,
+            },
+            now,
+        );
     }
 
     fn load(&mut self, revision: i64, kvs: Vec<Kv>) {
@@ -738,6 +861,22 @@ impl Member {
             .map(|lease| self.key("routers", lease as RouterId));
         let unknown = self.registered_at < 0;
         self.registered_at = 0;
+        let (node_kvs, kvs): (Vec<Kv>, Vec<Kv>) =
+            kvs.into_iter().partition(|kv| self.is_node_key(&kv.key));
+        self.cluster_nodes.load(&self.prefix, revision, &node_kvs);
+        // Our own keys, as etcd has them (a write whose answer was lost).
+        if let Some(lease) = self.lease {
+            let suffix = format!("/{:016x}", lease as RouterId);
+            let nodes = format!("{}nodes/", self.prefix);
+            self.node_keys = node_kvs
+                .iter()
+                .filter(|kv| kv.lease == lease)
+                .filter_map(|kv| {
+                    let node = kv.key.strip_prefix(&nodes)?.strip_suffix(&suffix)?;
+                    Some((node.to_owned(), kv.value.trim().parse().ok()?))
+                })
+                .collect();
+        }
         for kv in kvs {
             if Some(&kv.key) == mine.as_ref() {
                 self.registered_at = kv.create_revision;
@@ -770,6 +909,15 @@ impl Member {
 
     fn apply_event(&mut self, event: Event) {
         self.revision = self.revision.max(event.revision());
+        if self.is_node_key(event.key()) {
+            match &event {
+                Event::Put(kv) => self.cluster_nodes.put(&self.prefix, kv),
+                Event::Delete { key, revision } => {
+                    self.cluster_nodes.delete(&self.prefix, key, *revision)
+                }
+            }
+            return;
+        }
         match event {
             Event::Put(kv) => {
                 if kv.key.strip_prefix(&self.prefix) == Some("map") {

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod local;
 pub mod map;
 pub mod member;
+pub mod nodes;
 pub mod plan;
 pub mod status;
 pub mod view;

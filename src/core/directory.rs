@@ -322,6 +322,18 @@ impl Directory {
             .collect()
     }
 
+    /// The live nodes of this router now (name -> incarnation): what a
+    /// router in a cluster writes to etcd.
+    pub fn live_nodes(&self) -> std::collections::BTreeMap<String, u64> {
+        let registry = self.registry.lock().expect("directory lock");
+        registry
+            .records
+            .iter()
+            .filter(|record| record.joined != 0)
+            .map(|record| (record.name.to_string(), record.incarnation))
+            .collect()
+    }
+
     /// Marks the connection registered under `ticket` on `shard` as
     /// closing (nothing if another connection took its place).
     pub fn mark_closing(&self, node: NodeId, shard: usize, ticket: u64) {

@@ -156,7 +156,9 @@ impl ShardCore {
             ));
             self.end_replaced(old_id);
         }
-        let membership = &attached.membership;
+        // In a cluster, the cluster's nodes (this router's directory knows
+        // only its own).
+        let membership = self.cluster_nodes.as_ref().unwrap_or(&attached.membership);
         let nodes: Vec<(&str, u64)> = membership
             .nodes
             .iter()
@@ -288,6 +290,11 @@ impl ShardCore {
     /// Sends membership events to every node, except `except` (a node that
     /// learns them from its Welcome).
     fn announce(&mut self, events: &[MembershipEvent], except: Option<NodeId>) {
+        if self.cluster_nodes.is_some() {
+            // In a cluster every router announces the cluster's events
+            // ([`ShardCore::apply_members`]), not its own.
+            return;
+        }
         for event in events {
             self.log.line(format!(
                 "shard {}: membership event {}: {:?} {} ({:?}), senior {}",

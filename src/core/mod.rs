@@ -57,13 +57,13 @@ use crate::route::Sender;
 use crate::table::{NodeId, TableLimits};
 use crate::time::Time;
 use crate::wire::{
-    check, fb, Check, Encoder, FrameError, PeerFault, PublishFrame, Request, RequestLimits,
-    Verifier, ROUTE_FLAG_CARBON,
+    check, fb, Check, Encoder, FrameError, NodeEventFrame, PeerFault, PublishFrame, Request,
+    RequestLimits, Verifier, ROUTE_FLAG_CARBON,
 };
 
 use batch::{Batch, Class, CreditKind, Entries, EntryHeader, EntryKind, Outboxes, FLAG_QUEUED};
 use conns::{ConnId, Conns, LinkState, OutputLimits};
-use directory::Directory;
+use directory::{Directory, Membership, MembershipEvent};
 use fanout::Fanouts;
 use out::{plan_from_flags, Close, DoneTo, HeldCopies, ReportTo};
 use owner::Owner;
@@ -185,6 +185,18 @@ pub struct ShardCore {
     memory_released: bool,
     /// When `give_memory_back` runs next.
     next_release: Time,
+    /// In a cluster: the IM nodes of the whole cluster, as the control
+    /// plane last said (Welcomes list them; NodeEvents come from it, not
+    /// from this router's directory). `None`: a router alone.
+    cluster_nodes: Option<Membership>,
+}
+
+/// The cluster's node membership changed: the events, in order, and the
+/// membership after them.
+#[derive(Debug, Clone)]
+pub struct MembersUpdate {
+    pub events: Vec<MembershipEvent>,
+    pub membership: Membership,
 }
 
 impl ShardCore {
@@ -251,6 +263,11 @@ impl ShardCore {
             conns_at_release: 0,
             memory_released: false,
             next_release: now + MEMORY_RELEASE_INTERVAL,
+            cluster_nodes: config.cluster.as_ref().map(|_| Membership {
+                seq: 0,
+                nodes: Vec::new(),
+                senior: None,
+            }),
             directory,
             router_id,
             config,
@@ -806,6 +823,31 @@ impl ShardCore {
     }
 
     // ----- The cluster ----------------------------------------------------------
+
+    /// The cluster's node membership changed: each event goes to the
+    /// nodes whose first connection is on this shard (every shard gets the
+    /// update), and later Welcomes list the new membership.
+    pub fn apply_members(&mut self, update: &MembersUpdate) {
+        let Some(current) = &mut self.cluster_nodes else {
+            return;
+        };
+        if update.membership.seq < current.seq {
+            return; // Older than what we have.
+        }
+        *current = update.membership.clone();
+        for event in &update.events {
+            let frame = self.encoder.node_event(&NodeEventFrame {
+                seq: event.seq,
+                kind: event.kind,
+                node: &event.node,
+                incarnation: event.incarnation,
+                reason: event.reason,
+                senior: event.senior.as_deref(),
+            });
+            let frame = frame.to_vec();
+            self.node_event_here(&frame, NodeId(u32::MAX));
+        }
+    }
 
     /// Applies what the control plane says about the slots (a cluster
     /// member only): drops the users and topics of slots lost, starts

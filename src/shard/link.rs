@@ -46,6 +46,8 @@ pub enum Control {
     Shutdown,
     /// The cluster's control plane: what this router may serve now.
     View(Arc<crate::core::slots::ClusterView>),
+    /// The cluster's control plane: the IM nodes' membership changed.
+    Members(Arc<crate::core::MembersUpdate>),
 }
 
 /// Keeps a value on its own cache line, so the flag senders swap does not

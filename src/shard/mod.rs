@@ -348,6 +348,7 @@ impl Driver {
                 self.stopped.notify();
             }
             Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
+            Control::Members(update) => self.with_core(|core, _| core.apply_members(&update)),
         }
     }
 

@@ -755,6 +755,8 @@ fn step(
                 ));
                 shared.failed.store(true, Relaxed);
             }
+            // Membership concerns real nodes, not the workload.
+            Received::NodeEvent { .. } => {}
             Received::RouterError { router, text } => {
                 // Not a fault in itself (a router going away may say so);
                 // every message is still judged.

@@ -35,6 +35,9 @@
 //!   Route is, and the recipients a router did not serve (`moved_users`)
 //!   go to their owner in a part of their own. The application sees one
 //!   outcome for the whole Fanout.
+//! - NodeEvents carry one cluster-wide sequence (every router sends the
+//!   same events with the same numbers): each is handed on once, in
+//!   order; one numbered at or below the last handed on is dropped.
 //! - A Deliver is handed to the application once: its (origin, message id,
 //!   recipient) is remembered for the last `dedup_window` messages, and a
 //!   copy that comes again is dropped.
@@ -253,6 +256,8 @@ pub struct ClusterNode {
     pending: HashMap<u64, PendingRoute, ahash::RandomState>,
     fanouts: HashMap<u64, PendingFanout, ahash::RandomState>,
     outcomes: VecDeque<Outcome>,
+    /// The last NodeEvent handed to the application.
+    node_event_seq: u64,
     /// Slots whose session operations a router with a newer map refused:
     /// resynced at their owner once this node has that map.
     stale_slots: BTreeMap<u16, u64>,
@@ -288,6 +293,7 @@ impl ClusterNode {
             pending: HashMap::default(),
             fanouts: HashMap::default(),
             outcomes: VecDeque::new(),
+            node_event_seq: 0,
             stale_slots: BTreeMap::new(),
             dedup: Dedup::new(config.dedup_window),
             rng,
@@ -864,6 +870,14 @@ impl ClusterNode {
                 };
                 return Some(Ok(Polled::FanoutDeliver(deliver, fresh)));
             }
+            Summary::NodeEvent { seq } => {
+                // Every router sends every event of the cluster, numbered
+                // alike: the application sees each once, in order.
+                if seq <= self.node_event_seq {
+                    return Some(Ok(Polled::Handled));
+                }
+                self.node_event_seq = seq;
+            }
             Summary::Control(incoming) => return Some(Ok(Polled::Frame(incoming))),
             Summary::Pass => {}
         }
@@ -1271,6 +1285,9 @@ enum Summary {
     FanoutDeliver {
         keys: Vec<Option<u64>>,
     },
+    NodeEvent {
+        seq: u64,
+    },
     /// A frame with nothing borrowed (Ping, Pong, Ack): handed on as is
     /// (the core may have consumed it already).
     Control(Incoming<'static>),
@@ -1347,6 +1364,7 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
                 .map(|user| dedup_key(deliver.origin(), deliver.message_id(), user, false))
                 .collect(),
         },
+        Incoming::NodeEvent(event) => Summary::NodeEvent { seq: event.seq() },
         Incoming::Ping { nonce } => Summary::Control(Incoming::Ping { nonce: *nonce }),
         Incoming::Pong { nonce } => Summary::Control(Incoming::Pong { nonce: *nonce }),
         Incoming::Ack { received } => Summary::Control(Incoming::Ack {

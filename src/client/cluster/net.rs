@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::{ClusterConfig, ClusterNode, LinkId, Outcome, Polled};
 use crate::client::core::Incoming;
 use crate::time::{Clock, Time};
+use crate::wire::fb;
 
 /// What the application received, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,14 @@ pub enum Received {
     Kick {
         user: String,
         device: String,
+    },
+    /// A change of the cluster's membership (each once).
+    NodeEvent {
+        seq: u64,
+        kind: fb::NodeEventKind,
+        node: String,
+        incarnation: u64,
+        senior: String,
     },
     /// A router closed its connection with an Error frame.
     RouterError {
@@ -187,6 +196,15 @@ impl Node {
                         .map(|p| p.bytes().to_vec())
                         .unwrap_or_default(),
                 }),
+                Ok(Polled::Frame(Incoming::NodeEvent(event))) => {
+                    received.push(Received::NodeEvent {
+                        seq: event.seq(),
+                        kind: event.kind(),
+                        node: event.node().unwrap_or("").to_owned(),
+                        incarnation: event.incarnation(),
+                        senior: event.senior().unwrap_or("").to_owned(),
+                    })
+                }
                 Ok(Polled::Frame(Incoming::Kick(kick))) => received.push(Received::Kick {
                     user: kick.user().unwrap_or("").to_owned(),
                     device: kick.device().unwrap_or("").to_owned(),
