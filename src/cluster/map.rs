@@ -93,6 +93,9 @@ pub struct SlotMap {
     epoch: u64,
     routers: Vec<RouterInfo>,
     owners: Vec<Owner>,
+    /// `owners` as contiguous ranges (what Welcomes and SlotMap frames
+    /// carry), computed once: a map is sent far more often than made.
+    ranges: Vec<SlotRange>,
 }
 
 /// Why a map was refused (from etcd or a router's frame).
@@ -136,7 +139,9 @@ impl SlotMap {
             epoch: 1,
             routers: vec![router],
             owners,
+            ranges: Vec::new(),
         }
+        .with_ranges()
     }
 
     /// A map from its ranges, which must cover every slot exactly once and
@@ -159,12 +164,12 @@ impl SlotMap {
         if routers.len() > u16::MAX as usize {
             return Err(MapError::Router("too many routers".into()));
         }
-        const NONE: Owner = Owner {
-            router: u16::MAX,
-            shard: u16::MAX,
-        };
-        let mut owners = vec![NONE; SLOT_COUNT as usize];
-        for range in ranges {
+        // Check the ranges in slot order (they cost their count, not the
+        // slots': a map is parsed from every Welcome and SlotMap frame).
+        let mut sorted = ranges.to_vec();
+        sorted.sort_unstable_by_key(|range| range.first);
+        let mut next = 0u32;
+        for range in &sorted {
             if range.first > range.last || range.last >= SLOT_COUNT {
                 return Err(MapError::Slots(format!(
                     "bad range {}-{}",
@@ -183,25 +188,61 @@ impl SlotMap {
                     range.first, range.last, range.shard, range.router, routers[index].shards
                 )));
             }
-            for slot in range.first..=range.last {
-                if owners[slot as usize] != NONE {
-                    return Err(MapError::Slots(format!("slot {slot} listed twice")));
+            match u32::from(range.first).cmp(&next) {
+                std::cmp::Ordering::Less => {
+                    return Err(MapError::Slots(format!(
+                        "slot {} listed twice",
+                        range.first.max(next.saturating_sub(1) as u16)
+                    )))
                 }
-                owners[slot as usize] = Owner {
-                    router: index as u16,
-                    shard: range.shard,
-                };
+                std::cmp::Ordering::Greater => {
+                    return Err(MapError::Slots(format!("slot {next} has no owner")))
+                }
+                std::cmp::Ordering::Equal => next = u32::from(range.last) + 1,
             }
         }
-        if let Some(slot) = owners.iter().position(|owner| *owner == NONE) {
-            return Err(MapError::Slots(format!("slot {slot} has no owner")));
+        if next != u32::from(SLOT_COUNT) {
+            return Err(MapError::Slots(format!("slot {next} has no owner")));
+        }
+        // Routers that own nothing are dropped.
+        let owning: Vec<RouterInfo> = routers
+            .into_iter()
+            .filter(|router| sorted.iter().any(|range| range.router == router.id))
+            .collect();
+        let mut owners = Vec::with_capacity(SLOT_COUNT as usize);
+        let mut merged: Vec<SlotRange> = Vec::with_capacity(sorted.len());
+        for range in &sorted {
+            let index = owning
+                .iter()
+                .position(|r| r.id == range.router)
+                .expect("an owning router") as u16;
+            let owner = Owner {
+                router: index,
+                shard: range.shard,
+            };
+            owners.resize(usize::from(range.last) + 1, owner);
+            match merged.last_mut() {
+                Some(last) if last.router == range.router && last.shard == range.shard => {
+                    last.last = range.last;
+                }
+                _ => merged.push(*range),
+            }
         }
         Ok(SlotMap {
             epoch,
-            routers,
+            routers: owning,
             owners,
-        }
-        .compacted())
+            ranges: merged,
+        })
+    }
+
+    fn with_ranges(mut self) -> SlotMap {
+        self.ranges = SlotRange::runs(
+            self.owners
+                .iter()
+                .map(|owner| (self.routers[owner.router as usize].id, owner.shard)),
+        );
+        self
     }
 
     /// The map a SlotMap table carries (in a Welcome or a frame of its
@@ -278,30 +319,6 @@ impl SlotMap {
         self
     }
 
-    /// Without the routers that own nothing.
-    fn compacted(mut self) -> SlotMap {
-        let mut owns = vec![false; self.routers.len()];
-        for owner in &self.owners {
-            owns[owner.router as usize] = true;
-        }
-        if owns.iter().all(|&owns| owns) {
-            return self;
-        }
-        let mut renumber = vec![0u16; self.routers.len()];
-        let mut kept = Vec::new();
-        for (index, router) in self.routers.drain(..).enumerate() {
-            if owns[index] {
-                renumber[index] = kept.len() as u16;
-                kept.push(router);
-            }
-        }
-        for owner in &mut self.owners {
-            owner.router = renumber[owner.router as usize];
-        }
-        self.routers = kept;
-        self
-    }
-
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -328,12 +345,8 @@ impl SlotMap {
     }
 
     /// Contiguous ranges, in slot order.
-    pub fn ranges(&self) -> Vec<SlotRange> {
-        SlotRange::runs(
-            self.owners
-                .iter()
-                .map(|owner| (self.routers[owner.router as usize].id, owner.shard)),
-        )
+    pub fn ranges(&self) -> &[SlotRange] {
+        &self.ranges
     }
 
     /// How many slots each router owns, in `routers()` order.
@@ -535,6 +548,29 @@ impl SlotSet {
         for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
             *a |= b;
         }
+    }
+
+    /// Whether the two sets have a slot in common.
+    pub fn intersects(&self, other: &SlotSet) -> bool {
+        self.words
+            .iter()
+            .zip(other.words.iter())
+            .any(|(a, b)| a & b != 0)
+    }
+
+    /// Every slot (without allocating).
+    pub fn fill_all(&mut self) {
+        self.words.fill(u64::MAX);
+    }
+
+    /// Empties the set (without allocating).
+    pub fn clear(&mut self) {
+        self.words.fill(0);
+    }
+
+    /// Becomes a copy of `other` (without allocating).
+    pub fn copy_from(&mut self, other: &SlotSet) {
+        self.words.copy_from_slice(&other.words[..]);
     }
 
     pub fn intersect_with(&mut self, other: &SlotSet) {

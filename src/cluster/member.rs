@@ -345,9 +345,23 @@ impl Member {
         let (Some(id), Some(map)) = (self.id(), &self.map) else {
             return set;
         };
-        for slot in 0..SLOT_COUNT {
-            if map.owner_id(slot) == id && self.released(slot) {
-                set.insert(slot);
+        // Our ranges only, and `released` once per distinct origin (a map
+        // has few): this runs whenever the view may have changed.
+        let mut known: Vec<(From, bool)> = Vec::new();
+        for range in map.ranges().iter().filter(|range| range.router == id) {
+            for slot in range.first..=range.last {
+                let from = self.from[slot as usize];
+                let released = match known.iter().find(|(f, _)| *f == from) {
+                    Some(&(_, released)) => released,
+                    None => {
+                        let released = self.released(slot);
+                        known.push((from, released));
+                        released
+                    }
+                };
+                if released {
+                    set.insert(slot);
+                }
             }
         }
         set
@@ -377,13 +391,10 @@ impl Member {
 
     /// Every slot [`Member::serves`] at `now`.
     pub fn serving(&self, now: Time) -> SlotSet {
-        let mut set = SlotSet::empty();
-        for slot in 0..SLOT_COUNT {
-            if self.serves(slot, now) {
-                set.insert(slot);
-            }
+        if !self.lease_alive(now) {
+            return SlotSet::empty();
         }
-        set
+        self.released_slots()
     }
 
     fn released(&self, slot: u16) -> bool {

@@ -311,7 +311,9 @@ impl Directory {
     /// The nodes attached now (a connection, or a suspended one), with
     /// their epochs.
     pub fn attached(&self) -> Vec<(NodeId, u32)> {
-        self.entries
+        // Only the ids ever given out can be attached.
+        let allocated = self.registry.lock().expect("directory lock").records.len();
+        self.entries[..allocated]
             .iter()
             .enumerate()
             .filter_map(|(at, entry)| {

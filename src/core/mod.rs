@@ -903,6 +903,17 @@ impl ShardCore {
         self.owner.slots.serving(now)
     }
 
+    /// Changes whenever [`ShardCore::serving_slots`] may (see
+    /// `Slots::serving_key`).
+    pub fn serving_key(&self, now: Time) -> (u64, bool) {
+        self.owner.slots.serving_key(now)
+    }
+
+    /// [`ShardCore::serving_slots`] into `set` (without allocating).
+    pub fn serving_slots_into(&self, now: Time, set: &mut crate::cluster::map::SlotSet) {
+        self.owner.slots.serving_into(now, set)
+    }
+
     /// Once per heartbeat: rebuilds that wait for nodes that left, or for
     /// too long, end.
     fn tick_slots(&mut self, now: Time) {

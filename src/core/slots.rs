@@ -160,6 +160,9 @@ pub struct Slots {
     /// The router-wide slots to ask the nodes to resync (last view).
     gained: Arc<SlotSet>,
     fence: Time,
+    /// Counts the views applied: what [`Slots::serving`] answers changes
+    /// only with it, or when `now` passes the fence.
+    applied_views: u64,
     /// Nodes refused while fenced: they resync the refused slots, and the
     /// shard waits for them when the fence lifts.
     refused: Vec<(NodeId, u32)>,
@@ -195,6 +198,7 @@ impl Slots {
             rebuilds: Vec::new(),
             gained: Arc::new(SlotSet::empty()),
             fence: Time::NEVER,
+            applied_views: 0,
             refused: Vec::new(),
             rebuild_timeout: Duration::ZERO,
             expected_nodes: 0,
@@ -216,6 +220,7 @@ impl Slots {
             rebuilds: Vec::new(),
             gained: Arc::new(SlotSet::empty()),
             fence: Time::ZERO,
+            applied_views: 0,
             refused: Vec::new(),
             rebuild_timeout,
             expected_nodes: 0,
@@ -309,6 +314,7 @@ impl Slots {
         attached: impl Fn() -> Vec<(NodeId, u32)>,
         now: Time,
     ) -> Applied {
+        self.applied_views += 1;
         debug_assert!(!self.alone);
         let mut applied = Applied::default();
         let same_map = match (&self.map, &view.map) {
@@ -460,15 +466,27 @@ impl Slots {
     /// The slots this shard serves at `now` (answering Serve or
     /// Rebuilding): for the simulation's "one server per slot" check.
     pub fn serving(&self, now: Time) -> SlotSet {
-        if self.alone {
-            return self.held.clone();
-        }
-        if now >= self.fence {
-            return SlotSet::empty();
-        }
-        let mut set = self.held.clone();
-        set.intersect_with(&self.released);
+        let mut set = SlotSet::empty();
+        self.serving_into(now, &mut set);
         set
+    }
+
+    /// A key that changes whenever [`Slots::serving`] at `now` may answer
+    /// differently than at the last time with the same key.
+    pub fn serving_key(&self, now: Time) -> (u64, bool) {
+        (self.applied_views, self.alone || now < self.fence)
+    }
+
+    /// [`Slots::serving`] into `set` (without allocating).
+    pub fn serving_into(&self, now: Time, set: &mut SlotSet) {
+        if self.alone {
+            set.copy_from(&self.held);
+        } else if now >= self.fence {
+            set.clear();
+        } else {
+            set.copy_from(&self.held);
+            set.intersect_with(&self.released);
+        }
     }
 
     /// Whether a slot of `key` is owned by this shard (sessions of a sync

@@ -121,6 +121,10 @@ pub struct ControlStats {
     pub worst_gap_ms: u64,
 }
 
+/// What one router's serving sets depend on: (client, member version,
+/// paused, lease alive, the shard's `serving_key`).
+type ServingKey = (usize, u64, bool, bool, Option<(u64, bool)>);
+
 pub struct ControlSim {
     rng: Rng,
     config: ControlConfig,
@@ -137,6 +141,10 @@ pub struct ControlSim {
     /// how many have none.
     unserved_since: Vec<Option<Time>>,
     unserved: SlotSet,
+    /// Sets the per-step checks reuse.
+    scratch: Vec<SlotSet>,
+    /// The serving keys at the last check.
+    checked_keys: Vec<ServingKey>,
     trace: Vec<String>,
     /// When the last events sent on each watch arrive (a watch is one
     /// stream: its events arrive in order).
@@ -180,6 +188,8 @@ impl ControlSim {
             stats: ControlStats::default(),
             unserved_since: vec![None; SLOT_COUNT as usize],
             unserved: SlotSet::empty(),
+            scratch: (0..4).map(|_| SlotSet::empty()).collect(),
+            checked_keys: Vec::new(),
             trace: Vec::new(),
             watch_due: HashMap::new(),
             data,
@@ -366,24 +376,54 @@ impl ControlSim {
             }
             result?;
         }
-        self.check_one_owner()?;
-        self.check_shards_one_owner()
+        // The two checks read only what the keys cover: while no key
+        // moved, their sets (and verdicts) are those of the last step.
+        let keys = self.serving_keys();
+        if keys != self.checked_keys {
+            self.check_one_owner()?;
+            self.check_shards_one_owner()?;
+            self.checked_keys = keys;
+        }
+        Ok(())
+    }
+
+    /// Per router: what its member's and its shard's serving sets depend
+    /// on (the member's version and lease, the shard's views and fence).
+    fn serving_keys(&self) -> Vec<ServingKey> {
+        self.routers
+            .iter()
+            .map(|router| {
+                (
+                    router.client,
+                    router.member.version(),
+                    router.paused_until.is_some(),
+                    router.member.lease_alive(self.now),
+                    self.data
+                        .as_ref()
+                        .and_then(|data| data.serving_key(router.client, self.now)),
+                )
+            })
+            .collect()
     }
 
     /// At most one router's shard serves each slot (what the shards would
     /// answer, which lags the members by the views).
-    fn check_shards_one_owner(&self) -> Result<(), String> {
+    fn check_shards_one_owner(&mut self) -> Result<(), String> {
         let Some(data) = &self.data else {
             return Ok(());
         };
-        let mut seen = SlotSet::empty();
+        // (Scratch sets: this runs at every step.)
+        let [seen, set, ..] = &mut self.scratch[..] else {
+            unreachable!("four scratch sets")
+        };
+        seen.clear();
         for router in &self.routers {
-            let Some(set) = data.serving(router.client, self.now) else {
+            if !data.serving_into(router.client, self.now, set) {
                 continue;
-            };
-            let mut both = set.clone();
-            both.intersect_with(&seen);
-            if !both.is_empty() {
+            }
+            if set.intersects(seen) {
+                let mut both = set.clone();
+                both.intersect_with(seen);
                 return Err(format!(
                     "at {:?}: slots {:?} served by two routers' shards (one is router {})",
                     self.now,
@@ -391,7 +431,7 @@ impl ControlSim {
                     router.client
                 ));
             }
-            seen.union_with(&set);
+            seen.union_with(set);
         }
         Ok(())
     }
@@ -615,15 +655,25 @@ impl ControlSim {
 
     /// At most one router serves each slot.
     fn check_one_owner(&mut self) -> Result<(), String> {
-        let mut seen = SlotSet::empty();
-        let mut served = 0;
+        // (Scratch sets: this runs at every step.)
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.check_one_owner_with(&mut scratch);
+        self.scratch = scratch;
+        result
+    }
+
+    fn check_one_owner_with(&mut self, scratch: &mut [SlotSet]) -> Result<(), String> {
+        let [seen, now_unserved, changed, ..] = scratch else {
+            unreachable!("four scratch sets")
+        };
+        seen.clear();
         for at in 0..self.routers.len() {
-            let Some(set) = self.serving(at).cloned() else {
+            let Some(set) = self.serving(at) else {
                 continue;
             };
-            let mut both = set.clone();
-            both.intersect_with(&seen);
-            if !both.is_empty() {
+            if set.intersects(seen) {
+                let mut both = set.clone();
+                both.intersect_with(seen);
                 let views: Vec<String> = self
                     .routers
                     .iter()
@@ -636,27 +686,28 @@ impl ControlSim {
                     self.routers[at].client
                 ));
             }
-            served += set.len();
-            seen.union_with(&set);
+            seen.union_with(set);
         }
-        let _ = served;
         // Only the slots whose state changed since the last step.
-        let mut now_unserved = SlotSet::full();
-        now_unserved.subtract(&seen);
-        let mut started = now_unserved.clone();
-        started.subtract(&self.unserved);
-        let mut ended = self.unserved.clone();
-        ended.subtract(&now_unserved);
-        for slot in started.iter() {
+        now_unserved.fill_all();
+        now_unserved.subtract(seen);
+        if *now_unserved == self.unserved {
+            return Ok(());
+        }
+        changed.copy_from(now_unserved);
+        changed.subtract(&self.unserved);
+        for slot in changed.iter() {
             self.unserved_since[slot as usize] = Some(self.now);
         }
-        for slot in ended.iter() {
+        changed.copy_from(&self.unserved);
+        changed.subtract(now_unserved);
+        for slot in changed.iter() {
             if let Some(start) = self.unserved_since[slot as usize].take() {
                 let gap = self.now.since(start).as_millis() as u64;
                 self.stats.worst_gap_ms = self.stats.worst_gap_ms.max(gap);
             }
         }
-        self.unserved = now_unserved;
+        self.unserved.copy_from(now_unserved);
         Ok(())
     }
 

@@ -549,6 +549,26 @@ impl DataPlane {
         Some(router.core.directory().attached().len() as u64)
     }
 
+    /// What router `client`'s shard serves may have changed since the
+    /// last time this key was the same (None: no such router).
+    pub fn serving_key(&self, client: usize, now: Time) -> Option<(u64, bool)> {
+        self.routers
+            .get(&client)
+            .map(|router| router.core.serving_key(now))
+    }
+
+    /// [`DataPlane::serving`] into `set`; false (and `set` untouched)
+    /// when there is no such router.
+    pub fn serving_into(&self, client: usize, now: Time, set: &mut SlotSet) -> bool {
+        match self.routers.get(&client) {
+            Some(router) => {
+                router.core.serving_slots_into(now, set);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The slots router `client`'s shard would serve at `now`.
     pub fn serving(&self, client: usize, now: Time) -> Option<SlotSet> {
         self.routers

@@ -835,8 +835,8 @@ impl ClusterNode {
                 self.welcomed(id, now);
                 return Some(Ok(Polled::Handled));
             }
-            Summary::Map { resync } => {
-                self.map_frame(id, resync, now);
+            Summary::Map { map, resync } => {
+                self.map_frame(id, *map, resync, now);
                 return Some(Ok(Polled::Handled));
             }
             Summary::Status(status) => {
@@ -928,15 +928,9 @@ impl ClusterNode {
         self.resubscribe(id, None);
     }
 
-    /// A SlotMap frame on link `id` (whose core still holds it).
-    fn map_frame(&mut self, id: LinkId, resync: Vec<(u16, u16)>, now: Time) {
-        let link = self.links.get_mut(&id).expect("polled");
-        let Some(Ok(Incoming::SlotMap(table))) = link.core.repeat_incoming() else {
-            unreachable!("the frame just summarized")
-        };
-        let Ok((map, _)) = SlotMap::from_wire(table) else {
-            return; // summarize checked it
-        };
+    /// A SlotMap frame on link `id`: `map`, and the slots it asks to
+    /// resync.
+    fn map_frame(&mut self, id: LinkId, map: SlotMap, resync: Vec<(u16, u16)>, now: Time) {
         let epoch = map.epoch();
         self.install_map(Arc::new(map), now);
         if !resync.is_empty() {
@@ -1275,6 +1269,7 @@ enum Summary {
     Error(NodeError),
     Welcome,
     Map {
+        map: Box<SlotMap>,
         resync: Vec<(u16, u16)>,
     },
     Status(StatusSummary),
@@ -1316,7 +1311,10 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
     match incoming {
         Incoming::Welcome { .. } => Summary::Welcome,
         Incoming::SlotMap(table) => match SlotMap::from_wire(*table) {
-            Ok((_, resync)) => Summary::Map { resync },
+            Ok((map, resync)) => Summary::Map {
+                map: Box::new(map),
+                resync,
+            },
             Err(error) => Summary::Error(NodeError::Map(error)),
         },
         Incoming::Status { status, .. } => Summary::Status(StatusSummary {
