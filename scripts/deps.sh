@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the cluster build and its tests
-# need when it is missing: protoc (etcd-client's build) and etcd (the
-# integration tests start one on 127.0.0.1). A router alone needs neither.
+# need when it is missing: protoc (etcd-client's build), etcd (the
+# integration tests start one on 127.0.0.1) and, as root, iproute2 (the
+# partition test puts routers in network namespaces; without root it is
+# skipped). A router alone needs none of them.
 set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+if [ "$(id -u)" = 0 ]; then
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -60,18 +60,28 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts `binary` and waits until it listens.
+    /// Starts `binary` and waits until it listens (on 127.0.0.1).
     pub fn start(binary: &str) -> io::Result<Etcd> {
+        Etcd::start_on(binary, &[])
+    }
+
+    /// Starts `binary` listening on 127.0.0.1 and on each of `also` (local
+    /// addresses, such as the host ends of veth pairs), on one port.
+    pub fn start_on(binary: &str, also: &[&str]) -> io::Result<Etcd> {
         let (client, peer) = (free_port(), free_port());
         let dir =
             std::env::temp_dir().join(format!("imrouter-etcd-{}-{client}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
+        let listen = std::iter::once(url.clone())
+            .chain(also.iter().map(|host| format!("http://{host}:{client}")))
+            .collect::<Vec<_>>()
+            .join(",");
         let child = Command::new(binary)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &url])
+            .args(["--listen-client-urls", &listen])
             .args(["--advertise-client-urls", &url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
@@ -86,6 +96,15 @@ impl Etcd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -114,6 +133,11 @@ pub struct RouterOptions {
     pub extra: Vec<String>,
     /// Run under `taskset -c CPUS` when set.
     pub cpus: Option<String>,
+    /// Run inside this network namespace (`ip netns exec`) when set.
+    pub netns: Option<String>,
+    /// The address to listen on and advertise (default: 127.0.0.1 and a
+    /// free port).
+    pub listen: Option<String>,
 }
 
 /// A router process (`imrouter serve` with the cluster flags), killed
@@ -128,11 +152,22 @@ pub struct RouterProcess {
 impl RouterProcess {
     /// Starts the router and waits until it listens.
     pub fn start(options: &RouterOptions) -> io::Result<RouterProcess> {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = match &options.cpus {
-            Some(cpus) => {
-                let mut command = Command::new("taskset");
-                command.args(["-c", cpus]).arg(&options.binary);
+        let addr = options
+            .listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        // `ip netns exec` and `taskset` exec the router: it keeps their pid.
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(netns) = &options.netns {
+            prefix.extend(["ip", "netns", "exec", netns].map(String::from));
+        }
+        if let Some(cpus) = &options.cpus {
+            prefix.extend(["taskset", "-c", cpus].map(String::from));
+        }
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&options.binary);
                 command
             }
             None => Command::new(&options.binary),
@@ -330,4 +365,139 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, state: &ProxyState) {
     }
     let _ = to.shutdown(Shutdown::Write);
     let _ = from.shutdown(Shutdown::Read);
+}
+
+/// Router "hosts" on one machine: a network namespace each, joined to
+/// this one by a veth pair, so that a path can be cut by a blackhole
+/// route as between machines (needs root and iproute2). Host `i` has
+/// address [`Hosts::router_ip`] inside its namespace; this namespace
+/// reaches it from [`Hosts::host_ip`] (where nodes here connect from) and
+/// offers etcd to it at [`Hosts::etcd_ip`] (a second address, so that
+/// etcd can be cut without the nodes). Everything is deleted on drop.
+pub struct Hosts {
+    /// 10.<base>.x.y
+    base: u8,
+    names: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let output = Command::new("ip").args(args).output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+impl Hosts {
+    /// Creates `count` hosts (at most 50); an error when the machine does
+    /// not allow it.
+    pub fn create(count: usize) -> io::Result<Hosts> {
+        let pid = std::process::id();
+        let mut hosts = Hosts {
+            base: 200 + (pid % 50) as u8,
+            names: Vec::new(),
+        };
+        for i in 0..count.min(50) {
+            let name = format!("imr{}h{}", pid % 100_000, i + 1);
+            ip(&["netns", "add", &name])?;
+            hosts.names.push(name.clone());
+            let (outside, inside) = (name.clone(), format!("imr{}n{}", pid % 100_000, i + 1));
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &name])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", hosts.host_ip(i)),
+                "dev",
+                &outside,
+            ])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", hosts.etcd_ip(i)),
+                "dev",
+                &outside,
+            ])?;
+            ip(&["link", "set", &outside, "up"])?;
+            let router = format!("{}/24", hosts.router_ip(i));
+            for args in [
+                vec!["addr", "add", &router, "dev", &inside],
+                vec!["link", "set", &inside, "up"],
+                vec!["link", "set", "lo", "up"],
+                vec!["route", "add", &hosts.etcd_ip(i), "dev", &inside],
+            ] {
+                let mut all = vec!["netns", "exec", &name, "ip"];
+                all.extend(args);
+                ip(&all)?;
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Host `i`'s network namespace.
+    pub fn netns(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// Host `i`'s address (inside its namespace).
+    pub fn router_ip(&self, i: usize) -> String {
+        format!("10.{}.{}.2", self.base, i + 1)
+    }
+
+    /// This namespace's address on host `i`'s link.
+    pub fn host_ip(&self, i: usize) -> String {
+        format!("10.{}.{}.1", self.base, i + 1)
+    }
+
+    /// etcd's address for host `i` (in this namespace).
+    pub fn etcd_ip(&self, i: usize) -> String {
+        format!("10.{}.{}.1", self.base, 101 + i)
+    }
+
+    fn route_in(&self, i: usize, args: &[&str]) -> io::Result<()> {
+        let mut all = vec!["netns", "exec", &self.names[i], "ip", "route"];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Cuts host `i` from etcd (true: a blackhole route in its namespace)
+    /// or heals it.
+    pub fn cut_from_etcd(&self, i: usize, cut: bool) -> io::Result<()> {
+        let etcd = self.etcd_ip(i);
+        if cut {
+            self.route_in(i, &["replace", "blackhole", &etcd])
+        } else {
+            let inside = format!("imr{}n{}", std::process::id() % 100_000, i + 1);
+            self.route_in(i, &["replace", &etcd, "dev", &inside])
+        }
+    }
+
+    /// Cuts host `i` from everything here, etcd and the nodes (true), or
+    /// heals it.
+    pub fn isolate(&self, i: usize, cut: bool) -> io::Result<()> {
+        self.cut_from_etcd(i, cut)?;
+        let host = format!("{}/32", self.host_ip(i));
+        if cut {
+            self.route_in(i, &["replace", "blackhole", &host])
+        } else {
+            self.route_in(i, &["del", "blackhole", &host])
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            // The veth pair goes with its namespace end.
+            let _ = ip(&["netns", "del", name]);
+            let _ = ip(&["link", "del", name]);
+        }
+    }
 }

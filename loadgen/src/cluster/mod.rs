@@ -277,6 +277,8 @@ impl Cluster {
             lease_ttl_ms: self.plan.lease_ttl_ms,
             extra: Vec::new(),
             cpus: self.plan.router_cpus.clone(),
+            netns: None,
+            listen: None,
         };
         let router =
             RouterProcess::start(&options).map_err(|e| format!("starting router {name}: {e}"))?;
