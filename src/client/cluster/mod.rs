@@ -57,7 +57,7 @@ use crate::limits::{
 };
 use crate::placement::slot_for_user;
 use crate::time::Time;
-use crate::wire::{fb, FanoutFrame, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
+use crate::wire::{fb, FanoutFrame, PublishFrame, RouteFrame, ROUTE_FLAG_ACK, ROUTE_FLAG_CARBON};
 
 use super::core::{Incoming, NodeConfig, NodeCore, NodeError, State};
 
@@ -791,6 +791,18 @@ impl ClusterNode {
             if let Some(link) = self.owner_link(topic) {
                 link.core.unsubscribe(topic);
             }
+        }
+    }
+
+    /// Publishes to a topic, through the owner of its slot (at most once:
+    /// nothing is kept; with no owner known, nothing is sent, and false).
+    pub fn publish(&mut self, frame: &PublishFrame<'_>) -> bool {
+        match self.owner_link(frame.topic) {
+            Some(link) if link.is_live() => {
+                link.core.publish(frame);
+                true
+            }
+            _ => false,
         }
     }
 
