@@ -82,7 +82,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route(Message::new("tp", "d0", to, vec![0u8; 64]))
                 .await;
             drop(permit);
-            outcome.map(|o| o.verdict == Verdict::Routed).unwrap_or(false)
+            outcome
+                .map(|o| o.verdict == Verdict::Routed)
+                .unwrap_or(false)
         }));
     }
     let mut routed = 0u32;

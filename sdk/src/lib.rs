@@ -48,12 +48,19 @@
 //! - Messages without an outcome: [`ConnectOptions::pending_max`]; more
 //!   wait, in the order they came, until outcomes make room.
 //! - The inbox: [`ConnectOptions::inbox_capacity`] events. When the
-//!   application does not read it, the node stops reading its routers'
-//!   connections: TCP pushes back, and the routers treat the node as a
-//!   slow consumer (they hold its messages up to `--out-buffer-bytes`,
-//!   then close the connection: the node reconnects, resumes, and nothing
-//!   is lost while the router keeps its stream). Nothing is dropped by
-//!   this crate.
+//!   application does not read it, the node's task waits for room: it
+//!   stops reading its routers (TCP pushes back; a router holds the
+//!   node's messages up to its `--out-buffer-bytes`), and nothing is
+//!   dropped by this crate (`tests/router.rs`: 3,000 messages to an inbox
+//!   of 8 not read for 2 s, all delivered once). While it waits it does
+//!   not answer Pings either: a stall longer than the router's node
+//!   timeout (three heartbeats, 3 s by default) makes the router suspend
+//!   the node and hold its messages for its reconnect grace (5 s); the
+//!   node resumes when the application reads again. A stall longer than
+//!   both loses the node's sessions at that router (its users' messages
+//!   are then Offline) until the node resyncs them.
+
+#![warn(missing_docs)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -236,17 +243,23 @@ impl std::error::Error for Error {}
 /// A message for one user (all of its devices, or one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The sender (a user of this node) and its device.
     pub from_user: String,
+    /// The sender's device.
     pub from_device: String,
+    /// The recipient.
     pub to_user: String,
     /// One device of `to_user` only.
     pub to_device: Option<String>,
+    /// The message itself, opaque to the router.
     pub payload: Vec<u8>,
     /// A carbon: a copy for the sender's own other devices.
     pub carbon: bool,
 }
 
 impl Message {
+    /// A message from `from_user` on `from_device` to every device of
+    /// `to_user`.
     pub fn new(
         from_user: impl Into<String>,
         from_device: impl Into<String>,
@@ -349,11 +362,30 @@ impl Client {
         outcome.await.map_err(|_| Error::Closed)
     }
 
+    /// Where `user`'s sessions are: (node, device, platform) each. Waits
+    /// at most `timeout` (a router that failed meanwhile may never answer).
+    pub async fn locate(&self, user: &str, timeout: Duration) -> Result<Vec<Session>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let id = self.message_id();
+        self.send(Command::Locate {
+            id,
+            user: user.to_owned(),
+            reply,
+        })
+        .await?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(sessions)) => Ok(sessions),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
     /// Receives what is published to `topic` (kept across reconnects).
     pub async fn subscribe(&self, topic: &str) -> Result<(), Error> {
         self.send(Command::Subscribe(topic.to_owned(), true)).await
     }
 
+    /// Stops receiving what is published to `topic`.
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), Error> {
         self.send(Command::Subscribe(topic.to_owned(), false)).await
     }
@@ -408,53 +440,98 @@ pub enum Event {
     /// A Fanout's copy: the recipients of this node (each once) and the
     /// devices of each.
     FanoutDeliver {
+        /// The Fanout's id (at the sending node).
         message_id: u64,
+        /// The sender and its device.
         from_user: String,
+        /// The sender's device.
         from_device: String,
+        /// (user, its devices on this node), each user once.
         recipients: Vec<(String, Vec<String>)>,
+        /// The message.
         payload: Vec<u8>,
     },
     /// A session of this node was ended by the router (another login of
     /// the user, by the login policy).
     Kick {
+        /// The user whose session ended.
         user: String,
+        /// Its device.
         device: String,
     },
     /// The cluster's membership changed (each event once, in order).
     NodeEvent {
+        /// The cluster-wide sequence number (increasing).
         seq: u64,
+        /// Joined, Left or SeniorChanged.
         kind: NodeEventKind,
+        /// The node it is about.
         node: String,
+        /// That node's process.
         incarnation: u64,
         /// The senior node after the event.
         senior: String,
     },
     /// A message published to a subscribed topic.
     Publish {
+        /// The topic.
         topic: String,
+        /// The publisher's message id.
         message_id: u64,
+        /// The publishing user.
         from_user: String,
+        /// The publishing node.
         from_node: String,
+        /// The message.
         payload: Vec<u8>,
     },
+    /// A message sent to every node.
     Broadcast {
+        /// The node that sent it.
         from_node: String,
+        /// The message.
         payload: Vec<u8>,
     },
+    /// The connection to a router came up (a Welcome) or went down; the
+    /// node reconnects by itself and nothing is lost meanwhile: for
+    /// monitoring.
+    Router {
+        /// The router's address.
+        addr: String,
+        /// Up (true) or down.
+        up: bool,
+    },
+}
+
+/// A session [`Client::locate`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The node holding it.
+    pub node: String,
+    /// The device.
+    pub device: String,
+    /// The device's platform.
+    pub platform: Platform,
 }
 
 /// One message for one user of this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The message's id at the sending node.
     pub message_id: u64,
     /// The sending node's incarnation.
     pub origin: u64,
+    /// The sender.
     pub from_user: String,
+    /// The sender's device.
     pub from_device: String,
+    /// The recipient, a user of this node.
     pub to_user: String,
     /// The recipient's devices on this node it is for.
     pub devices: Vec<String>,
+    /// The message.
     pub payload: Vec<u8>,
+    /// A carbon (a copy of the user's own message, for its other devices).
     pub carbon: bool,
 }
 
@@ -518,6 +595,11 @@ enum Command {
         payload: Vec<u8>,
     },
     Broadcast(Vec<u8>),
+    Locate {
+        id: u64,
+        user: String,
+        reply: oneshot::Sender<Vec<Session>>,
+    },
     Flush(oneshot::Sender<()>),
     #[allow(non_camel_case_types)]
     Close_(oneshot::Sender<()>),
@@ -579,6 +661,7 @@ struct Driver {
     connecting: HashMap<LinkId, u64>,
     next_generation: u64,
     replies: HashMap<u64, oneshot::Sender<Outcome>>,
+    locates: HashMap<u64, oneshot::Sender<Vec<Session>>>,
     waiting: VecDeque<Waiting>,
     flushes: Vec<oneshot::Sender<()>>,
 }
@@ -603,6 +686,7 @@ impl Driver {
             connecting: HashMap::new(),
             next_generation: 1,
             replies: HashMap::new(),
+            locates: HashMap::new(),
             waiting: VecDeque::new(),
             flushes: Vec::new(),
         }
@@ -699,6 +783,12 @@ impl Driver {
             }
             Command::Broadcast(payload) => {
                 self.node.broadcast(&payload);
+            }
+            Command::Locate { id, user, reply } => {
+                // (Answers to callers that gave up are dropped.)
+                self.locates.retain(|_, reply| !reply.is_closed());
+                self.locates.insert(id, reply);
+                self.node.locate(id, &user);
             }
             Command::Flush(done) => self.flushes.push(done),
             Command::Close_(_) => unreachable!("handled by run"),
@@ -873,7 +963,16 @@ impl Driver {
 
     fn socket_ended(&mut self, link: LinkId) {
         if self.sockets.remove(&link).is_some() {
+            let was_live = self.node.link_mut(link).is_some_and(|l| l.is_live());
             self.node.disconnected(link, self.clock.now());
+            if was_live {
+                let addr = self.node.link_mut(link).map(|l| l.addr.clone());
+                // (An inbox full at this moment misses it: monitoring only.)
+                let _ = self.inbox.try_send(Event::Router {
+                    addr: addr.unwrap_or_default(),
+                    up: false,
+                });
+            }
         }
     }
 
@@ -944,6 +1043,7 @@ impl Driver {
                 let Some(state) = self.node.link_mut(link) else {
                     return true;
                 };
+                let was_live = state.is_live();
                 state.core.receive(&bytes, now);
                 let mut events = Vec::new();
                 let mut failed = None;
@@ -952,6 +1052,21 @@ impl Driver {
                         Err(error) => {
                             failed = Some(error.to_string());
                             break;
+                        }
+                        Ok(Polled::Frame(Incoming::Located(located))) => {
+                            if let Some(reply) = self.locates.remove(&located.query_id()) {
+                                let sessions = located
+                                    .sessions()
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|s| Session {
+                                        node: s.node().unwrap_or("").to_owned(),
+                                        device: s.device().unwrap_or("").to_owned(),
+                                        platform: s.platform(),
+                                    })
+                                    .collect();
+                                let _ = reply.send(sessions);
+                            }
                         }
                         Ok(polled) => match event(polled) {
                             Some(Ok(event)) => events.push(event),
@@ -966,6 +1081,16 @@ impl Driver {
                 let welcomed = self.node.link_mut(link).is_some_and(|l| l.is_live());
                 if welcomed && *self.live.borrow() != Live::Up {
                     let _ = self.live.send(Live::Up);
+                }
+                if welcomed && !was_live {
+                    let addr = self.node.link_mut(link).map(|l| l.addr.clone());
+                    events.insert(
+                        0,
+                        Event::Router {
+                            addr: addr.unwrap_or_default(),
+                            up: true,
+                        },
+                    );
                 }
                 if let Some(text) = failed {
                     if *self.live.borrow() == Live::Connecting {

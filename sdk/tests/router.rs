@@ -72,7 +72,7 @@ async fn next_delivery(inbox: &mut imrouter_client::Inbox) -> Event {
             .await
             .expect("an event in time")
             .expect("the inbox is open");
-        if !matches!(event, Event::NodeEvent { .. }) {
+        if !matches!(event, Event::NodeEvent { .. } | Event::Router { .. }) {
             return event;
         }
     }
@@ -122,6 +122,17 @@ async fn routes_fanouts_and_the_inbox() {
         .await
         .unwrap();
     assert_eq!(outcome.verdict, Verdict::Offline, "{outcome:?}");
+
+    let sessions = alice_node
+        .locate("bob", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        (sessions[0].node.as_str(), sessions[0].device.as_str()),
+        ("node-b", "phone")
+    );
+    assert_eq!(sessions[0].platform, Platform::Mobile);
 
     let outcome = alice_node
         .fanout(
@@ -226,4 +237,72 @@ async fn a_router_restart_loses_nothing() {
     assert_eq!(seen.len(), 400, "every message seen");
     assert!(seen.values().all(|&n| n == 1), "each once: {seen:?}");
     drop(router);
+}
+
+/// An application that does not read its inbox for a while: the node
+/// stops reading its router (the inbox holds 8 events), the router holds
+/// the messages, and once the application reads again every message
+/// arrives, once; every sender's outcome is Routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_not_read_holds_everything_back_and_loses_nothing() {
+    let addr = free_addr();
+    let _router = Router::start(&addr);
+    let (sender, _sender_inbox) = ConnectOptions::new("sender")
+        .seed(addr.clone())
+        .connect()
+        .await
+        .unwrap();
+    let (holder, mut holder_inbox) = ConnectOptions::new("slow-holder")
+        .seed(addr.clone())
+        .inbox_capacity(8)
+        .connect()
+        .await
+        .unwrap();
+    match next_delivery_or_router(&mut holder_inbox).await {
+        Event::Router { up: true, .. } => {}
+        other => panic!("expected the router up first, got {other:?}"),
+    }
+    holder
+        .open("slow", "phone", Platform::Mobile)
+        .await
+        .unwrap();
+    holder.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sends = Vec::new();
+    for i in 0..3000u32 {
+        let sender = sender.clone();
+        sends.push(tokio::spawn(async move {
+            sender
+                .route(Message::new("s", "d", "slow", i.to_be_bytes().to_vec()))
+                .await
+        }));
+    }
+    // Not reading for two seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 3000 {
+        match tokio::time::timeout(Duration::from_secs(10), holder_inbox.recv()).await {
+            Ok(Some(Event::Deliver(delivery))) => *seen.entry(delivery.payload).or_insert(0) += 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert_eq!(seen.len(), 3000, "every message arrived");
+    assert!(seen.values().all(|&n| n == 1), "each once");
+    for send in sends {
+        let outcome = send.await.unwrap().unwrap();
+        assert_eq!(outcome.verdict, Verdict::Routed, "{outcome:?}");
+    }
+}
+
+async fn next_delivery_or_router(inbox: &mut imrouter_client::Inbox) -> Event {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("an event in time")
+            .expect("the inbox is open");
+        if !matches!(event, Event::NodeEvent { .. }) {
+            return event;
+        }
+    }
 }

@@ -1137,8 +1137,16 @@ impl ClusterNode {
                     }
                 }
             }
-            // Unsubscribe: the owner never had it. Locate and Publish are
-            // the application's to retry (it sees no answer).
+            // A Locate goes to the owner this node's map names, if that
+            // is another router (else the application's timeout decides).
+            fb::Body::Locate => {
+                let owner = self.owner(slot);
+                if let (Some(user), true) = (moved.key, owner.is_some() && owner != refuser) {
+                    self.locate(moved.id, &user);
+                }
+            }
+            // Unsubscribe: the owner never had it. Publish is at most
+            // once: the application sees no answer.
             _ => {}
         }
     }
@@ -1314,6 +1322,7 @@ struct StatusSummary {
 
 struct MovedSummary {
     request: u8,
+    id: u64,
     key: Option<String>,
     slot: u16,
     epoch: u64,
@@ -1354,6 +1363,7 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
         }
         Incoming::Moved(moved) => Summary::Moved(MovedSummary {
             request: moved.request(),
+            id: moved.id(),
             key: moved.key().map(str::to_owned),
             slot: moved.slot(),
             epoch: moved.epoch(),
