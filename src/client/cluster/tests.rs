@@ -579,3 +579,157 @@ fn fanout_recipients_of_a_moved_slot_go_to_the_new_owner() {
     assert!(outcomes[0].sends >= 2, "{outcomes:?}");
     assert!(net.nodes[sender].stats.moved >= 1);
 }
+
+/// The duplicate filter against a model (the last `capacity` distinct
+/// keys, oldest forgotten first), over random key sequences.
+#[test]
+fn the_duplicate_filter_remembers_exactly_the_last_keys() {
+    for seed in 1..200u64 {
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let capacity = (next() % 16 + 1) as usize;
+        let universe = next() % 40 + 1;
+        let mut dedup = Dedup::new(capacity);
+        let mut model: VecDeque<u64> = VecDeque::new();
+        for _ in 0..500 {
+            let key = next() % universe;
+            let fresh = !model.contains(&key);
+            assert_eq!(dedup.insert(key), fresh, "seed {seed}: key {key}");
+            if fresh {
+                model.push_back(key);
+                if model.len() > capacity {
+                    model.pop_front();
+                }
+            }
+        }
+    }
+}
+
+/// Random router behaviour against the resend queue: Routes sent while
+/// slots move between routers, while the sender hears nothing for a
+/// while, and across a router's death; every Route ends with exactly one
+/// outcome, Routed, and the holder's application sees each once.
+#[test]
+fn every_route_has_one_outcome_whatever_the_routers_do() {
+    let (mut resends, mut moved, mut kills) = (0, 0, 0);
+    for seed in 1..30u64 {
+        let mut rng = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut net = Net::new(&[7, 9, 11]);
+        let mut owners: Vec<RouterId> = (0..16384u32)
+            .map(|slot| [7, 9, 11][(slot * 3 / 16384) as usize])
+            .collect();
+        let as_map = |epoch: u64, owners: &[RouterId]| {
+            let ranges = SlotRange::runs(owners.iter().map(|&router| (router, 0)));
+            let ids: Vec<RouterId> = {
+                let mut ids: Vec<RouterId> = owners.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            Arc::new(
+                SlotMap::from_ranges(epoch, ids.into_iter().map(router_info).collect(), &ranges)
+                    .unwrap(),
+            )
+        };
+        let mut epoch = 1;
+        let mut current = as_map(epoch, &owners);
+        net.apply(&current, None);
+        let holder = net.add_node("holder", 7);
+        let sender = net.add_node("sender", 9);
+        net.run(Duration::from_millis(50));
+        let users: Vec<String> = (0..30).map(|i| format!("s{seed}-user-{i}")).collect();
+        for user in &users {
+            net.nodes[holder].open(user, "phone", fb::Platform::Mobile);
+        }
+        net.run(Duration::from_millis(30));
+        let mut id = 0u64;
+        let mut dead: Option<RouterId> = None;
+        for _ in 0..25 {
+            match next() % 5 {
+                0 | 1 => {
+                    for _ in 0..next() % 10 + 1 {
+                        id += 1;
+                        let user = users[(next() % users.len() as u64) as usize].clone();
+                        net.route(sender, id, &user);
+                    }
+                }
+                2 => {
+                    if net.deaf.is_empty() {
+                        net.deaf.push(sender);
+                    } else {
+                        net.deaf.clear();
+                    }
+                }
+                3 => {
+                    // A range of slots moves to another live router.
+                    let live: Vec<RouterId> = [7, 9, 11]
+                        .into_iter()
+                        .filter(|&r| Some(r) != dead)
+                        .collect();
+                    let to = live[(next() % live.len() as u64) as usize];
+                    let first = (next() % 16384) as usize;
+                    let len = (next() % 4000) as usize;
+                    for owner in owners.iter_mut().skip(first).take(len) {
+                        *owner = to;
+                    }
+                    epoch += 1;
+                    let map = as_map(epoch, &owners);
+                    net.apply(&map, Some(&current));
+                    current = map;
+                }
+                _ if dead.is_none() && next() % 3 == 0 => {
+                    // A router dies; its slots go to the others.
+                    let victim = [9, 11][(next() % 2) as usize];
+                    dead = Some(victim);
+                    kills += 1;
+                    let index = net.routers.iter().position(|r| r.id == victim).unwrap();
+                    net.kill(index);
+                    for owner in owners.iter_mut().filter(|o| **o == victim) {
+                        *owner = 7;
+                    }
+                    epoch += 1;
+                    let map = as_map(epoch, &owners);
+                    net.apply(&map, Some(&current));
+                    current = map;
+                }
+                _ => {}
+            }
+            net.run(Duration::from_millis(next() % 40));
+        }
+        net.deaf.clear();
+        net.run(Duration::from_secs(8));
+        let mut outcomes: Vec<(u64, fb::Verdict)> = net.outcomes[sender]
+            .iter()
+            .map(|o| (o.message_id, o.verdict))
+            .collect();
+        outcomes.sort_unstable();
+        let expected: Vec<(u64, fb::Verdict)> =
+            (1..=id).map(|id| (id, fb::Verdict::Routed)).collect();
+        assert_eq!(outcomes, expected, "seed {seed}: one Routed outcome each");
+        let mut seen: Vec<u64> = net.delivered[holder].iter().map(|(id, _)| *id).collect();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (1..=id).collect::<Vec<u64>>(),
+            "seed {seed}: each seen once"
+        );
+        resends += net.nodes[sender].stats.resends;
+        moved += net.nodes[sender].stats.moved;
+    }
+    // The seeds did exercise the queue.
+    assert!(
+        resends > 0 && moved > 0 && kills > 0,
+        "{resends} resends, {moved} Moved, {kills} kills"
+    );
+}
