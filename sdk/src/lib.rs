@@ -380,6 +380,18 @@ impl Client {
         }
     }
 
+    /// The address of the router that owns `user`'s slot in the newest map
+    /// the node has (where its messages go now), if the node has a map.
+    pub async fn owner_of(&self, user: &str) -> Result<Option<String>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Owner {
+            user: user.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| Error::Closed)
+    }
+
     /// Receives what is published to `topic` (kept across reconnects).
     pub async fn subscribe(&self, topic: &str) -> Result<(), Error> {
         self.send(Command::Subscribe(topic.to_owned(), true)).await
@@ -600,6 +612,10 @@ enum Command {
         user: String,
         reply: oneshot::Sender<Vec<Session>>,
     },
+    Owner {
+        user: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
     Flush(oneshot::Sender<()>),
     #[allow(non_camel_case_types)]
     Close_(oneshot::Sender<()>),
@@ -789,6 +805,11 @@ impl Driver {
                 self.locates.retain(|_, reply| !reply.is_closed());
                 self.locates.insert(id, reply);
                 self.node.locate(id, &user);
+            }
+            Command::Owner { user, reply } => {
+                let slot = imrouter::placement::slot_for_user(user.as_bytes());
+                let owner = self.node.map().map(|map| map.owner(slot).0.addr.clone());
+                let _ = reply.send(owner);
             }
             Command::Flush(done) => self.flushes.push(done),
             Command::Close_(_) => unreachable!("handled by run"),
