@@ -93,6 +93,7 @@ pub struct ConnectOptions {
     inbox_capacity: usize,
     pending_max: usize,
     unknown_retries: u32,
+    reconnect: Option<(Duration, Duration)>,
 }
 
 impl ConnectOptions {
@@ -108,7 +109,18 @@ impl ConnectOptions {
             inbox_capacity: 4096,
             pending_max: imrouter::limits::NODE_PENDING_ROUTES_DEFAULT,
             unknown_retries: 8,
+            reconnect: None,
         }
+    }
+
+    /// How reconnects back off: the first after about `min`, each next
+    /// one after twice as long, at most `max`, with jitter (by default
+    /// 50 ms to 5 s). The stream is resumed when the router still has it
+    /// (stream Acks are always on: they are what makes a reconnect lose
+    /// nothing).
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> ConnectOptions {
+        self.reconnect = Some((min, max.max(min)));
+        self
     }
 
     /// The router's `--auth-token`.
@@ -176,6 +188,10 @@ impl ConnectOptions {
         let mut config = ClusterConfig::new(node, self.seeds.clone());
         config.pending_max = self.pending_max;
         config.unknown_retries = self.unknown_retries;
+        if let Some((min, max)) = self.reconnect {
+            config.reconnect_min = min;
+            config.reconnect_max = max;
+        }
         let (commands, command_rx) = mpsc::channel(self.command_capacity);
         let (inbox_tx, inbox_rx) = mpsc::channel(self.inbox_capacity);
         let (live_tx, mut live_rx) = watch::channel(Live::Connecting);
