@@ -115,7 +115,7 @@ impl ConnectOptions {
 
     /// How reconnects back off: the first after about `min`, each next
     /// one after twice as long, at most `max`, with jitter (by default
-    /// 50 ms to 5 s). The stream is resumed when the router still has it
+    /// 50 ms to 2 s). The stream is resumed when the router still has it
     /// (stream Acks are always on: they are what makes a reconnect lose
     /// nothing).
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> ConnectOptions {
