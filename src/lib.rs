@@ -78,6 +78,8 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod node;

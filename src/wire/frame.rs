@@ -8,7 +8,7 @@ use super::fb;
 use crate::limits::FRAME_PREFIX_BYTES;
 
 /// Length prefix, root offset and file identifier: the least a frame holds.
-const IDENTIFIED_FRAME_BYTES_MIN: usize = FRAME_PREFIX_BYTES + 4 + 4;
+pub(super) const IDENTIFIED_FRAME_BYTES_MIN: usize = FRAME_PREFIX_BYTES + 4 + 4;
 
 /// What the bytes at the front of a read buffer hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,25 @@
 mod direct;
 mod encode;
 mod fast;
+
+/// For the fuzz targets (`fuzz/`): what they compare. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Whether the fast verification path and the flatbuffers verifier
+    /// agree on `frame` (a whole frame, prefix included): the fast path
+    /// may refuse what the verifier accepts (it then falls back), never
+    /// the other way round.
+    pub fn fast_path_sound(frame: &[u8]) -> bool {
+        let verifier = super::Verifier::new(crate::limits::FRAME_BYTES_MAX_CEILING);
+        if frame.len() < super::frame::IDENTIFIED_FRAME_BYTES_MIN
+            || !super::fb::envelope_size_prefixed_buffer_has_identifier(frame)
+        {
+            return true;
+        }
+        let apparent = super::Verifier::apparent_max(crate::limits::FRAME_BYTES_MAX_CEILING);
+        !super::fast::verify_common(frame, apparent) || verifier.verify_generic(frame).is_ok()
+    }
+}
 mod frame;
 mod request;
 

@@ -33,7 +33,9 @@ dir=examples/chat/browser-test
 if [ ! -d "$dir/node_modules/playwright-core" ]; then
   (cd "$dir" && npm ci --no-audit --no-fund --silent)
 fi
-cargo build --quiet --features cluster -p imrouter --bin imrouter -p imrouter-chat
+# (Two builds: `--bin` would select the router's binary in both packages.)
+cargo build --quiet --features cluster -p imrouter --bin imrouter
+cargo build --quiet -p imrouter-chat
 target=${CARGO_TARGET_DIR:-target}
 export IMROUTER="$target/debug/imrouter" CHAT="$target/debug/imrouter-chat"
 for mode in ${1:-single cluster}; do
