@@ -250,7 +250,18 @@ fn cluster_scenario(name: &str) -> Option<String> {
         .arg("--router-bin")
         .arg(router_binary())
         .args(["--nodes", "4", "--users", "2000", "--rate", "2000"])
-        .args(["--warmup", "1", "--duration", "11"])
+        // A 4 s lease (the faults need 6 TTLs of traffic): with 2 s, a
+        // loaded CI machine (debug routers, etcd's fsyncs) once delayed
+        // keep-alives past the fence again and again; the routers then
+        // answered Unknown for so long that messages outlived the drain.
+        .args([
+            "--lease-ttl-ms",
+            "4000",
+            "--warmup",
+            "1",
+            "--duration",
+            "23",
+        ])
         .output()
         .expect("run the load generator");
     let text = format!(
