@@ -287,6 +287,29 @@ impl ShardCore {
         self.owner.observe_epoch(&mut sink!(self), node, epoch);
     }
 
+    /// Logs a membership event and encodes its NodeEvent frame.
+    pub(super) fn membership_event_frame(&mut self, event: &MembershipEvent) -> Vec<u8> {
+        self.log.line(format!(
+            "shard {}: membership event {}: {:?} {} ({:?}), senior {}",
+            self.index,
+            event.seq,
+            event.kind,
+            event.node,
+            event.reason,
+            event.senior.as_deref().unwrap_or("none")
+        ));
+        self.encoder
+            .node_event(&NodeEventFrame {
+                seq: event.seq,
+                kind: event.kind,
+                node: &event.node,
+                incarnation: event.incarnation,
+                reason: event.reason,
+                senior: event.senior.as_deref(),
+            })
+            .to_vec()
+    }
+
     /// Sends membership events to every node, except `except` (a node that
     /// learns them from its Welcome).
     fn announce(&mut self, events: &[MembershipEvent], except: Option<NodeId>) {
@@ -296,26 +319,7 @@ impl ShardCore {
             return;
         }
         for event in events {
-            self.log.line(format!(
-                "shard {}: membership event {}: {:?} {} ({:?}), senior {}",
-                self.index,
-                event.seq,
-                event.kind,
-                event.node,
-                event.reason,
-                event.senior.as_deref().unwrap_or("none")
-            ));
-            let frame = self
-                .encoder
-                .node_event(&NodeEventFrame {
-                    seq: event.seq,
-                    kind: event.kind,
-                    node: &event.node,
-                    incarnation: event.incarnation,
-                    reason: event.reason,
-                    senior: event.senior.as_deref(),
-                })
-                .to_vec();
+            let frame = self.membership_event_frame(event);
             let except = except.unwrap_or(NodeId(u32::MAX));
             let header = EntryHeader::new(EntryKind::NodeEvent, except, 0);
             self.outboxes

@@ -57,8 +57,8 @@ use crate::route::Sender;
 use crate::table::{NodeId, TableLimits};
 use crate::time::Time;
 use crate::wire::{
-    check, fb, Check, Encoder, FrameError, NodeEventFrame, PeerFault, PublishFrame, Request,
-    RequestLimits, Verifier, ROUTE_FLAG_CARBON,
+    check, fb, Check, Encoder, FrameError, PeerFault, PublishFrame, Request, RequestLimits,
+    Verifier, ROUTE_FLAG_CARBON,
 };
 
 use batch::{Batch, Class, CreditKind, Entries, EntryHeader, EntryKind, Outboxes, FLAG_QUEUED};
@@ -836,15 +836,7 @@ impl ShardCore {
         }
         *current = update.membership.clone();
         for event in &update.events {
-            let frame = self.encoder.node_event(&NodeEventFrame {
-                seq: event.seq,
-                kind: event.kind,
-                node: &event.node,
-                incarnation: event.incarnation,
-                reason: event.reason,
-                senior: event.senior.as_deref(),
-            });
-            let frame = frame.to_vec();
+            let frame = self.membership_event_frame(event);
             self.node_event_here(&frame, NodeId(u32::MAX));
         }
     }
