@@ -343,3 +343,9 @@ pub const NODE_DEDUP_WINDOW_DEFAULT: usize = 1 << 16;
 /// Links a cluster node keeps to addresses the map no longer names (to
 /// learn later maps from); more are dropped.
 pub const NODE_PROBES_MAX: usize = 16;
+
+/// Puts and deletes of a router's `nodes/` keys (the IM nodes attached to
+/// it) per etcd transaction: etcd refuses more than `--max-txn-ops` (128
+/// by default). More changes wait for the next transaction (one in flight
+/// at a time), so a thousand nodes attaching at once cost sixteen.
+pub const NODE_OPS_PER_TXN: usize = 64;

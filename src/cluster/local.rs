@@ -140,6 +140,45 @@ pub struct RouterOptions {
     pub listen: Option<String>,
 }
 
+impl RouterOptions {
+    /// Router `name` of `cluster`, reaching etcd at `etcd`: one shard, a
+    /// 2 s lease, no extra flags, no pinning, on 127.0.0.1.
+    pub fn new(
+        binary: impl Into<PathBuf>,
+        name: &str,
+        cluster: &str,
+        etcd: Option<String>,
+    ) -> Self {
+        RouterOptions {
+            binary: binary.into(),
+            name: name.to_owned(),
+            cluster: cluster.to_owned(),
+            etcd,
+            shards: 1,
+            lease_ttl_ms: 2000,
+            extra: Vec::new(),
+            cpus: None,
+            netns: None,
+            listen: None,
+        }
+    }
+
+    /// Rebalances in one batch every 100 ms (tests: the routers share
+    /// the slots at once).
+    pub fn fast_rebalance(mut self) -> Self {
+        self.extra.extend(
+            [
+                "--rebalance-batch-slots",
+                "8192",
+                "--rebalance-interval-ms",
+                "100",
+            ]
+            .map(String::from),
+        );
+        self
+    }
+}
+
 /// A router process (`imrouter serve` with the cluster flags), killed
 /// when dropped.
 pub struct RouterProcess {

@@ -53,6 +53,7 @@ use super::map::{RouterId, RouterInfo, SlotMap, SlotSet};
 use super::nodes::{node_key, ClusterNodes};
 use super::plan;
 use crate::core::directory::{Membership, MembershipEvent};
+use crate::limits::NODE_OPS_PER_TXN;
 use crate::limits::SLOT_COUNT;
 use crate::time::Time;
 
@@ -125,10 +126,6 @@ enum Pending {
     /// A write of this router's `nodes/` keys.
     Nodes,
 }
-
-/// Puts and deletes of `nodes/` keys per transaction (etcd refuses more
-/// than `--max-txn-ops`, 128 by default).
-const NODE_OPS_PER_TXN: usize = 64;
 
 /// Which router a slot came from, for the hand-over rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

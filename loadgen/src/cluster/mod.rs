@@ -268,18 +268,15 @@ impl Cluster {
             ),
             None => None,
         };
-        let options = RouterOptions {
-            binary: self.plan.router_bin.clone(),
-            name: name.clone(),
-            cluster: CLUSTER.into(),
-            etcd: proxy.as_ref().map(|proxy| format!("http://{}", proxy.addr)),
-            shards: self.plan.router_shards,
-            lease_ttl_ms: self.plan.lease_ttl_ms,
-            extra: Vec::new(),
-            cpus: self.plan.router_cpus.clone(),
-            netns: None,
-            listen: None,
-        };
+        let mut options = RouterOptions::new(
+            self.plan.router_bin.clone(),
+            &name,
+            CLUSTER,
+            proxy.as_ref().map(|proxy| format!("http://{}", proxy.addr)),
+        );
+        options.shards = self.plan.router_shards;
+        options.lease_ttl_ms = self.plan.lease_ttl_ms;
+        options.cpus = self.plan.router_cpus.clone();
         let router =
             RouterProcess::start(&options).map_err(|e| format!("starting router {name}: {e}"))?;
         self.pids.push(router.pid());

