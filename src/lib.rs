@@ -58,7 +58,10 @@
 //!   fault, and the encoder. The generated schema code lives here.
 //! - [`placement`]: the user-to-slot-to-shard function.
 //! - [`time`]: time as the cores see it: a number handed in.
-//! - [`metrics`]: per-shard counters, gathered on demand.
+//! - [`metrics`]: per-shard counters and latency histograms, gathered on
+//!   demand, and their Prometheus text format.
+//! - [`admin`]: the admin port (`/metrics`, `/healthz`, `/readyz`,
+//!   `/nodez`), axum on a thread of its own, off the message path.
 //! - [`config`]: command-line flags to a validated [`config::Config`].
 //! - [`limits`]: every bound, with its reason and what happens at it.
 //!
@@ -74,6 +77,7 @@
 //! docs/PROTOCOL.md specifies the protocol for node implementers; the
 //! README's architecture section draws the path of a message.
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -349,3 +349,24 @@ pub const NODE_PROBES_MAX: usize = 16;
 /// by default). More changes wait for the next transaction (one in flight
 /// at a time), so a thousand nodes attaching at once cost sixteen.
 pub const NODE_OPS_PER_TXN: usize = 64;
+
+// ----- The admin port --------------------------------------------------------
+
+/// How long an admin request waits for each shard's answer. A shard that
+/// takes longer is reported unhealthy (`/healthz` 503) and its figures
+/// read 0 in that scrape; the admin port's thread is never blocked (the
+/// wait runs on its blocking pool).
+pub const ADMIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Admin requests answered at once; one more is answered 503 at once. A
+/// scrape every few seconds and a few humans need far fewer; the bound
+/// keeps a runaway client from queueing control messages to the shards.
+pub const ADMIN_REQUESTS_MAX: usize = 8;
+
+/// Threads of the admin port's blocking pool (where requests wait for the
+/// shards): at most one per request answered at once.
+pub const ADMIN_BLOCKING_THREADS: usize = ADMIN_REQUESTS_MAX;
+
+/// Largest admin response `imrouter nodes` reads (a `/nodez` table for
+/// the most nodes fits in well under a megabyte per thousand nodes).
+pub const ADMIN_RESPONSE_BYTES_MAX: u64 = 64 << 20;

@@ -21,6 +21,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Nodes(args) = &cli.command {
+        return match nodes(args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                log!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Cluster(args) = &cli.command {
         return match cluster(args) {
             Ok(text) => {
@@ -59,6 +71,27 @@ fn cluster(_: &imrouter::config::ClusterArgs) -> Result<String, String> {
     )
 }
 
+/// `imrouter nodes`: the admin port's /nodez, as a table or JSON.
+fn nodes(args: &imrouter::config::NodesArgs) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    let addr = args
+        .router
+        .to_socket_addrs()
+        .map_err(|error| format!("--router {}: {error}", args.router))?
+        .next()
+        .ok_or_else(|| format!("--router {}: no address", args.router))?;
+    let path = if args.json {
+        "/nodez"
+    } else {
+        "/nodez?format=text"
+    };
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+    match imrouter::admin::fetch(addr, path, timeout)? {
+        (200, body) => Ok(body),
+        (status, body) => Err(format!("{addr}{path}: HTTP {status}: {}", body.trim())),
+    }
+}
+
 /// `imrouter locate`: prints the user's sessions; returns whether it has any.
 fn locate(args: &LocateArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let router = args.router_addr()?;
@@ -90,10 +123,13 @@ fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let signals = StopSignals::block()?;
             let router = Router::start(config)?;
             log!(
-                "ready: listening on {}, {} shards on cpus {:?}",
+                "ready: listening on {}, {} shards on cpus {:?}, admin port {}",
                 router.local_addr(),
                 router.shard_count(),
-                router.cpus()
+                router.cpus(),
+                router
+                    .admin_addr()
+                    .map_or("off".to_string(), |addr| addr.to_string())
             );
             let signal = loop {
                 match signals.wait()? {
@@ -111,7 +147,9 @@ fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             log!("stopped: {totals}");
             Ok(())
         }
-        Command::Locate(_) | Command::Cluster(_) => unreachable!("handled in main"),
+        Command::Locate(_) | Command::Cluster(_) | Command::Nodes(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -5,11 +5,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::core::directory::Directory;
 use crate::core::ShardCore;
@@ -56,6 +58,8 @@ impl Router {
             links: links.clone(),
             executors: Vec::new(),
             control: None,
+            admin: None,
+            draining: Arc::new(AtomicBool::new(false)),
         };
 
         // One listening socket, bound here without SO_REUSEPORT, so that a
@@ -115,6 +119,11 @@ impl Router {
             }
         }
         running.control = start_control(&config, clock, &links, &directory)?;
+        if let Some(addr) = config.admin {
+            let admin = Admin::start(addr, links.clone(), running.draining.clone())
+                .map_err(|error| StartError(format!("admin port {addr}: {error}")))?;
+            running.admin = Some(admin);
+        }
         Ok(running)
     }
 }
@@ -128,6 +137,10 @@ pub struct RunningRouter {
     executors: Vec<ExecutorJoinHandle<()>>,
     /// The cluster's control-plane thread (a member of a cluster only).
     control: Option<ControlPlane>,
+    /// The admin port, unless `--admin-listen off`.
+    admin: Option<Admin>,
+    /// Set when the router begins to stop (`/readyz` says 503).
+    draining: Arc<AtomicBool>,
 }
 
 #[cfg(feature = "cluster")]
@@ -188,6 +201,11 @@ impl RunningRouter {
         self.router_id
     }
 
+    /// Where the admin port listens, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(Admin::local_addr)
+    }
+
     /// Every shard's counters, by shard.
     pub fn shard_metrics(&self) -> Vec<ShardMetrics> {
         let mut replies = Vec::with_capacity(self.links.len());
@@ -220,6 +238,7 @@ impl RunningRouter {
     }
 
     fn stop(&mut self) {
+        self.draining.store(true, Ordering::Relaxed);
         // Leave the cluster first: the lease is revoked and the other
         // routers take this one's slots while its nodes are told it stops.
         #[cfg(feature = "cluster")]
@@ -231,6 +250,9 @@ impl RunningRouter {
         }
         for executor in self.executors.drain(..) {
             let _ = executor.join();
+        }
+        if let Some(mut admin) = self.admin.take() {
+            admin.stop();
         }
     }
 }

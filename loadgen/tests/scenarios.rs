@@ -49,7 +49,14 @@ impl Drop for Router {
 /// "ready" line.
 fn start_router(port: u16, args: &[&str]) -> Router {
     let mut child = Command::new(router_binary())
-        .args(["serve", "--shards", "2", "--listen"])
+        .args([
+            "serve",
+            "--shards",
+            "2",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .args(args)
         .stdout(Stdio::null())
@@ -211,7 +218,7 @@ fn restart() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let command = format!(
-        "{} serve --shards 2 --listen 127.0.0.1:{port}",
+        "{} serve --shards 2 --admin-listen 127.0.0.1:0 --listen 127.0.0.1:{port}",
         router_binary().display()
     );
     let text = run_loadgen(

@@ -33,7 +33,15 @@ struct Router(Child);
 impl Router {
     fn start(addr: &str) -> Router {
         let child = Command::new(router_binary())
-            .args(["serve", "--shards", "2", "--listen", addr])
+            .args([
+                "serve",
+                "--shards",
+                "2",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--listen",
+                addr,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -213,6 +213,7 @@ impl RouterProcess {
         };
         command
             .args(["serve", "--listen", &addr])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--shards", &options.shards.to_string()]);
         if let Some(etcd) = &options.etcd {
             command

@@ -47,6 +47,10 @@ pub enum Command {
     /// session (node, device, platform). Exit status 0 when the user has a
     /// session, 1 when not, 2 on an error.
     Locate(LocateArgs),
+    /// Print the IM nodes a running router serves (its admin port's
+    /// /nodez): connections, sessions, output-buffer bytes, Busy verdicts
+    /// given, slow-consumer disconnects and the last Pong, per node.
+    Nodes(NodesArgs),
     /// Look at a cluster of routers, or move a router's slots away before
     /// it stops, through the cluster's etcd (a build with `--features
     /// cluster`).
@@ -83,6 +87,22 @@ pub enum ClusterAction {
     Drain { router: String },
     /// Lets a drained ROUTER receive slots again.
     Undrain { router: String },
+}
+
+/// Flags of `imrouter nodes`.
+#[derive(Debug, Clone, Args)]
+pub struct NodesArgs {
+    /// The router's admin port (--admin-listen).
+    #[arg(long, default_value = "127.0.0.1:7801", value_name = "ADDR")]
+    pub router: String,
+
+    /// Print /nodez's JSON (every connection) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long to wait for the router, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
 }
 
 /// Flags of `imrouter locate`.
@@ -128,6 +148,13 @@ pub struct ServeArgs {
     /// address is in use.
     #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
     pub listen: String,
+
+    /// Address of the admin port (HTTP: /metrics, /healthz, /readyz,
+    /// /nodez), or "off". Default: 127.0.0.1 and the --listen port plus
+    /// one (any free port when --listen's is 0). Keep it off public
+    /// networks: it has no authentication.
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<String>,
 
     /// Number of shards (executor threads, each owning a share of the
     /// users). Default: one per CPU this process may run on. More shards
@@ -285,6 +312,8 @@ pub struct ServeArgs {
 pub struct Config {
     /// Where every shard accepts connections.
     pub listen: SocketAddr,
+    /// Where the admin port listens, if anywhere.
+    pub admin: Option<SocketAddr>,
     /// The CPU of each shard; `cpus.len()` is the shard count, 1 to
     /// `SHARDS_MAX`.
     pub cpus: Vec<usize>,
@@ -339,6 +368,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("admin", &self.admin)
             .field("cpus", &self.cpus)
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("out_buffer_bytes", &self.out_buffer_bytes)
@@ -497,8 +527,10 @@ impl Config {
             None => None,
         };
         let cluster = cluster_config(args)?;
+        let admin = admin_addr(args.admin_listen.as_deref(), listen)?;
         Ok(Config {
             listen,
+            admin,
             cpus,
             frame_bytes_max: args.max_frame_bytes,
             out_buffer_bytes: args.out_buffer_bytes,
@@ -520,6 +552,32 @@ impl Config {
             cluster,
             rebuild_timeout: Duration::from_millis(args.rebuild_timeout_ms),
         })
+    }
+}
+
+/// `--admin-listen`: an address, "off", or by default the loopback
+/// address with the node port plus one (0 stays 0).
+fn admin_addr(flag: Option<&str>, listen: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+    match flag {
+        Some("off") => Ok(None),
+        Some(addr) => addr
+            .to_socket_addrs()
+            .map_err(|error| ConfigError::new(format!("--admin-listen {addr}: {error}")))?
+            .next()
+            .map(Some)
+            .ok_or_else(|| ConfigError::new(format!("--admin-listen {addr}: no address"))),
+        None => {
+            let port = match listen.port() {
+                0 => 0,
+                u16::MAX => {
+                    return Err(ConfigError::new(
+                        "--listen's port is 65535: give --admin-listen".into(),
+                    ))
+                }
+                port => port + 1,
+            };
+            Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))))
+        }
     }
 }
 
@@ -722,6 +780,7 @@ mod tests {
     fn defaults_run_on_a_laptop() {
         let config = Config::from_args(&ServeArgs::defaults()).unwrap();
         assert_eq!(config.listen, "127.0.0.1:7800".parse().unwrap());
+        assert_eq!(config.admin, Some("127.0.0.1:7801".parse().unwrap()));
         assert_eq!(config.shard_count(), available_cpus().len().min(SHARDS_MAX));
         assert_eq!(config.frame_bytes_max, FRAME_BYTES_MAX_DEFAULT);
     }

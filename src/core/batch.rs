@@ -30,6 +30,7 @@
 
 use crate::limits::{BATCH_POOL_MAX, OUTBOX_BYTES_HIGH};
 use crate::table::NodeId;
+use crate::time::Time;
 use crate::wire::Frame;
 
 /// A batch of entries, see the module docs.
@@ -442,6 +443,26 @@ pub struct Outboxes {
     /// `batches[target][class]`; the entries for the shard itself stay empty.
     batches: Vec<[Batch; 3]>,
     pool: Vec<Batch>,
+    /// The time of the operation under way: a batch begun now starts with
+    /// it (see [`started`]).
+    now: Time,
+}
+
+/// Bytes before a handed-off batch's first entry: the time (nanoseconds,
+/// little-endian) of the operation that began it, so that the receiving
+/// shard can time the work from the read of its first frame.
+pub const BATCH_PREFIX_BYTES: usize = 8;
+
+/// When the first entry of a batch `Outboxes` built was pushed.
+pub fn started(batch: &[u8]) -> Time {
+    Time::from_nanos(u64::from_le_bytes(
+        batch[..BATCH_PREFIX_BYTES].try_into().expect("a prefix"),
+    ))
+}
+
+/// The entries of a batch `Outboxes` built (after its prefix).
+pub fn entries(batch: &[u8]) -> Entries<'_> {
+    Entries::new(&batch[BATCH_PREFIX_BYTES..])
 }
 
 impl Outboxes {
@@ -449,12 +470,19 @@ impl Outboxes {
         Outboxes {
             batches: (0..shard_count).map(|_| Default::default()).collect(),
             pool: Vec::new(),
+            now: Time::ZERO,
         }
+    }
+
+    /// The time of the operation under way (batches begun now carry it).
+    #[inline]
+    pub fn set_now(&mut self, now: Time) {
+        self.now = now;
     }
 
     #[inline]
     pub fn push(&mut self, target: usize, class: Class, header: &EntryHeader, body: &[u8]) {
-        push_entry(&mut self.batches[target][class as usize], header, body);
+        push_entry(self.batch(target, class), header, body);
     }
 
     /// Appends an entry to the batch of `class` for every shard but
@@ -466,9 +494,9 @@ impl Outboxes {
         header: &EntryHeader,
         body: &[u8],
     ) {
-        for (target, batches) in self.batches.iter_mut().enumerate() {
+        for target in 0..self.batches.len() {
             if target != except {
-                push_entry(&mut batches[class as usize], header, body);
+                push_entry(self.batch(target, class), header, body);
             }
         }
     }
@@ -476,7 +504,11 @@ impl Outboxes {
     /// The batch being filled for `target`, to write an entry in place.
     #[inline]
     pub fn batch(&mut self, target: usize, class: Class) -> &mut Batch {
-        &mut self.batches[target][class as usize]
+        let batch = &mut self.batches[target][class as usize];
+        if batch.is_empty() {
+            batch.extend_from_slice(&self.now.as_nanos().to_le_bytes());
+        }
+        batch
     }
 
     /// Whether every batch of `class` is below the high-water mark.
@@ -595,15 +627,29 @@ mod tests {
     fn outboxes_take_and_untake() {
         let mut outboxes = Outboxes::new(2);
         assert!(outboxes.take(1, Class::Forward).is_none());
+        outboxes.set_now(Time::from_nanos(1234));
         outboxes.push(
             1,
             Class::Forward,
             &EntryHeader::new(EntryKind::PurgeNode, NodeId(0), 1),
             b"",
         );
+        outboxes.set_now(Time::from_nanos(5678));
+        outboxes.push(
+            1,
+            Class::Forward,
+            &EntryHeader::new(EntryKind::PurgeNode, NodeId(1), 1),
+            b"",
+        );
         let batch = outboxes.take(1, Class::Forward).unwrap();
         assert!(outboxes.is_empty());
+        // The batch carries the time of the operation that began it.
+        assert_eq!(started(&batch), Time::from_nanos(1234));
+        assert_eq!(entries(&batch).count(), 2);
         outboxes.untake(1, Class::Forward, batch);
-        assert_eq!(outboxes.bytes(Class::Forward), EntryHeader::BYTES);
+        assert_eq!(
+            outboxes.bytes(Class::Forward),
+            BATCH_PREFIX_BYTES + 2 * EntryHeader::BYTES
+        );
     }
 }

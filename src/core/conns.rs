@@ -145,6 +145,8 @@ pub struct Conn {
     pub given_up: bool,
     /// Liveness, see `ShardCore::tick`.
     pub last_heard: Time,
+    /// When the last Pong came (for `/nodez`).
+    pub last_pong: Option<Time>,
     pub heard_since_tick: bool,
     pub queued_at_tick: u64,
     pub written_at_tick: u64,
@@ -590,6 +592,7 @@ pub fn new_conn(
         detached: false,
         given_up: false,
         last_heard: now,
+        last_pong: None,
         heard_since_tick: true,
         // The first check after the Hello sets the baselines.
         queued_at_tick: u64::MAX,

@@ -396,6 +396,27 @@ impl Directory {
         self.shard_connections[shard].load(Ordering::Acquire) as usize
     }
 
+    /// Every node that ever connected: (id, name, incarnation, epoch,
+    /// live). For the admin port.
+    pub fn known(&self) -> Vec<(NodeId, String, u64, u32, bool)> {
+        let registry = self.registry.lock().expect("directory lock");
+        registry
+            .records
+            .iter()
+            .enumerate()
+            .map(|(at, record)| {
+                let epoch = self.entries[at].epoch.load(Ordering::Acquire);
+                (
+                    NodeId(at as u32),
+                    record.name.to_string(),
+                    record.incarnation,
+                    epoch,
+                    record.joined != 0,
+                )
+            })
+            .collect()
+    }
+
     /// The id and current incarnation of node `name`, if it has ever
     /// connected.
     pub fn lookup(&self, name: &str) -> Option<(NodeId, u64)> {

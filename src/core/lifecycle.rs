@@ -76,6 +76,7 @@ impl ShardCore {
         peer: Option<SocketAddr>,
         now: Time,
     ) -> Result<ConnId, Close> {
+        self.outboxes.set_now(now);
         let refuse = |core: &mut ShardCore, close: Close| {
             core.directory.release_slot(core.index);
             core.counters.connections_refused += 1;
@@ -387,6 +388,7 @@ impl ShardCore {
     /// The socket of `id` ended (end of file, or an error). A frame cut in
     /// half is a protocol error; otherwise the connection is lost.
     pub fn socket_lost(&mut self, id: ConnId, lost: Lost, now: Time) {
+        self.outboxes.set_now(now);
         let Some(conn) = self.conns.get(id) else {
             return;
         };
@@ -469,6 +471,7 @@ impl ShardCore {
 
     /// `n` bytes of what [`ShardCore::writable`] returned were written.
     pub fn wrote(&mut self, id: ConnId, n: usize, now: Time) {
+        self.outboxes.set_now(now);
         let hard = self.conns.limits.hard;
         let Some(conn) = self.conns.get_mut(id) else {
             return;
@@ -495,6 +498,7 @@ impl ShardCore {
     /// The driver is done with `id`'s socket (closed it). A closing
     /// connection ends; a suspended one waits for its resume.
     pub fn socket_released(&mut self, id: ConnId, now: Time) {
+        self.outboxes.set_now(now);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -602,6 +606,7 @@ impl ShardCore {
     /// Closes every connection (nodes get `Error(ShuttingDown)`) and
     /// refuses new ones.
     pub fn shutdown(&mut self, now: Time) {
+        self.outboxes.set_now(now);
         self.shutting_down = true;
         for index in 0..self.conns.slot_count() {
             let Some(id) = self.conns.id_at(index) else {

@@ -49,6 +49,7 @@ impl ShardCore {
 
     /// Runs what is due at `now`: ended suspensions, the liveness check.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.outboxes.set_now(now);
         self.expire_suspensions(now);
         if now >= self.next_release {
             self.give_memory_back();

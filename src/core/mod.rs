@@ -39,6 +39,7 @@ mod lifecycle;
 mod liveness;
 pub mod out;
 pub mod owner;
+pub mod report;
 pub mod slots;
 pub mod stream;
 pub mod sync;
@@ -52,7 +53,7 @@ use std::sync::Arc;
 use crate::cluster::map::{RouterInfo, SINGLE_ROUTER};
 use crate::config::Config;
 use crate::limits::{FANOUT_CHUNK, FANOUT_JOBS_MAX, MEMORY_RELEASE_INTERVAL, SHARDS_MAX};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{Latencies, ShardMetrics};
 use crate::route::Sender;
 use crate::table::{NodeId, TableLimits};
 use crate::time::Time;
@@ -61,7 +62,7 @@ use crate::wire::{
     Verifier, ROUTE_FLAG_CARBON,
 };
 
-use batch::{Batch, Class, CreditKind, Entries, EntryHeader, EntryKind, Outboxes, FLAG_QUEUED};
+use batch::{Batch, Class, CreditKind, EntryHeader, EntryKind, Outboxes, FLAG_QUEUED};
 use conns::{ConnId, Conns, LinkState, OutputLimits};
 use directory::{Directory, Membership, MembershipEvent};
 use fanout::Fanouts;
@@ -102,6 +103,8 @@ macro_rules! sink {
             closed: &mut $core.closed,
             fanout_reports: &mut $core.fanout_reports,
             fanout_answers: &mut $core.fanout_answers,
+            timed: &mut $core.timed,
+            per_node: &mut $core.per_node,
         }
     };
 }
@@ -189,6 +192,12 @@ pub struct ShardCore {
     /// plane last said (Welcomes list them; NodeEvents come from it, not
     /// from this router's directory). `None`: a router alone.
     cluster_nodes: Option<Membership>,
+    /// Routes and session operations handled since the last
+    /// `settle_timing`, and when the earliest of their reads was.
+    timed: out::Timed,
+    timing_started: Time,
+    latencies: Latencies,
+    per_node: out::PerNode,
 }
 
 /// The cluster's node membership changed: the events, in order, and the
@@ -268,6 +277,10 @@ impl ShardCore {
                 nodes: Vec::new(),
                 senior: None,
             }),
+            timed: out::Timed::default(),
+            timing_started: now,
+            latencies: Latencies::default(),
+            per_node: out::PerNode::default(),
             directory,
             router_id,
             config,
@@ -318,6 +331,8 @@ impl ShardCore {
     /// hands the kept frames in by calling this with no bytes
     /// ([`ShardCore::has_input`]) before it reads more.
     pub fn receive(&mut self, id: ConnId, bytes: &[u8], now: Time) {
+        self.outboxes.set_now(now);
+        self.begin_timing(now);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -649,7 +664,11 @@ impl ShardCore {
                     out.extend_from_slice(encoder.pong(nonce))
                 });
             }
-            Request::Pong => {}
+            Request::Pong => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.last_pong = Some(now);
+                }
+            }
             Request::Ack { received } => {
                 if let Err(fault) = self.ack(id, received) {
                     self.fault(id, fault, now);
@@ -846,6 +865,7 @@ impl ShardCore {
     /// rebuilding the slots gained, and pushes a new map to the nodes
     /// connected here, asking them to resync what this router gained.
     pub fn apply_view(&mut self, view: &ClusterView, now: Time) {
+        self.outboxes.set_now(now);
         let directory = self.directory.clone();
         let applied = self.owner.slots.apply(view, || directory.attached(), now);
         if let Some(lost) = &applied.lost {
@@ -1017,8 +1037,10 @@ impl ShardCore {
 
     /// Handles a batch from another shard (or from this one).
     pub fn handle_batch(&mut self, batch: &[u8], now: Time) {
+        self.outboxes.set_now(now);
+        self.begin_timing(batch::started(batch));
         self.counters.batches_received += 1;
-        for entry in Entries::new(batch) {
+        for entry in batch::entries(batch) {
             self.handle_entry(entry, now);
         }
         self.finish_operation(now);
@@ -1235,6 +1257,7 @@ impl ShardCore {
     /// nodes' sessions): about `FANOUT_CHUNK` recipients or sessions.
     /// Returns whether more is waiting.
     pub fn step(&mut self, now: Time) -> bool {
+        self.outboxes.set_now(now);
         let mut finished = Vec::new();
         let done = self.fanouts.step(
             &mut sink!(self),
@@ -1350,6 +1373,49 @@ impl ShardCore {
     }
 
     // ----- Metrics ------------------------------------------------------------
+
+    /// An operation whose input was read at `read_at` begins: the Routes
+    /// and session operations it handles are timed from then (or from an
+    /// earlier start not settled yet).
+    fn begin_timing(&mut self, read_at: Time) {
+        if self.timed.routes == 0 && self.timed.session_ops == 0 {
+            self.timing_started = read_at;
+        } else {
+            self.timing_started = self.timing_started.min(read_at);
+        }
+    }
+
+    /// Whether Routes or session operations wait for `settle_timing`.
+    #[inline]
+    pub fn timing_pending(&self) -> bool {
+        self.timed.routes != 0 || self.timed.session_ops != 0
+    }
+
+    /// The operation that handled them ended at `end`: records the time
+    /// since their read for each Route and session operation it handled
+    /// as owner. For work that came from another shard, "read" is the read
+    /// of the first frame in its batch (an upper bound, by at most one
+    /// round of the sending shard). The driver reads the clock only when
+    /// `timing_pending`.
+    pub fn settle_timing(&mut self, end: Time) {
+        let nanos = end
+            .as_nanos()
+            .saturating_sub(self.timing_started.as_nanos());
+        if self.timed.routes != 0 {
+            self.latencies.route.observe(nanos, self.timed.routes);
+        }
+        if self.timed.session_ops != 0 {
+            self.latencies
+                .session_op
+                .observe(nanos, self.timed.session_ops);
+        }
+        self.timed = out::Timed::default();
+    }
+
+    /// This shard's latency histograms.
+    pub fn latencies(&self) -> Latencies {
+        self.latencies
+    }
 
     /// Counters plus the gauges of this moment (the driver adds its own).
     pub fn snapshot(&self) -> ShardMetrics {

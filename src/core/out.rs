@@ -113,6 +113,63 @@ pub struct Out<'a> {
     pub fanout_reports: &'a mut Vec<(u64, NodeId, bool)>,
     /// Answers to Fanouts coordinated here, resolved here: (token, answer).
     pub fanout_answers: &'a mut Vec<(u64, Vec<u8>)>,
+    /// Work to time when the operation ends.
+    pub timed: &'a mut Timed,
+    /// Per node: Busy verdicts and slow-consumer closes (for `/nodez`).
+    pub per_node: &'a mut PerNode,
+}
+
+/// Counts kept per node by each shard, for the admin port's `/nodez`:
+/// indexed by `NodeId`, each tagged with the node's epoch (a directory
+/// record reused by another node process starts again from zero).
+#[derive(Debug, Default)]
+pub struct PerNode {
+    counts: Vec<NodeCounts>,
+}
+
+/// See [`PerNode`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCounts {
+    pub epoch: u32,
+    /// Routes answered Busy (or delivered partially) because this node's
+    /// connection was over its soft limit.
+    pub busy: u64,
+    /// Connections of this node closed as slow consumers.
+    pub slow: u64,
+}
+
+impl PerNode {
+    /// The counts of `node` at `epoch`, reset when the epoch changed.
+    pub fn at(&mut self, node: NodeId, epoch: u32) -> &mut NodeCounts {
+        let index = node.0 as usize;
+        if index >= self.counts.len() {
+            self.counts.resize(index + 1, NodeCounts::default());
+        }
+        let counts = &mut self.counts[index];
+        if counts.epoch != epoch {
+            *counts = NodeCounts {
+                epoch,
+                ..NodeCounts::default()
+            };
+        }
+        counts
+    }
+
+    /// The counts of `node` at `epoch`, if any.
+    pub fn get(&self, node: NodeId, epoch: u32) -> NodeCounts {
+        match self.counts.get(node.0 as usize) {
+            Some(counts) if counts.epoch == epoch => *counts,
+            _ => NodeCounts::default(),
+        }
+    }
+}
+
+/// Requests handled as owner during the current operation, timed when it
+/// ends ([`super::ShardCore::settle_timing`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timed {
+    pub routes: u64,
+    pub session_ops: u64,
 }
 
 impl Out<'_> {
@@ -513,6 +570,7 @@ impl Out<'_> {
         conn.set_leave_reason(close.reason);
         if close.reason == fb::LeftReason::Slow {
             self.counters.connections_slow += 1;
+            self.per_node.at(conn.node, conn.epoch).slow += 1;
         }
         let farewell = close.code.map(|code| (code, close.text.as_str()));
         self.stop(id, LinkState::Closing, farewell);

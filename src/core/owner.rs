@@ -191,6 +191,7 @@ impl Owner {
         open: &SessionOpen<'_>,
         now: Time,
     ) {
+        out.timed.session_ops += 1;
         let body = fb::Body::SessionOpen;
         if self.refuse(out, sender, now, body, 0, open.user, open.device, open.seq) {
             return;
@@ -208,6 +209,7 @@ impl Owner {
         close: &SessionClose<'_>,
         now: Time,
     ) {
+        out.timed.session_ops += 1;
         let body = fb::Body::SessionClose;
         if self.refuse(
             out,
@@ -371,6 +373,7 @@ impl Owner {
         sender: Sender,
         message: &Message<'_>,
     ) {
+        out.timed.routes += 1;
         let (access, slot) = self.slots.access(message.to_user.as_bytes(), now);
         if let Some((verdict, reason)) = access.route_refusal() {
             let owner = match access {
@@ -829,6 +832,11 @@ struct RouteEffects<'o, 'a> {
 }
 
 impl route::Effects for RouteEffects<'_, '_> {
+    fn destination_busy(&mut self, node: NodeId) {
+        let epoch = self.out.directory.state(node).epoch;
+        self.out.per_node.at(node, epoch).busy += 1;
+    }
+
     fn deliver(
         &mut self,
         node: NodeId,

@@ -489,6 +489,22 @@ impl Slots {
         }
     }
 
+    /// Whether the lease is not known to be alive at `now`.
+    pub fn is_fenced(&self, now: Time) -> bool {
+        !self.alone && now >= self.fence
+    }
+
+    /// (slots held, of those not served yet: not released by their
+    /// previous owner, or waiting for resyncs).
+    pub fn readiness(&self) -> (usize, usize) {
+        let not_ready = self
+            .held
+            .iter()
+            .filter(|&slot| !self.released.contains(slot) || self.rebuilding.contains(slot))
+            .count();
+        (self.held.len(), not_ready)
+    }
+
     /// Whether a slot of `key` is owned by this shard (sessions of a sync
     /// outside it are ignored).
     pub fn holds(&self, key: &[u8]) -> bool {

@@ -4,41 +4,88 @@
 //! its own thread touches; there is no shared atomic on the hot path. A
 //! metrics request is a control message to every shard, each of which
 //! answers with a snapshot; [`ShardMetrics::add`] sums them. `imrouter
-//! serve` prints every shard's snapshot on SIGUSR1.
+//! serve` prints every shard's snapshot on SIGUSR1, and the admin port
+//! serves them in Prometheus' text format ([`render`]).
+//!
+//! Two [`Histogram`]s per shard time the work inside the router: a Route
+//! and a session operation, each from the read of its frame to the end of
+//! its handling on the shard that owns its user (see
+//! [`crate::core::ShardCore::settle_timing`]).
 
 use std::fmt;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    (
+        counters { $($(#[doc = $doc:literal])* $name:ident),* $(,)? }
+        gauges { $($(#[doc = $gdoc:literal])* $gauge:ident),* $(,)? }
+    ) => {
         /// One shard's counters and gauges (or their sum over shards).
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct ShardMetrics {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
+            $($(#[doc = $gdoc])* pub $gauge: u64,)*
         }
 
         impl ShardMetrics {
+            /// Every figure's name, kind and description, in field order.
+            pub const FAMILIES: &'static [Family] = &[
+                $(Family {
+                    name: stringify!($name),
+                    kind: Kind::Counter,
+                    help: concat!($($doc),*),
+                },)*
+                $(Family {
+                    name: stringify!($gauge),
+                    kind: Kind::Gauge,
+                    help: concat!($($gdoc),*),
+                },)*
+            ];
+
             /// Adds another shard's figures to these.
             pub fn add(&mut self, other: &ShardMetrics) {
                 $(self.$name += other.$name;)*
+                $(self.$gauge += other.$gauge;)*
+            }
+
+            /// The figures in the order of [`ShardMetrics::FAMILIES`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![$(self.$name,)* $(self.$gauge,)*]
             }
         }
 
         impl fmt::Display for ShardMetrics {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let mut first = true;
-                $(
-                    if !first { f.write_str(" ")?; }
-                    first = false;
-                    write!(f, "{}={}", stringify!($name), self.$name)?;
-                )*
-                let _ = first;
+                for (index, (family, value)) in
+                    Self::FAMILIES.iter().zip(self.values()).enumerate()
+                {
+                    if index > 0 {
+                        f.write_str(" ")?;
+                    }
+                    write!(f, "{}={}", family.name, value)?;
+                }
                 Ok(())
             }
         }
     };
 }
 
+/// Whether a figure only grows (a counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// The name, kind and description of one of [`ShardMetrics`]' figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
 counters! {
+  counters {
     /// Routes answered Moved: another router owns the recipient's slot.
     routes_moved,
     /// Routes answered Unknown because the slot is fenced, handed over or
@@ -172,6 +219,8 @@ counters! {
     /// Connections closed because their node read nothing for
     /// --node-timeout-ms while bytes waited.
     write_stalls,
+  }
+  gauges {
     /// Sessions held by this shard (a gauge, filled in by the snapshot).
     sessions,
     /// Sessions of departed nodes not purged yet (a gauge).
@@ -188,13 +237,241 @@ counters! {
     users,
     /// Node connections open on this shard (a gauge).
     connections_open,
-    /// Batches waiting in this shard's inbox, per class (gauges).
+    /// Forward batches waiting in this shard's inbox (a gauge).
     inbox_forward_batches,
+    /// Response batches waiting in this shard's inbox (a gauge).
     inbox_response_batches,
+    /// Bounce batches waiting in this shard's inbox (a gauge).
     inbox_bounce_batches,
-    /// Bytes built for other shards and not yet handed off, per class
-    /// (gauges; readers pause while forward or response is over its mark).
+    /// Bytes of forward batches built for other shards and not yet handed
+    /// off (a gauge; readers pause while it is over its mark).
     outbox_forward_bytes,
+    /// Bytes of response batches not yet handed off (a gauge).
     outbox_response_bytes,
+    /// Bytes of bounce batches not yet handed off (a gauge).
     outbox_bounce_bytes,
+  }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds (1 us to 1 s).
+pub const LATENCY_BOUNDS_NS: [u64; 16] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// A latency histogram with the fixed buckets of [`LATENCY_BOUNDS_NS`],
+/// plain numbers: each shard keeps its own, and the admin port sums them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// `buckets[i]`: observations at most `LATENCY_BOUNDS_NS[i]` and above
+    /// the bound before; the last counts those above every bound.
+    pub buckets: [u64; LATENCY_BOUNDS_NS.len() + 1],
+    pub sum_ns: u64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records `n` observations of `nanos` each.
+    pub fn observe(&mut self, nanos: u64, n: u64) {
+        let bucket = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(LATENCY_BOUNDS_NS.len());
+        self.buckets[bucket] += n;
+        self.sum_ns = self.sum_ns.saturating_add(nanos.saturating_mul(n));
+        self.count += n;
+    }
+
+    pub fn add(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.count += other.count;
+    }
+}
+
+/// The timed work of one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latencies {
+    /// Routes this shard decided as the recipient's owner.
+    pub route: Histogram,
+    /// SessionOpens and SessionCloses this shard applied as owner.
+    pub session_op: Histogram,
+}
+
+/// One shard's figures for the admin port.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardReport {
+    pub metrics: ShardMetrics,
+    pub latencies: Latencies,
+}
+
+/// Writes the shards' figures (index = shard) in Prometheus' text
+/// exposition format 0.0.4: every name prefixed `imrouter_`, counters
+/// suffixed `_total`, a `shard` label on each sample, times in seconds.
+/// `extra` is written after (the router-wide figures).
+pub fn render(out: &mut String, shards: &[ShardReport], extra: &[Sample]) {
+    use std::fmt::Write as _;
+    let values: Vec<Vec<u64>> = shards.iter().map(|shard| shard.metrics.values()).collect();
+    for (index, family) in ShardMetrics::FAMILIES.iter().enumerate() {
+        let (name, kind) = match family.kind {
+            Kind::Counter => (format!("imrouter_{}_total", family.name), "counter"),
+            Kind::Gauge => (format!("imrouter_{}", family.name), "gauge"),
+        };
+        let _ = writeln!(out, "# HELP {name} {}", help_text(family.help));
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (shard, values) in values.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", values[index]);
+        }
+    }
+    type Pick = fn(&Latencies) -> &Histogram;
+    let histograms: [(&str, &str, Pick); 2] = [
+        (
+            "imrouter_route_duration_seconds",
+            "Time from the read of a Route to the end of its handling by the recipient's owner shard (verdict given or Deliver queued).",
+            |latencies| &latencies.route,
+        ),
+        (
+            "imrouter_session_operation_duration_seconds",
+            "Time from the read of a SessionOpen or SessionClose to the end of its handling by the user's owner shard.",
+            |latencies| &latencies.session_op,
+        ),
+    ];
+    for (name, help, pick) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (shard, report) in shards.iter().enumerate() {
+            let histogram = pick(&report.latencies);
+            let mut cumulative = 0;
+            for (bucket, &bound) in LATENCY_BOUNDS_NS.iter().enumerate() {
+                cumulative += histogram.buckets[bucket];
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"{}\"}} {cumulative}",
+                    seconds(bound)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{shard=\"{shard}\"}} {}",
+                seconds(histogram.sum_ns)
+            );
+            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", histogram.count);
+        }
+    }
+    for sample in extra {
+        let _ = writeln!(out, "# HELP {} {}", sample.name, sample.help);
+        let _ = writeln!(out, "# TYPE {} {}", sample.name, sample.kind);
+        let labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(key, value)| format!("{key}=\"{}\"", escape_label(value)))
+            .collect();
+        let labels = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", labels.join(","))
+        };
+        let _ = writeln!(out, "{}{labels} {}", sample.name, sample.value);
+    }
+}
+
+/// A router-wide figure for [`render`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// "gauge" or "counter".
+    pub kind: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+/// Nanoseconds as seconds, written exactly (no float rounding).
+fn seconds(nanos: u64) -> String {
+    let whole = nanos / 1_000_000_000;
+    let fraction = nanos % 1_000_000_000;
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{fraction:09}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+/// A doc comment as one line of HELP text (no newline, backslash escaped).
+fn help_text(doc: &str) -> String {
+    doc.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('\\', "\\\\")
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_into_the_first_bucket_that_holds_the_value() {
+        let mut histogram = Histogram::default();
+        histogram.observe(999, 2);
+        histogram.observe(1_000, 1);
+        histogram.observe(1_001, 1);
+        histogram.observe(2_000_000_000, 3);
+        assert_eq!(histogram.buckets[0], 3);
+        assert_eq!(histogram.buckets[1], 1);
+        assert_eq!(histogram.buckets[LATENCY_BOUNDS_NS.len()], 3);
+        assert_eq!(histogram.count, 7);
+        assert_eq!(histogram.sum_ns, 999 * 2 + 1_000 + 1_001 + 6_000_000_000);
+    }
+
+    #[test]
+    fn the_exposition_has_a_type_per_family_and_cumulative_buckets() {
+        let mut report = ShardReport::default();
+        report.metrics.routes_in = 5;
+        report.metrics.sessions = 2;
+        report.latencies.route.observe(1_500, 4);
+        let mut text = String::new();
+        render(&mut text, &[report, ShardReport::default()], &[]);
+        assert!(text.contains("# TYPE imrouter_routes_in_total counter\n"));
+        assert!(text.contains("imrouter_routes_in_total{shard=\"0\"} 5\n"));
+        assert!(text.contains("imrouter_routes_in_total{shard=\"1\"} 0\n"));
+        assert!(text.contains("# TYPE imrouter_sessions gauge\n"));
+        assert!(text
+            .contains("imrouter_route_duration_seconds_bucket{shard=\"0\",le=\"0.000001\"} 0\n"));
+        assert!(text
+            .contains("imrouter_route_duration_seconds_bucket{shard=\"0\",le=\"0.000002\"} 4\n"));
+        assert!(
+            text.contains("imrouter_route_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"} 4\n")
+        );
+        assert!(text.contains("imrouter_route_duration_seconds_sum{shard=\"0\"} 0.000006\n"));
+        assert_eq!(seconds(1_000_000_000), "1");
+        assert_eq!(seconds(50_000_000), "0.05");
+    }
 }

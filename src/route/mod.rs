@@ -116,6 +116,10 @@ pub trait Effects {
 
     /// Tell the sender's node the verdict on `message_id` now.
     fn status(&mut self, sender: Sender, message_id: u64, verdict: fb::Verdict, reason: fb::Reason);
+
+    /// `node` got no Deliver of this message because its connection was
+    /// over its soft limit (for per-node counts; nothing to do by default).
+    fn destination_busy(&mut self, _node: NodeId) {}
 }
 
 /// The decision on one message, for counters.
@@ -169,7 +173,10 @@ pub fn route(
         let destination = nodes.destination(group[0].0);
         match destination {
             Destination::Deliver { .. } => fanout += 1,
-            Destination::Busy => busy_seen = true,
+            Destination::Busy => {
+                busy_seen = true;
+                effects.destination_busy(group[0].0);
+            }
             Destination::Gone => {}
         }
         destinations[group_count] = (start, group.len(), destination);

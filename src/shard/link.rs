@@ -42,6 +42,12 @@ pub enum Control {
     Adopt(Handoff),
     /// Send this shard's counters.
     Metrics(Sender<crate::metrics::ShardMetrics>),
+    /// Send this shard's counters and latency histograms (`/metrics`).
+    Report(Sender<crate::metrics::ShardReport>),
+    /// Send this shard's readiness (`/healthz`, `/readyz`).
+    Health(Sender<crate::core::report::ShardHealth>),
+    /// Send this shard's connections and per-node figures (`/nodez`).
+    Nodes(Sender<crate::core::report::NodesReport>),
     /// Close every connection and stop.
     Shutdown,
     /// The cluster's control plane: what this router may serve now.

@@ -116,7 +116,16 @@ impl Driver {
     /// a changed timer, log lines.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ShardCore, Time) -> R) -> R {
         let now = self.clock.now();
-        let result = f(&mut self.core.borrow_mut(), now);
+        let result = {
+            let mut core = self.core.borrow_mut();
+            let result = f(&mut core, now);
+            // Times the Routes and session operations it handled (one
+            // clock read per operation that had any).
+            if core.timing_pending() {
+                core.settle_timing(self.clock.now());
+            }
+            result
+        };
         self.after();
         result
     }
@@ -336,12 +345,19 @@ impl Driver {
                 glommio::spawn_local(crate::node::adopt(self.clone(), handoff)).detach();
             }
             Control::Metrics(reply) => {
-                let mut metrics = self.core.borrow().snapshot();
-                let depth = |class: Class| self.inbox.batches[class as usize].len() as u64;
-                metrics.inbox_forward_batches = depth(Class::Forward);
-                metrics.inbox_response_batches = depth(Class::Response);
-                metrics.inbox_bounce_batches = depth(Class::Bounce);
-                let _ = reply.try_send(metrics);
+                let _ = reply.try_send(self.metrics());
+            }
+            Control::Report(reply) => {
+                let _ = reply.try_send(crate::metrics::ShardReport {
+                    metrics: self.metrics(),
+                    latencies: self.core.borrow().latencies(),
+                });
+            }
+            Control::Health(reply) => {
+                let _ = reply.try_send(self.core.borrow().health(self.clock.now()));
+            }
+            Control::Nodes(reply) => {
+                let _ = reply.try_send(self.core.borrow().nodes_report(self.clock.now()));
             }
             Control::Shutdown => {
                 self.with_core(|core, now| core.shutdown(now));
@@ -350,6 +366,16 @@ impl Driver {
             Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
             Control::Members(update) => self.with_core(|core, _| core.apply_members(&update)),
         }
+    }
+
+    /// The core's counters and gauges, with the inbox's depths.
+    fn metrics(&self) -> crate::metrics::ShardMetrics {
+        let mut metrics = self.core.borrow().snapshot();
+        let depth = |class: Class| self.inbox.batches[class as usize].len() as u64;
+        metrics.inbox_forward_batches = depth(Class::Forward);
+        metrics.inbox_response_batches = depth(Class::Response);
+        metrics.inbox_bounce_batches = depth(Class::Bounce);
+        metrics
     }
 
     /// Runs the shard's tasks until a `Shutdown` control message arrives,

@@ -82,7 +82,7 @@ async function main() {
     await listening(client, "etcd");
     for (const name of ["r1", "r2", "r3"]) {
       const port = await freePort();
-      const child = start(IMROUTER, ["serve", "--listen", `127.0.0.1:${port}`, "--shards", "1",
+      const child = start(IMROUTER, ["serve", "--listen", `127.0.0.1:${port}`, "--admin-listen", "127.0.0.1:0", "--shards", "1",
         "--etcd", etcdUrl, "--cluster", "chat", "--advertise", `127.0.0.1:${port}`, "--name", name,
         "--lease-ttl-ms", "2000", "--rebalance-batch-slots", "8192", "--rebalance-interval-ms", "100"], name);
       await listening(port, name);
@@ -90,7 +90,7 @@ async function main() {
     }
   } else {
     const port = await freePort();
-    const child = start(IMROUTER, ["serve", "--listen", `127.0.0.1:${port}`, "--shards", "2"], "router");
+    const child = start(IMROUTER, ["serve", "--listen", `127.0.0.1:${port}`, "--admin-listen", "127.0.0.1:0", "--shards", "2"], "router");
     await listening(port, "router");
     routers.push({ port, child });
   }
