@@ -43,10 +43,10 @@ trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 # Wait for the server's ready line; no probe connection (a connection that
 # comes and goes would allocate and free a read buffer before the measurement).
 for _ in $(seq 1 100); do
-  if grep -q -E "imrouter: ready|Server is ready" "$dir/server.log"; then break; fi
+  if grep -q -E "ready: listening on|Server is ready" "$dir/server.log"; then break; fi
   sleep 0.1
 done
-grep -q -E "imrouter: ready|Server is ready" "$dir/server.log" || { echo "server not ready" >&2; exit 1; }
+grep -q -E "ready: listening on|Server is ready" "$dir/server.log" || { echo "server not ready" >&2; exit 1; }
 sleep 1
 {
   echo "date: $(date -u)"

@@ -74,7 +74,7 @@ impl Admin {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => listener,
                         Err(error) => {
-                            crate::log!("admin port: {error}");
+                            tracing::error!("admin port: {error}");
                             return;
                         }
                     };
@@ -90,7 +90,7 @@ impl Admin {
                         })
                         .await;
                     if let Err(error) = served {
-                        crate::log!("admin port: {error}");
+                        tracing::error!("admin port: {error}");
                     }
                 });
             })?;
@@ -179,7 +179,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         Err(busy) => return busy,
     };
     let answered = reports.iter().filter(|report| report.is_some()).count();
-    let shards: Vec<ShardReport> = reports.into_iter().map(Option::unwrap_or_default).collect();
+    let shards: Vec<Option<ShardReport>> = reports;
     let mut features = Vec::new();
     if cfg!(feature = "cluster") {
         features.push("cluster");
@@ -204,7 +204,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         },
         Sample {
             name: "imrouter_shards_answering",
-            help: "Shards that answered this scrape in time (the others' figures read 0).",
+            help: "Shards that answered this scrape in time (the others have no samples in it).",
             kind: "gauge",
             labels: Vec::new(),
             value: answered as f64,

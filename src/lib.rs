@@ -85,6 +85,7 @@ pub mod core;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod placement;
@@ -98,11 +99,3 @@ pub mod wire;
 
 pub use config::Config;
 pub use server::{Router, RunningRouter, StartError};
-
-/// Writes one line to standard error, prefixed with the program name.
-#[macro_export]
-macro_rules! log {
-    ($($arg:tt)*) => {
-        eprintln!("imrouter: {}", format_args!($($arg)*))
-    };
-}

@@ -1,22 +1,57 @@
-//! The `imrouter` command. Parses flags into a `Config`, starts the router,
-//! and waits for SIGINT or SIGTERM; everything else is in the library.
+//! The `imrouter` command. Reads the settings (file, environment, flags)
+//! into a `Config`, starts the router, and waits for signals: SIGINT or
+//! SIGTERM stop it, SIGHUP reloads the settings, SIGUSR1 prints the
+//! counters. Everything else is in the library.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
 use imrouter::client::blocking::{fresh_incarnation, Connection};
 use imrouter::client::NodeConfig;
 use imrouter::config::{Cli, Command, Config, LocateArgs};
-use imrouter::{log, Router};
+use imrouter::Router;
+
+/// An error of a command: to the log once it is installed (`serve`),
+/// else a plain line on standard error.
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        if imrouter::logging::is_installed() {
+            tracing::error!($($arg)*)
+        } else {
+            eprintln!("imrouter: {}", format_args!($($arg)*))
+        }
+    };
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match imrouter::config::file::parse(&argv) {
+        Ok(cli) => cli,
+        Err(Ok(clap_answer)) => clap_answer.exit(),
+        Err(Err(error)) => {
+            fail!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Command::CheckConfig(args) = &cli.command {
+        return match Config::from_args(args) {
+            Ok(config) => {
+                println!("{config:#?}");
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                fail!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Locate(args) = &cli.command {
         return match locate(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(error) => {
-                log!("error: {error}");
+                fail!("error: {error}");
                 ExitCode::from(2)
             }
         };
@@ -28,7 +63,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                log!("error: {error}");
+                fail!("error: {error}");
                 ExitCode::from(2)
             }
         };
@@ -43,15 +78,15 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(error) => {
-                log!("error: {error}");
+                fail!("error: {error}");
                 ExitCode::from(2)
             }
         };
     }
-    match try_main(cli) {
+    match try_main(cli, &argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            log!("error: {error}");
+            fail!("error: {error}");
             ExitCode::FAILURE
         }
     }
@@ -113,16 +148,17 @@ fn locate(args: &LocateArgs) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(!sessions.is_empty())
 }
 
-fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn try_main(cli: Cli, argv: &[OsString]) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(&args)?;
+            imrouter::logging::init(&config.log_level, config.log_format)?;
             // Block the stop signals before any thread starts, so that every
             // shard thread inherits the mask and only `sigwait` below sees
             // them.
             let signals = StopSignals::block()?;
-            let router = Router::start(config)?;
-            log!(
+            let mut router = Router::start(config)?;
+            tracing::info!(
                 "ready: listening on {}, {} shards on cpus {:?}, admin port {}",
                 router.local_addr(),
                 router.shard_count(),
@@ -135,26 +171,64 @@ fn try_main(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 match signals.wait()? {
                     "SIGUSR1" => {
                         for (shard, metrics) in router.shard_metrics().iter().enumerate() {
-                            log!("shard {shard}: {metrics}");
+                            tracing::info!("shard {shard}: {metrics}");
                         }
                     }
+                    "SIGHUP" => reload(&mut router, argv),
                     stop => break stop,
                 }
             };
-            log!("{signal} received, shutting down");
+            tracing::info!("{signal} received, shutting down");
             let totals = router.metrics();
             router.shutdown();
-            log!("stopped: {totals}");
+            tracing::info!("stopped: {totals}");
             Ok(())
         }
-        Command::Locate(_) | Command::Cluster(_) | Command::Nodes(_) => {
+        Command::Locate(_) | Command::Cluster(_) | Command::Nodes(_) | Command::CheckConfig(_) => {
             unreachable!("handled in main")
         }
     }
 }
 
-/// SIGINT and SIGTERM (stop) and SIGUSR1 (print each shard's counters),
-/// blocked and then waited for synchronously.
+/// SIGHUP: reads the settings again (file, environment, the same flags)
+/// and applies what may change while running; a bad file changes nothing.
+fn reload(router: &mut imrouter::RunningRouter, argv: &[OsString]) {
+    let config = match imrouter::config::file::parse(argv) {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => Config::from_args(&args).map_err(|error| error.to_string()),
+        Ok(_) => Err("not `serve`".to_string()),
+        Err(Ok(error)) => Err(error.to_string()),
+        Err(Err(error)) => Err(error.to_string()),
+    };
+    match config {
+        Err(error) => tracing::warn!(
+            "SIGHUP: the settings were not reloaded, the ones in force stay: {}",
+            error.trim()
+        ),
+        Ok(config) => {
+            let reload = router.reconfigure(&config);
+            tracing::info!(
+                applied = reload.applied.join(","),
+                "SIGHUP: settings reloaded{}",
+                if reload.applied.is_empty() {
+                    " (nothing that can change while running changed)".to_string()
+                } else {
+                    format!(": {} now in force", reload.applied.join(", "))
+                }
+            );
+            if !reload.restart_needed.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: restart needed for: {} (the old values stay in force)",
+                    reload.restart_needed.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM (stop), SIGUSR1 (print each shard's counters) and
+/// SIGHUP (reload), blocked and then waited for synchronously.
 struct StopSignals {
     set: libc::sigset_t,
 }
@@ -168,6 +242,7 @@ impl StopSignals {
             libc::sigaddset(&mut set, libc::SIGINT);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigaddset(&mut set, libc::SIGHUP);
             let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if result != 0 {
                 return Err(std::io::Error::from_raw_os_error(result));
@@ -186,6 +261,7 @@ impl StopSignals {
         Ok(match signal {
             libc::SIGINT => "SIGINT",
             libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGHUP => "SIGHUP",
             _ => "SIGTERM",
         })
     }

@@ -52,6 +52,7 @@ impl Router {
         // control plane computes is compared with the shards' time.
         let clock = Clock::new();
         let mut running = RunningRouter {
+            config: config.clone(),
             local_addr: config.listen,
             cpus: config.cpus.clone(),
             router_id,
@@ -130,6 +131,8 @@ impl Router {
 
 /// A started router. Dropping it shuts it down.
 pub struct RunningRouter {
+    /// The configuration in force (changed by `reconfigure`).
+    config: Arc<Config>,
     local_addr: SocketAddr,
     cpus: Vec<usize>,
     router_id: u64,
@@ -199,6 +202,32 @@ impl RunningRouter {
 
     pub fn router_id(&self) -> u64 {
         self.router_id
+    }
+
+    /// Applies a reloaded configuration: the settings that may change
+    /// while the router runs take effect on every shard (and the log
+    /// level here); the others are reported as needing a restart.
+    pub fn reconfigure(&mut self, new: &Config) -> crate::config::Reload {
+        let (next, reload) = self.config.reloaded(new);
+        if reload.applied.is_empty() {
+            return reload;
+        }
+        if next.log_level != self.config.log_level && crate::logging::is_installed() {
+            if let Err(error) = crate::logging::set_level(&next.log_level) {
+                tracing::warn!("reload: {error}");
+            }
+        }
+        let next = Arc::new(next);
+        for link in &self.links {
+            send_control(link, Control::Reconfigure(next.clone()));
+        }
+        self.config = next;
+        reload
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Where the admin port listens, if it runs.
@@ -278,7 +307,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
                     && started.elapsed() < BIND_RETRY_FOR =>
             {
                 if !logged {
-                    crate::log!(
+                    tracing::warn!(
                         "{addr} is in use; retrying for up to {} ms (a router that just stopped may still hold it)",
                         BIND_RETRY_FOR.as_millis()
                     );

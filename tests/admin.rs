@@ -104,6 +104,18 @@ fn metrics_pass_promtool_and_count_what_the_router_did() {
     assert!(metrics.contains("imrouter_routes_in_total{shard=\"1\"}"));
     assert_eq!(sum(&metrics, "imrouter_shards_answering"), 2.0);
     assert!(sum(&metrics, "imrouter_resident_memory_bytes") > 1e6);
+    // `metric_names` (what dashboards and alerts are checked against)
+    // lists exactly the series of a scrape.
+    let mut scraped: Vec<String> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.split(['{', ' ']).next().unwrap().to_string())
+        .collect();
+    scraped.sort();
+    scraped.dedup();
+    let mut names = imrouter::metrics::metric_names();
+    names.sort();
+    assert_eq!(scraped, names);
 }
 
 #[test]

@@ -108,7 +108,7 @@ async fn run(
         match Client::connect(&etcd, Some(options.clone())).await {
             Ok(client) => break client,
             Err(error) => {
-                crate::log!("cluster: etcd {}: {error}; retrying", etcd.join(","));
+                tracing::warn!("cluster: etcd {}: {error}; retrying", etcd.join(","));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = stop.notified() => return,
@@ -143,15 +143,15 @@ async fn run(
         while let Some(event) = member.poll_event() {
             match event {
                 MemberEvent::Registered(id) => {
-                    crate::log!("cluster: registered as router {id:016x}")
+                    tracing::info!(router = format!("{id:016x}"), "cluster: registered")
                 }
                 MemberEvent::Map(epoch) if epoch > epoch_logged => {
                     epoch_logged = epoch;
-                    crate::log!("cluster: slot map epoch {epoch}");
+                    tracing::info!(epoch, "cluster: new slot map");
                 }
                 MemberEvent::Map(_) => {}
                 MemberEvent::Fenced => {
-                    crate::log!("cluster: lease not renewed in time: serving nothing")
+                    tracing::warn!("cluster: lease not renewed in time: serving nothing")
                 }
             }
         }
@@ -231,7 +231,7 @@ fn publish_members(links: &[ShardLink], update: MembersUpdate) {
             std::thread::sleep(Duration::from_millis(1));
         }
         if !sent {
-            crate::log!("cluster: a shard's control queue stayed full: node events dropped");
+            tracing::warn!("cluster: a shard's control queue stayed full: node events dropped");
         }
     }
 }

@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod file;
+
+use crate::logging::LogFormat;
 use crate::table::LoginPolicy;
 
 use crate::limits::{
@@ -41,8 +44,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the router.
+    /// Run the router. Settings come from a TOML file (--config), the
+    /// environment (IMROUTER_<FLAG>, e.g. IMROUTER_MAX_FRAME_BYTES) and
+    /// flags, each overriding the one before.
     Serve(Box<ServeArgs>),
+    /// Check the settings `serve` would run with (file, environment and
+    /// flags), print them, and exit: 0 when they are valid, 1 when not.
+    CheckConfig(Box<ServeArgs>),
     /// Ask a running router where a user is connected: prints one line per
     /// session (node, device, platform). Exit status 0 when the user has a
     /// session, 1 when not, 2 on an error.
@@ -149,12 +157,30 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
     pub listen: String,
 
+    /// A TOML file of settings: each key a flag's long name (`listen =
+    /// "0.0.0.0:7800"`, `max-frame-bytes = 65536`). The environment and
+    /// flags override it. SIGHUP reads it again (see docs/OPERATIONS.md
+    /// for what changes without a restart). Also IMROUTER_CONFIG.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address of the admin port (HTTP: /metrics, /healthz, /readyz,
     /// /nodez), or "off". Default: 127.0.0.1 and the --listen port plus
     /// one (any free port when --listen's is 0). Keep it off public
     /// networks: it has no authentication.
     #[arg(long, value_name = "ADDR|off")]
     pub admin_listen: Option<String>,
+
+    /// What to log: error, warn, info, debug, trace or off, or per module
+    /// ("info,imrouter::cluster=debug"). Nothing is logged per message
+    /// below trace.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// How to write log lines to standard error: text, or json (one object
+    /// per line: timestamp, level, message and fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 
     /// Number of shards (executor threads, each owning a share of the
     /// users). Default: one per CPU this process may run on. More shards
@@ -314,6 +340,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the admin port listens, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// The log's level (checked) and format.
+    pub log_level: String,
+    pub log_format: LogFormat,
     /// The CPU of each shard; `cpus.len()` is the shard count, 1 to
     /// `SHARDS_MAX`.
     pub cpus: Vec<usize>,
@@ -369,6 +398,8 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("admin", &self.admin)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
             .field("cpus", &self.cpus)
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("out_buffer_bytes", &self.out_buffer_bytes)
@@ -391,7 +422,73 @@ impl fmt::Debug for Config {
     }
 }
 
+/// What a reload (SIGHUP) changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// Settings now in force.
+    pub applied: Vec<&'static str>,
+    /// Settings that changed but take a restart (still the old value).
+    pub restart_needed: Vec<&'static str>,
+}
+
 impl Config {
+    /// The configuration after a reload to `new`: the settings that can
+    /// change while the router runs (the log level, the auth token, the
+    /// reconnect grace, the node timeout, the Fanout limit and the session
+    /// limits) from `new`, every other one unchanged, and what changed.
+    pub fn reloaded(&self, new: &Config) -> (Config, Reload) {
+        let mut reload = Reload::default();
+        let mut next = self.clone();
+        macro_rules! live {
+            ($($field:ident => $name:literal),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    next.$field = new.$field.clone();
+                    reload.applied.push($name);
+                }
+            )*};
+        }
+        macro_rules! restart {
+            ($($field:ident => $name:literal),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    reload.restart_needed.push($name);
+                }
+            )*};
+        }
+        live! {
+            log_level => "log-level",
+            auth_token => "auth-token-file",
+            reconnect_grace => "reconnect-grace-ms",
+            node_timeout => "node-timeout-ms",
+            fanout_max => "fanout-max",
+            sessions_max => "max-sessions",
+            sessions_per_user_max => "max-sessions-per-user",
+        }
+        restart! {
+            listen => "listen",
+            admin => "admin-listen",
+            log_format => "log-format",
+            cpus => "shards/cpus",
+            frame_bytes_max => "max-frame-bytes",
+            out_buffer_bytes => "out-buffer-bytes",
+            nodes_max => "max-nodes",
+            heartbeat => "heartbeat-ms",
+            login_policy => "login-policy",
+            topics_max => "max-topics",
+            warmup => "warmup-ms",
+            park_bytes_max => "park-bytes-max",
+            connections_per_shard_max => "max-connections-per-shard",
+            cluster => "cluster settings",
+            rebuild_timeout => "rebuild-timeout-ms",
+        }
+        // A node timeout must stay at least two (unchanged) heartbeats.
+        if next.node_timeout < 2 * next.heartbeat {
+            next.node_timeout = self.node_timeout;
+            reload.applied.retain(|name| *name != "node-timeout-ms");
+            reload.restart_needed.push("node-timeout-ms");
+        }
+        (next, reload)
+    }
+
     /// A configuration for `listen` with every other setting at its
     /// default and `shards` shards on the CPUs this process may use.
     pub fn new(listen: SocketAddr, shards: usize) -> Result<Config, ConfigError> {
@@ -528,9 +625,13 @@ impl Config {
         };
         let cluster = cluster_config(args)?;
         let admin = admin_addr(args.admin_listen.as_deref(), listen)?;
+        crate::logging::parse_level(&args.log_level)
+            .map_err(|error| ConfigError::new(format!("--log-level: {error}")))?;
         Ok(Config {
             listen,
             admin,
+            log_level: args.log_level.trim().to_string(),
+            log_format: args.log_format,
             cpus,
             frame_bytes_max: args.max_frame_bytes,
             out_buffer_bytes: args.out_buffer_bytes,

@@ -14,7 +14,7 @@ use super::batch::{Class, EntryHeader, EntryKind};
 use super::conns::{new_conn, Conn, ConnId, LinkState};
 use super::out::Close;
 use super::stream::OutputStream;
-use super::{sink, Lost, ShardCore, SocketAction};
+use super::{sink, LogLevel, Lost, ShardCore, SocketAction};
 
 impl ShardCore {
     /// Checks a connection's first frame (length prefix included): a Hello
@@ -151,10 +151,16 @@ impl ShardCore {
             old.set_leave_reason(fb::LeftReason::Replaced);
             self.counters.connections_resumed += 1;
             self.counters.resume_bytes_replayed += replayed;
-            self.log.line(format!(
-                "shard {}: node {} resumed its stream at offset {stream_offset} ({replayed} bytes queued again)",
-                self.index, hello.node_name
-            ));
+            self.log.node_line(
+                LogLevel::Info,
+                "resume",
+                &hello.node_name,
+                hello.incarnation,
+                None,
+                format!(
+                    "resumed its stream at offset {stream_offset} ({replayed} bytes queued again)"
+                ),
+            );
             self.end_replaced(old_id);
         }
         // In a cluster, the cluster's nodes (this router's directory knows
@@ -212,14 +218,18 @@ impl ShardCore {
         }
         self.announce(&attached.events, Some(node));
         self.counters.connections_opened += 1;
-        self.log.line(format!(
-            "shard {}: node {} connected from {} (incarnation {:#x}, acks {})",
-            self.index,
-            hello.node_name,
-            peer.map_or("?".into(), |peer| peer.to_string()),
+        self.log.node_line(
+            LogLevel::Info,
+            "connect",
+            &hello.node_name,
             hello.incarnation,
-            hello.acks,
-        ));
+            None,
+            format!(
+                "connected from {} (acks {})",
+                peer.map_or("?".into(), |peer| peer.to_string()),
+                hello.acks,
+            ),
+        );
         self.finish_operation(now);
         Ok(id)
     }
@@ -291,8 +301,7 @@ impl ShardCore {
     /// Logs a membership event and encodes its NodeEvent frame.
     pub(super) fn membership_event_frame(&mut self, event: &MembershipEvent) -> Vec<u8> {
         self.log.line(format!(
-            "shard {}: membership event {}: {:?} {} ({:?}), senior {}",
-            self.index,
+            "membership event {}: {:?} {} ({:?}), senior {}",
             event.seq,
             event.kind,
             event.node,
@@ -337,12 +346,18 @@ impl ShardCore {
         self.counters.connections_refused += 1;
         let name = fault.code().variant_name().unwrap_or("Error");
         let close = Close::error(fault.code(), fault.to_string(), fb::LeftReason::Refused);
-        self.log.line(format!(
-            "shard {}: refusing {} ({name}): {}",
-            self.index,
-            self.conns.get(id).map_or("?", |conn| &conn.name),
-            close.text
-        ));
+        let (node, incarnation) = self
+            .conns
+            .get(id)
+            .map_or(("?", 0), |conn| (&*conn.name, conn.incarnation));
+        self.log.node_line(
+            LogLevel::Warn,
+            "refuse",
+            node,
+            incarnation,
+            Some(name.to_string()),
+            format!("refused: {}", close.text),
+        );
         sink!(self).close(id, close);
     }
 
@@ -376,12 +391,14 @@ impl ShardCore {
         if !conn.is_open() {
             return;
         }
-        self.log.line(format!(
-            "shard {}: node {} connection lost ({why}); suspended for {} ms",
-            self.index,
-            conn.name,
-            grace.as_millis()
-        ));
+        self.log.node_line(
+            LogLevel::Info,
+            "suspend",
+            &conn.name,
+            conn.incarnation,
+            Some(why.to_string()),
+            format!("connection lost; suspended for {} ms", grace.as_millis()),
+        );
         sink!(self).suspend(id, now + grace, None);
     }
 
@@ -539,12 +556,14 @@ impl ShardCore {
         out.settle(node, outcomes, false);
         conn.stream.release(out.pool);
         self.counters.connections_closed += 1;
-        self.log.line(format!(
-            "shard {}: node {} disconnected ({:?})",
-            self.index,
-            conn.name,
-            conn.leave_reason()
-        ));
+        self.log.node_line(
+            LogLevel::Info,
+            "disconnect",
+            &conn.name,
+            conn.incarnation,
+            Some(format!("{:?}", conn.leave_reason())),
+            "disconnected".into(),
+        );
     }
 
     /// Takes a connection that ends for good out of the directory, once:
@@ -589,16 +608,27 @@ impl ShardCore {
             } else {
                 self.counters.suspensions_expired += 1;
             }
-            self.log.line(format!(
-                "shard {}: node {} did not resume{}; {parked} parked messages answered offline",
-                self.index,
-                conn.name,
-                if conn.park_overflowed {
-                    " before its park filled up"
-                } else {
-                    " in time"
-                },
-            ));
+            let (name, incarnation) = (conn.name.clone(), conn.incarnation);
+            let reason = if conn.park_overflowed {
+                "park full"
+            } else {
+                "grace over"
+            };
+            self.log.node_line(
+                LogLevel::Warn,
+                "give_up",
+                &name,
+                incarnation,
+                Some(reason.into()),
+                format!(
+                    "did not resume {}; {parked} parked messages answered offline",
+                    if reason == "park full" {
+                        "before its park filled up"
+                    } else {
+                        "in time"
+                    }
+                ),
+            );
             self.unregister(id);
         }
     }

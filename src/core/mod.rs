@@ -137,14 +137,97 @@ pub enum Lost {
 /// A shard's log: lines for the driver to print.
 #[derive(Default)]
 pub struct Log {
-    lines: Vec<String>,
+    lines: Vec<LogLine>,
     dropped: u64,
 }
 
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Warn,
+    Info,
+}
+
+/// One line of a shard's log, with its structured fields (the driver
+/// writes it with the shard's index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    /// What happened, one word: connect, resume, suspend, disconnect,
+    /// close, refuse, give_up, or "shard" for the rest.
+    pub event: &'static str,
+    /// The node it is about, and its process's incarnation.
+    pub node: Option<Box<str>>,
+    pub incarnation: Option<u64>,
+    pub reason: Option<String>,
+    pub text: String,
+}
+
+impl std::fmt::Display for LogLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(node) = &self.node {
+            write!(f, "node {node}: ")?;
+        }
+        f.write_str(&self.text)?;
+        if let Some(reason) = &self.reason {
+            write!(f, " ({reason})")?;
+        }
+        Ok(())
+    }
+}
+
 impl Log {
-    pub fn line(&mut self, line: String) {
+    /// An informational line about the shard.
+    pub fn line(&mut self, text: String) {
+        self.push(LogLevel::Info, "shard", None, None, text);
+    }
+
+    /// A warning about the shard.
+    pub fn warn(&mut self, text: String) {
+        self.push(LogLevel::Warn, "shard", None, None, text);
+    }
+
+    /// A line about one node's connection.
+    pub fn node_line(
+        &mut self,
+        level: LogLevel,
+        event: &'static str,
+        node: &str,
+        incarnation: u64,
+        reason: Option<String>,
+        text: String,
+    ) {
         if self.lines.len() < LOG_LINES_MAX {
-            self.lines.push(line);
+            self.lines.push(LogLine {
+                level,
+                event,
+                node: Some(node.into()),
+                incarnation: Some(incarnation),
+                reason,
+                text,
+            });
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn push(
+        &mut self,
+        level: LogLevel,
+        event: &'static str,
+        node: Option<Box<str>>,
+        reason: Option<String>,
+        text: String,
+    ) {
+        if self.lines.len() < LOG_LINES_MAX {
+            self.lines.push(LogLine {
+                level,
+                event,
+                node,
+                incarnation: None,
+                reason,
+                text,
+            });
         } else {
             self.dropped += 1;
         }
@@ -871,8 +954,7 @@ impl ShardCore {
         if let Some(lost) = &applied.lost {
             self.owner.drop_slots(&mut sink!(self), lost);
             self.log.line(format!(
-                "shard {}: {} slots moved to other routers (epoch {})",
-                self.index,
+                "{} slots moved to other routers (epoch {})",
                 lost.len(),
                 self.owner.slots.epoch()
             ));
@@ -932,9 +1014,8 @@ impl ShardCore {
         let given_up = self.owner.slots.tick(&self.directory, now);
         if !given_up.is_empty() {
             let names = self.directory.names(given_up.into_iter());
-            self.log.line(format!(
-                "shard {}: served slots without the resyncs of {} (--rebuild-timeout-ms passed)",
-                self.index,
+            self.log.warn(format!(
+                "served slots without the resyncs of {} (--rebuild-timeout-ms passed)",
                 names.join(", ")
             ));
         }
@@ -1305,10 +1386,14 @@ impl ShardCore {
             let Some(conn) = self.conns.get(id) else {
                 continue;
             };
-            self.log.line(format!(
-                "shard {}: closing node {}'s connection: {}",
-                self.index, conn.name, close.text
-            ));
+            self.log.node_line(
+                LogLevel::Info,
+                "close",
+                &conn.name,
+                conn.incarnation,
+                Some(close.text.clone()),
+                "closing the connection".into(),
+            );
             if conn.state == LinkState::Closing {
                 self.leave_directory(id);
             }
@@ -1360,16 +1445,31 @@ impl ShardCore {
     }
 
     /// Log lines since the last call.
-    pub fn take_log(&mut self) -> Vec<String> {
+    pub fn take_log(&mut self) -> Vec<LogLine> {
         let mut lines = std::mem::take(&mut self.log.lines);
         if self.log.dropped > 0 {
-            lines.push(format!(
-                "shard {}: {} log lines dropped",
-                self.index, self.log.dropped
-            ));
+            lines.push(LogLine {
+                level: LogLevel::Warn,
+                event: "shard",
+                node: None,
+                incarnation: None,
+                reason: None,
+                text: format!("{} log lines dropped", self.log.dropped),
+            });
             self.log.dropped = 0;
         }
         lines
+    }
+
+    /// A reload: `config` differs from the one in force only in settings
+    /// that may change while the router runs (`Config::reloaded`).
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.limits.fanout_max = config.fanout_max;
+        self.owner.table.set_session_limits(
+            config.sessions_per_shard_max(),
+            config.sessions_per_user_max as usize,
+        );
+        self.config = config;
     }
 
     // ----- Metrics ------------------------------------------------------------

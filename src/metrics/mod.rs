@@ -324,10 +324,15 @@ pub struct ShardReport {
 /// Writes the shards' figures (index = shard) in Prometheus' text
 /// exposition format 0.0.4: every name prefixed `imrouter_`, counters
 /// suffixed `_total`, a `shard` label on each sample, times in seconds.
-/// `extra` is written after (the router-wide figures).
-pub fn render(out: &mut String, shards: &[ShardReport], extra: &[Sample]) {
+/// `extra` is written after (the router-wide figures). A shard that did
+/// not answer (`None`) has no samples in this scrape, rather than zeros
+/// that Prometheus would take for a counter reset.
+pub fn render(out: &mut String, shards: &[Option<ShardReport>], extra: &[Sample]) {
     use std::fmt::Write as _;
-    let values: Vec<Vec<u64>> = shards.iter().map(|shard| shard.metrics.values()).collect();
+    let values: Vec<Option<Vec<u64>>> = shards
+        .iter()
+        .map(|shard| shard.as_ref().map(|shard| shard.metrics.values()))
+        .collect();
     for (index, family) in ShardMetrics::FAMILIES.iter().enumerate() {
         let (name, kind) = match family.kind {
             Kind::Counter => (format!("imrouter_{}_total", family.name), "counter"),
@@ -336,18 +341,20 @@ pub fn render(out: &mut String, shards: &[ShardReport], extra: &[Sample]) {
         let _ = writeln!(out, "# HELP {name} {}", help_text(family.help));
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for (shard, values) in values.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", values[index]);
+            if let Some(values) = values {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", values[index]);
+            }
         }
     }
     type Pick = fn(&Latencies) -> &Histogram;
     let histograms: [(&str, &str, Pick); 2] = [
         (
-            "imrouter_route_duration_seconds",
+            HISTOGRAM_NAMES[0],
             "Time from the read of a Route to the end of its handling by the recipient's owner shard (verdict given or Deliver queued).",
             |latencies| &latencies.route,
         ),
         (
-            "imrouter_session_operation_duration_seconds",
+            HISTOGRAM_NAMES[1],
             "Time from the read of a SessionOpen or SessionClose to the end of its handling by the user's owner shard.",
             |latencies| &latencies.session_op,
         ),
@@ -356,6 +363,7 @@ pub fn render(out: &mut String, shards: &[ShardReport], extra: &[Sample]) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (shard, report) in shards.iter().enumerate() {
+            let Some(report) = report else { continue };
             let histogram = pick(&report.latencies);
             let mut cumulative = 0;
             for (bucket, &bound) in LATENCY_BOUNDS_NS.iter().enumerate() {
@@ -395,6 +403,44 @@ pub fn render(out: &mut String, shards: &[ShardReport], extra: &[Sample]) {
         let _ = writeln!(out, "{}{labels} {}", sample.name, sample.value);
     }
 }
+
+/// Names of the histograms [`render`] writes (each with `_bucket`,
+/// `_sum` and `_count` series).
+pub const HISTOGRAM_NAMES: [&str; 2] = [
+    "imrouter_route_duration_seconds",
+    "imrouter_session_operation_duration_seconds",
+];
+
+/// Every series name the admin port's `/metrics` can write: each figure
+/// of [`ShardMetrics`], the histograms' series, and the router-wide
+/// figures of `admin` (kept in step by a test there). For checking
+/// dashboards and alert rules against.
+pub fn metric_names() -> Vec<String> {
+    let mut names: Vec<String> = ShardMetrics::FAMILIES
+        .iter()
+        .map(|family| match family.kind {
+            Kind::Counter => format!("imrouter_{}_total", family.name),
+            Kind::Gauge => format!("imrouter_{}", family.name),
+        })
+        .collect();
+    for histogram in HISTOGRAM_NAMES {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            names.push(format!("{histogram}{suffix}"));
+        }
+    }
+    names.extend(ROUTER_WIDE_NAMES.iter().map(|name| name.to_string()));
+    names
+}
+
+/// The router-wide figures the admin port adds to the shards'.
+pub const ROUTER_WIDE_NAMES: [&str; 6] = [
+    "imrouter_build_info",
+    "imrouter_shards",
+    "imrouter_shards_answering",
+    "imrouter_uptime_seconds",
+    "imrouter_resident_memory_bytes",
+    "imrouter_draining",
+];
 
 /// A router-wide figure for [`render`].
 #[derive(Debug, Clone)]
@@ -458,10 +504,16 @@ mod tests {
         report.metrics.sessions = 2;
         report.latencies.route.observe(1_500, 4);
         let mut text = String::new();
-        render(&mut text, &[report, ShardReport::default()], &[]);
+        render(
+            &mut text,
+            &[Some(report), Some(ShardReport::default()), None],
+            &[],
+        );
         assert!(text.contains("# TYPE imrouter_routes_in_total counter\n"));
         assert!(text.contains("imrouter_routes_in_total{shard=\"0\"} 5\n"));
         assert!(text.contains("imrouter_routes_in_total{shard=\"1\"} 0\n"));
+        // A shard that did not answer has no samples (not zeros).
+        assert!(!text.contains("shard=\"2\""));
         assert!(text.contains("# TYPE imrouter_sessions gauge\n"));
         assert!(text
             .contains("imrouter_route_duration_seconds_bucket{shard=\"0\",le=\"0.000001\"} 0\n"));

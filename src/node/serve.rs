@@ -54,7 +54,7 @@ pub async fn accept_loop(driver: Rc<Driver>, listener: TcpListener) {
                 glommio::spawn_local(handshake(driver.clone(), stream)).detach();
             }
             Err(error) => {
-                crate::log!("shard {}: accept failed: {error}", driver.index);
+                tracing::warn!(shard = driver.index, "accept failed: {error}");
                 glommio::timer::sleep(ACCEPT_RETRY).await;
             }
         }

@@ -50,6 +50,8 @@ pub enum Control {
     Nodes(Sender<crate::core::report::NodesReport>),
     /// Close every connection and stop.
     Shutdown,
+    /// A reload: run with this configuration (see `Config::reloaded`).
+    Reconfigure(Arc<crate::config::Config>),
     /// The cluster's control plane: what this router may serve now.
     View(Arc<crate::core::slots::ClusterView>),
     /// The cluster's control plane: the IM nodes' membership changed.

@@ -165,7 +165,7 @@ impl Driver {
             self.timer_changed.notify();
         }
         for line in log {
-            crate::log!("{line}");
+            emit(self.index, &line);
         }
     }
 
@@ -363,6 +363,7 @@ impl Driver {
                 self.with_core(|core, now| core.shutdown(now));
                 self.stopped.notify();
             }
+            Control::Reconfigure(config) => self.with_core(|core, _| core.reconfigure(config)),
             Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
             Control::Members(update) => self.with_core(|core, _| core.apply_members(&update)),
         }
@@ -394,6 +395,26 @@ impl Driver {
         };
         let deadline = glommio::timer::sleep(crate::limits::SHUTDOWN_GRACE);
         futures_lite::future::or(all_closed, deadline).await;
+    }
+}
+
+/// Writes one of the core's log lines with its fields.
+fn emit(shard: usize, line: &crate::core::LogLine) {
+    use crate::core::LogLevel;
+    let node = line.node.as_deref();
+    let incarnation = line
+        .incarnation
+        .map(|incarnation| format!("{incarnation:#x}"));
+    let incarnation = incarnation.as_deref();
+    let reason = line.reason.as_deref();
+    let event = line.event;
+    match line.level {
+        LogLevel::Warn => {
+            tracing::warn!(shard, event, node, incarnation, reason, "{}", line.text)
+        }
+        LogLevel::Info => {
+            tracing::info!(shard, event, node, incarnation, reason, "{}", line.text)
+        }
     }
 }
 

@@ -673,7 +673,7 @@ impl World {
         }
         for shard in 0..self.router.cores.len() {
             for line in self.router.cores[shard].take_log() {
-                self.trace(line);
+                self.trace(format!("shard {shard}: {line}"));
             }
         }
     }

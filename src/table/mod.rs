@@ -246,6 +246,14 @@ impl Table {
     }
 
     /// Live sessions in the table.
+    /// Changes the session limits (a reload): they bound new opens only;
+    /// sessions beyond a lowered limit stay until they close.
+    pub fn set_session_limits(&mut self, sessions_max: usize, sessions_per_user_max: usize) {
+        assert!(sessions_per_user_max > 0);
+        self.limits.sessions_max = sessions_max;
+        self.limits.sessions_per_user_max = sessions_per_user_max;
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len() - self.dead_sessions
     }

@@ -25,6 +25,7 @@ pub fn start_router(shards: usize) -> RunningRouter {
 }
 
 pub fn start_router_with(shards: usize, adjust: impl FnOnce(&mut ServeArgs)) -> RunningRouter {
+    imrouter::logging::init_for_tests();
     let mut args = ServeArgs::defaults();
     args.listen = "127.0.0.1:0".into();
     args.shards = Some(shards);
