@@ -32,6 +32,8 @@ struct Shared {
     started: Instant,
     /// Set while the router drains or stops: `/readyz` answers 503.
     draining: Arc<AtomicBool>,
+    /// Set by `POST /drain`; the main thread drives the drain.
+    drain_request: Arc<AtomicBool>,
     /// Requests being answered; beyond `ADMIN_REQUESTS_MAX`, 503.
     requests: Arc<tokio::sync::Semaphore>,
 }
@@ -49,6 +51,7 @@ impl Admin {
         addr: SocketAddr,
         links: Vec<ShardLink>,
         draining: Arc<AtomicBool>,
+        drain_request: Arc<AtomicBool>,
     ) -> std::io::Result<Admin> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -57,6 +60,7 @@ impl Admin {
             links,
             started: Instant::now(),
             draining,
+            drain_request,
             requests: Arc::new(tokio::sync::Semaphore::new(
                 crate::limits::ADMIN_REQUESTS_MAX,
             )),
@@ -83,6 +87,7 @@ impl Admin {
                         .route("/healthz", get(healthz))
                         .route("/readyz", get(readyz))
                         .route("/nodez", get(nodez))
+                        .route("/drain", axum::routing::post(drain))
                         .with_state(shared);
                     let served = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -242,6 +247,21 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `POST /drain` (`imrouter drain`): the router drains and stops, as on
+/// SIGUSR2.
+async fn drain(State(shared): State<Shared>) -> Response {
+    let already = shared.drain_request.swap(true, Ordering::Relaxed)
+        || shared.draining.load(Ordering::Relaxed);
+    text(
+        StatusCode::ACCEPTED,
+        if already {
+            "already draining\n".into()
+        } else {
+            "draining: the router stops accepting, hands its slots away (in a cluster), tells its nodes to leave, then stops\n".into()
+        },
+    )
 }
 
 async fn healthz(State(shared): State<Shared>) -> Response {
@@ -444,8 +464,18 @@ fn resident_bytes() -> u64 {
     pages * u64::try_from(page).unwrap_or(4096)
 }
 
-/// `imrouter nodes`: `/nodez?format=text` of the admin port at `addr`.
+/// A GET of `path` on the admin port at `addr` (`imrouter nodes`).
 pub fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    request(addr, "GET", path, timeout)
+}
+
+/// One HTTP/1.1 request to the admin port at `addr`: (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
         .map_err(|error| format!("{addr}: {error}"))?;
@@ -455,7 +485,7 @@ pub fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, St
         .map_err(|error| format!("{addr}: {error}"))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|error| format!("{addr}: {error}"))?;
     let mut response = Vec::new();

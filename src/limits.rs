@@ -211,7 +211,7 @@ pub const SYNC_SESSIONS_IN_FLIGHT_MAX: u64 = 16 * 1024;
 pub const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Protocol versions this router speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default `--reconnect-grace-ms`: how long the sessions of a node whose
 /// connection was lost (no Goodbye) stay suspended, their messages parked,
@@ -370,3 +370,24 @@ pub const ADMIN_BLOCKING_THREADS: usize = ADMIN_REQUESTS_MAX;
 /// Largest admin response `imrouter nodes` reads (a `/nodez` table for
 /// the most nodes fits in well under a megabyte per thousand nodes).
 pub const ADMIN_RESPONSE_BYTES_MAX: u64 = 64 << 20;
+
+// ----- Draining and stopping -------------------------------------------------
+
+/// Default of `--drain-window-ms`: how long nodes get to leave a draining
+/// router, each at a random moment within it. Long enough that a thousand
+/// nodes reconnecting elsewhere arrive at about a hundred per second.
+pub const DRAIN_WINDOW_MS_DEFAULT: u64 = 10_000;
+
+/// Default of `--shutdown-timeout-ms`: the longest a drain (SIGTERM,
+/// SIGUSR2, `imrouter drain`) takes before the router closes what is left:
+/// half of it at most for a cluster's slot hand-over, then the window.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Longest `--drain-window-ms` (ten minutes) and `--shutdown-timeout-ms`
+/// (an hour): a drain is a restart's prelude, not a way of life.
+pub const DRAIN_WINDOW_MS_MAX: u64 = 600_000;
+pub const SHUTDOWN_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// After the drain window, how long the router still waits for nodes that
+/// were told at its very end (their Goodbye and the flush before it).
+pub const DRAIN_CLOSE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);

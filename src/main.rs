@@ -56,6 +56,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Drain(args) = &cli.command {
+        return match drain(args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                fail!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Nodes(args) = &cli.command {
         return match nodes(args) {
             Ok(text) => {
@@ -106,15 +118,28 @@ fn cluster(_: &imrouter::config::ClusterArgs) -> Result<String, String> {
     )
 }
 
+/// `imrouter drain`: `POST /drain` on the router's admin port.
+fn drain(args: &imrouter::config::DrainArgs) -> Result<String, String> {
+    let addr = admin_addr(&args.router)?;
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+    match imrouter::admin::request(addr, "POST", "/drain", timeout)? {
+        (202, body) => Ok(body),
+        (status, body) => Err(format!("{addr}/drain: HTTP {status}: {}", body.trim())),
+    }
+}
+
+fn admin_addr(router: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    router
+        .to_socket_addrs()
+        .map_err(|error| format!("--router {router}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("--router {router}: no address"))
+}
+
 /// `imrouter nodes`: the admin port's /nodez, as a table or JSON.
 fn nodes(args: &imrouter::config::NodesArgs) -> Result<String, String> {
-    use std::net::ToSocketAddrs;
-    let addr = args
-        .router
-        .to_socket_addrs()
-        .map_err(|error| format!("--router {}: {error}", args.router))?
-        .next()
-        .ok_or_else(|| format!("--router {}: no address", args.router))?;
+    let addr = admin_addr(&args.router)?;
     let path = if args.json {
         "/nodez"
     } else {
@@ -167,27 +192,64 @@ fn try_main(cli: Cli, argv: &[OsString]) -> Result<(), Box<dyn std::error::Error
                     .admin_addr()
                     .map_or("off".to_string(), |addr| addr.to_string())
             );
-            let signal = loop {
-                match signals.wait()? {
-                    "SIGUSR1" => {
+            // SIGTERM, SIGINT, SIGUSR2 and `imrouter drain` drain first; a
+            // second SIGTERM or SIGINT during the drain stops at once.
+            let mut drain: Option<imrouter::server::Drain> = None;
+            loop {
+                let signal = signals.wait(DRAIN_POLL)?;
+                match signal {
+                    Some("SIGUSR1") => {
                         for (shard, metrics) in router.shard_metrics().iter().enumerate() {
                             tracing::info!("shard {shard}: {metrics}");
                         }
                     }
-                    "SIGHUP" => reload(&mut router, argv),
-                    stop => break stop,
+                    Some("SIGHUP") => reload(&mut router, argv),
+                    Some(stop @ ("SIGTERM" | "SIGINT")) if drain.is_some() => {
+                        tracing::warn!("{stop} received while draining: stopping now");
+                        break;
+                    }
+                    Some(signal) => {
+                        tracing::info!("{signal} received: draining, then stopping");
+                        drain = Some(begin_drain(&mut router));
+                    }
+                    None if drain.is_none() && router.drain_requested() => {
+                        tracing::info!(
+                            "drain asked for on the admin port: draining, then stopping"
+                        );
+                        drain = Some(begin_drain(&mut router));
+                    }
+                    None => {}
                 }
-            };
-            tracing::info!("{signal} received, shutting down");
+                if let Some(drain) = &mut drain {
+                    if router.drain_step(drain) {
+                        break;
+                    }
+                }
+            }
             let totals = router.metrics();
             router.shutdown();
             tracing::info!("stopped: {totals}");
             Ok(())
         }
-        Command::Locate(_) | Command::Cluster(_) | Command::Nodes(_) | Command::CheckConfig(_) => {
+        Command::Locate(_)
+        | Command::Cluster(_)
+        | Command::Nodes(_)
+        | Command::Drain(_)
+        | Command::CheckConfig(_) => {
             unreachable!("handled in main")
         }
     }
+}
+
+/// How often the signal loop looks at a drain's progress.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn begin_drain(router: &mut imrouter::RunningRouter) -> imrouter::server::Drain {
+    let (window, timeout) = (
+        router.config().drain_window,
+        router.config().shutdown_timeout,
+    );
+    router.begin_drain(window, timeout)
 }
 
 /// SIGHUP: reads the settings again (file, environment, the same flags)
@@ -227,8 +289,9 @@ fn reload(router: &mut imrouter::RunningRouter, argv: &[OsString]) {
     }
 }
 
-/// SIGINT and SIGTERM (stop), SIGUSR1 (print each shard's counters) and
-/// SIGHUP (reload), blocked and then waited for synchronously.
+/// SIGINT, SIGTERM and SIGUSR2 (drain and stop), SIGUSR1 (print each
+/// shard's counters) and SIGHUP (reload), blocked and then waited for
+/// synchronously.
 struct StopSignals {
     set: libc::sigset_t,
 }
@@ -239,10 +302,15 @@ impl StopSignals {
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGUSR1);
-            libc::sigaddset(&mut set, libc::SIGHUP);
+            for signal in [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGHUP,
+            ] {
+                libc::sigaddset(&mut set, signal);
+            }
             let result = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if result != 0 {
                 return Err(std::io::Error::from_raw_os_error(result));
@@ -251,18 +319,27 @@ impl StopSignals {
         }
     }
 
-    fn wait(&self) -> std::io::Result<&'static str> {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: `set` was initialised in `block`.
-        let result = unsafe { libc::sigwait(&self.set, &mut signal) };
-        if result != 0 {
-            return Err(std::io::Error::from_raw_os_error(result));
+    /// The next signal, or `None` after `timeout` without one.
+    fn wait(&self, timeout: std::time::Duration) -> std::io::Result<Option<&'static str>> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `set` was initialised in `block`; a null info is allowed.
+        let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &timeout) };
+        if signal < 0 {
+            let error = std::io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(error),
+            };
         }
-        Ok(match signal {
+        Ok(Some(match signal {
             libc::SIGINT => "SIGINT",
             libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGUSR2 => "SIGUSR2",
             libc::SIGHUP => "SIGHUP",
             _ => "SIGTERM",
-        })
+        }))
     }
 }

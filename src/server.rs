@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
@@ -15,7 +15,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::core::directory::Directory;
 use crate::core::ShardCore;
-use crate::limits::{BIND_RETRY_FOR, IO_MEMORY_BYTES, PREEMPT_TIMER};
+use crate::limits::{BIND_RETRY_FOR, DRAIN_CLOSE_MARGIN, IO_MEMORY_BYTES, PREEMPT_TIMER};
 use crate::metrics::ShardMetrics;
 use crate::shard::link::{self, Control, ShardLink};
 use crate::shard::Driver;
@@ -61,6 +61,7 @@ impl Router {
             control: None,
             admin: None,
             draining: Arc::new(AtomicBool::new(false)),
+            drain_request: Arc::new(AtomicBool::new(false)),
         };
 
         // One listening socket, bound here without SO_REUSEPORT, so that a
@@ -107,11 +108,12 @@ impl Router {
                         unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd.into_raw_fd()) };
                     let core = ShardCore::new(index, config, directory, router_id, clock.now());
                     let driver = Rc::new(Driver::new(core, clock, links, inbox));
-                    let acceptor =
-                        glommio::spawn_local(crate::node::accept_loop(driver.clone(), listener));
+                    driver.set_acceptor(glommio::spawn_local(crate::node::accept_loop(
+                        driver.clone(),
+                        listener,
+                    )));
                     let _ = ready_tx.send(());
                     driver.run(bell).await;
-                    drop(acceptor);
                 })
                 .map_err(|error| StartError(format!("shard {index}: {error}")))?;
             running.executors.push(executor);
@@ -121,12 +123,37 @@ impl Router {
         }
         running.control = start_control(&config, clock, &links, &directory)?;
         if let Some(addr) = config.admin {
-            let admin = Admin::start(addr, links.clone(), running.draining.clone())
-                .map_err(|error| StartError(format!("admin port {addr}: {error}")))?;
+            let admin = Admin::start(
+                addr,
+                links.clone(),
+                running.draining.clone(),
+                running.drain_request.clone(),
+            )
+            .map_err(|error| StartError(format!("admin port {addr}: {error}")))?;
             running.admin = Some(admin);
         }
         Ok(running)
     }
+}
+
+/// A lame-duck drain in progress ([`RunningRouter::begin_drain`]).
+#[derive(Debug)]
+pub struct Drain {
+    phase: DrainPhase,
+    window: Duration,
+    deadline: Instant,
+    hand_over_until: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainPhase {
+    /// In a cluster: waiting for the controller to move our slots away.
+    HandOver,
+    /// The nodes were told; waiting for them to leave.
+    Told {
+        close_at: Instant,
+    },
+    Done,
 }
 
 /// A started router. Dropping it shuts it down.
@@ -144,6 +171,8 @@ pub struct RunningRouter {
     admin: Option<Admin>,
     /// Set when the router begins to stop (`/readyz` says 503).
     draining: Arc<AtomicBool>,
+    /// Set by the admin port's `POST /drain`.
+    drain_request: Arc<AtomicBool>,
 }
 
 #[cfg(feature = "cluster")]
@@ -264,6 +293,114 @@ impl RunningRouter {
     /// stops the shards.
     pub fn shutdown(mut self) {
         self.stop();
+    }
+
+    /// Whether a drain was asked for on the admin port (`imrouter drain`);
+    /// the caller drives it (`begin_drain`, `drain_step`).
+    pub fn drain_requested(&self) -> bool {
+        self.drain_request.load(Ordering::Relaxed)
+    }
+
+    /// Begins a lame-duck drain (see [`Drain`]): `/readyz` says 503 from
+    /// now; in a cluster the router asks for its slots to be moved to the
+    /// others first. `window` is how long nodes get to leave once told;
+    /// `timeout` bounds the whole drain.
+    pub fn begin_drain(&mut self, window: Duration, timeout: Duration) -> Drain {
+        self.draining.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        let deadline = now + timeout;
+        #[cfg(feature = "cluster")]
+        if let Some(control) = &self.control {
+            control.drain_self();
+            tracing::info!("draining: handing this router's slots to the others");
+            return Drain {
+                phase: DrainPhase::HandOver,
+                window,
+                deadline,
+                // Half the time for the hand-over, the rest for the nodes.
+                hand_over_until: now + timeout / 2,
+            };
+        }
+        let mut drain = Drain {
+            phase: DrainPhase::HandOver,
+            window,
+            deadline,
+            hand_over_until: now,
+        };
+        self.tell_nodes(&mut drain, now);
+        drain
+    }
+
+    /// Advances a drain; true once it is over (every node left, or the
+    /// window or the timeout ran out): then call `shutdown`.
+    pub fn drain_step(&mut self, drain: &mut Drain) -> bool {
+        let now = Instant::now();
+        if now >= drain.deadline {
+            if drain.phase != DrainPhase::Done {
+                tracing::warn!("draining: --shutdown-timeout-ms passed; closing what is left");
+            }
+            drain.phase = DrainPhase::Done;
+        }
+        match drain.phase {
+            DrainPhase::HandOver => {
+                let health = self.health();
+                let held: usize = health.iter().flatten().map(|shard| shard.slots_held).sum();
+                let answered = health.iter().all(Option::is_some);
+                if answered && held == 0 {
+                    tracing::info!("draining: every slot handed over");
+                    self.tell_nodes(drain, now);
+                } else if now >= drain.hand_over_until {
+                    tracing::warn!(
+                        "draining: {held} slots not handed over in time; telling the nodes anyway"
+                    );
+                    self.tell_nodes(drain, now);
+                }
+            }
+            DrainPhase::Told { close_at } => {
+                let health = self.health();
+                let open: usize = health.iter().flatten().map(|shard| shard.connections).sum();
+                if open == 0 && health.iter().all(Option::is_some) {
+                    tracing::info!("draining: every node left");
+                    drain.phase = DrainPhase::Done;
+                } else if now >= close_at {
+                    tracing::info!("draining: the window is over; closing {open} connections");
+                    drain.phase = DrainPhase::Done;
+                }
+            }
+            DrainPhase::Done => {}
+        }
+        drain.phase == DrainPhase::Done
+    }
+
+    fn tell_nodes(&self, drain: &mut Drain, now: Instant) {
+        let reason: Arc<str> = Arc::from("the router is stopping (lame-duck drain)");
+        for link in &self.links {
+            send_control(
+                link,
+                Control::Drain {
+                    window: drain.window,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        let close_at = (now + drain.window + DRAIN_CLOSE_MARGIN).min(drain.deadline);
+        drain.phase = DrainPhase::Told { close_at };
+    }
+
+    /// Every shard's readiness (`None`: it did not answer in time).
+    pub fn health(&self) -> Vec<Option<crate::core::report::ShardHealth>> {
+        let replies: Vec<_> = self
+            .links
+            .iter()
+            .map(|link| {
+                let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+                send_control(link, Control::Health(reply_tx)).then_some(reply_rx)
+            })
+            .collect();
+        replies
+            .into_iter()
+            .map(|reply| reply?.recv_timeout(crate::limits::ADMIN_DEADLINE).ok())
+            .collect()
     }
 
     fn stop(&mut self) {

@@ -58,6 +58,7 @@ fn bad_flags_exit_with_a_message() {
 fn serves_nodes_after_the_ready_line_and_stops_on_sigterm() {
     let mut child = imrouter()
         .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+        .args(["--drain-window-ms", "300"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -99,6 +100,9 @@ fn serves_nodes_after_the_ready_line_and_stops_on_sigterm() {
 
     // SAFETY: sending a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // SIGTERM drains: the node is told, and (as it stays) closed when the
+    // window is over.
+    assert_eq!(node.recv(), Frame::Draining { window_ms: 300 });
     let (code, _) = node
         .wire
         .error_then_close()
@@ -290,6 +294,7 @@ fn settings_come_from_file_env_and_flags_and_sighup_reloads_what_it_can() {
             &config,
             format!(
                 "listen = \"{addr}\"\nshards = 1\nadmin-listen = \"off\"\nlog_level = \"{level}\"\n\
+                 drain-window-ms = 300\n\
                  max-frame-bytes = {frame}\nauth-token-file = \"{}\"\n",
                 token.display()
             ),

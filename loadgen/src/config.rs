@@ -205,6 +205,9 @@ pub enum ScenarioName {
     /// the generator starts (see `cluster`).
     Cluster,
     RouterKill,
+    /// SIGTERM of one router: it drains (hands its slots over, tells the
+    /// nodes, waits for them to leave) and exits.
+    RouterDrain,
     RouterPause,
     Partition,
     Rebalance,
@@ -218,6 +221,7 @@ impl ScenarioName {
             self,
             ScenarioName::Cluster
                 | ScenarioName::RouterKill
+                | ScenarioName::RouterDrain
                 | ScenarioName::RouterPause
                 | ScenarioName::Partition
                 | ScenarioName::Rebalance
@@ -467,6 +471,7 @@ impl Plan {
             ScenarioName::Restart => "restart",
             ScenarioName::Cluster => "cluster",
             ScenarioName::RouterKill => "router-kill",
+            ScenarioName::RouterDrain => "router-drain",
             ScenarioName::RouterPause => "router-pause",
             ScenarioName::Partition => "partition",
             ScenarioName::Rebalance => "rebalance",

@@ -292,6 +292,15 @@ fn router_kill() {
     }
 }
 
+/// A router told to stop (SIGTERM) drains: it hands its slots over, its
+/// nodes leave it, it exits; nothing is lost, no failover is needed.
+#[test]
+fn router_drain() {
+    if let Some(text) = cluster_scenario("router-drain") {
+        assert!(text.contains("SIGTERM r2 (drain)"), "{text}");
+    }
+}
+
 #[test]
 fn router_pause() {
     if let Some(text) = cluster_scenario("router-pause") {

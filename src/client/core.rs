@@ -154,6 +154,12 @@ pub enum Incoming<'a> {
         code: fb::ErrorCode,
         text: &'a str,
     },
+    /// The router is about to stop (lame-duck drain): leave it within
+    /// `window_ms` (docs/PROTOCOL.md, "Draining").
+    Draining {
+        window_ms: u32,
+        reason: &'a str,
+    },
 }
 
 /// Something the router sent that no router may send.
@@ -986,6 +992,13 @@ fn incoming<'a>(
         fb::Body::Pong => Incoming::Pong {
             nonce: envelope.body_as_pong().expect("body type").nonce(),
         },
+        fb::Body::Draining => {
+            let draining = envelope.body_as_draining().expect("body type");
+            Incoming::Draining {
+                window_ms: draining.window_ms(),
+                reason: draining.reason().unwrap_or(""),
+            }
+        }
         fb::Body::Error => {
             *state = State::Failed;
             let error = envelope.body_as_error().expect("body type");

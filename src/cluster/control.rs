@@ -34,6 +34,8 @@ use crate::time::Clock;
 pub struct ControlPlane {
     stop: Arc<Notify>,
     stopped: Arc<AtomicBool>,
+    /// This router drains: ask the controller to move its slots away.
+    drain: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -48,7 +50,12 @@ impl ControlPlane {
     ) -> std::io::Result<ControlPlane> {
         let stop = Arc::new(Notify::new());
         let stopped = Arc::new(AtomicBool::new(false));
-        let (thread_stop, thread_stopped) = (stop.clone(), stopped.clone());
+        let drain = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            stop: stop.clone(),
+            stopped: stopped.clone(),
+            drain: drain.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("imrouter-control".into())
             .spawn(move || {
@@ -56,25 +63,26 @@ impl ControlPlane {
                     .enable_all()
                     .build()
                     .expect("a tokio runtime");
-                runtime.block_on(run(
-                    etcd,
-                    config,
-                    clock,
-                    links,
-                    directory,
-                    thread_stop,
-                    thread_stopped,
-                ));
+                runtime.block_on(run(etcd, config, clock, links, directory, flags));
             })?;
         Ok(ControlPlane {
             stop,
             stopped,
+            drain,
             thread: Some(thread),
         })
     }
 
     /// Revokes the lease (the other routers take this one's slots at
     /// once, not a TTL later) and stops the thread.
+    /// Asks the controller to move this router's slots to the others (the
+    /// `drain/<id>` key `imrouter cluster drain` writes, here under this
+    /// router's lease, so that it goes with the router).
+    pub fn drain_self(&self) {
+        // The control loop looks at it at least every 100 ms.
+        self.drain.store(true, Ordering::SeqCst);
+    }
+
     pub fn stop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.stop.notify_one();
@@ -90,16 +98,33 @@ impl Drop for ControlPlane {
     }
 }
 
+/// What the router tells its control-plane thread.
+struct Flags {
+    /// Stop now (and `stopped` stays set).
+    stop: Arc<Notify>,
+    stopped: Arc<AtomicBool>,
+    /// Ask for this router's slots to be moved away (a drain).
+    drain: Arc<AtomicBool>,
+}
+
 async fn run(
     etcd: Vec<String>,
     config: MemberConfig,
     clock: Clock,
     links: Vec<ShardLink>,
     directory: Arc<Directory>,
-    stop: Arc<Notify>,
-    stopped: Arc<AtomicBool>,
+    flags: Flags,
 ) {
+    let Flags {
+        stop,
+        stopped,
+        drain,
+    } = flags;
     let timeout = Duration::from_millis(config.request_timeout_ms());
+    let prefix = config.prefix();
+    // Set while the drain key is written (or being written); a failed
+    // write clears it, and the next turn tries again.
+    let drain_written = Arc::new(AtomicBool::new(false));
     let options = ConnectOptions::new()
         .with_connect_timeout(timeout)
         .with_timeout(timeout)
@@ -157,6 +182,23 @@ async fn run(
         }
         if let Some(view) = views.next(&member) {
             publish(&links, view);
+        }
+        if drain.load(Ordering::SeqCst) && !drain_written.load(Ordering::SeqCst) {
+            if let Some(id) = member.id() {
+                drain_written.store(true, Ordering::SeqCst);
+                let (mut client, key) = (client.clone(), format!("{prefix}drain/{id:016x}"));
+                let written = drain_written.clone();
+                tokio::spawn(async move {
+                    let options = PutOptions::new().with_lease(id as i64);
+                    if let Err(error) = client.put(key, "", Some(options)).await {
+                        tracing::warn!(
+                            "cluster: asking for this router's drain: {error}; retrying"
+                        );
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        written.store(false, Ordering::SeqCst);
+                    }
+                });
+            }
         }
         let events = member.take_node_events();
         if !events.is_empty() {

@@ -26,6 +26,10 @@ use crate::limits::{
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
 };
 use crate::limits::{
+    DRAIN_WINDOW_MS_DEFAULT, DRAIN_WINDOW_MS_MAX, SHUTDOWN_TIMEOUT_MS_DEFAULT,
+    SHUTDOWN_TIMEOUT_MS_MAX,
+};
+use crate::limits::{
     LEASE_TTL_MS_DEFAULT, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, REBALANCE_BATCH_SLOTS,
     REBALANCE_INTERVAL_MS, REBUILD_TIMEOUT_MS_DEFAULT, ROUTER_ADDR_MAX, ROUTER_NAME_MAX,
 };
@@ -59,6 +63,11 @@ pub enum Command {
     /// /nodez): connections, sessions, output-buffer bytes, Busy verdicts
     /// given, slow-consumer disconnects and the last Pong, per node.
     Nodes(NodesArgs),
+    /// Make a running router drain and stop (as SIGUSR2 does): it stops
+    /// accepting, hands its slots to the others (in a cluster), tells its
+    /// nodes to leave within --drain-window-ms, then exits. Through its
+    /// admin port.
+    Drain(DrainArgs),
     /// Look at a cluster of routers, or move a router's slots away before
     /// it stops, through the cluster's etcd (a build with `--features
     /// cluster`).
@@ -113,6 +122,18 @@ pub struct NodesArgs {
     pub timeout_ms: u64,
 }
 
+/// Flags of `imrouter drain`.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// The router's admin port (--admin-listen).
+    #[arg(long, default_value = "127.0.0.1:7801", value_name = "ADDR")]
+    pub router: String,
+
+    /// How long to wait for the router's answer, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
 /// Flags of `imrouter locate`.
 #[derive(Debug, Clone, Args)]
 pub struct LocateArgs {
@@ -156,6 +177,16 @@ pub struct ServeArgs {
     /// address is in use.
     #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
     pub listen: String,
+
+    /// How long nodes get to leave when the router drains (SIGTERM, SIGUSR2,
+    /// `imrouter drain`): each is told to go at a random moment within it.
+    #[arg(long, default_value_t = DRAIN_WINDOW_MS_DEFAULT, value_name = "MS")]
+    pub drain_window_ms: u64,
+
+    /// The longest a drain takes before the router closes the connections
+    /// left and exits; a second SIGTERM or SIGINT exits at once.
+    #[arg(long, default_value_t = SHUTDOWN_TIMEOUT_MS_DEFAULT, value_name = "MS")]
+    pub shutdown_timeout_ms: u64,
 
     /// A TOML file of settings: each key a flag's long name (`listen =
     /// "0.0.0.0:7800"`, `max-frame-bytes = 65536`). The environment and
@@ -343,6 +374,10 @@ pub struct Config {
     /// The log's level (checked) and format.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// How long nodes get to leave a draining router.
+    pub drain_window: Duration,
+    /// The longest a drain takes.
+    pub shutdown_timeout: Duration,
     /// The CPU of each shard; `cpus.len()` is the shard count, 1 to
     /// `SHARDS_MAX`.
     pub cpus: Vec<usize>,
@@ -400,6 +435,8 @@ impl fmt::Debug for Config {
             .field("admin", &self.admin)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
+            .field("drain_window", &self.drain_window)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .field("cpus", &self.cpus)
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("out_buffer_bytes", &self.out_buffer_bytes)
@@ -456,6 +493,8 @@ impl Config {
         }
         live! {
             log_level => "log-level",
+            drain_window => "drain-window-ms",
+            shutdown_timeout => "shutdown-timeout-ms",
             auth_token => "auth-token-file",
             reconnect_grace => "reconnect-grace-ms",
             node_timeout => "node-timeout-ms",
@@ -625,6 +664,16 @@ impl Config {
         };
         let cluster = cluster_config(args)?;
         let admin = admin_addr(args.admin_listen.as_deref(), listen)?;
+        if args.drain_window_ms > DRAIN_WINDOW_MS_MAX {
+            return Err(ConfigError::new(format!(
+                "--drain-window-ms must be at most {DRAIN_WINDOW_MS_MAX}"
+            )));
+        }
+        if args.shutdown_timeout_ms > SHUTDOWN_TIMEOUT_MS_MAX {
+            return Err(ConfigError::new(format!(
+                "--shutdown-timeout-ms must be at most {SHUTDOWN_TIMEOUT_MS_MAX}"
+            )));
+        }
         crate::logging::parse_level(&args.log_level)
             .map_err(|error| ConfigError::new(format!("--log-level: {error}")))?;
         Ok(Config {
@@ -632,6 +681,8 @@ impl Config {
             admin,
             log_level: args.log_level.trim().to_string(),
             log_format: args.log_format,
+            drain_window: Duration::from_millis(args.drain_window_ms),
+            shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
             cpus,
             frame_bytes_max: args.max_frame_bytes,
             out_buffer_bytes: args.out_buffer_bytes,

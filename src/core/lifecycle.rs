@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use super::directory::{Detached, MembershipEvent, Superseded};
 use crate::limits::{PROTOCOL_VERSION, SLOT_COUNT};
 use crate::table::NodeId;
@@ -30,7 +32,7 @@ impl ShardCore {
     /// node process has a connection (to resume it), else the shard with
     /// the fewest connections that has room.
     pub fn place(&self, hello: &Hello) -> Result<usize, Close> {
-        if self.shutting_down {
+        if self.shutting_down || self.draining {
             return Err(shutting_down());
         }
         let wanted = hello.shard.or_else(|| {
@@ -82,7 +84,7 @@ impl ShardCore {
             core.counters.connections_refused += 1;
             Err(close)
         };
-        if self.shutting_down {
+        if self.shutting_down || self.draining {
             return refuse(self, shutting_down());
         }
         // The same process's connection on this shard (suspended, or open
@@ -649,6 +651,41 @@ impl ShardCore {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
+    }
+
+    /// The router begins to stop (lame duck): every open connection is
+    /// told with a Draining frame to leave within `window`; new Hellos are
+    /// refused (ShuttingDown). Connections that stay are closed by
+    /// `shutdown` at the end. Draining twice tells nobody twice.
+    pub fn drain(&mut self, window: Duration, reason: &str, now: Time) {
+        self.outboxes.set_now(now);
+        if self.draining || self.shutting_down {
+            return;
+        }
+        self.draining = true;
+        let window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        let mut told = 0;
+        for index in 0..self.conns.slot_count() {
+            let Some(id) = self.conns.id_at(index) else {
+                continue;
+            };
+            if !self.conns.get(id).is_some_and(|conn| conn.is_open()) {
+                continue;
+            }
+            sink!(self).control_to(id, |encoder, out| {
+                out.extend_from_slice(encoder.draining(window_ms, reason))
+            });
+            told += 1;
+        }
+        self.counters.drain_notices += told;
+        self.log.line(format!(
+            "draining: {told} connections told to leave within {window_ms} ms"
+        ));
+        self.finish_operation(now);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 }
 

@@ -259,6 +259,9 @@ pub struct ShardCore {
     /// The next liveness check.
     next_tick: Time,
     shutting_down: bool,
+    /// Told to drain: new Hellos are refused, and every open connection
+    /// was sent a Draining frame.
+    draining: bool,
     /// Connections closed during the current operation (for the log).
     closed: Vec<(ConnId, Close)>,
     /// Outcomes and answers of Fanouts coordinated here, produced here.
@@ -348,6 +351,7 @@ impl ShardCore {
             next_token: 1,
             next_tick: now + config.heartbeat,
             shutting_down: false,
+            draining: false,
             closed: Vec::new(),
             fanout_reports: Vec::new(),
             fanout_answers: Vec::new(),

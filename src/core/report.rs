@@ -120,7 +120,7 @@ impl ShardCore {
             fenced: !slots.is_alone() && slots.is_fenced(now),
             slots_held,
             slots_not_ready,
-            shutting_down: self.shutting_down,
+            shutting_down: self.shutting_down || self.draining,
             connections: self.conns.len(),
         }
     }

@@ -102,6 +102,8 @@ counters! {
     /// A Fanout's recipients in slots this router did not serve (listed in
     /// `moved_users` for the sender to send again).
     fanout_recipients_moved,
+    /// Draining frames sent (connections told to leave before a stop).
+    drain_notices,
     /// Node connections that completed the Hello/Welcome handshake here.
     connections_opened,
     /// Node connections closed here, for any reason.

@@ -50,6 +50,12 @@ pub enum Control {
     Nodes(Sender<crate::core::report::NodesReport>),
     /// Close every connection and stop.
     Shutdown,
+    /// Lame duck: stop accepting connections, tell every node to leave
+    /// within the window (a Draining frame with the reason).
+    Drain {
+        window: std::time::Duration,
+        reason: Arc<str>,
+    },
     /// A reload: run with this configuration (see `Config::reloaded`).
     Reconfigure(Arc<crate::config::Config>),
     /// The cluster's control plane: what this router may serve now.

@@ -79,6 +79,9 @@ pub struct Driver {
     pub handshakes: Cell<usize>,
     /// Sockets served by connection tasks here.
     pub sockets: Cell<usize>,
+    /// The task accepting connections (dropped, closing this shard's
+    /// listening socket, when the router drains or stops).
+    acceptor: RefCell<Option<glommio::Task<()>>>,
 }
 
 impl Driver {
@@ -103,6 +106,7 @@ impl Driver {
             read_buffer_bytes,
             handshakes: Cell::new(0),
             sockets: Cell::new(0),
+            acceptor: RefCell::new(None),
         }
     }
 
@@ -210,8 +214,10 @@ impl Driver {
         }
     }
 
+    /// Stopping or draining: no new connection is served.
     pub fn is_shutting_down(&self) -> bool {
-        self.core.borrow().is_shutting_down()
+        let core = self.core.borrow();
+        core.is_shutting_down() || core.is_draining()
     }
 
     /// Hands the outboxes off, retrying while a target channel is full.
@@ -360,13 +366,30 @@ impl Driver {
                 let _ = reply.try_send(self.core.borrow().nodes_report(self.clock.now()));
             }
             Control::Shutdown => {
+                self.stop_accepting();
                 self.with_core(|core, now| core.shutdown(now));
                 self.stopped.notify();
+            }
+            Control::Drain { window, reason } => {
+                self.stop_accepting();
+                self.with_core(|core, now| core.drain(window, &reason, now));
             }
             Control::Reconfigure(config) => self.with_core(|core, _| core.reconfigure(config)),
             Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
             Control::Members(update) => self.with_core(|core, _| core.apply_members(&update)),
         }
+    }
+
+    /// Runs `task` as this shard's acceptor (see `stop_accepting`).
+    pub fn set_acceptor(&self, task: glommio::Task<()>) {
+        *self.acceptor.borrow_mut() = Some(task);
+    }
+
+    /// Cancels the acceptor: its listening socket closes with it (once
+    /// every shard's is closed, new connections are refused by the kernel
+    /// rather than queued for a router that will not serve them).
+    fn stop_accepting(&self) {
+        drop(self.acceptor.borrow_mut().take());
     }
 
     /// The core's counters and gauges, with the inbox's depths.
@@ -395,6 +418,7 @@ impl Driver {
         };
         let deadline = glommio::timer::sleep(crate::limits::SHUTDOWN_GRACE);
         futures_lite::future::or(all_closed, deadline).await;
+        self.stop_accepting();
     }
 }
 

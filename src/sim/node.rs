@@ -277,6 +277,7 @@ impl SimNode {
                     self.index
                 ))),
                 Incoming::Broadcast(_)
+                | Incoming::Draining { .. }
                 | Incoming::Ping { .. }
                 | Incoming::Ack { .. }
                 | Incoming::Pong { .. }

@@ -528,6 +528,15 @@ impl Encoder {
         self.finish(fb::Body::Pong, body.as_union_value())
     }
 
+    /// A Draining: the router stops after `window_ms` (router to node).
+    pub fn draining(&mut self, window_ms: u32, reason: &str) -> &[u8] {
+        self.builder.reset();
+        let b = &mut self.builder;
+        let reason = Some(b.create_string(reason));
+        let body = fb::Draining::create(b, &fb::DrainingArgs { window_ms, reason });
+        self.finish(fb::Body::Draining, body.as_union_value())
+    }
+
     /// An Ack: the node received and processed `received` stream bytes.
     pub fn ack(&mut self, received: u64) -> &[u8] {
         self.builder.reset();

@@ -839,10 +839,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for LeftReason {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 25;
+pub const ENUM_MAX_BODY: u8 = 26;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 26] = [
+pub const ENUM_VALUES_BODY: [Body; 27] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -869,6 +869,7 @@ pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::Ack,
   Body::SlotMap,
   Body::Moved,
+  Body::Draining,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -902,9 +903,10 @@ impl Body {
   pub const Ack: Self = Self(23);
   pub const SlotMap: Self = Self(24);
   pub const Moved: Self = Self(25);
+  pub const Draining: Self = Self(26);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 25;
+  pub const ENUM_MAX: u8 = 26;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -932,6 +934,7 @@ impl Body {
     Self::Ack,
     Self::SlotMap,
     Self::Moved,
+    Self::Draining,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -962,6 +965,7 @@ impl Body {
       Self::Ack => Some("Ack"),
       Self::SlotMap => Some("SlotMap"),
       Self::Moved => Some("Moved"),
+      Self::Draining => Some("Draining"),
       _ => None,
     }
   }
@@ -5522,6 +5526,128 @@ impl ::core::fmt::Debug for Publish<'_> {
       ds.finish()
   }
 }
+pub enum DrainingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Router to node (protocol 3): this router is about to stop (lame-duck
+/// drain). It accepts no new connections and, in a cluster, has handed
+/// its slots to the others already. The node closes this connection with
+/// a Goodbye at a random moment within `window_ms` (so that thousands of
+/// nodes do not reconnect at once) and connects again later (to this
+/// address, or to the routers of the newest slot map); Routes still
+/// without a Status then are sent again, as after any lost connection.
+/// At the end of the window the router closes what is left with Error
+/// ShuttingDown.
+pub struct Draining<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Draining<'a> {
+  type Inner = Draining<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Draining<'a> {
+  pub const VT_WINDOW_MS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REASON: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Draining { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DrainingArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Draining<'bldr>> {
+    let mut builder = DrainingBuilder::new(_fbb);
+    if let Some(x) = args.reason { builder.add_reason(x); }
+    builder.add_window_ms(args.window_ms);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn window_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Draining::VT_WINDOW_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reason(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Draining::VT_REASON, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Draining<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("window_ms", Self::VT_WINDOW_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("reason", Self::VT_REASON, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DrainingArgs<'a> {
+    pub window_ms: u32,
+    pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for DrainingArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DrainingArgs {
+      window_ms: 0,
+      reason: None,
+    }
+  }
+}
+
+pub struct DrainingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DrainingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_window_ms(&mut self, window_ms: u32) {
+    self.fbb_.push_slot::<u32>(Draining::VT_WINDOW_MS, window_ms, 0);
+  }
+  #[inline]
+  pub fn add_reason(&mut self, reason: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Draining::VT_REASON, reason);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DrainingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DrainingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Draining<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Draining<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Draining");
+      ds.field("window_ms", &self.window_ms());
+      ds.field("reason", &self.reason());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6060,6 +6186,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_draining(&self) -> Option<Draining<'a>> {
+    if self.body_type() == Body::Draining {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Draining::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -6095,6 +6236,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Ack => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Ack>>("Body::Ack", pos),
           Body::SlotMap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SlotMap>>("Body::SlotMap", pos),
           Body::Moved => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Moved>>("Body::Moved", pos),
+          Body::Draining => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Draining>>("Body::Draining", pos),
           _ => Ok(()),
         }
      })?
@@ -6319,6 +6461,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Moved => {
           if let Some(x) = self.body_as_moved() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Draining => {
+          if let Some(x) = self.body_as_draining() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -99,6 +99,9 @@ pub enum Frame {
         code: fb::ErrorCode,
         text: String,
     },
+    Draining {
+        window_ms: u32,
+    },
     Broadcast {
         from_node: String,
         payload: Vec<u8>,
@@ -231,6 +234,7 @@ impl Frame {
                 code,
                 text: text.to_string(),
             },
+            Incoming::Draining { window_ms, .. } => Frame::Draining { window_ms },
             Incoming::SessionSyncAck(a) => Frame::SessionSyncAck {
                 generation: a.generation(),
                 added: a.added(),

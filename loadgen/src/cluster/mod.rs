@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `cluster` | none: steady traffic, for the router CPU per message |
 //! | `router-kill` | SIGKILL of one router at 40% of the traffic |
+//! | `router-drain` | SIGTERM of one router at 40%: it hands its slots over, tells its nodes to leave (within 2 s), and exits |
 //! | `router-pause` | SIGSTOP of one router at 30% for the lease TTL + 1.5 s, then SIGCONT |
 //! | `partition` | one router cut from etcd at 20% for the TTL + 1.5 s; node 0 cut from another router at 60% for 4 s |
 //! | `rebalance` | a fourth router started at 15%; the first one drained (`imrouter cluster drain`) at 55% |
@@ -277,6 +278,10 @@ impl Cluster {
         options.shards = self.plan.router_shards;
         options.lease_ttl_ms = self.plan.lease_ttl_ms;
         options.cpus = self.plan.router_cpus.clone();
+        // A router told to stop (router-drain) gives its nodes 2 s to leave.
+        options
+            .extra
+            .extend(["--drain-window-ms", "2000"].map(String::from));
         let router =
             RouterProcess::start(&options).map_err(|e| format!("starting router {name}: {e}"))?;
         self.pids.push(router.pid());
@@ -995,6 +1000,7 @@ fn coordinate(
     #[derive(Debug)]
     enum Action {
         Kill(usize),
+        Term(usize),
         Stop(usize),
         Continue(usize),
         CutEtcd(usize, bool),
@@ -1004,6 +1010,7 @@ fn coordinate(
     }
     let mut actions: Vec<(u64, Action)> = match plan.scenario {
         ScenarioName::RouterKill => vec![(at(0.4), Action::Kill(1))],
+        ScenarioName::RouterDrain => vec![(at(0.4), Action::Term(1))],
         ScenarioName::RouterPause => vec![
             (at(0.3), Action::Stop(1)),
             (at(0.3) + ttl_ns + 1_500_000_000, Action::Continue(1)),
@@ -1060,6 +1067,11 @@ fn coordinate(
                 Action::Kill(i) => {
                     cluster.kill(i);
                     (format!("SIGKILL {}", name(i)), true)
+                }
+                Action::Term(i) => {
+                    cluster.cpu_final[i] = local::cpu_seconds(cluster.pids[i]);
+                    cluster.router(i).signal(libc::SIGTERM);
+                    (format!("SIGTERM {} (drain)", name(i)), true)
                 }
                 Action::Stop(i) => {
                     cluster.router(i).signal(libc::SIGSTOP);

@@ -26,6 +26,7 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
         // Refused by `Plan::from_args`: they run in `cluster::main`.
         ScenarioName::Cluster
         | ScenarioName::RouterKill
+        | ScenarioName::RouterDrain
         | ScenarioName::RouterPause
         | ScenarioName::Partition
         | ScenarioName::Rebalance => unreachable!("a cluster scenario in the glommio generator"),

@@ -377,7 +377,10 @@ fn handle(node: &SimNode, incoming: Incoming<'_>) {
             format!("the router moved a {:?}", fb::Body(moved.request())),
         ),
         // Membership and broadcasts concern real nodes, not the workload.
-        Incoming::Ping { .. }
+        // A router alone that drains keeps serving until it closes the
+        // connection; the node reconnects as after any close.
+        Incoming::Draining { .. }
+        | Incoming::Ping { .. }
         | Incoming::Ack { .. }
         | Incoming::Pong { .. }
         | Incoming::NodeEvent(_)

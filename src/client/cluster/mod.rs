@@ -190,6 +190,11 @@ pub struct Link {
     refused: SlotSet,
     /// A seed (not from the map): dropped once the map names the routers.
     seed: bool,
+    /// The router drains (a Draining frame): leave it at this moment (a
+    /// random one within its window), once it owns no slot.
+    leave_at: Option<Time>,
+    /// Do not connect to it again before this (it is stopping).
+    shunned_until: Time,
 }
 
 impl Link {
@@ -276,6 +281,8 @@ pub struct ClusterStats {
     pub duplicates_dropped: u64,
     pub resyncs: u64,
     pub maps: u64,
+    /// Draining routers this node left (with a Goodbye).
+    pub drained_routers_left: u64,
 }
 
 impl ClusterNode {
@@ -363,6 +370,8 @@ impl ClusterNode {
             resync: None,
             refused: SlotSet::empty(),
             seed,
+            leave_at: None,
+            shunned_until: Time::ZERO,
         };
         let id = self.next_link;
         self.next_link += 1;
@@ -441,8 +450,51 @@ impl ClusterNode {
         let jitter = self.jitter(backoff / 2);
         if let Some(link) = self.link_mut(id) {
             link.state = LinkState::Down {
-                retry_at: now + backoff / 2 + jitter,
+                retry_at: (now + backoff / 2 + jitter).max(link.shunned_until),
             };
+        }
+    }
+
+    /// Link `id`'s router drains: the node leaves it at a random moment
+    /// within `window` (spreading a thousand nodes' reconnects), with a
+    /// Goodbye, once the router owns no slot in the newest map (in a
+    /// cluster it hands them over first). A router alone keeps its slots:
+    /// the node stays until it closes, and connects again afterwards (to
+    /// the router that replaces it); Routes without an outcome are sent
+    /// again then, as after any lost stream.
+    fn draining(&mut self, id: LinkId, window: Duration, now: Time) {
+        let leave_at = now + self.jitter(window);
+        if let Some(link) = self.link_mut(id) {
+            link.leave_at = Some(leave_at);
+        }
+    }
+
+    /// Leaves draining routers whose moment came (see `draining`).
+    fn leave_drained(&mut self, now: Time) {
+        let leaving: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, link)| link.is_live() && link.leave_at.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in leaving {
+            let router = self.links[&id].router;
+            let owns_slots = match (&self.map, router) {
+                (Some(map), Some(router)) => !map.slots_of(router).is_empty(),
+                _ => true,
+            };
+            let link = self.links.get_mut(&id).expect("listed");
+            link.leave_at = None;
+            if owns_slots {
+                // Still serving (alone, or the hand-over did not finish):
+                // stay until it closes.
+                continue;
+            }
+            link.core.goodbye("the router drains");
+            // The router is stopping: not before a while (by then a new
+            // map without it has dropped the link).
+            link.shunned_until = now + self.config.reconnect_max;
+            self.stats.drained_routers_left += 1;
         }
     }
 
@@ -454,6 +506,9 @@ impl ClusterNode {
         for (_, link) in self.links() {
             if let LinkState::Down { retry_at } = link.state {
                 next = next.min(retry_at);
+            }
+            if let Some(at) = link.leave_at {
+                next = next.min(at);
             }
             if let Some(resync) = &link.resync {
                 if link.is_live() {
@@ -507,6 +562,7 @@ impl ClusterNode {
         for id in ids {
             self.resync_step(id, now);
         }
+        self.leave_drained(now);
     }
 
     // ----- Requests -----------------------------------------------------------
@@ -889,6 +945,10 @@ impl ClusterNode {
                     return Some(Ok(Polled::Handled));
                 }
                 self.node_event_seq = seq;
+            }
+            Summary::Draining { window } => {
+                self.draining(id, window, now);
+                return Some(Ok(Polled::Handled));
             }
             Summary::Control(incoming) => return Some(Ok(Polled::Frame(incoming))),
             Summary::Pass => {}
@@ -1303,6 +1363,9 @@ enum Summary {
     NodeEvent {
         seq: u64,
     },
+    Draining {
+        window: Duration,
+    },
     /// A frame with nothing borrowed (Ping, Pong, Ack): handed on as is
     /// (the core may have consumed it already).
     Control(Incoming<'static>),
@@ -1385,6 +1448,9 @@ fn summarize(incoming: &Incoming<'_>) -> Summary {
                 .collect(),
         },
         Incoming::NodeEvent(event) => Summary::NodeEvent { seq: event.seq() },
+        Incoming::Draining { window_ms, .. } => Summary::Draining {
+            window: Duration::from_millis(u64::from(*window_ms)),
+        },
         Incoming::Ping { nonce } => Summary::Control(Incoming::Ping { nonce: *nonce }),
         Incoming::Pong { nonce } => Summary::Control(Incoming::Pong { nonce: *nonce }),
         Incoming::Ack { received } => Summary::Control(Incoming::Ack {
