@@ -2,7 +2,7 @@
 """Resident memory a server spends per idle connection.
 
 imrouter mode (default): opens --count TCP connections to the router, each
-sending a Hello (protocol_version 1, node_name idle-<i>, incarnation 1,
+sending a Hello (protocol_version 3, node_name idle-<i>, incarnation 1,
 shard -1 by default), waits until every connection got its whole Welcome,
 waits --settle seconds, and reports the router's VmRSS before and after.
 
@@ -45,7 +45,7 @@ BODY_NAMES = [
 BODY_HELLO, BODY_WELCOME, BODY_ERROR = 1, 2, 11
 
 
-def hello_frame(node_name, incarnation=1, protocol_version=1, shard=-1):
+def hello_frame(node_name, incarnation=1, protocol_version=3, shard=-1):
     """One frame: u32 LE length (the flatbuffers size prefix), then a
     flatbuffer with file identifier IMR1 whose root Envelope has body Hello.
 
@@ -152,7 +152,7 @@ def self_test():
         assert struct.unpack_from("<I", frame)[0] == len(frame) - 4
         kind, body = envelope(frame)
         assert kind == BODY_HELLO
-        assert body.scalar(0, "H") == 1
+        assert body.scalar(0, "H") == 3
         assert body.string(1) == "idle-42"
         assert body.scalar(2, "Q") == 7
         assert body.scalar(4, "h", default=-1) == shard
@@ -334,7 +334,7 @@ def main():
             if args.nats:
                 sock.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
             else:
-                sock.sendall(hello_frame(f"{args.name_prefix}{i}", incarnation=1, protocol_version=1))
+                sock.sendall(hello_frame(f"{args.name_prefix}{i}", incarnation=1, protocol_version=3))
             sock.setblocking(False)
             conn = Conn(sock, i)
             conns.append(conn)

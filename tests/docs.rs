@@ -36,3 +36,30 @@ fn protocol_doc_test_vectors_hold() {
     }
     assert_eq!(shard_for_user(b"user-42", 8), 7);
 }
+
+/// docs/OPERATIONS.md describes every metric `/metrics` writes and every
+/// Error code a node can see.
+#[test]
+fn operations_doc_covers_every_metric_and_error_code() {
+    let doc = include_str!("../docs/OPERATIONS.md");
+    for name in imrouter::metrics::metric_names() {
+        // A histogram is documented once, by its family name.
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .filter(|family| imrouter::metrics::HISTOGRAM_NAMES.contains(family))
+            .unwrap_or(&name);
+        assert!(
+            doc.contains(&format!("`{family}`")),
+            "docs/OPERATIONS.md does not describe {family}"
+        );
+    }
+    for code in imrouter::wire::fb::ErrorCode::ENUM_VALUES {
+        let name = code.variant_name().unwrap();
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/OPERATIONS.md does not explain the Error code {name}"
+        );
+    }
+}
