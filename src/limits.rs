@@ -137,11 +137,37 @@ pub const CONNECTIONS_PER_SHARD_MAX_DEFAULT: usize = 4096;
 /// Ceiling for `--max-connections-per-shard`.
 pub const CONNECTIONS_PER_SHARD_MAX_CEILING: usize = 1 << 20;
 
-/// Sockets one shard holds in their handshake (accepted, Hello not read
-/// yet). Each costs a task and a 1 KiB buffer for at most `HELLO_TIMEOUT`;
-/// beyond it a new socket is refused with `RouterFull`, so a flood of
-/// silent sockets cannot exhaust memory.
+/// Default of `--max-handshakes-per-shard`: sockets one shard holds in
+/// their handshake (accepted, Hello not read yet). Each costs a task and a
+/// read buffer of at most `HELLO_BYTES_MAX` for at most `HELLO_TIMEOUT`.
+/// One more evicts the socket that has waited longest (closed without a
+/// word), so a flood of silent sockets costs a bounded amount of memory
+/// and never locks out a node that sends its Hello at once.
 pub const HANDSHAKES_PER_SHARD_MAX: usize = 1024;
+
+/// Ceiling of `--max-handshakes-per-shard`.
+pub const HANDSHAKES_PER_SHARD_CEILING: usize = 1 << 16;
+
+/// The largest Hello a router reads (length prefix excluded), whatever
+/// `--max-frame-bytes` is: a Hello needs a name (64 bytes), a token (1 KiB)
+/// and a few numbers. Larger is FrameTooLarge before it is read, so an
+/// unauthenticated socket never makes the router hold more than this.
+pub const HELLO_BYTES_MAX: usize = 4096;
+
+/// Default of `--max-connections`: sockets the whole router holds (node
+/// connections and handshakes). At a few kilobytes each when idle, 65,536
+/// stay far below the memory of a dedicated host; the file descriptor
+/// limit (`LimitNOFILE`) must be above it.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 65_536;
+
+/// Default of `--max-connections-per-source`: sockets from one IP
+/// address. An IM node holds at most one connection per shard (plus a
+/// reconnect's overlap); many node processes may share an address behind
+/// a NAT or a test host. One address cannot take the whole router.
+pub const CONNECTIONS_PER_SOURCE_MAX_DEFAULT: usize = 4096;
+
+/// Ceiling of `--max-connections` and `--max-connections-per-source`.
+pub const CONNECTIONS_MAX_CEILING: usize = 1 << 22;
 
 /// How long a new connection may take to send its Hello. A socket that
 /// says nothing holds a connection slot and a read buffer; this frees them.

@@ -156,7 +156,10 @@ fn nodes(args: &imrouter::config::NodesArgs) -> Result<String, String> {
 fn locate(args: &LocateArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let router = args.router_addr()?;
     let token = args.auth_token()?;
-    let name = format!("imrouter-locate-{}", std::process::id());
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("imrouter-locate-{}", std::process::id()));
     let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
     let mut config = NodeConfig::new(name, fresh_incarnation());
     config.auth_token = token;

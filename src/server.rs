@@ -47,7 +47,14 @@ impl Router {
         let (links, inboxes) = link::links(shard_count)
             .map_err(|error| StartError(format!("cross-core links: {error}")))?;
         let directory = Arc::new(Directory::new(config.nodes_max as usize, shard_count));
+        let admission = crate::node::admission::Admission::new(
+            config.connections_max,
+            config.connections_per_source_max,
+        );
         let router_id = random_u64();
+        // Never sent: a stream id (the secret that resumes a stream) must
+        // not be computable from what nodes see (the router id, tickets).
+        let stream_key = random_u64() ^ random_u64().rotate_left(17);
         // One clock for every shard and the control plane: the fence the
         // control plane computes is compared with the shards' time.
         let clock = Clock::new();
@@ -85,6 +92,7 @@ impl Router {
                 .map_err(|error| StartError(format!("listener for shard {index}: {error}")))?
                 .into();
             let (config, directory, links) = (config.clone(), directory.clone(), links.clone());
+            let admission = admission.clone();
             let executor = LocalExecutorBuilder::new(Placement::Fixed(config.cpus[index]))
                 .name(&format!("imrouter-shard-{index}"))
                 .io_memory(IO_MEMORY_BYTES)
@@ -106,8 +114,9 @@ impl Router {
                     // the glommio stream.
                     let bell =
                         unsafe { glommio::net::UnixStream::from_raw_fd(bell_fd.into_raw_fd()) };
-                    let core = ShardCore::new(index, config, directory, router_id, clock.now());
-                    let driver = Rc::new(Driver::new(core, clock, links, inbox));
+                    let mut core = ShardCore::new(index, config, directory, router_id, clock.now());
+                    core.set_stream_key(stream_key);
+                    let driver = Rc::new(Driver::new(core, clock, links, inbox, admission));
                     driver.set_acceptor(glommio::spawn_local(crate::node::accept_loop(
                         driver.clone(),
                         listener,
@@ -250,6 +259,10 @@ impl RunningRouter {
         for link in &self.links {
             send_control(link, Control::Reconfigure(next.clone()));
         }
+        // A round trip through every shard's control queue (first in,
+        // first out): when it returns, each shard runs with the new
+        // settings, so that "reloaded" in the log means in force.
+        let _ = self.health();
         self.config = next;
         reload
     }

@@ -15,6 +15,7 @@ pub mod file;
 
 use crate::logging::LogFormat;
 use crate::table::LoginPolicy;
+use crate::wire::Auth;
 
 use crate::limits::{
     AUTH_TOKEN_BYTES_MAX, CONNECTIONS_PER_SHARD_MAX_CEILING, CONNECTIONS_PER_SHARD_MAX_DEFAULT,
@@ -24,6 +25,10 @@ use crate::limits::{
     OUT_BUFFER_BYTES_DEFAULT, OUT_BUFFER_BYTES_MIN, PARK_BYTES_MAX_DEFAULT, READ_BUFFER_BYTES_MIN,
     RECONNECT_GRACE_MS_DEFAULT, RECONNECT_GRACE_MS_MAX, SESSIONS_MAX_DEFAULT,
     SESSIONS_PER_USER_MAX_CEILING, SESSIONS_PER_USER_MAX_DEFAULT, SHARDS_MAX, TOPICS_MAX_DEFAULT,
+};
+use crate::limits::{
+    CONNECTIONS_MAX_CEILING, CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_SOURCE_MAX_DEFAULT,
+    HANDSHAKES_PER_SHARD_CEILING, HANDSHAKES_PER_SHARD_MAX,
 };
 use crate::limits::{
     DRAIN_WINDOW_MS_DEFAULT, DRAIN_WINDOW_MS_MAX, SHUTDOWN_TIMEOUT_MS_DEFAULT,
@@ -141,9 +146,14 @@ pub struct LocateArgs {
     #[arg(long, default_value = "127.0.0.1:7800", value_name = "ADDR")]
     pub router: String,
 
-    /// File holding the router's auth token, if it runs with one.
+    /// File holding the token to present, if the router runs with one
+    /// (with per-node tokens: the token of `--name`).
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
+
+    /// The node name to connect as. Default: imrouter-locate-<pid>.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 
     /// How long to wait for the router, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
@@ -252,8 +262,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SESSIONS_PER_USER_MAX_DEFAULT, value_name = "N")]
     pub max_sessions_per_user: u32,
 
-    /// File holding the token nodes must present in Hello (surrounding
-    /// whitespace ignored). Without it any node may connect, so keep the
+    /// File of the tokens nodes must present in Hello: one token alone
+    /// (shared by every node), or one `NAME TOKEN` line per node (then a
+    /// node may connect, resume and act only under its own name; a name
+    /// not listed is refused). Blank lines and `#` comments are skipped;
+    /// SIGHUP reads it again. Without it any node may connect, so keep the
     /// router on a private network.
     #[arg(long, value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
@@ -319,6 +332,23 @@ pub struct ServeArgs {
     /// it is refused with RouterFull.
     #[arg(long, default_value_t = CONNECTIONS_PER_SHARD_MAX_DEFAULT, value_name = "N")]
     pub max_connections_per_shard: usize,
+
+    /// Most sockets in the whole router: node connections and sockets that
+    /// have not sent their Hello yet. One more is refused (RouterFull) and
+    /// closed at once.
+    #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Most sockets from one IP address; one more is refused (RouterFull)
+    /// and closed at once.
+    #[arg(long, default_value_t = CONNECTIONS_PER_SOURCE_MAX_DEFAULT, value_name = "N")]
+    pub max_connections_per_source: usize,
+
+    /// Most sockets one shard lets wait for their Hello (at most 10 s each).
+    /// One more evicts the one that has waited longest, so silent sockets
+    /// cannot lock out a node that sends its Hello.
+    #[arg(long, default_value_t = HANDSHAKES_PER_SHARD_MAX, value_name = "N")]
+    pub max_handshakes_per_shard: usize,
 
     /// Join a cluster of routers coordinated by etcd at these endpoints
     /// (comma-separated URLs, `http://127.0.0.1:2379`). Without it the
@@ -392,7 +422,7 @@ pub struct Config {
     /// Sessions per user, 1 to `SESSIONS_PER_USER_MAX_CEILING`.
     pub sessions_per_user_max: u32,
     /// The token nodes must present, if any.
-    pub auth_token: Option<String>,
+    pub auth: Auth,
     /// Heartbeat interval, `HEARTBEAT_MS_MIN` to `HEARTBEAT_MS_MAX` ms.
     pub heartbeat: Duration,
     /// Silence after which a node is dead, at least two heartbeats.
@@ -410,6 +440,11 @@ pub struct Config {
     pub park_bytes_max: usize,
     /// Connections one shard serves, 1 to `CONNECTIONS_PER_SHARD_MAX_CEILING`.
     pub connections_per_shard_max: usize,
+    /// Sockets in the router, and from one address (`node::admission`).
+    pub connections_max: usize,
+    pub connections_per_source_max: usize,
+    /// Sockets one shard lets wait for their Hello.
+    pub handshakes_per_shard_max: usize,
     /// Set when the router is a member of a cluster.
     pub cluster: Option<ClusterConfig>,
     /// How long a gained slot waits for resyncs.
@@ -443,7 +478,7 @@ impl fmt::Debug for Config {
             .field("nodes_max", &self.nodes_max)
             .field("sessions_max", &self.sessions_max)
             .field("sessions_per_user_max", &self.sessions_per_user_max)
-            .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
+            .field("auth", &self.auth)
             .field("heartbeat", &self.heartbeat)
             .field("node_timeout", &self.node_timeout)
             .field("login_policy", &self.login_policy)
@@ -453,6 +488,12 @@ impl fmt::Debug for Config {
             .field("reconnect_grace", &self.reconnect_grace)
             .field("park_bytes_max", &self.park_bytes_max)
             .field("connections_per_shard_max", &self.connections_per_shard_max)
+            .field("connections_max", &self.connections_max)
+            .field(
+                "connections_per_source_max",
+                &self.connections_per_source_max,
+            )
+            .field("handshakes_per_shard_max", &self.handshakes_per_shard_max)
             .field("cluster", &self.cluster)
             .field("rebuild_timeout", &self.rebuild_timeout)
             .finish()
@@ -495,7 +536,7 @@ impl Config {
             log_level => "log-level",
             drain_window => "drain-window-ms",
             shutdown_timeout => "shutdown-timeout-ms",
-            auth_token => "auth-token-file",
+            auth => "auth-token-file",
             reconnect_grace => "reconnect-grace-ms",
             node_timeout => "node-timeout-ms",
             fanout_max => "fanout-max",
@@ -516,6 +557,9 @@ impl Config {
             warmup => "warmup-ms",
             park_bytes_max => "park-bytes-max",
             connections_per_shard_max => "max-connections-per-shard",
+            connections_max => "max-connections",
+            connections_per_source_max => "max-connections-per-source",
+            handshakes_per_shard_max => "max-handshakes-per-shard",
             cluster => "cluster settings",
             rebuild_timeout => "rebuild-timeout-ms",
         }
@@ -658,9 +702,30 @@ impl Config {
                 "--max-connections-per-shard must be 1 to {CONNECTIONS_PER_SHARD_MAX_CEILING}"
             )));
         }
-        let auth_token = match &args.auth_token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
+        for (flag, value, ceiling) in [
+            (
+                "--max-connections",
+                args.max_connections,
+                CONNECTIONS_MAX_CEILING,
+            ),
+            (
+                "--max-connections-per-source",
+                args.max_connections_per_source,
+                CONNECTIONS_MAX_CEILING,
+            ),
+            (
+                "--max-handshakes-per-shard",
+                args.max_handshakes_per_shard,
+                HANDSHAKES_PER_SHARD_CEILING,
+            ),
+        ] {
+            if !(1..=ceiling).contains(&value) {
+                return Err(ConfigError::new(format!("{flag} must be 1 to {ceiling}")));
+            }
+        }
+        let auth = match &args.auth_token_file {
+            Some(path) => read_auth(path)?,
+            None => Auth::Open,
         };
         let cluster = cluster_config(args)?;
         let admin = admin_addr(args.admin_listen.as_deref(), listen)?;
@@ -689,7 +754,7 @@ impl Config {
             nodes_max: args.max_nodes,
             sessions_max: args.max_sessions,
             sessions_per_user_max: args.max_sessions_per_user,
-            auth_token,
+            auth,
             heartbeat: Duration::from_millis(u64::from(args.heartbeat_ms)),
             node_timeout: Duration::from_millis(node_timeout_ms),
             login_policy: args.login_policy,
@@ -701,6 +766,9 @@ impl Config {
             reconnect_grace: Duration::from_millis(u64::from(args.reconnect_grace_ms)),
             park_bytes_max: args.park_bytes_max,
             connections_per_shard_max: args.max_connections_per_shard,
+            connections_max: args.max_connections,
+            connections_per_source_max: args.max_connections_per_source,
+            handshakes_per_shard_max: args.max_handshakes_per_shard,
             cluster,
             rebuild_timeout: Duration::from_millis(args.rebuild_timeout_ms),
         })
@@ -855,6 +923,15 @@ fn format_cpus(cpus: &[usize]) -> String {
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `--auth-token-file` of `serve`: one shared token, or `NAME TOKEN` lines.
+fn read_auth(path: &PathBuf) -> Result<Auth, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(format!("--auth-token-file {}: {error}", path.display()))
+    })?;
+    Auth::parse(&text)
+        .map_err(|error| ConfigError::new(format!("--auth-token-file {}: {error}", path.display())))
 }
 
 fn read_token(path: &PathBuf) -> Result<String, ConfigError> {

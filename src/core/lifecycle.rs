@@ -23,7 +23,7 @@ impl ShardCore {
     /// this router accepts.
     pub fn hello(&self, frame: &[u8]) -> Result<Hello, PeerFault> {
         let frame = self.verifier.verify(frame)?;
-        Hello::parse(frame, self.config.auth_token.as_deref(), self.shard_count)
+        Hello::parse(frame, &self.config.auth, self.shard_count)
     }
 
     /// Picks the shard that serves a connection whose Hello was read here,
@@ -105,6 +105,35 @@ impl ShardCore {
                         && conn.stream.id() == hello.stream
                 })
             });
+        // Unless names are authenticated (a token per node), a connection
+        // of the same process that is still open or suspended here is
+        // taken over only by a resume of its stream (whose id only that
+        // process has): the name and incarnation are no secret (Welcomes
+        // list them), so they alone must not hand anyone its sessions and
+        // its Delivers.
+        let taken = candidate.is_none()
+            && !matches!(self.config.auth, crate::wire::Auth::PerNode(_))
+            && self
+                .directory
+                .lookup(&hello.node_name)
+                .filter(|&(_, incarnation)| incarnation == hello.incarnation)
+                .and_then(|(node, _)| self.conns.of_node(node))
+                .and_then(|id| self.conns.get(id))
+                .is_some_and(|conn| {
+                    conn.incarnation == hello.incarnation
+                        && conn.state != LinkState::Closing
+                        && !conn.given_up
+                });
+        if taken {
+            let close = Close::error(
+                fb::ErrorCode::Unauthorized,
+                "this node process has a connection here already: a reconnect must resume it \
+                 (Hello.stream = its Welcome's stream)"
+                    .to_string(),
+                fb::LeftReason::Refused,
+            );
+            return refuse(self, close);
+        }
         if let Some(old) = candidate {
             let stream = &self.conns.get(old).expect("found").stream;
             if let Err(field) = stream.check_resume(hello.acks, hello.received) {
@@ -139,7 +168,7 @@ impl ShardCore {
         if resumed_from.is_none() {
             self.settle_superseded(node, attached.epoch, &attached.superseded);
         }
-        let mut stream = OutputStream::new(stream_id(self.router_id, attached.ticket), hello.acks);
+        let mut stream = OutputStream::new(stream_id(self.stream_key, attached.ticket), hello.acks);
         let mut delivered = Vec::new();
         let mut stream_offset = 0;
         let mut carried = None;
@@ -689,10 +718,12 @@ impl ShardCore {
     }
 }
 
-/// A stream's identity: different for every stream of every router
-/// process (its registration's ticket, mixed with the router's id).
-fn stream_id(router_id: u64, ticket: u64) -> u64 {
-    let mut z = router_id ^ ticket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// A stream's identity, and the secret that resumes it: different for
+/// every stream of every router process (its registration's ticket, mixed
+/// with the router's secret stream key, which is never sent). Only the
+/// node whose Welcome carried it can resume the stream.
+fn stream_id(stream_key: u64, ticket: u64) -> u64 {
+    let mut z = stream_key ^ ticket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)).max(1)

@@ -242,6 +242,10 @@ pub struct ShardCore {
     directory: Arc<Directory>,
     /// Random per router process, sent in Welcome.
     router_id: u64,
+    /// Keys stream ids (the secret that resumes a stream); never sent.
+    /// `router_id` until the driver sets a secret one
+    /// (`set_stream_key`): the simulation stays deterministic.
+    stream_key: u64,
     verifier: Verifier,
     limits: RequestLimits,
     owner: Owner,
@@ -370,8 +374,15 @@ impl ShardCore {
             per_node: out::PerNode::default(),
             directory,
             router_id,
+            stream_key: router_id,
             config,
         }
+    }
+
+    /// Keys this shard's stream ids with `key` (a random secret of the
+    /// router process, the same on every shard).
+    pub fn set_stream_key(&mut self, key: u64) {
+        self.stream_key = key;
     }
 
     pub fn index(&self) -> usize {
@@ -1435,6 +1446,16 @@ impl ShardCore {
     /// last call (a connection was suspended or given up).
     pub fn take_deadline_changed(&mut self) -> bool {
         std::mem::take(&mut self.conns.deadlines_changed)
+    }
+
+    /// Counts a socket closed to make room in the handshake queue.
+    pub fn count_handshake_evicted(&mut self) {
+        self.counters.handshakes_evicted += 1;
+    }
+
+    /// Counts a socket refused at accept (router-wide or per-source limit).
+    pub fn count_socket_refused(&mut self) {
+        self.counters.sockets_refused += 1;
     }
 
     /// Counts a connection handed to another shard after its Hello.

@@ -102,6 +102,12 @@ counters! {
     /// A Fanout's recipients in slots this router did not serve (listed in
     /// `moved_users` for the sender to send again).
     fanout_recipients_moved,
+    /// Sockets that waited longest for their Hello, closed to make room
+    /// for a new one (--max-handshakes-per-shard).
+    handshakes_evicted,
+    /// Sockets refused at accept: --max-connections or
+    /// --max-connections-per-source reached.
+    sockets_refused,
     /// Draining frames sent (connections told to leave before a stop).
     drain_notices,
     /// Node connections that completed the Hello/Welcome handshake here.

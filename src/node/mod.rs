@@ -17,6 +17,7 @@
 //! writes the bytes the core gives it, hands the core the bytes it reads,
 //! and does with the socket what the core says (`SocketAction`).
 
+pub mod admission;
 mod serve;
 
-pub use serve::{accept_loop, adopt};
+pub use serve::{accept_loop, adopt, Waiting};

@@ -14,7 +14,10 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::core::conns::ConnId;
 use crate::core::{Lost, SocketAction};
-use crate::limits::{CLOSE_LINGER, HANDSHAKES_PER_SHARD_MAX, HELLO_TIMEOUT};
+use crate::limits::{CLOSE_LINGER, HELLO_BYTES_MAX, HELLO_TIMEOUT};
+use crate::shard::signal::Signal;
+
+use super::admission::{Refusal, Ticket};
 use crate::shard::link::{Control, Handoff};
 use crate::shard::Driver;
 use crate::wire::{check, fb, Check, FrameError, Hello, PeerFault};
@@ -26,22 +29,70 @@ const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 /// Bytes read at a time before the Hello (a Hello is small).
 const HELLO_READ_BYTES: usize = 1024;
 
+/// How long a refused socket may take to accept its Error frame.
+const REFUSE_NOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bytes of each read while a closing connection lingers.
 const LINGER_READ_BYTES: usize = 4096;
 
-/// Counts a socket in its handshake against `HANDSHAKES_PER_SHARD_MAX`.
-struct HandshakeSlot(Rc<Driver>);
+/// A socket waiting for its Hello, in the shard's queue of them (oldest
+/// first): the one evicted when the queue is full and another arrives.
+#[derive(Default)]
+pub struct Waiting {
+    /// Its Hello was read (or it ended): not in the count any more.
+    done: std::cell::Cell<bool>,
+    /// Told to give up its place.
+    evicted: Signal,
+}
+
+/// Counts a socket in its handshake against `--max-handshakes-per-shard`
+/// and keeps its place in the queue.
+struct HandshakeSlot {
+    driver: Rc<Driver>,
+    waiting: Rc<Waiting>,
+}
 
 impl HandshakeSlot {
     fn new(driver: &Rc<Driver>) -> Self {
         driver.handshakes.set(driver.handshakes.get() + 1);
-        HandshakeSlot(driver.clone())
+        let waiting = Rc::new(Waiting::default());
+        let mut queue = driver.handshake_queue.borrow_mut();
+        // Entries of finished handshakes are skipped when evicting; drop
+        // them now and then, so the queue stays about as long as the count.
+        if queue.len() >= 2 * driver.handshakes_max() {
+            queue.retain(|waiting| !waiting.done.get());
+        }
+        queue.push_back(waiting.clone());
+        HandshakeSlot {
+            driver: driver.clone(),
+            waiting,
+        }
+    }
+
+    /// The Hello was read: the socket no longer waits (nor counts).
+    fn finish(&self) {
+        if !self.waiting.done.replace(true) {
+            self.driver.handshakes.set(self.driver.handshakes.get() - 1);
+        }
     }
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.0.handshakes.set(self.0.handshakes.get() - 1);
+        self.finish();
+    }
+}
+
+/// Makes room for one more socket in the handshake: the socket that has
+/// waited longest for its Hello is closed (silently: it said nothing).
+fn evict_oldest_handshake(driver: &Driver) {
+    let mut queue = driver.handshake_queue.borrow_mut();
+    while let Some(waiting) = queue.pop_front() {
+        if !waiting.done.get() {
+            waiting.evicted.notify();
+            driver.with_core(|core, _| core.count_handshake_evicted());
+            return;
+        }
     }
 }
 
@@ -51,7 +102,26 @@ pub async fn accept_loop(driver: Rc<Driver>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(handshake(driver.clone(), stream)).detach();
+                let source = stream
+                    .peer_addr()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| peer.ip());
+                match driver.admission.admit(source) {
+                    Ok(ticket) => {
+                        glommio::spawn_local(handshake(driver.clone(), stream, ticket)).detach();
+                    }
+                    Err(refusal) => {
+                        driver.with_core(|core, _| core.count_socket_refused());
+                        let text = match refusal {
+                            Refusal::RouterFull => {
+                                "the router has --max-connections sockets open; retry later"
+                            }
+                            Refusal::SourceFull => {
+                                "too many sockets from this address (--max-connections-per-source)"
+                            }
+                        };
+                        glommio::spawn_local(refuse_now(driver.clone(), stream, text)).detach();
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(shard = driver.index, "accept failed: {error}");
@@ -63,15 +133,11 @@ pub async fn accept_loop(driver: Rc<Driver>, listener: TcpListener) {
 
 /// Reads the Hello, then serves the connection here or hands it to the
 /// shard it belongs on.
-async fn handshake(driver: Rc<Driver>, mut stream: TcpStream) {
-    if driver.handshakes.get() >= HANDSHAKES_PER_SHARD_MAX {
-        let text = format!(
-            "shard {} has {HANDSHAKES_PER_SHARD_MAX} connections in their handshake; retry",
-            driver.index
-        );
-        return refuse(&driver, stream, fb::ErrorCode::RouterFull, &text).await;
+async fn handshake(driver: Rc<Driver>, mut stream: TcpStream, ticket: Ticket) {
+    if driver.handshakes.get() >= driver.handshakes_max() {
+        evict_oldest_handshake(&driver);
     }
-    let _slot = HandshakeSlot::new(&driver);
+    let slot = HandshakeSlot::new(&driver);
     if driver.is_shutting_down() {
         let text = "the router is shutting down";
         return refuse(&driver, stream, fb::ErrorCode::ShuttingDown, text).await;
@@ -81,9 +147,21 @@ async fn handshake(driver: Rc<Driver>, mut stream: TcpStream) {
         glommio::timer::sleep(HELLO_TIMEOUT).await;
         Err(Some(PeerFault::HelloRequired(None)))
     };
-    let max = driver.core().config().frame_bytes_max;
+    let evicted = async {
+        slot.waiting.evicted.wait().await;
+        Err(None)
+    };
+    // A Hello needs about a kilobyte: read it with a cap of its own, so that
+    // a socket that has not proved anything cannot make the router hold
+    // --max-frame-bytes for it.
+    let max = (HELLO_BYTES_MAX as u32).min(driver.core().config().frame_bytes_max);
     let mut input = Vec::new();
-    let first = or(read_first_frame(&mut stream, &mut input, max), timeout).await;
+    let first = or(
+        read_first_frame(&mut stream, &mut input, max),
+        or(timeout, evicted),
+    )
+    .await;
+    slot.finish();
     let hello_len = match first {
         Ok(len) => len,
         Err(Some(fault)) => {
@@ -105,10 +183,11 @@ async fn handshake(driver: Rc<Driver>, mut stream: TcpStream) {
         }
     };
     let pending = input.split_off(hello_len);
+    drop(slot);
     if target == driver.index {
-        open(driver, stream, hello, pending).await;
+        open(driver, stream, hello, pending, ticket).await;
     } else {
-        hand_off(driver, stream, hello, pending, target).await;
+        hand_off(driver, stream, hello, pending, target, ticket).await;
     }
 }
 
@@ -154,6 +233,7 @@ async fn hand_off(
     hello: Hello,
     pending: Vec<u8>,
     target: usize,
+    ticket: Ticket,
 ) {
     // SAFETY: the stream's fd is open for the duration of this borrow.
     let duplicate = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
@@ -165,8 +245,13 @@ async fn hand_off(
             return refuse(&driver, stream, fb::ErrorCode::RouterFull, &text).await;
         }
     };
-    let handoff = Handoff { fd, hello, pending };
-    match driver.links[target].try_control(Control::Adopt(handoff)) {
+    let handoff = Handoff {
+        fd,
+        hello,
+        pending,
+        ticket,
+    };
+    match driver.links[target].try_control(Control::Adopt(Box::new(handoff))) {
         Ok(()) => {
             driver.with_core(|core, _| core.count_handoff());
             // Dropping our stream closes only our descriptor; the target
@@ -181,15 +266,30 @@ async fn hand_off(
 }
 
 /// Serves a connection whose Hello another shard read.
-pub async fn adopt(driver: Rc<Driver>, handoff: Handoff) {
+pub async fn adopt(driver: Rc<Driver>, handoff: Box<Handoff>) {
     // SAFETY: the hand-off transferred ownership of this open socket.
     let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
-    open(driver, stream, handoff.hello, handoff.pending).await;
+    open(
+        driver,
+        stream,
+        handoff.hello,
+        handoff.pending,
+        handoff.ticket,
+    )
+    .await;
 }
 
 /// Opens the connection in the core (its place here is reserved) and
 /// serves it until it ends.
-async fn open(driver: Rc<Driver>, stream: TcpStream, hello: Hello, pending: Vec<u8>) {
+async fn open(
+    driver: Rc<Driver>,
+    stream: TcpStream,
+    hello: Hello,
+    pending: Vec<u8>,
+    ticket: Ticket,
+) {
+    // The socket's place (router-wide and per source) goes with it.
+    let _ticket = ticket;
     let peer = stream.peer_addr().ok();
     let opened = driver.with_core(|core, now| core.open(hello, peer, now));
     let id = match opened {
@@ -208,6 +308,20 @@ async fn open(driver: Rc<Driver>, stream: TcpStream, hello: Hello, pending: Vec<
     driver.with_core(|core, now| core.socket_released(id, now));
     driver.sockets.set(driver.sockets.get() - 1);
     driver.sockets_changed.notify_all();
+}
+
+/// Refuses a socket that was not admitted: an Error frame if the socket
+/// takes it at once, and a close, without waiting for the node (a flood of
+/// them must not pile up lingering tasks).
+async fn refuse_now(driver: Rc<Driver>, mut stream: TcpStream, text: &str) {
+    let frame = driver.with_core(|core, _| core.refusal(fb::ErrorCode::RouterFull, text));
+    let _ = or(
+        async {
+            let _ = stream.write_all(&frame).await;
+        },
+        glommio::timer::sleep(REFUSE_NOW_WRITE),
+    )
+    .await;
 }
 
 /// Sends an Error frame on a connection that never became a node

@@ -34,12 +34,14 @@ pub struct Handoff {
     pub hello: Hello,
     /// Bytes the node sent after its Hello, already read.
     pub pending: Vec<u8>,
+    /// Its place among the router's sockets.
+    pub ticket: crate::node::admission::Ticket,
 }
 
 /// Rare, out-of-band requests to one shard.
 pub enum Control {
     /// Serve this connection; its Hello was read on another shard.
-    Adopt(Handoff),
+    Adopt(Box<Handoff>),
     /// Send this shard's counters.
     Metrics(Sender<crate::metrics::ShardMetrics>),
     /// Send this shard's counters and latency histograms (`/metrics`).

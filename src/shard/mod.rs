@@ -77,6 +77,10 @@ pub struct Driver {
     read_buffer_bytes: usize,
     /// Sockets accepted here and still in their handshake.
     pub handshakes: Cell<usize>,
+    /// Those, oldest first (with finished ones not dropped yet).
+    pub handshake_queue: RefCell<std::collections::VecDeque<Rc<crate::node::Waiting>>>,
+    /// Router-wide and per-source socket counts.
+    pub admission: std::sync::Arc<crate::node::admission::Admission>,
     /// Sockets served by connection tasks here.
     pub sockets: Cell<usize>,
     /// The task accepting connections (dropped, closing this shard's
@@ -85,7 +89,13 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(core: ShardCore, clock: Clock, links: Vec<ShardLink>, inbox: Inbox) -> Self {
+    pub fn new(
+        core: ShardCore,
+        clock: Clock,
+        links: Vec<ShardLink>,
+        inbox: Inbox,
+        admission: std::sync::Arc<crate::node::admission::Admission>,
+    ) -> Self {
         let read_buffer_bytes = core.config().read_buffer_bytes();
         Driver {
             index: core.index(),
@@ -105,6 +115,8 @@ impl Driver {
             read_buffers: RefCell::new(Vec::new()),
             read_buffer_bytes,
             handshakes: Cell::new(0),
+            handshake_queue: RefCell::new(std::collections::VecDeque::new()),
+            admission,
             sockets: Cell::new(0),
             acceptor: RefCell::new(None),
         }
@@ -378,6 +390,11 @@ impl Driver {
             Control::View(view) => self.with_core(|core, now| core.apply_view(&view, now)),
             Control::Members(update) => self.with_core(|core, _| core.apply_members(&update)),
         }
+    }
+
+    /// Sockets this shard lets wait for their Hello at once.
+    pub fn handshakes_max(&self) -> usize {
+        self.core.borrow().config().handshakes_per_shard_max
     }
 
     /// Runs `task` as this shard's acceptor (see `stop_accepting`).

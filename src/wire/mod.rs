@@ -73,7 +73,7 @@ pub use encode::{
 };
 pub use frame::{check, frame_need, Check, Frame, FrameBuf, FrameError, Verifier};
 pub use request::{
-    body_name, Hello, InvalidField, Message, PeerFault, Request, RequestLimits, SessionClose,
+    body_name, Auth, Hello, InvalidField, Message, PeerFault, Request, RequestLimits, SessionClose,
     SessionOpen, SessionSync,
 };
 

@@ -15,7 +15,8 @@ use std::fmt;
 
 use super::{fb, Frame, FrameError, RouteFrame, ROUTE_FLAG_CARBON};
 use crate::limits::{
-    DEVICE_ID_BYTES_MAX, NODE_NAME_BYTES_MAX, PROTOCOL_VERSION, USER_ID_BYTES_MAX,
+    AUTH_TOKEN_BYTES_MAX, DEVICE_ID_BYTES_MAX, NODE_NAME_BYTES_MAX, PROTOCOL_VERSION,
+    USER_ID_BYTES_MAX,
 };
 
 /// A Route's fields, read in place from the frame.
@@ -565,11 +566,7 @@ pub struct Hello {
 impl Hello {
     /// Checks the first frame of a connection: a Hello, a version this
     /// router speaks, the right token, a usable name and an existing shard.
-    pub fn parse(
-        frame: Frame<'_>,
-        auth_token: Option<&str>,
-        shard_count: usize,
-    ) -> Result<Hello, PeerFault> {
+    pub fn parse(frame: Frame<'_>, auth: &Auth, shard_count: usize) -> Result<Hello, PeerFault> {
         let envelope = frame.envelope();
         let Some(hello) = envelope.body_as_hello() else {
             return Err(PeerFault::HelloRequired(Some(envelope.body_type())));
@@ -577,15 +574,12 @@ impl Hello {
         if hello.protocol_version() != PROTOCOL_VERSION {
             return Err(PeerFault::UnsupportedVersion(hello.protocol_version()));
         }
-        if let Some(token) = auth_token {
-            let presented = hello.auth_token().unwrap_or("");
-            if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-                return Err(PeerFault::Unauthorized);
-            }
-        }
         let name = hello.node_name();
         if !(1..=NODE_NAME_BYTES_MAX).contains(&name.len()) {
             return Err(InvalidField::NodeName { len: name.len() }.into());
+        }
+        if !auth.admits(name, hello.auth_token().unwrap_or("")) {
+            return Err(PeerFault::Unauthorized);
         }
         let shard = match hello.shard() {
             -1 => None,
@@ -612,6 +606,98 @@ impl Hello {
 /// attacker how much of a guessed token was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Who may connect, from `--auth-token-file`: anyone, the holders of one
+/// shared token, or each node by its own token (then a node's name is
+/// its identity: nobody else can connect, resume or evict under it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// No token file: any node (keep the router on a private network).
+    #[default]
+    Open,
+    /// One token every node presents.
+    Shared(String),
+    /// Each node's name and its token; a name not listed is refused.
+    PerNode(std::collections::BTreeMap<String, String>),
+}
+
+impl Auth {
+    /// Reads a token file: one token alone on its line (shared), or lines
+    /// `NAME TOKEN` (one per node). Blank lines and `#` comments are
+    /// skipped.
+    pub fn parse(text: &str) -> Result<Auth, String> {
+        let mut shared = None;
+        let mut nodes = std::collections::BTreeMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let check = |token: &str| {
+                if token.len() > AUTH_TOKEN_BYTES_MAX {
+                    Err(format!(
+                        "line {}: a token is at most {AUTH_TOKEN_BYTES_MAX} bytes",
+                        number + 1
+                    ))
+                } else {
+                    Ok(token.to_string())
+                }
+            };
+            match words[..] {
+                [token] if shared.is_none() && nodes.is_empty() => shared = Some(check(token)?),
+                [name, token] if shared.is_none() => {
+                    if name.len() > NODE_NAME_BYTES_MAX {
+                        return Err(format!(
+                            "line {}: a node name is at most {NODE_NAME_BYTES_MAX} bytes",
+                            number + 1
+                        ));
+                    }
+                    if nodes.insert(name.to_string(), check(token)?).is_some() {
+                        return Err(format!("line {}: {name} is listed twice", number + 1));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "line {}: either one shared token alone, or `NAME TOKEN` lines",
+                        number + 1
+                    ))
+                }
+            }
+        }
+        match (shared, nodes.is_empty()) {
+            (Some(token), true) => Ok(Auth::Shared(token)),
+            (None, false) => Ok(Auth::PerNode(nodes)),
+            _ => Err("no token in the file".into()),
+        }
+    }
+
+    /// Whether node `name` presenting `token` may connect (compared in
+    /// constant time for a given length).
+    pub fn admits(&self, name: &str, token: &str) -> bool {
+        match self {
+            Auth::Open => true,
+            Auth::Shared(expected) => constant_time_eq(token.as_bytes(), expected.as_bytes()),
+            Auth::PerNode(nodes) => nodes
+                .get(name)
+                .is_some_and(|expected| constant_time_eq(token.as_bytes(), expected.as_bytes())),
+        }
+    }
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Open => f.write_str("Open"),
+            Auth::Shared(_) => f.write_str("Shared(<token>)"),
+            Auth::PerNode(nodes) => {
+                write!(f, "PerNode({} nodes: ", nodes.len())?;
+                f.debug_list().entries(nodes.keys()).finish()?;
+                f.write_str(")")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -763,9 +849,13 @@ mod tests {
                 })
                 .to_vec()
         };
-        let check = |bytes: &[u8], token| Hello::parse(verifier.verify(bytes).unwrap(), token, 2);
+        let check = |bytes: &[u8], token: Option<&str>| {
+            let auth = token.map_or(Auth::Open, |token| Auth::Shared(token.into()));
+            Hello::parse(verifier.verify(bytes).unwrap(), &auth, 2)
+        };
+        const V: u16 = PROTOCOL_VERSION;
         assert_eq!(
-            check(&hello(2, "n", None, Some(1)), None).unwrap(),
+            check(&hello(V, "n", None, Some(1)), None).unwrap(),
             Hello {
                 node_name: "n".into(),
                 incarnation: 7,
@@ -780,15 +870,15 @@ mod tests {
             PeerFault::UnsupportedVersion(1)
         );
         assert_eq!(
-            check(&hello(2, "n", Some("x"), None), Some("y")).unwrap_err(),
+            check(&hello(V, "n", Some("x"), None), Some("y")).unwrap_err(),
             PeerFault::Unauthorized
         );
         assert_eq!(
-            check(&hello(2, "", None, None), None).unwrap_err().code(),
+            check(&hello(V, "", None, None), None).unwrap_err().code(),
             fb::ErrorCode::InvalidField
         );
         assert_eq!(
-            check(&hello(2, "n", None, Some(2)), None).unwrap_err(),
+            check(&hello(V, "n", None, Some(2)), None).unwrap_err(),
             PeerFault::NoSuchShard {
                 wanted: 2,
                 shard_count: 2

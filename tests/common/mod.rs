@@ -286,7 +286,11 @@ pub struct Wire {
 
 impl Wire {
     pub fn connect(addr: SocketAddr) -> Wire {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Wire::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A Wire over a socket connected some other way.
+    pub fn from_stream(stream: TcpStream) -> Wire {
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         let mut config = NodeConfig::new("test", 0);
