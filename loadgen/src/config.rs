@@ -200,6 +200,9 @@ pub enum ScenarioName {
     Fanout,
     Policy,
     Failover,
+    /// Chat and churn for a long run, with node 0's connection cut every
+    /// minute (alternately resumed and given up): scripts/soak.sh.
+    Soak,
     Restart,
     /// Steady traffic through the node core's cluster logic to routers
     /// the generator starts (see `cluster`).
@@ -365,14 +368,14 @@ impl Plan {
                 );
             }
         }
-        if args.scenario == ScenarioName::Churn && rate == Rate::Max {
+        if matches!(args.scenario, ScenarioName::Churn | ScenarioName::Soak) && rate == Rate::Max {
             return err(
                 "--scenario churn needs a fixed --rate (the oracle must know the schedule)".into(),
             );
         }
         let reconnects = matches!(
             args.scenario,
-            ScenarioName::Failover | ScenarioName::Restart
+            ScenarioName::Failover | ScenarioName::Restart | ScenarioName::Soak
         );
         if reconnects && (args.shard_direct || !matches!(rate, Rate::PerSecond(_))) {
             return err(
@@ -468,6 +471,7 @@ impl Plan {
             ScenarioName::Fanout => "fanout",
             ScenarioName::Policy => "policy",
             ScenarioName::Failover => "failover",
+            ScenarioName::Soak => "soak",
             ScenarioName::Restart => "restart",
             ScenarioName::Cluster => "cluster",
             ScenarioName::RouterKill => "router-kill",

@@ -348,6 +348,13 @@ fn judge(
         ScenarioName::Failover if count("cut ") != 2 => {
             errors.push("failover: the two cuts did not both happen".into())
         }
+        ScenarioName::Soak if count("cut ") != crate::scenario::soak::cuts(plan) => {
+            errors.push(format!(
+                "soak: {} of {} cuts happened",
+                count("cut "),
+                crate::scenario::soak::cuts(plan)
+            ))
+        }
         ScenarioName::Restart if count("router killed") != 1 || count("reconnected") != nodes => {
             errors.push(format!(
                 "restart: {} kill(s), {} of {nodes} nodes reconnected",

@@ -76,7 +76,7 @@ async fn cuts(node: Rc<SimNode>, schedule: Schedule) {
 
 /// Cuts the victim's connection, waits `outage_ns`, reconnects. Returns
 /// whether the router resumed the stream, and when the cut began.
-async fn cut(node: &Rc<SimNode>, outage_ns: u64) -> Result<(bool, u64), String> {
+pub async fn cut(node: &Rc<SimNode>, outage_ns: u64) -> Result<(bool, u64), String> {
     let link = node.links[0].clone();
     link.set_down(); // No more messages from this node.
     link.expect_end.set(true);

@@ -8,6 +8,7 @@ pub mod failover;
 pub mod fanout;
 pub mod policy;
 pub mod restart;
+pub mod soak;
 
 use std::rc::Rc;
 
@@ -22,6 +23,7 @@ pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
         ScenarioName::Fanout => fanout::run(node, schedule).await,
         ScenarioName::Policy => policy::run(node, schedule).await,
         ScenarioName::Failover => failover::run(node, schedule).await,
+        ScenarioName::Soak => soak::run(node, schedule).await,
         ScenarioName::Restart => restart::run(node, schedule).await,
         // Refused by `Plan::from_args`: they run in `cluster::main`.
         ScenarioName::Cluster
