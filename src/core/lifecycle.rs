@@ -105,35 +105,6 @@ impl ShardCore {
                         && conn.stream.id() == hello.stream
                 })
             });
-        // Unless names are authenticated (a token per node), a connection
-        // of the same process that is still open or suspended here is
-        // taken over only by a resume of its stream (whose id only that
-        // process has): the name and incarnation are no secret (Welcomes
-        // list them), so they alone must not hand anyone its sessions and
-        // its Delivers.
-        let taken = candidate.is_none()
-            && !matches!(self.config.auth, crate::wire::Auth::PerNode(_))
-            && self
-                .directory
-                .lookup(&hello.node_name)
-                .filter(|&(_, incarnation)| incarnation == hello.incarnation)
-                .and_then(|(node, _)| self.conns.of_node(node))
-                .and_then(|id| self.conns.get(id))
-                .is_some_and(|conn| {
-                    conn.incarnation == hello.incarnation
-                        && conn.state != LinkState::Closing
-                        && !conn.given_up
-                });
-        if taken {
-            let close = Close::error(
-                fb::ErrorCode::Unauthorized,
-                "this node process has a connection here already: a reconnect must resume it \
-                 (Hello.stream = its Welcome's stream)"
-                    .to_string(),
-                fb::LeftReason::Refused,
-            );
-            return refuse(self, close);
-        }
         if let Some(old) = candidate {
             let stream = &self.conns.get(old).expect("found").stream;
             if let Err(field) = stream.check_resume(hello.acks, hello.received) {
