@@ -36,6 +36,7 @@ mkdir -p "$OUT"
 
 taskset -c "$ROUTER_CPU" "$router_bin" serve --listen "127.0.0.1:$PORT" --cpus "$ROUTER_CPU" \
   --admin-listen "127.0.0.1:$ADMIN" --reconnect-grace-ms "$GRACE_MS" --warmup-ms 0 \
+  --park-bytes-max $((64 << 20)) \
   --log-level warn 2>"$OUT/router.log" &
 router=$!
 sampler=""

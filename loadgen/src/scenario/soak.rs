@@ -1,5 +1,6 @@
 //! `soak`: a long run (scripts/soak.sh) of chat traffic and session churn
-//! (as `churn`) with node 0's connection cut every minute, alternately for
+//! (as `churn`, on every node but node 0) with node 0's connection cut
+//! every minute, alternately for
 //! a quarter of the reconnect grace (the router must resume the stream)
 //! and for the grace plus a second (it must give the stream up, answer
 //! what was parked Offline, and take the node's resync). The oracle judges
@@ -8,7 +9,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{churn, failover};
+use super::{chat, churn, failover};
 use crate::config::Plan;
 use crate::sim::{Schedule, SimNode};
 
@@ -25,7 +26,10 @@ pub fn cuts(plan: &Plan) -> usize {
 
 pub async fn run(node: Rc<SimNode>, schedule: Schedule) {
     if node.index == failover::VICTIM {
+        // The node that is cut only chats: a churn batch's probes do not
+        // survive a stream that is given up.
         glommio::spawn_local(cut_every_minute(node.clone(), schedule)).detach();
+        return chat::run(node, schedule).await;
     }
     churn::run(node, schedule).await
 }
