@@ -89,13 +89,27 @@ impl Admin {
                         .route("/nodez", get(nodez))
                         .route("/drain", axum::routing::post(drain))
                         .with_state(shared);
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(error) = served {
-                        tracing::error!("admin port: {error}");
+                    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+                    let mut graceful = stop_rx.clone();
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = graceful.changed().await;
+                    });
+                    tokio::spawn(async move {
+                        let _ = stopped.await;
+                        let _ = stop_tx.send(true);
+                    });
+                    // A client that never reads its answer must not hold the
+                    // router's exit: the graceful stop gets ADMIN_STOP_GRACE.
+                    tokio::select! {
+                        served = served => {
+                            if let Err(error) = served {
+                                tracing::error!("admin port: {error}");
+                            }
+                        }
+                        _ = async {
+                            let _ = stop_rx.changed().await;
+                            tokio::time::sleep(crate::limits::ADMIN_STOP_GRACE).await;
+                        } => {}
                     }
                 });
             })?;
@@ -162,11 +176,14 @@ async fn gather_blocking<T: Send + 'static>(
         ));
     };
     let links = shared.links.clone();
-    let answers = tokio::task::spawn_blocking(move || gather(&links, ask))
-        .await
-        .unwrap_or_default();
+    let answers = tokio::task::spawn_blocking(move || gather(&links, ask)).await;
     drop(permit);
-    Ok(answers)
+    answers.map_err(|error| {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the shards could not be asked: {error}\n"),
+        )
+    })
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -493,10 +510,12 @@ pub fn request(
         .take(crate::limits::ADMIN_RESPONSE_BYTES_MAX)
         .read_to_end(&mut response)
         .map_err(|error| format!("{addr}: {error}"))?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
         .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let body = &response[split + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
@@ -508,23 +527,28 @@ pub fn request(
     {
         unchunk(body)
     } else {
-        body.to_string()
+        body.to_vec()
     };
+    let body = String::from_utf8_lossy(&body).to_string();
     Ok((status, body))
 }
 
-/// The body of a chunked HTTP/1.1 response.
-fn unchunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+/// The body of a chunked HTTP/1.1 response (bytes: a chunk may end
+/// inside a character).
+fn unchunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = rest.windows(2).position(|window| window == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..end])
+            .ok()
+            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok());
+        let after = &rest[end + 2..];
+        let Some(size) = size.filter(|&size| size > 0 && after.len() >= size) else {
             break;
         };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        body.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        body.extend_from_slice(&after[..size]);
+        rest = after[size..]
+            .strip_prefix(b"\r\n")
+            .unwrap_or(&after[size..]);
     }
     body
 }
@@ -537,8 +561,8 @@ mod tests {
     #[test]
     fn a_chunked_body_is_put_back_together() {
         assert_eq!(
-            unchunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
+            unchunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            b"hello world"
         );
     }
 

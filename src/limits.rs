@@ -155,10 +155,10 @@ pub const HANDSHAKES_PER_SHARD_CEILING: usize = 1 << 16;
 pub const HELLO_BYTES_MAX: usize = 4096;
 
 /// Default of `--max-connections`: sockets the whole router holds (node
-/// connections and handshakes). At a few kilobytes each when idle, 65,536
+/// connections and handshakes). At a few kilobytes each when idle, 131,072
 /// stay far below the memory of a dedicated host; the file descriptor
 /// limit (`LimitNOFILE`) must be above it.
-pub const CONNECTIONS_MAX_DEFAULT: usize = 65_536;
+pub const CONNECTIONS_MAX_DEFAULT: usize = 131_072;
 
 /// Default of `--max-connections-per-source`: sockets from one IP
 /// address. An IM node holds at most one connection per shard (plus a
@@ -392,6 +392,10 @@ pub const ADMIN_REQUESTS_MAX: usize = 8;
 /// Threads of the admin port's blocking pool (where requests wait for the
 /// shards): at most one per request answered at once.
 pub const ADMIN_BLOCKING_THREADS: usize = ADMIN_REQUESTS_MAX;
+
+/// How long the admin port waits for its open requests when the router
+/// stops (a client that never reads must not hold the exit).
+pub const ADMIN_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest admin response `imrouter nodes` reads (a `/nodez` table for
 /// the most nodes fits in well under a megabyte per thousand nodes).

@@ -211,6 +211,9 @@ fn try_main(cli: Cli, argv: &[OsString]) -> Result<(), Box<dyn std::error::Error
                         tracing::warn!("{stop} received while draining: stopping now");
                         break;
                     }
+                    Some(signal) if drain.is_some() => {
+                        tracing::info!("{signal} received: already draining");
+                    }
                     Some(signal) => {
                         tracing::info!("{signal} received: draining, then stopping");
                         drain = Some(begin_drain(&mut router));

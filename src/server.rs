@@ -54,7 +54,7 @@ impl Router {
         let router_id = random_u64();
         // Never sent: a stream id (the secret that resumes a stream) must
         // not be computable from what nodes see (the router id, tickets).
-        let stream_key = random_u64() ^ random_u64().rotate_left(17);
+        let stream_key = (random_u64(), random_u64());
         // One clock for every shard and the control plane: the fence the
         // control plane computes is compared with the shards' time.
         let clock = Clock::new();
@@ -256,8 +256,15 @@ impl RunningRouter {
             }
         }
         let next = Arc::new(next);
-        for link in &self.links {
-            send_control(link, Control::Reconfigure(next.clone()));
+        for (shard, link) in self.links.iter().enumerate() {
+            if !send_control(link, Control::Reconfigure(next.clone())) {
+                // (Its control queue stayed full for a second: a shard that
+                // far behind is reported by /healthz too.)
+                tracing::error!(
+                    shard,
+                    "reload: the shard did not take the new settings; it runs with the old ones"
+                );
+            }
         }
         // A round trip through every shard's control queue (first in,
         // first out): when it returns, each shard runs with the new
@@ -322,6 +329,10 @@ impl RunningRouter {
         self.draining.store(true, Ordering::Relaxed);
         let now = Instant::now();
         let deadline = now + timeout;
+        // No new connection from now on (the listening sockets close).
+        for link in &self.links {
+            send_control(link, Control::StopAccepting);
+        }
         #[cfg(feature = "cluster")]
         if let Some(control) = &self.control {
             control.drain_self();

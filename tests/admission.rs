@@ -131,6 +131,8 @@ fn one_address_cannot_take_every_socket() {
     let router = start_router_with(2, |args| {
         args.max_connections_per_source = 4;
         args.max_connections = 6;
+        // (Above shards x handshake places, as the router requires.)
+        args.max_handshakes_per_shard = 2;
     });
     let addr = router.local_addr();
     let mut held: Vec<Node> = (0..4)

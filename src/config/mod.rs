@@ -630,7 +630,7 @@ impl Config {
                 "--shards must be 1 to {SHARDS_MAX}, not {shards}"
             )));
         }
-        let cpus = (0..shards)
+        let cpus: Vec<usize> = (0..shards)
             .map(|shard| cpu_list[shard % cpu_list.len()])
             .collect();
 
@@ -722,6 +722,16 @@ impl Config {
             if !(1..=ceiling).contains(&value) {
                 return Err(ConfigError::new(format!("{flag} must be 1 to {ceiling}")));
             }
+        }
+        // Sockets waiting for their Hello are evicted per shard, but the
+        // router-wide bound is checked first: they alone must not fill it.
+        if args.max_connections <= cpus.len() * args.max_handshakes_per_shard {
+            return Err(ConfigError::new(format!(
+                "--max-connections must be above shards x --max-handshakes-per-shard ({} x {}), \
+                 or silent sockets could fill it",
+                cpus.len(),
+                args.max_handshakes_per_shard
+            )));
         }
         let auth = match &args.auth_token_file {
             Some(path) => read_auth(path)?,

@@ -659,10 +659,11 @@ impl ShardCore {
     /// `shutdown` at the end. Draining twice tells nobody twice.
     pub fn drain(&mut self, window: Duration, reason: &str, now: Time) {
         self.outboxes.set_now(now);
-        if self.draining || self.shutting_down {
+        if self.drain_told || self.shutting_down {
             return;
         }
         self.draining = true;
+        self.drain_told = true;
         let window_ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
         let mut told = 0;
         for index in 0..self.conns.slot_count() {
@@ -687,17 +688,29 @@ impl ShardCore {
     pub fn is_draining(&self) -> bool {
         self.draining
     }
+
+    /// The router begins to drain but has not told its nodes yet (a
+    /// cluster's hand-over comes first): new Hellos are refused from now.
+    pub fn refuse_new_connections(&mut self) {
+        self.draining = true;
+    }
 }
 
-/// A stream's identity, and the secret that resumes it: different for
-/// every stream of every router process (its registration's ticket, mixed
-/// with the router's secret stream key, which is never sent). Only the
-/// node whose Welcome carried it can resume the stream.
-fn stream_id(stream_key: u64, ticket: u64) -> u64 {
-    let mut z = stream_key ^ ticket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)).max(1)
+/// A stream's identity, and the secret that resumes it: SipHash of the
+/// router's 128-bit stream key (random per router process, never sent)
+/// and the registration's ticket. Unlike an invertible mix, nothing a node
+/// sees (its own stream ids, the router id, the tickets' order) reveals
+/// the key, so only the node whose Welcome carried a stream can resume it.
+fn stream_id(stream_key: (u64, u64), ticket: u64) -> u64 {
+    use std::hash::Hasher;
+    // SipHash-1-3 (std's DefaultHasher: fixed keys, the same in every
+    // process, which the simulation needs) over key, ticket, key: the
+    // secret is in the input.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write_u64(stream_key.0);
+    hasher.write_u64(ticket);
+    hasher.write_u64(stream_key.1);
+    hasher.finish().max(1)
 }
 
 fn shutting_down() -> Close {

@@ -245,7 +245,7 @@ pub struct ShardCore {
     /// Keys stream ids (the secret that resumes a stream); never sent.
     /// `router_id` until the driver sets a secret one
     /// (`set_stream_key`): the simulation stays deterministic.
-    stream_key: u64,
+    stream_key: (u64, u64),
     verifier: Verifier,
     limits: RequestLimits,
     owner: Owner,
@@ -263,9 +263,10 @@ pub struct ShardCore {
     /// The next liveness check.
     next_tick: Time,
     shutting_down: bool,
-    /// Told to drain: new Hellos are refused, and every open connection
-    /// was sent a Draining frame.
+    /// Draining: new Hellos are refused (and `/readyz` says so).
     draining: bool,
+    /// Every open connection was sent a Draining frame.
+    drain_told: bool,
     /// Connections closed during the current operation (for the log).
     closed: Vec<(ConnId, Close)>,
     /// Outcomes and answers of Fanouts coordinated here, produced here.
@@ -356,6 +357,7 @@ impl ShardCore {
             next_tick: now + config.heartbeat,
             shutting_down: false,
             draining: false,
+            drain_told: false,
             closed: Vec::new(),
             fanout_reports: Vec::new(),
             fanout_answers: Vec::new(),
@@ -374,14 +376,14 @@ impl ShardCore {
             per_node: out::PerNode::default(),
             directory,
             router_id,
-            stream_key: router_id,
+            stream_key: (router_id, !router_id),
             config,
         }
     }
 
     /// Keys this shard's stream ids with `key` (a random secret of the
     /// router process, the same on every shard).
-    pub fn set_stream_key(&mut self, key: u64) {
+    pub fn set_stream_key(&mut self, key: (u64, u64)) {
         self.stream_key = key;
     }
 

@@ -52,6 +52,9 @@ pub enum Control {
     Nodes(Sender<crate::core::report::NodesReport>),
     /// Close every connection and stop.
     Shutdown,
+    /// A drain begins: stop accepting connections and refuse new Hellos
+    /// (the nodes are told later, with `Drain`).
+    StopAccepting,
     /// Lame duck: stop accepting connections, tell every node to leave
     /// within the window (a Draining frame with the reason).
     Drain {

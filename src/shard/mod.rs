@@ -382,6 +382,10 @@ impl Driver {
                 self.with_core(|core, now| core.shutdown(now));
                 self.stopped.notify();
             }
+            Control::StopAccepting => {
+                self.stop_accepting();
+                self.with_core(|core, _| core.refuse_new_connections());
+            }
             Control::Drain { window, reason } => {
                 self.stop_accepting();
                 self.with_core(|core, now| core.drain(window, &reason, now));

@@ -5531,13 +5531,13 @@ pub enum DrainingOffset {}
 
 /// Router to node (protocol 3): this router is about to stop (lame-duck
 /// drain). It accepts no new connections and, in a cluster, has handed
-/// its slots to the others already. The node closes this connection with
-/// a Goodbye at a random moment within `window_ms` (so that thousands of
-/// nodes do not reconnect at once) and connects again later (to this
-/// address, or to the routers of the newest slot map); Routes still
-/// without a Status then are sent again, as after any lost connection.
-/// At the end of the window the router closes what is left with Error
-/// ShuttingDown.
+/// its slots to the others already. In a cluster, once the router owns no
+/// slot, the node leaves it with a Goodbye at a random moment within
+/// `window_ms` (so that thousands of nodes do not move at once); the node
+/// of a router alone stays, and reconnects after the router closes. At the
+/// end of the window the router closes what is left with Error
+/// ShuttingDown; Routes still without a Status are sent again after the
+/// reconnect, as after any lost connection (PROTOCOL.md, "Draining").
 pub struct Draining<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -452,6 +452,9 @@ impl ClusterNode {
             link.state = LinkState::Down {
                 retry_at: (now + backoff / 2 + jitter).max(link.shunned_until),
             };
+            // A moment to leave a draining router is about this connection
+            // only (a router at that address later is another process).
+            link.leave_at = None;
         }
     }
 
