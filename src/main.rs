@@ -57,43 +57,13 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Drain(args) = &cli.command {
-        return match drain(args) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                fail!("error: {error}");
-                ExitCode::from(2)
-            }
-        };
+        return printed(drain(args));
     }
     if let Command::Nodes(args) = &cli.command {
-        return match nodes(args) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                fail!("error: {error}");
-                ExitCode::from(2)
-            }
-        };
+        return printed(nodes(args));
     }
     if let Command::Cluster(args) = &cli.command {
-        return match cluster(args) {
-            Ok(text) => {
-                print!("{text}");
-                if !text.ends_with('\n') {
-                    println!();
-                }
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                fail!("error: {error}");
-                ExitCode::from(2)
-            }
-        };
+        return printed(cluster(args));
     }
     match try_main(cli, &argv) {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +86,24 @@ fn cluster(_: &imrouter::config::ClusterArgs) -> Result<String, String> {
         "this imrouter was built without cluster support: build it with `--features cluster`"
             .into(),
     )
+}
+
+/// A command's answer on standard output (ending with a newline), or its
+/// error: exit status 0, or 2.
+fn printed(answer: Result<String, String>) -> ExitCode {
+    match answer {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            fail!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `imrouter drain`: `POST /drain` on the router's admin port.

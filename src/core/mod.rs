@@ -179,12 +179,12 @@ impl std::fmt::Display for LogLine {
 impl Log {
     /// An informational line about the shard.
     pub fn line(&mut self, text: String) {
-        self.push(LogLevel::Info, "shard", None, None, text);
+        self.push(LogLevel::Info, "shard", None, None, None, text);
     }
 
     /// A warning about the shard.
     pub fn warn(&mut self, text: String) {
-        self.push(LogLevel::Warn, "shard", None, None, text);
+        self.push(LogLevel::Warn, "shard", None, None, None, text);
     }
 
     /// A line about one node's connection.
@@ -197,18 +197,14 @@ impl Log {
         reason: Option<String>,
         text: String,
     ) {
-        if self.lines.len() < LOG_LINES_MAX {
-            self.lines.push(LogLine {
-                level,
-                event,
-                node: Some(node.into()),
-                incarnation: Some(incarnation),
-                reason,
-                text,
-            });
-        } else {
-            self.dropped += 1;
-        }
+        self.push(
+            level,
+            event,
+            Some(node.into()),
+            Some(incarnation),
+            reason,
+            text,
+        );
     }
 
     fn push(
@@ -216,6 +212,7 @@ impl Log {
         level: LogLevel,
         event: &'static str,
         node: Option<Box<str>>,
+        incarnation: Option<u64>,
         reason: Option<String>,
         text: String,
     ) {
@@ -224,7 +221,7 @@ impl Log {
                 level,
                 event,
                 node,
-                incarnation: None,
+                incarnation,
                 reason,
                 text,
             });
